@@ -1,0 +1,165 @@
+//! A component that misbehaves on purpose, for tests only: it panics, loops,
+//! exhausts its memory, stack and database, returns huge bodies, runs any SQL
+//! it is sent and probes its sandbox. Never part of a real configuration.
+
+use std::hint::black_box;
+
+use corral_sdk::db::{self, SqliteError, Value};
+use corral_sdk::{Problem, Request, Response, Service};
+use serde_json::json;
+
+struct Chaos;
+
+corral_sdk::export_service!(Chaos);
+
+impl Service for Chaos {
+    fn init() -> Result<(), String> {
+        db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"])
+            .map_err(|e| e.to_string())
+    }
+
+    fn handle(req: Request) -> Result<Response, Problem> {
+        match req.segments().as_slice() {
+            ["chaos", "panic"] => panic!("chaos: a deliberate panic"),
+            ["chaos", "loop"] => spin(),
+            ["chaos", "alloc"] => allocate_forever(),
+            ["chaos", "recurse"] => Ok(Response::text(200, &recurse(0).to_string())),
+            ["chaos", "big-body"] => big_body(&req),
+            ["chaos", "sleep"] => sleep(&req),
+            ["chaos", "print"] => {
+                println!("chaos says hello on stdout");
+                eprintln!("chaos says hello on stderr");
+                corral_sdk::log::warn("chaos says hello through the log interface");
+                Ok(Response::empty(204))
+            }
+            ["chaos", "sandbox"] => Ok(Response::json(200, &sandbox())),
+            ["chaos", "sql"] => run_sql(&req),
+            ["chaos", "txn-trap"] => txn_trap(),
+            ["chaos", "fill"] => fill(),
+            _ => Err(Problem::not_found(format!("no chaos at {}", req.path()))),
+        }
+    }
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+fn allocate_forever() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(black_box(vec![7u8; 1 << 20]));
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(depth + 1) + frame[0]
+}
+
+fn big_body(req: &Request) -> Result<Response, Problem> {
+    let mib: usize = req.query("mib").and_then(|m| m.parse().ok()).unwrap_or(64);
+    Ok(Response::text(200, &"x".repeat(mib << 20)))
+}
+
+fn sleep(req: &Request) -> Result<Response, Problem> {
+    let ms: u64 = req
+        .query("ms")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(60_000);
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    Ok(Response::text(200, "awake"))
+}
+
+/// What the guest can see of the machine; everything should be empty or denied.
+fn sandbox() -> serde_json::Value {
+    let outcome = |r: Result<String, std::io::Error>| match r {
+        Ok(v) => json!({ "ok": v }),
+        Err(e) => json!({ "err": e.to_string() }),
+    };
+    json!({
+        "env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>(),
+        "args": std::env::args().collect::<Vec<_>>(),
+        "read_root": outcome(std::fs::read_dir("/").map(|d| d.count().to_string())),
+        "read_passwd": outcome(std::fs::read_to_string("/etc/passwd")),
+        "write_file": outcome(std::fs::write("escape.txt", b"x").map(|_| "written".into())),
+        "connect": outcome(std::net::TcpStream::connect("127.0.0.1:22").map(|_| "connected".into())),
+    })
+}
+
+/// Runs the SQL in the body and returns the rows or the error variant.
+fn run_sql(req: &Request) -> Result<Response, Problem> {
+    let sql = String::from_utf8_lossy(req.body());
+    match db::execute(&sql, &[]) {
+        Ok(result) => {
+            let rows: Vec<Vec<serde_json::Value>> = result
+                .rows
+                .iter()
+                .map(|row| row.values.iter().map(value_json).collect())
+                .collect();
+            Ok(Response::json(
+                200,
+                &json!({ "columns": result.columns, "rows": rows }),
+            ))
+        }
+        Err(db::Error::Sqlite(e)) => {
+            let (kind, message) = error_parts(&e);
+            Ok(Response::json(
+                422,
+                &json!({ "error": kind, "message": message }),
+            ))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(n) => json!(n),
+        Value::Real(n) => json!(n),
+        Value::Text(s) => json!(s),
+        Value::Blob(b) => json!(b),
+    }
+}
+
+fn error_parts(e: &SqliteError) -> (&'static str, String) {
+    match e {
+        SqliteError::InvalidStatement(m) => ("invalid-statement", m.clone()),
+        SqliteError::ConstraintViolation(m) => ("constraint-violation", m.clone()),
+        SqliteError::DatabaseFull => ("database-full", String::new()),
+        SqliteError::AccessDenied(m) => ("access-denied", m.clone()),
+        SqliteError::Busy => ("busy", String::new()),
+        SqliteError::LimitExceeded(m) => ("limit-exceeded", m.clone()),
+        SqliteError::InvalidTransactionState(m) => ("invalid-transaction-state", m.clone()),
+        SqliteError::Io(m) => ("io", m.clone()),
+    }
+}
+
+/// Writes a row inside a transaction and traps before committing.
+fn txn_trap() -> Result<Response, Problem> {
+    corral_sdk::bindings::corral::service::sqlite::begin().map_err(db::Error::from)?;
+    db::execute("INSERT INTO junk (data) VALUES (x'01')", &[])?;
+    panic!("chaos: trapping with a transaction open");
+}
+
+/// Inserts 64 KiB blobs until the database is full.
+fn fill() -> Result<Response, Problem> {
+    let mut rows = 0u64;
+    loop {
+        match db::execute("INSERT INTO junk (data) VALUES (zeroblob(65536))", &[]) {
+            Ok(_) => rows += 1,
+            Err(db::Error::Sqlite(SqliteError::DatabaseFull)) => {
+                return Ok(Response::json(
+                    507,
+                    &json!({ "rows": rows, "error": "database-full" }),
+                ));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+}

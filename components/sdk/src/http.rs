@@ -1,0 +1,498 @@
+//! Requests, responses, problem+json errors and field-by-field validation of
+//! JSON bodies.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::bindings::corral::service::types;
+
+pub(crate) type WitResponse = types::Response;
+
+/// The `type` URIs of problems share this prefix, so clients can match on them.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:corral:problem:";
+
+/// One HTTP request, read in full by the host.
+pub struct Request {
+    inner: types::Request,
+}
+
+impl From<types::Request> for Request {
+    fn from(inner: types::Request) -> Self {
+        Request { inner }
+    }
+}
+
+impl Request {
+    /// The method in uppercase.
+    pub fn method(&self) -> &str {
+        &self.inner.method
+    }
+
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The path split on `/`, without the leading empty segment:
+    /// `/users/7` gives `["users", "7"]`.
+    pub fn segments(&self) -> Vec<&str> {
+        self.inner.path.split('/').skip(1).collect()
+    }
+
+    /// The first value of a query parameter, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.inner
+            .query
+            .split('&')
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(key) == name).then(|| percent_decode(value))
+            })
+            .next()
+    }
+
+    /// The first value of a header; names are matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.inner.body
+    }
+
+    pub fn client_addr(&self) -> &str {
+        &self.inner.client_addr
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// Parses the body as a JSON object, for field-by-field validation with
+    /// [`Fields`]. Refuses bodies that are not JSON or not an object.
+    pub fn json_object(&self) -> Result<Fields, Problem> {
+        if let Some(content_type) = self.header("content-type") {
+            let essence = content_type.split(';').next().unwrap_or("").trim();
+            let is_json = essence.eq_ignore_ascii_case("application/json")
+                || essence.to_ascii_lowercase().ends_with("+json");
+            if !is_json {
+                return Err(Problem::new(
+                    415,
+                    "unsupported-media-type",
+                    "Unsupported media type",
+                    format!("expected application/json, got {content_type}"),
+                ));
+            }
+        }
+        let value: Value = serde_json::from_slice(self.body())
+            .map_err(|e| Problem::bad_request("malformed-json", format!("malformed JSON: {e}")))?;
+        match value {
+            Value::Object(map) => Ok(Fields::new(map, "")),
+            _ => Err(Problem::bad_request(
+                "malformed-json",
+                "the body must be a JSON object",
+            )),
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (as space) in a query string component.
+/// Invalid escapes are kept as they are.
+fn percent_decode(input: &str) -> String {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The response a component returns.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with `value` serialized as JSON.
+    pub fn json(status: u16, value: &impl Serialize) -> Self {
+        Self::with_content_type(
+            status,
+            "application/json",
+            serde_json::to_vec(value).expect("JSON values always serialize"),
+        )
+    }
+
+    pub fn text(status: u16, text: &str) -> Self {
+        Self::with_content_type(
+            status,
+            "text/plain; charset=utf-8",
+            text.as_bytes().to_vec(),
+        )
+    }
+
+    /// A response with no body, such as 204.
+    pub fn empty(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn with_content_type(status: u16, content_type: &str, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+impl From<Response> for WitResponse {
+    fn from(response: Response) -> Self {
+        WitResponse {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        }
+    }
+}
+
+/// An error on one field of a request body or query.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// An RFC 9457 problem: the error responses of every corral service.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: u16,
+    /// The stable last part of the `type` URI, such as `not-found`.
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    /// Members added to the problem object, such as the field errors.
+    pub extensions: Map<String, Value>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Problem {
+    pub fn new(
+        status: u16,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(400, kind, "Bad request", detail)
+    }
+
+    /// 400 with the list of fields that are wrong.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::new(400, "validation", "Invalid request", detail).with("errors", json!(errors))
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(404, "not-found", "Not found", detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(409, "conflict", "Conflict", detail)
+    }
+
+    /// 405 with the `Allow` header listing what the resource accepts.
+    pub fn method_not_allowed(method: &str, allowed: &[&str]) -> Self {
+        let allow = allowed.join(", ");
+        let mut problem = Self::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not allowed here; allowed: {allow}"),
+        );
+        problem.headers.push(("allow".into(), allow));
+        problem
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(500, "internal", "Internal error", detail)
+    }
+
+    /// Adds a member to the problem object.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extensions.insert(key.into(), value);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}
+
+/// The problem object as it is written, members in the RFC's order.
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(flatten)]
+    extensions: &'a Map<String, Value>,
+}
+
+impl From<Problem> for Response {
+    fn from(problem: Problem) -> Self {
+        let body = ProblemBody {
+            kind: format!("{PROBLEM_TYPE_PREFIX}{}", problem.kind),
+            title: problem.title,
+            status: problem.status,
+            detail: &problem.detail,
+            extensions: &problem.extensions,
+        };
+        let mut response = Response::with_content_type(
+            problem.status,
+            "application/problem+json",
+            serde_json::to_vec(&body).expect("JSON values always serialize"),
+        );
+        response.headers.extend(problem.headers);
+        response
+    }
+}
+
+/// Field-by-field validation of a JSON object, collecting every error so a
+/// client learns about all of them at once.
+pub struct Fields {
+    map: Map<String, Value>,
+    prefix: String,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    fn new(map: Map<String, Value>, prefix: &str) -> Self {
+        Fields {
+            map,
+            prefix: prefix.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Validates a nested value as an object whose field names start with
+    /// `path`, for example `items[0]`. Finish it with [`Fields::absorb`].
+    pub fn nested(&mut self, path: &str, value: Value) -> Option<Fields> {
+        match value {
+            Value::Object(map) => Some(Fields::new(map, path)),
+            _ => {
+                self.error_at(path, "must be an object");
+                None
+            }
+        }
+    }
+
+    fn path(&self, field: &str) -> String {
+        if self.prefix.is_empty() {
+            field.into()
+        } else {
+            format!("{}.{field}", self.prefix)
+        }
+    }
+
+    /// Records an error on a field of this object.
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        let field = self.path(field);
+        self.error_at(&field, message);
+    }
+
+    fn error_at(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn take(&mut self, field: &str, required: bool) -> Option<Value> {
+        match self.map.remove(field) {
+            None if required => {
+                self.error(field, "is required");
+                None
+            }
+            value => value,
+        }
+    }
+
+    /// A string field; `required` records an error when it is absent.
+    pub fn string(&mut self, field: &str, required: bool) -> Option<String> {
+        match self.take(field, required)? {
+            Value::String(s) => Some(s),
+            _ => {
+                self.error(field, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// An integer field within `min..=max`.
+    pub fn integer(&mut self, field: &str, required: bool, min: i64, max: i64) -> Option<i64> {
+        let value = self.take(field, required)?;
+        match value.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(_) if max == i64::MAX => {
+                self.error(field, format!("must be at least {min}"));
+                None
+            }
+            _ => {
+                self.error(field, format!("must be an integer between {min} and {max}"));
+                None
+            }
+        }
+    }
+
+    /// An array field.
+    pub fn array(&mut self, field: &str, required: bool) -> Option<Vec<Value>> {
+        match self.take(field, required)? {
+            Value::Array(items) => Some(items),
+            _ => {
+                self.error(field, "must be an array");
+                None
+            }
+        }
+    }
+
+    /// Moves the errors of a nested object, including its unknown fields, into this one.
+    pub fn absorb(&mut self, mut nested: Fields) {
+        nested.reject_unknown();
+        self.errors.append(&mut nested.errors);
+    }
+
+    fn reject_unknown(&mut self) {
+        let unknown: Vec<String> = self.map.keys().cloned().collect();
+        for field in unknown {
+            self.error(&field, "is not a known field");
+        }
+        self.map.clear();
+    }
+
+    /// Ends validation: fields not taken are unknown and are errors too.
+    pub fn finish(mut self) -> Result<(), Problem> {
+        self.reject_unknown();
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Problem::validation(self.errors))
+        }
+    }
+}
+
+/// Parses a path segment as a positive id; anything else names no resource.
+pub fn parse_id(segment: &str, what: &str) -> Result<i64, Problem> {
+    segment
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0 && !segment.starts_with('+'))
+        .ok_or_else(|| Problem::not_found(format!("no {what} with id {segment}")))
+}
+
+/// One page of a list, in id order: `next_after` is the `after` of the next
+/// page, or null on the last one.
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_after: Option<i64>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` items fetched in id order: the
+    /// extra one, if present, tells there is a next page.
+    pub fn new(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let next_after = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(&id)
+        } else {
+            None
+        };
+        Page { items, next_after }
+    }
+}
+
+/// Reads `limit` and `after` from the query of a paginated list.
+pub fn page(request: &Request, default_limit: i64, max_limit: i64) -> Result<(i64, i64), Problem> {
+    let mut errors = Vec::new();
+    let mut read = |name: &str, default: i64, min: i64, max: i64| match request.query(name) {
+        None => default,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                errors.push(FieldError {
+                    field: name.into(),
+                    message: format!("must be an integer between {min} and {max}"),
+                });
+                default
+            }
+        },
+    };
+    let limit = read("limit", default_limit, 1, max_limit);
+    let after = read("after", 0, 0, i64::MAX);
+    if errors.is_empty() {
+        Ok((limit, after))
+    } else {
+        Err(Problem::validation(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}

@@ -1,0 +1,14 @@
+//! Host-side bindings generated from `wit/service.wit`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "corral:service/service",
+    imports: {
+        "corral:service/sqlite": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
+    trappable_error_type: {
+        "corral:service/sqlite.error" => crate::sqlite::SqliteError,
+    },
+});

@@ -1,0 +1,114 @@
+//! The wasmtime [`Engine`] every component runs on: the component model, async
+//! execution, the pooling allocator, epoch interruption and its ticker thread,
+//! and the [`Linker`] that offers guests WASI, the database and the log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::guest_log::GuestLog;
+use crate::invoke::RequestState;
+
+/// How often the epoch advances. CPU budgets are counted in ticks, and a
+/// guest that computes yields to other requests at least this often.
+pub const TICK: Duration = Duration::from_millis(5);
+
+/// Engine-wide settings, the same for every component.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Component instances alive at once across the host; the pooling
+    /// allocator reserves this many slots up front.
+    pub max_instances: u32,
+    /// The largest linear memory any component may be given.
+    pub max_memory_bytes: usize,
+    /// Where compiled components are cached between runs.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Builds the engine.
+pub fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+
+    // Core instances, memories and tables per component instance: a Rust
+    // component has a main module plus a few small adapter modules.
+    let n = settings.max_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .total_stacks(n)
+        .max_memory_size(settings.max_memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+    if let Some(dir) = &settings.cache_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create cache folder {}", dir.display()))?;
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(wasmtime::Cache::new(cache)?));
+    }
+    Ok(Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("cannot configure the wasm engine")?)
+}
+
+/// Adds everything a guest may import: WASI (with nothing of the machine
+/// behind it; see `invoke::new_store`), its database and its log.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
+    let mut linker = Linker::<RequestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::sqlite::add_to_linker(&mut linker, |state| &mut state.sqlite)?;
+    crate::bindings::corral::service::log::add_to_linker::<_, HasSelf<GuestLog>>(
+        &mut linker,
+        |state| &mut state.log,
+    )?;
+    Ok(linker)
+}
+
+/// Advances the engine's epoch every [`TICK`] until dropped. One per engine,
+/// never one per request.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("corral-epoch".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! One public HTTP request from arrival to response: find the component that
+//! owns the path, read the body within its limit, call the component, and
+//! turn its response, or its failure, into HTTP.
+
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::bindings::corral::service::types;
+use crate::invoke::{self, InvokeError};
+use crate::problem;
+use crate::registry::{LoadedComponent, Registry};
+use crate::server::Handler;
+
+/// Most headers a component's response may carry.
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// The longest request id accepted from a client.
+const MAX_REQUEST_ID_LEN: usize = 128;
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The public listener's handler.
+pub struct Gateway {
+    pub registry: Arc<Registry>,
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let request_id = request_id(&request);
+        let mut response = self.route(request, peer, &request_id).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+}
+
+impl Gateway {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &Arc<str>,
+    ) -> Response<Full<Bytes>> {
+        let snapshot = self.registry.snapshot();
+        let Some(component) = snapshot.route(request.uri().path()).cloned() else {
+            let detail = format!("no component serves {}", request.uri().path());
+            return problem::response(StatusCode::NOT_FOUND, "no-route", "No route", detail);
+        };
+        drop(snapshot);
+
+        let (parts, body) = request.into_parts();
+        let body = match read_body(
+            body,
+            &parts.headers,
+            component.limits.max_request_body_bytes,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let guest_request = types::Request {
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_string(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: body.to_vec(),
+            client_addr: peer.ip().to_string(),
+            request_id: request_id.to_string(),
+        };
+        match invoke::handle(&component, guest_request, Arc::clone(request_id)).await {
+            Ok(response) => into_http(response, &component, request_id),
+            Err(error) => failure(&component, request_id, error),
+        }
+    }
+}
+
+/// The client's `X-Request-Id` when it is a sane token, or a new one.
+fn request_id(request: &Request<Incoming>) -> Arc<str> {
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_LEN
+                && id.bytes().all(|b| b.is_ascii_graphic())
+        });
+    match given {
+        Some(id) => id.into(),
+        None => new_request_id().into(),
+    }
+}
+
+/// 16 hex digits, unique within the process and unpredictable across runs.
+fn new_request_id() -> String {
+    static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:016x}",
+        SEED.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+    )
+}
+
+/// Reads the whole body, refusing with 413 one longer than `limit`.
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    let too_large = || {
+        problem::response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("the request body is larger than this service's limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(problem::response(
+            StatusCode::BAD_REQUEST,
+            "bad-body",
+            "Cannot read the request body",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Hop-by-hop and framing headers belong to the host, not to a component.
+fn reserved_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+    )
+}
+
+/// A component's response as HTTP, or 500 when it is not a valid one.
+fn into_http(
+    response: types::Response,
+    component: &LoadedComponent,
+    request_id: &str,
+) -> Response<Full<Bytes>> {
+    let invalid = |detail: String| {
+        tracing::warn!(component = %component.name, version = %component.short_version, request_id, "invalid response: {detail}");
+        problem::response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "invalid-response",
+            "The service returned an invalid response",
+            detail,
+        )
+    };
+    let status = match StatusCode::from_u16(response.status) {
+        Ok(status) if status.as_u16() >= 200 => status,
+        _ => {
+            return invalid(format!(
+                "status {} is not a final HTTP status",
+                response.status
+            ));
+        }
+    };
+    let limit = component.limits.max_response_body_bytes;
+    if response.body.len() > limit {
+        return invalid(format!(
+            "the body of {} bytes is larger than the limit of {limit} bytes",
+            response.body.len()
+        ));
+    }
+    if response.headers.len() > MAX_RESPONSE_HEADERS {
+        return invalid(format!(
+            "{} headers is more than {MAX_RESPONSE_HEADERS}",
+            response.headers.len()
+        ));
+    }
+    let mut http = Response::new(Full::new(Bytes::from(response.body)));
+    *http.status_mut() = status;
+    for (name, value) in response.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) else {
+            return invalid(format!("header {name:?} is not a valid HTTP header"));
+        };
+        if !reserved_header(&name) {
+            http.headers_mut().append(name, value);
+        }
+    }
+    http
+}
+
+/// The response to a call that failed; the host and other requests carry on.
+fn failure(
+    component: &LoadedComponent,
+    request_id: &str,
+    error: InvokeError,
+) -> Response<Full<Bytes>> {
+    tracing::warn!(
+        component = %component.name,
+        version = %component.short_version,
+        request_id,
+        cause = error.cause(),
+        "request failed: {error}"
+    );
+    let (status, title) = match error {
+        InvokeError::CpuTime(_) | InvokeError::Timeout(_) => {
+            (StatusCode::GATEWAY_TIMEOUT, "The service took too long")
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "The service failed"),
+    };
+    // A trap's message holds the guest's backtrace: it goes to the log only.
+    let reason = match &error {
+        InvokeError::Trap(_) => "the component trapped".to_string(),
+        other => other.to_string(),
+    };
+    let detail = format!("{} failed this request: {reason}", component.name);
+    problem::response(status, error.cause(), title, detail)
+}

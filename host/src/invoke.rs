@@ -1,0 +1,202 @@
+//! One call into a component: a fresh [`Store`] with the component's limits,
+//! an instance from its pre-instantiated form, the call, and what went wrong
+//! if it did. A `Store` never outlives the call it was made for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::corral::service::log::Level;
+use crate::bindings::corral::service::types::{Request, Response};
+use crate::engine::TICK;
+use crate::guest_log::GuestLog;
+use crate::limits::{LimitExceeded, StoreLimiter};
+use crate::registry::LoadedComponent;
+use crate::sqlite::SqliteCtx;
+
+/// Everything one store holds for one call.
+pub struct RequestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub sqlite: SqliteCtx,
+    pub log: GuestLog,
+    limiter: StoreLimiter,
+    /// Epoch ticks the guest may still compute for.
+    cpu_ticks_left: u64,
+    /// Set when the CPU budget ran out, to tell that interrupt from others.
+    cpu_exhausted: bool,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Why a call produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the component used more than its {0:?} of CPU time")]
+    CpuTime(Duration),
+    #[error("the component took longer than its {0:?} timeout")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    #[error("the component overflowed its stack")]
+    StackOverflow,
+    #[error("the component panicked")]
+    Panic,
+    #[error("the component trapped: {0:#}")]
+    Trap(wasmtime::Error),
+}
+
+impl InvokeError {
+    /// A short stable name for logs and metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            InvokeError::CpuTime(_) => "cpu-time",
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::Limit(LimitExceeded::Memory(_)) => "memory",
+            InvokeError::Limit(LimitExceeded::Table(_)) => "table",
+            InvokeError::StackOverflow => "stack-overflow",
+            InvokeError::Panic => "panic",
+            InvokeError::Trap(_) => "trap",
+        }
+    }
+}
+
+/// A store for one call into `component`, with its limits installed and a
+/// sandbox that shows the guest nothing of the machine: no files, no
+/// sockets, no environment, no arguments; stdout and stderr go to the log.
+fn new_store(component: &LoadedComponent, request_id: Arc<str>) -> Store<RequestState> {
+    let log = GuestLog::new(
+        Arc::clone(&component.name),
+        Arc::clone(&component.short_version),
+        request_id,
+    );
+    let wasi = WasiCtx::builder()
+        .stdout(log.output("stdout", Level::Info))
+        .stderr(log.output("stderr", Level::Warn))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let limits = &component.limits;
+    let state = RequestState {
+        wasi,
+        table: ResourceTable::new(),
+        sqlite: SqliteCtx::new(Arc::clone(&component.db)),
+        log,
+        limiter: StoreLimiter::new(limits),
+        cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
+        cpu_exhausted: false,
+    };
+    let mut store = Store::new(component.pre.engine(), state);
+    store.limiter(|state| &mut state.limiter);
+    // Every tick the guest runs, it yields to other tasks and spends a tick
+    // of its CPU budget; when none is left, it is interrupted.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        if state.cpu_ticks_left == 0 {
+            state.cpu_exhausted = true;
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        state.cpu_ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+/// Handles one HTTP request in a fresh instance of `component`.
+pub async fn handle(
+    component: &LoadedComponent,
+    request: Request,
+    request_id: Arc<str>,
+) -> Result<Response, InvokeError> {
+    let timeout = component.limits.timeout;
+    let mut store = new_store(component, request_id);
+    let call = async {
+        let service = component.pre.instantiate_async(&mut store).await?;
+        service
+            .corral_service_handler()
+            .call_handle(&mut store, &request)
+            .await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(InvokeError::Timeout(timeout)),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(classify(e, store.data(), component)),
+    }
+}
+
+/// Why `init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("init returned an error: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Failed(#[from] InvokeError),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// Runs the component's `init` inside a transaction that commits only if
+/// `init` succeeds, so a failed migration leaves the database as it was.
+pub async fn init(component: &LoadedComponent) -> Result<(), InitError> {
+    let timeout = component.limits.timeout;
+    let mut store = new_store(component, Arc::from("init"));
+    let sqlite = &mut store.data_mut().sqlite;
+    sqlite
+        .with_conn(|conn| conn.begin_host_transaction())
+        .await
+        .map_err(|e| InitError::Database(format!("{e:?}")))?
+        .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?;
+    let call = async {
+        let service = component.pre.instantiate_async(&mut store).await?;
+        service
+            .corral_service_lifecycle()
+            .call_init(&mut store)
+            .await
+    };
+    let outcome = match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(InvokeError::Timeout(timeout).into()),
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(message))) => Err(InitError::Refused(message)),
+        Ok(Err(e)) => Err(classify(e, store.data(), component).into()),
+    };
+    let commit = outcome.is_ok();
+    let ended = store
+        .data_mut()
+        .sqlite
+        .with_conn(move |conn| conn.end_host_transaction(commit))
+        .await
+        .map_err(|e| InitError::Database(format!("{e:?}")))?;
+    outcome?;
+    ended.map_err(|e| InitError::Database(format!("cannot commit what init did: {e:?}")))
+}
+
+/// Tells apart the ways a call can trap.
+fn classify(
+    error: wasmtime::Error,
+    state: &RequestState,
+    component: &LoadedComponent,
+) -> InvokeError {
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return InvokeError::Limit(*limit);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) if state.cpu_exhausted => {
+            InvokeError::CpuTime(component.limits.cpu_time)
+        }
+        Some(Trap::StackOverflow) => InvokeError::StackOverflow,
+        // Rust guests abort on panic, which traps as `unreachable`.
+        Some(Trap::UnreachableCodeReached) => InvokeError::Panic,
+        _ => InvokeError::Trap(error),
+    }
+}
