@@ -2,11 +2,12 @@
 //! shape) resolved into what the host runs with ([`Config`]), with every
 //! problem in the file reported at once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use serde::Deserialize;
 
 /// The host's validated configuration.
@@ -83,8 +84,9 @@ struct RawConfig {
     listen: Option<String>,
     data_dir: Option<String>,
     cache_dir: Option<String>,
+    /// In file order, so problems and routes keep the order the user wrote.
     #[serde(default)]
-    components: BTreeMap<String, RawComponent>,
+    components: IndexMap<String, RawComponent>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,11 +6,12 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::bindings::corral::service::types;
@@ -21,6 +22,10 @@ use crate::server::Handler;
 
 /// Most headers a component's response may carry.
 const MAX_RESPONSE_HEADERS: usize = 100;
+/// How much of a refused body is read, so the client can read the refusal,
+/// before the connection is closed instead.
+const MAX_DRAIN_BYTES: usize = 8 << 20;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request id accepted from a client.
 const MAX_REQUEST_ID_LEN: usize = 128;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -120,7 +125,7 @@ fn new_request_id() -> String {
 
 /// Reads the whole body, refusing with 413 one longer than `limit`.
 async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     headers: &http::HeaderMap,
     limit: usize,
 ) -> Result<Bytes, Response<Full<Bytes>>> {
@@ -136,19 +141,49 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+    if declared.is_some_and(|n| n > (limit + MAX_DRAIN_BYTES) as u64) {
+        // Too much to read just to refuse it: answer, and close the connection.
+        let mut response = too_large();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(response);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(problem::response(
-            StatusCode::BAD_REQUEST,
-            "bad-body",
-            "Cannot read the request body",
-            e.to_string(),
-        )),
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            problem::response(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "Cannot read the request body",
+                e.to_string(),
+            )
+        })?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if collected.len() + data.len() > limit {
+            drain(body, MAX_DRAIN_BYTES).await;
+            return Err(too_large());
+        }
+        collected.extend_from_slice(data);
     }
+    Ok(collected.freeze())
+}
+
+/// Reads and drops what is left of a refused body, up to `max` bytes and
+/// [`DRAIN_TIMEOUT`], so the client gets to read the refusal.
+async fn drain(mut body: Incoming, max: usize) {
+    let read = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
 }
 
 /// Hop-by-hop and framing headers belong to the host, not to a component.

@@ -9,7 +9,7 @@
 //!
 //! A component implements [`Service`] and names its type in [`export_service!`]:
 //!
-//! ```ignore
+//! ```no_run
 //! struct Hello;
 //! impl corral_sdk::Service for Hello {
 //!     fn handle(req: corral_sdk::Request) -> Result<corral_sdk::Response, corral_sdk::Problem> {

@@ -1,0 +1,37 @@
+# corral: `just build`, `just run`, `just test`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+wasm_target := "wasm32-wasip2"
+# The components `just build` produces; `chaos` is for tests only.
+components := "-p users -p orders -p chaos"
+
+# Lists the recipes.
+default:
+    @just --list
+
+# Builds the components (.wasm) and the host, in release mode.
+build: build-components
+    cargo build --release -p corral
+
+# Builds only the components.
+build-components:
+    cargo build --release --target {{wasm_target}} {{components}}
+
+# Builds everything, then serves config/corral.toml on 127.0.0.1:8080 with data under data/.
+run: build
+    ./target/release/corral serve --config config/corral.toml
+
+# Runs every test: unit tests and the integration tests against a real host.
+test: build-components
+    cargo test --release --workspace
+
+# Checks formatting and lints, host and components alike.
+lint:
+    cargo fmt --all --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    cargo clippy --release --target {{wasm_target}} {{components}} -p corral-sdk -- -D warnings
+
+# Validates config/corral.toml and the components it names.
+check-config: build
+    ./target/release/corral check --config config/corral.toml

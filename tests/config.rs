@@ -1,0 +1,97 @@
+//! Config validation: every problem of a file reported at once, with its key.
+
+use crate::support::{check_config, component_toml};
+
+#[test]
+fn a_valid_config_passes() {
+    let toml = format!(
+        "listen = \"127.0.0.1:8080\"\ndata_dir = \"data\"\n{}{}",
+        component_toml("users", "users", &["/users"]),
+        component_toml("orders", "orders", &["/orders", "/api/orders"]),
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(ok, "{output}");
+    assert!(output.contains(": ok"), "{output}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let toml = format!(
+        r#"
+listen = "localhost:http"
+data_dir = "data"
+colour = "blue"
+
+{users}
+[components.orders]
+wasm = "missing/orders.wasm"
+routes = ["/orders", "/users/orders", "no-slash", "/trailing/"]
+retries = 3
+
+[components.Bad_Name]
+routes = ["/bad"]
+"#,
+        users = component_toml("users", "users", &["/users"]),
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(!ok, "{output}");
+    for expected in [
+        "listen: \"localhost:http\" is not an address",
+        "colour: unknown key",
+        "components.orders.retries: unknown key",
+        "components.orders.wasm: no such file",
+        "run `just build`",
+        "components.orders.routes[1]: \"/users/orders\" overlaps \"/users\" of component users",
+        "components.orders.routes[2]: \"no-slash\" is not a route",
+        "components.orders.routes[3]: \"/trailing/\" is not a route",
+        "components.Bad_Name: \"Bad_Name\" is not a valid component name",
+        "components.Bad_Name.wasm: is required",
+    ] {
+        assert!(
+            output.contains(expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+    assert!(output.contains("9 problems"), "{output}");
+}
+
+#[test]
+fn shape_errors_name_the_line() {
+    let (ok, output) =
+        check_config("data_dir = \"data\"\n[components.users]\nroutes = \"/users\"\n");
+    assert!(!ok);
+    assert!(output.contains("line 3"), "{output}");
+    let (ok, output) = check_config("this is not toml");
+    assert!(!ok);
+    assert!(output.contains("line 1"), "{output}");
+    let (ok, output) = check_config("data_dir = \"data\"\n");
+    assert!(!ok);
+    assert!(
+        output.contains("components: at least one component is required"),
+        "{output}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let core_module = dir.path().join("core.wasm");
+    std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"definitely not wasm").unwrap();
+    let toml = format!(
+        "data_dir = \"data\"\n[components.core]\nwasm = {:?}\nroutes = [\"/core\"]\n[components.junk]\nwasm = {:?}\nroutes = [\"/junk\"]\n",
+        core_module.display().to_string(),
+        junk.display().to_string()
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("core: ") && output.contains("core wasm module"),
+        "{output}"
+    );
+    assert!(
+        output.contains("junk: ") && output.contains("not WebAssembly"),
+        "{output}"
+    );
+}

@@ -1,0 +1,358 @@
+//! Test support: a real `corral` process serving real components on
+//! 127.0.0.1:0, found through the address it logs, killed on drop, and a
+//! small HTTP client to talk to it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a host may take to compile and start its components.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The built `.wasm` of a component crate.
+pub fn wasm(crate_name: &str) -> PathBuf {
+    let path = workspace().join(format!("target/wasm32-wasip2/release/{crate_name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `just build` first",
+        path.display()
+    );
+    path
+}
+
+/// Compiled components are cached across test hosts, so each test does not
+/// compile them again.
+fn cache_dir() -> PathBuf {
+    workspace().join("target/corral-test-cache")
+}
+
+/// A config section serving `crate_name`'s component as `name` on `routes`.
+pub fn component_toml(name: &str, crate_name: &str, routes: &[&str]) -> String {
+    format!(
+        "[components.{name}]\nwasm = {:?}\nroutes = {routes:?}\n",
+        wasm(crate_name).display().to_string()
+    )
+}
+
+/// Builds the config of a test host.
+pub struct HostBuilder {
+    toml: String,
+    data_dir: Option<PathBuf>,
+}
+
+impl HostBuilder {
+    /// Adds a component section.
+    pub fn component(mut self, name: &str, crate_name: &str, routes: &[&str]) -> Self {
+        self.toml
+            .push_str(&component_toml(name, crate_name, routes));
+        self
+    }
+
+    /// Keeps the databases in `dir`, which outlives the host.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn start(self) -> TestHost {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = self.data_dir.unwrap_or_else(|| dir.path().join("data"));
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\ncache_dir = {:?}\n{}",
+            data_dir.display().to_string(),
+            cache_dir().display().to_string(),
+            self.toml
+        );
+        let config_path = dir.path().join("corral.toml");
+        std::fs::write(&config_path, &config).unwrap();
+        TestHost::spawn(dir, &config_path, data_dir)
+    }
+}
+
+/// A host with no components yet.
+pub fn host() -> HostBuilder {
+    HostBuilder {
+        toml: String::new(),
+        data_dir: None,
+    }
+}
+
+/// A host serving users, orders and the chaos component.
+pub fn full_host() -> TestHost {
+    host()
+        .component("users", "users", &["/users"])
+        .component("orders", "orders", &["/orders"])
+        .component("chaos", "chaos", &["/chaos"])
+        .start()
+}
+
+/// A running `corral serve`.
+pub struct TestHost {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl TestHost {
+    fn spawn(dir: tempfile::TempDir, config_path: &Path, data_dir: PathBuf) -> TestHost {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting corral");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let started = Instant::now();
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => break addr,
+                Err(_) if started.elapsed() > START_TIMEOUT => {
+                    panic!("corral did not start:\n{}", logs.lock().unwrap().join("\n"))
+                }
+                Err(_) => {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        panic!(
+                            "corral exited with {status}:\n{}",
+                            logs.lock().unwrap().join("\n")
+                        );
+                    }
+                }
+            }
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .allow_non_standard_methods(true)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        TestHost {
+            child,
+            addr,
+            data_dir,
+            logs,
+            agent,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request built by the caller.
+    pub fn request(&self, request: http::Request<Vec<u8>>) -> Reply {
+        let (parts, body) = request.into_parts();
+        let mut request = http::Request::from_parts(parts, body);
+        if request.uri().host().is_none() {
+            *request.uri_mut() = self.url(&request.uri().to_string()).parse().unwrap();
+        }
+        let response = self
+            .agent
+            .run(request)
+            .expect("the request reaches the host");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Sends `method path` with an optional JSON body.
+    pub fn send(&self, method: &str, path: &str, json: Option<&Value>) -> Reply {
+        let mut builder = http::Request::builder().method(method).uri(path);
+        let body = match json {
+            Some(json) => {
+                builder = builder.header("content-type", "application/json");
+                serde_json::to_vec(json).unwrap()
+            }
+            None => Vec::new(),
+        };
+        self.request(builder.body(body).unwrap())
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, json: &Value) -> Reply {
+        self.send("POST", path, Some(json))
+    }
+
+    pub fn patch(&self, path: &str, json: &Value) -> Reply {
+        self.send("PATCH", path, Some(json))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.send("DELETE", path, None)
+    }
+
+    /// Sends a body as it is, with the given content type.
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let request = http::Request::post(path)
+            .header("content-type", content_type)
+            .body(body.to_vec())
+            .unwrap();
+        self.request(request)
+    }
+
+    /// Everything the host has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains all of `needles`.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no log line with {needles:?} in:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills the process, as a crash or `kill -9` would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, read in full.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Asserts an `application/problem+json` body with this status and
+    /// `type` suffix, and returns the problem.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, kind: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text()
+        );
+        let problem = self.json();
+        assert_eq!(
+            problem["type"],
+            format!("urn:corral:problem:{kind}"),
+            "{problem}"
+        );
+        assert_eq!(problem["status"], status, "{problem}");
+        assert!(
+            problem["title"].is_string() && problem["detail"].is_string(),
+            "{problem}"
+        );
+        problem
+    }
+}
+
+/// The field names of a validation problem's errors.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {problem}"))
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs `corral check` on config text written next to a temporary data folder.
+pub fn check_config(toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corral.toml");
+    std::fs::write(&path, toml).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
