@@ -56,9 +56,9 @@ pub fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         cache.with_directory(dir);
         config.cache(Some(wasmtime::Cache::new(cache)?));
     }
-    Ok(Engine::new(&config)
+    Engine::new(&config)
         .map_err(anyhow::Error::from)
-        .context("cannot configure the wasm engine")?)
+        .context("cannot configure the wasm engine")
 }
 
 /// Adds everything a guest may import: WASI (with nothing of the machine

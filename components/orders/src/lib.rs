@@ -165,10 +165,10 @@ fn validate_items(fields: &mut Fields, raw: Vec<Value>) -> Option<(Vec<Item>, i6
             continue;
         };
         let sku = item.string("sku", true);
-        if let Some(sku) = &sku {
-            if sku.trim().is_empty() || sku.chars().count() > MAX_SKU_CHARS {
-                item.error("sku", format!("must be 1 to {MAX_SKU_CHARS} characters"));
-            }
+        if let Some(sku) = &sku
+            && (sku.trim().is_empty() || sku.chars().count() > MAX_SKU_CHARS)
+        {
+            item.error("sku", format!("must be 1 to {MAX_SKU_CHARS} characters"));
         }
         let quantity = item.integer("quantity", true, 1, i64::MAX);
         let unit_price_cents = item.integer("unit_price_cents", true, 0, i64::MAX);
@@ -274,10 +274,10 @@ fn attach_items(orders: &mut [Order]) -> Result<(), db::Error> {
 fn update_status(id: i64, req: &Request) -> Result<Response, Problem> {
     let mut fields = req.json_object()?;
     let status = fields.string("status", true);
-    if let Some(status) = &status {
-        if !STATUSES.contains(&status.as_str()) {
-            fields.error("status", format!("must be one of {}", STATUSES.join(", ")));
-        }
+    if let Some(status) = &status
+        && !STATUSES.contains(&status.as_str())
+    {
+        fields.error("status", format!("must be one of {}", STATUSES.join(", ")));
     }
     fields.finish()?;
     let Some(status) = status else {

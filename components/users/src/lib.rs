@@ -169,10 +169,10 @@ fn validate(fields: &mut Fields, name: Option<&str>, email: Option<&str>) {
             );
         }
     }
-    if let Some(email) = email {
-        if !is_valid_email(email) {
-            fields.error("email", "must be an email address such as ada@example.com");
-        }
+    if let Some(email) = email
+        && !is_valid_email(email)
+    {
+        fields.error("email", "must be an email address such as ada@example.com");
     }
 }
 

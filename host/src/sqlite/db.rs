@@ -475,7 +475,7 @@ fn run(
         };
         stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(value))?;
     }
-    let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let columns: Vec<String> = stmt.column_names().map(String::from).collect();
     let width = columns.len();
     let mut out = Vec::new();
     let mut bytes = 0usize;
