@@ -47,18 +47,14 @@ routes = ["/bad"]
         "components.Bad_Name: \"Bad_Name\" is not a valid component name",
         "components.Bad_Name.wasm: is required",
     ] {
-        assert!(
-            output.contains(expected),
-            "missing {expected:?} in:\n{output}"
-        );
+        assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
     }
     assert!(output.contains("9 problems"), "{output}");
 }
 
 #[test]
 fn shape_errors_name_the_line() {
-    let (ok, output) =
-        check_config("data_dir = \"data\"\n[components.users]\nroutes = \"/users\"\n");
+    let (ok, output) = check_config("data_dir = \"data\"\n[components.users]\nroutes = \"/users\"\n");
     assert!(!ok);
     assert!(output.contains("line 3"), "{output}");
     let (ok, output) = check_config("this is not toml");
@@ -94,4 +90,57 @@ fn a_file_that_is_not_a_component_is_refused() {
         output.contains("junk: ") && output.contains("not WebAssembly"),
         "{output}"
     );
+}
+
+#[test]
+fn limits_and_rate_limits_are_validated_too() {
+    let toml = format!(
+        r#"
+data_dir = "data"
+
+[server]
+trusted_proxies = ["10.0.0.0/8", "not-a-network"]
+max_instances = 10
+max_headers = 0
+
+[limits]
+memory_mib = 0
+cpu_time_ms = 1000
+
+{users}
+[components.users.limits]
+max_concurrent = 11
+timeout_ms = 99999999
+bogus = 1
+
+[components.users.rate_limit]
+rate = "10/fortnight"
+burst = 0
+per = "everyone"
+routes = [
+    {{ route = "GET /orders/{{id}}", rate = "1/second" }},
+    {{ route = "get /users", rate = "1/second" }},
+    {{ rate = "1/second" }},
+]
+"#,
+        users = component_toml("users", "users", &["/users"]),
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(!ok, "{output}");
+    for expected in [
+        "server.trusted_proxies[1]: \"not-a-network\" is not an address or network",
+        "server.max_headers: 0 is out of range",
+        "limits.memory_mib: 0 is out of range: use 1 to 4096",
+        "components.users.limits.timeout_ms: 99999999 is out of range",
+        "components.users.limits.bogus: unknown key",
+        "components.users.rate_limit.rate: \"10/fortnight\" is not a rate",
+        "components.users.rate_limit.burst: 0 is out of range",
+        "components.users.rate_limit.per: \"everyone\" is not \"client\" or \"global\"",
+        "components.users.rate_limit.routes[0].route: GET /orders/{id} is not under any of this component's routes",
+        "components.users.rate_limit.routes[1].route: \"get /users\" is not a route pattern",
+        "components.users.rate_limit.routes[2].route: is required",
+        "server.max_instances: 10 is less than the components' max_concurrent added up (11)",
+    ] {
+        assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
+    }
 }

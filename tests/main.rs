@@ -3,8 +3,11 @@
 
 mod support;
 
+mod capacity;
 mod config;
+mod containment;
 mod orders;
 mod persistence;
+mod ratelimits;
 mod sandbox;
 mod users;

@@ -22,19 +22,12 @@ fn item(sku: &str, quantity: i64, unit_price_cents: i64) -> Value {
 #[test]
 fn place_then_read() {
     let host = orders_host();
-    let items = json!([
-        item("TEA-1", 2, 450),
-        item("MUG-7", 1, 1299),
-        item("FREE", 3, 0)
-    ]);
+    let items = json!([item("TEA-1", 2, 450), item("MUG-7", 1, 1299), item("FREE", 3, 0)]);
     let reply = host.post("/orders", &json!({ "user_id": 7, "items": items }));
     assert_eq!(reply.status, 201, "{}", reply.text());
     let order = reply.json();
     let id = order["id"].as_i64().unwrap();
-    assert_eq!(
-        reply.header("location"),
-        Some(format!("/orders/{id}").as_str())
-    );
+    assert_eq!(reply.header("location"), Some(format!("/orders/{id}").as_str()));
     assert_eq!(order["user_id"], 7);
     assert_eq!(order["status"], "pending");
     assert_eq!(order["items"], items);
@@ -50,14 +43,8 @@ fn invalid_orders_are_400_with_the_fields_at_fault() {
         (json!({ "user_id": 1, "items": [] }), vec!["items"]),
         (json!({ "user_id": 1 }), vec!["items"]),
         (json!({ "items": [item("A", 1, 1)] }), vec!["user_id"]),
-        (
-            json!({ "user_id": 0, "items": [item("A", 1, 1)] }),
-            vec!["user_id"],
-        ),
-        (
-            json!({ "user_id": "1", "items": [item("A", 1, 1)] }),
-            vec!["user_id"],
-        ),
+        (json!({ "user_id": 0, "items": [item("A", 1, 1)] }), vec!["user_id"]),
+        (json!({ "user_id": "1", "items": [item("A", 1, 1)] }), vec!["user_id"]),
         (
             json!({ "user_id": 1, "items": [item("A", 0, 1)] }),
             vec!["items[0].quantity"],
@@ -70,10 +57,7 @@ fn invalid_orders_are_400_with_the_fields_at_fault() {
             json!({ "user_id": 1, "items": [item("A", 1, 1), item("B", 1, -1)] }),
             vec!["items[1].unit_price_cents"],
         ),
-        (
-            json!({ "user_id": 1, "items": [item("", 1, 1)] }),
-            vec!["items[0].sku"],
-        ),
+        (json!({ "user_id": 1, "items": [item("", 1, 1)] }), vec!["items[0].sku"]),
         (
             json!({ "user_id": 1, "items": [item(&"s".repeat(65), 1, 1)] }),
             vec!["items[0].sku"],
@@ -107,25 +91,14 @@ fn invalid_orders_are_400_with_the_fields_at_fault() {
         ),
     ];
     for (body, fields) in cases {
-        let problem = host
-            .post("/orders", &body)
-            .assert_problem(400, "validation");
+        let problem = host.post("/orders", &body).assert_problem(400, "validation");
         assert_eq!(error_fields(&problem), fields, "{body}");
     }
     let too_big = json!({ "user_id": 1, "items": [{ "sku": "A", "quantity": u64::MAX, "unit_price_cents": 1 }] });
-    host.post("/orders", &too_big)
-        .assert_problem(400, "validation");
-    host.post_raw(
-        "/orders",
-        "application/json",
-        b"{\"user_id\": 1, \"items\": [",
-    )
-    .assert_problem(400, "malformed-json");
-    assert_eq!(
-        host.get("/orders").json()["items"],
-        json!([]),
-        "nothing was written"
-    );
+    host.post("/orders", &too_big).assert_problem(400, "validation");
+    host.post_raw("/orders", "application/json", b"{\"user_id\": 1, \"items\": [")
+        .assert_problem(400, "malformed-json");
+    assert_eq!(host.get("/orders").json()["items"], json!([]), "nothing was written");
 }
 
 #[test]
@@ -144,10 +117,7 @@ fn statuses_follow_the_life_cycle() {
             .patch(&path, &json!({ "status": status }))
             .assert_problem(409, "conflict");
         assert_eq!(problem["current_status"], "delivered");
-        assert!(
-            problem["detail"].as_str().unwrap().contains("delivered"),
-            "{problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap().contains("delivered"), "{problem}");
     }
     assert_eq!(host.get(&path).json()["status"], "delivered");
 }
@@ -158,32 +128,17 @@ fn pending_and_paid_orders_can_be_cancelled() {
     let pending = place(&host, 1, json!([item("A", 1, 100)]));
     let paid = place(&host, 1, json!([item("A", 1, 100)]));
     let shipped = place(&host, 1, json!([item("A", 1, 100)]));
-    host.patch(
-        &format!("/orders/{}", paid["id"]),
-        &json!({ "status": "paid" }),
-    );
-    host.patch(
-        &format!("/orders/{}", shipped["id"]),
-        &json!({ "status": "paid" }),
-    );
-    host.patch(
-        &format!("/orders/{}", shipped["id"]),
-        &json!({ "status": "shipped" }),
-    );
+    host.patch(&format!("/orders/{}", paid["id"]), &json!({ "status": "paid" }));
+    host.patch(&format!("/orders/{}", shipped["id"]), &json!({ "status": "paid" }));
+    host.patch(&format!("/orders/{}", shipped["id"]), &json!({ "status": "shipped" }));
 
     for order in [&pending, &paid] {
-        let reply = host.patch(
-            &format!("/orders/{}", order["id"]),
-            &json!({ "status": "cancelled" }),
-        );
+        let reply = host.patch(&format!("/orders/{}", order["id"]), &json!({ "status": "cancelled" }));
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_eq!(reply.json()["status"], "cancelled");
     }
     let problem = host
-        .patch(
-            &format!("/orders/{}", shipped["id"]),
-            &json!({ "status": "cancelled" }),
-        )
+        .patch(&format!("/orders/{}", shipped["id"]), &json!({ "status": "cancelled" }))
         .assert_problem(409, "conflict");
     assert_eq!(problem["current_status"], "shipped");
     let cancelled = format!("/orders/{}", pending["id"]);
@@ -194,10 +149,7 @@ fn pending_and_paid_orders_can_be_cancelled() {
     // Skipping a step is a conflict too.
     let fresh = place(&host, 1, json!([item("A", 1, 100)]));
     let problem = host
-        .patch(
-            &format!("/orders/{}", fresh["id"]),
-            &json!({ "status": "shipped" }),
-        )
+        .patch(&format!("/orders/{}", fresh["id"]), &json!({ "status": "shipped" }))
         .assert_problem(409, "conflict");
     assert_eq!(problem["current_status"], "pending");
 }
@@ -237,29 +189,20 @@ fn lists_filter_by_user_and_page() {
     let mut seen = Vec::new();
     let mut after = 0;
     loop {
-        let page = host
-            .get(&format!("/orders?user_id=1&limit=3&after={after}"))
-            .json();
+        let page = host.get(&format!("/orders?user_id=1&limit=3&after={after}")).json();
         seen.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_after"].as_i64() {
             Some(next) => after = next,
             None => break,
         }
     }
+    assert_eq!(seen, mine, "every order of user 1, in order, with its items");
     assert_eq!(
-        seen, mine,
-        "every order of user 1, in order, with its items"
-    );
-    assert_eq!(
-        host.get("/orders?limit=100").json()["items"]
-            .as_array()
-            .unwrap()
-            .len(),
+        host.get("/orders?limit=100").json()["items"].as_array().unwrap().len(),
         12
     );
     assert_eq!(host.get("/orders?user_id=3").json()["items"], json!([]));
     for query in ["user_id=x", "user_id=0", "limit=0", "limit=101", "after=-3"] {
-        host.get(&format!("/orders?{query}"))
-            .assert_problem(400, "validation");
+        host.get(&format!("/orders?{query}")).assert_problem(400, "validation");
     }
 }

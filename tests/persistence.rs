@@ -16,20 +16,17 @@ fn data_survives_a_crash_and_restart() {
     };
     let first = start();
     let user = first
-        .post(
-            "/users",
-            &json!({ "name": "Ada", "email": "ada@example.com" }),
-        )
+        .post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
         .json();
     let order = first
-        .post("/orders", &json!({ "user_id": user["id"], "items": [{ "sku": "A", "quantity": 2, "unit_price_cents": 5 }] }))
+        .post(
+            "/orders",
+            &json!({ "user_id": user["id"], "items": [{ "sku": "A", "quantity": 2, "unit_price_cents": 5 }] }),
+        )
         .json();
     assert_eq!(
         first
-            .patch(
-                &format!("/orders/{}", order["id"]),
-                &json!({ "status": "paid" })
-            )
+            .patch(&format!("/orders/{}", order["id"]), &json!({ "status": "paid" }))
             .status,
         200
     );
@@ -41,16 +38,10 @@ fn data_survives_a_crash_and_restart() {
     assert_eq!(stored["status"], "paid");
     assert_eq!(stored["items"], order["items"]);
     second
-        .post(
-            "/users",
-            &json!({ "name": "Ada", "email": "ada@example.com" }),
-        )
+        .post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
         .assert_problem(409, "conflict");
     let next = second
-        .post(
-            "/users",
-            &json!({ "name": "Bob", "email": "bob@example.com" }),
-        )
+        .post("/users", &json!({ "name": "Bob", "email": "bob@example.com" }))
         .json();
     assert!(next["id"].as_i64() > user["id"].as_i64());
 }
@@ -62,10 +53,7 @@ fn each_component_has_its_own_file() {
         .component("orders", "orders", &["/orders"])
         .component("chaos", "chaos", &["/chaos"])
         .start();
-    host.post(
-        "/users",
-        &json!({ "name": "Ada", "email": "ada@example.com" }),
-    );
+    host.post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }));
     let mut files: Vec<String> = std::fs::read_dir(&host.data_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -80,14 +68,9 @@ fn each_component_has_its_own_file() {
         "SELECT * FROM orders",
         "SELECT * FROM main.users",
     ] {
-        let reply = host
-            .post_raw("/chaos/sql", "text/plain", sql.as_bytes())
-            .json();
+        let reply = host.post_raw("/chaos/sql", "text/plain", sql.as_bytes()).json();
         assert_eq!(reply["error"], "invalid-statement", "{sql}: {reply}");
-        assert!(
-            reply["message"].as_str().unwrap().contains("no such table"),
-            "{reply}"
-        );
+        assert!(reply["message"].as_str().unwrap().contains("no such table"), "{reply}");
     }
     let tables = host
         .post_raw(

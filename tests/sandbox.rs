@@ -7,11 +7,7 @@ use crate::support::{TestHost, full_host};
 
 fn sql(host: &TestHost, sql: &str) -> serde_json::Value {
     let reply = host.post_raw("/chaos/sql", "text/plain", sql.as_bytes());
-    assert!(
-        reply.status == 200 || reply.status == 422,
-        "{sql}: {}",
-        reply.text()
-    );
+    assert!(reply.status == 200 || reply.status == 422, "{sql}: {}", reply.text());
     reply.json()
 }
 
@@ -48,23 +44,11 @@ fn sql_cannot_escape_the_database() {
     ];
     for statement in &denied {
         let reply = sql(&host, statement);
-        assert!(
-            reply["error"].is_string(),
-            "{statement} was allowed: {reply}"
-        );
+        assert!(reply["error"].is_string(), "{statement} was allowed: {reply}");
     }
-    assert!(
-        !target.exists(),
-        "nothing was written outside the data folder"
-    );
-    assert_eq!(
-        sql(&host, "ATTACH DATABASE ':memory:' AS m")["error"],
-        "access-denied"
-    );
-    assert_eq!(
-        sql(&host, "PRAGMA foreign_keys = OFF")["error"],
-        "access-denied"
-    );
+    assert!(!target.exists(), "nothing was written outside the data folder");
+    assert_eq!(sql(&host, "ATTACH DATABASE ':memory:' AS m")["error"], "access-denied");
+    assert_eq!(sql(&host, "PRAGMA foreign_keys = OFF")["error"], "access-denied");
     assert_eq!(
         sql(&host, "PRAGMA foreign_keys")["rows"],
         json!([[1]]),
@@ -74,17 +58,8 @@ fn sql_cannot_escape_the_database() {
     // What a migration needs stays allowed.
     assert_eq!(sql(&host, "PRAGMA user_version = 7")["rows"], json!([]));
     assert_eq!(sql(&host, "PRAGMA user_version")["rows"], json!([[7]]));
-    assert!(
-        sql(&host, "PRAGMA table_info(junk)")["rows"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 2
-    );
-    assert_eq!(
-        sql(&host, "SELECT 1; SELECT 2")["error"],
-        "invalid-statement"
-    );
+    assert!(sql(&host, "PRAGMA table_info(junk)")["rows"].as_array().unwrap().len() == 2);
+    assert_eq!(sql(&host, "SELECT 1; SELECT 2")["error"], "invalid-statement");
     assert_eq!(sql(&host, "SELEKT 1")["error"], "invalid-statement");
 }
 
@@ -92,50 +67,27 @@ fn sql_cannot_escape_the_database() {
 fn an_open_transaction_is_rolled_back_when_the_guest_traps() {
     let host = full_host();
     host.get("/chaos/txn-trap").assert_problem(500, "panic");
-    assert_eq!(
-        sql(&host, "SELECT count(*) FROM junk")["rows"],
-        json!([[0]])
-    );
+    assert_eq!(sql(&host, "SELECT count(*) FROM junk")["rows"], json!([[0]]));
     // The database is not left locked either.
-    assert_eq!(
-        sql(&host, "INSERT INTO junk (data) VALUES (x'02')")["rows"],
-        json!([])
-    );
-    assert_eq!(
-        sql(&host, "SELECT count(*) FROM junk")["rows"],
-        json!([[1]])
-    );
+    assert_eq!(sql(&host, "INSERT INTO junk (data) VALUES (x'02')")["rows"], json!([]));
+    assert_eq!(sql(&host, "SELECT count(*) FROM junk")["rows"], json!([[1]]));
 }
 
 #[test]
 fn a_trap_fails_one_request_while_others_carry_on() {
     let mut host = full_host();
     let user = host
-        .post(
-            "/users",
-            &json!({ "name": "Ada", "email": "ada@example.com" }),
-        )
+        .post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
         .json();
     let user_path = format!("/users/{}", user["id"]);
     std::thread::scope(|scope| {
-        let panics: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| host.get("/chaos/panic")))
-            .collect();
+        let panics: Vec<_> = (0..8).map(|_| scope.spawn(|| host.get("/chaos/panic"))).collect();
         let readers: Vec<_> = (0..8)
-            .map(|_| {
-                scope.spawn(|| {
-                    (0..10)
-                        .map(|_| host.get(&user_path).status)
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|_| scope.spawn(|| (0..10).map(|_| host.get(&user_path).status).collect::<Vec<_>>()))
             .collect();
         for panic in panics {
             let problem = panic.join().unwrap().assert_problem(500, "panic");
-            assert!(
-                problem["detail"].as_str().unwrap().contains("chaos"),
-                "{problem}"
-            );
+            assert!(problem["detail"].as_str().unwrap().contains("chaos"), "{problem}");
         }
         for reader in readers {
             assert!(reader.join().unwrap().iter().all(|status| *status == 200));
@@ -157,11 +109,7 @@ fn guest_output_reaches_the_host_log_tagged() {
     );
     assert_eq!(reply.status, 204);
     assert_eq!(reply.header("x-request-id"), Some("trace-me-42"));
-    for text in [
-        "hello on stdout",
-        "hello on stderr",
-        "hello through the log interface",
-    ] {
+    for text in ["hello on stdout", "hello on stderr", "hello through the log interface"] {
         host.wait_for_log(&["component=chaos", "request_id=trace-me-42", text]);
     }
 }

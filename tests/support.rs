@@ -16,20 +16,13 @@ use serde_json::Value;
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// The built `.wasm` of a component crate.
 pub fn wasm(crate_name: &str) -> PathBuf {
     let path = workspace().join(format!("target/wasm32-wasip2/release/{crate_name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `just build` first",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `just build` first", path.display());
     path
 }
 
@@ -56,8 +49,14 @@ pub struct HostBuilder {
 impl HostBuilder {
     /// Adds a component section.
     pub fn component(mut self, name: &str, crate_name: &str, routes: &[&str]) -> Self {
-        self.toml
-            .push_str(&component_toml(name, crate_name, routes));
+        self.toml.push_str(&component_toml(name, crate_name, routes));
+        self
+    }
+
+    /// Adds raw TOML to the config, such as a `[server]` section.
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.toml.push_str(toml);
+        self.toml.push('\n');
         self
     }
 
@@ -142,10 +141,7 @@ impl TestHost {
                 Err(_) => {
                     if let Some(status) = child.try_wait().unwrap() {
                         std::thread::sleep(Duration::from_millis(100));
-                        panic!(
-                            "corral exited with {status}:\n{}",
-                            logs.lock().unwrap().join("\n")
-                        );
+                        panic!("corral exited with {status}:\n{}", logs.lock().unwrap().join("\n"));
                     }
                 }
             }
@@ -177,10 +173,7 @@ impl TestHost {
         if request.uri().host().is_none() {
             *request.uri_mut() = self.url(&request.uri().to_string()).parse().unwrap();
         }
-        let response = self
-            .agent
-            .run(request)
-            .expect("the request reaches the host");
+        let response = self.agent.run(request).expect("the request reaches the host");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
@@ -189,11 +182,7 @@ impl TestHost {
             .limit(256 << 20)
             .read_to_vec()
             .unwrap();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     /// Sends `method path` with an optional JSON body.
@@ -267,6 +256,20 @@ impl TestHost {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Sends SIGTERM.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
     /// Kills the process, as a crash or `kill -9` would.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -314,11 +317,7 @@ impl Reply {
             self.text()
         );
         let problem = self.json();
-        assert_eq!(
-            problem["type"],
-            format!("urn:corral:problem:{kind}"),
-            "{problem}"
-        );
+        assert_eq!(problem["type"], format!("urn:corral:problem:{kind}"), "{problem}");
         assert_eq!(problem["status"], status, "{problem}");
         assert!(
             problem["title"].is_string() && problem["detail"].is_string(),

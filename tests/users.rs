@@ -17,25 +17,16 @@ fn create(host: &TestHost, name: &str, email: &str) -> Value {
 #[test]
 fn create_then_read() {
     let host = users_host();
-    let reply = host.post(
-        "/users",
-        &json!({ "name": "Ada Lovelace", "email": "ada@example.com" }),
-    );
+    let reply = host.post("/users", &json!({ "name": "Ada Lovelace", "email": "ada@example.com" }));
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("application/json"));
     let user = reply.json();
     let id = user["id"].as_i64().unwrap();
-    assert_eq!(
-        reply.header("location"),
-        Some(format!("/users/{id}").as_str())
-    );
+    assert_eq!(reply.header("location"), Some(format!("/users/{id}").as_str()));
     assert_eq!(user["name"], "Ada Lovelace");
     assert_eq!(user["email"], "ada@example.com");
     let created_at = user["created_at"].as_str().unwrap();
-    assert!(
-        created_at.len() == 24 && created_at.ends_with('Z'),
-        "{created_at}"
-    );
+    assert!(created_at.len() == 24 && created_at.ends_with('Z'), "{created_at}");
 
     let reply = host.get(&format!("/users/{id}"));
     assert_eq!(reply.status, 200);
@@ -126,30 +117,18 @@ fn emails_are_unique_regardless_of_case() {
     let host = users_host();
     create(&host, "Ada", "ada@example.com");
     let problem = host
-        .post(
-            "/users",
-            &json!({ "name": "Other", "email": "ADA@Example.COM" }),
-        )
+        .post("/users", &json!({ "name": "Other", "email": "ADA@Example.COM" }))
         .assert_problem(409, "conflict");
     assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("ADA@Example.COM"),
+        problem["detail"].as_str().unwrap().contains("ADA@Example.COM"),
         "{problem}"
     );
 
     let bob = create(&host, "Bob", "bob@example.com");
-    host.patch(
-        &format!("/users/{}", bob["id"]),
-        &json!({ "email": "Ada@example.com" }),
-    )
-    .assert_problem(409, "conflict");
+    host.patch(&format!("/users/{}", bob["id"]), &json!({ "email": "Ada@example.com" }))
+        .assert_problem(409, "conflict");
     // Changing the case of one's own email is not a conflict.
-    let reply = host.patch(
-        &format!("/users/{}", bob["id"]),
-        &json!({ "email": "BOB@example.com" }),
-    );
+    let reply = host.patch(&format!("/users/{}", bob["id"]), &json!({ "email": "BOB@example.com" }));
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["email"], "BOB@example.com");
 }
@@ -165,10 +144,7 @@ fn patch_updates_name_and_or_email() {
     assert_eq!(reply.json()["name"], "Ada King");
     assert_eq!(reply.json()["email"], "ada@example.com");
 
-    let reply = host.patch(
-        &path,
-        &json!({ "name": "Countess", "email": "countess@example.com" }),
-    );
+    let reply = host.patch(&path, &json!({ "name": "Countess", "email": "countess@example.com" }));
     assert_eq!(reply.status, 200);
     let updated = reply.json();
     assert_eq!(
@@ -178,19 +154,14 @@ fn patch_updates_name_and_or_email() {
     assert_eq!(updated["created_at"], user["created_at"]);
     assert_eq!(host.get(&path).json(), updated);
 
-    host.patch(&path, &json!({}))
-        .assert_problem(400, "validation");
+    host.patch(&path, &json!({})).assert_problem(400, "validation");
     host.patch(&path, &json!({ "name": "" }))
         .assert_problem(400, "validation");
     host.patch(&path, &json!({ "email": "nope" }))
         .assert_problem(400, "validation");
     host.patch(&path, &json!({ "name": "x".repeat(101) }))
         .assert_problem(400, "validation");
-    assert_eq!(
-        host.get(&path).json(),
-        updated,
-        "failed updates change nothing"
-    );
+    assert_eq!(host.get(&path).json(), updated, "failed updates change nothing");
 }
 
 #[test]
@@ -220,11 +191,7 @@ fn lists_are_paged_in_id_order() {
         .collect();
 
     let page = host.get("/users").json();
-    assert_eq!(
-        page["items"].as_array().unwrap().len(),
-        20,
-        "the default limit is 20"
-    );
+    assert_eq!(page["items"].as_array().unwrap().len(), 20, "the default limit is 20");
     assert_eq!(page["next_after"], ids[19]);
 
     let mut seen = Vec::new();
@@ -249,17 +216,8 @@ fn lists_are_paged_in_id_order() {
     let page = host.get(&format!("/users?after={}", ids[24])).json();
     assert_eq!(page["items"], json!([]));
 
-    for query in [
-        "limit=0",
-        "limit=101",
-        "limit=abc",
-        "limit=-5",
-        "after=-1",
-        "after=x",
-    ] {
-        let problem = host
-            .get(&format!("/users?{query}"))
-            .assert_problem(400, "validation");
+    for query in ["limit=0", "limit=101", "limit=abc", "limit=-5", "after=-1", "after=x"] {
+        let problem = host.get(&format!("/users?{query}")).assert_problem(400, "validation");
         let field = query.split('=').next().unwrap();
         assert_eq!(error_fields(&problem), [field], "{query}");
     }

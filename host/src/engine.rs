@@ -25,8 +25,6 @@ pub struct EngineSettings {
     /// Component instances alive at once across the host; the pooling
     /// allocator reserves this many slots up front.
     pub max_instances: u32,
-    /// The largest linear memory any component may be given.
-    pub max_memory_bytes: usize,
     /// Where compiled components are cached between runs.
     pub cache_dir: Option<PathBuf>,
 }
@@ -45,13 +43,11 @@ pub fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .total_core_instances(n.saturating_mul(8))
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(8))
-        .total_stacks(n)
-        .max_memory_size(settings.max_memory_bytes);
+        .total_stacks(n);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
     if let Some(dir) = &settings.cache_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create cache folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create cache folder {}", dir.display()))?;
         let mut cache = wasmtime::CacheConfig::new();
         cache.with_directory(dir);
         config.cache(Some(wasmtime::Cache::new(cache)?));
@@ -67,10 +63,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     let mut linker = Linker::<RequestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::sqlite::add_to_linker(&mut linker, |state| &mut state.sqlite)?;
-    crate::bindings::corral::service::log::add_to_linker::<_, HasSelf<GuestLog>>(
-        &mut linker,
-        |state| &mut state.log,
-    )?;
+    crate::bindings::corral::service::log::add_to_linker::<_, HasSelf<GuestLog>>(&mut linker, |state| &mut state.log)?;
     Ok(linker)
 }
 

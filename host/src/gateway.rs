@@ -15,8 +15,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::bindings::corral::service::types;
+use crate::client::TrustedProxies;
 use crate::invoke::{self, InvokeError};
 use crate::problem;
+use crate::ratelimit::Verdict;
 use crate::registry::{LoadedComponent, Registry};
 use crate::server::Handler;
 
@@ -33,6 +35,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The public listener's handler.
 pub struct Gateway {
     pub registry: Arc<Registry>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Handler for Gateway {
@@ -47,6 +50,9 @@ impl Handler for Gateway {
 }
 
 impl Gateway {
+    /// Everything is checked in order of cost, so that a refused request
+    /// costs as little as possible: route, rate limit, a free instance slot,
+    /// the body, and only then an instance.
     async fn route(
         &self,
         request: Request<Incoming>,
@@ -61,13 +67,38 @@ impl Gateway {
         drop(snapshot);
 
         let (parts, body) = request.into_parts();
-        let body = match read_body(
-            body,
-            &parts.headers,
-            component.limits.max_request_body_bytes,
-        )
-        .await
-        {
+        let client = self.trusted_proxies.client_addr(peer.ip(), &parts.headers);
+        let verdict = component
+            .shared
+            .rate_limits
+            .check(parts.method.as_str(), parts.uri.path(), client);
+        if let Some(verdict) = verdict.filter(|v| !v.allowed) {
+            let mut response = problem::response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!(
+                    "{client} has made too many requests to {}; retry in {} s",
+                    component.name, verdict.retry_after_secs
+                ),
+            );
+            rate_limit_headers(&mut response, &verdict);
+            return response;
+        }
+        let _slot = match component.shared.gate.enter().await {
+            Ok(slot) => slot,
+            Err(overloaded) => {
+                let mut response = problem::response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "Service overloaded",
+                    format!("{} is at capacity: {overloaded}", component.name),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+                return response;
+            }
+        };
+        let body = match read_body(body, &parts.headers, component.limits.max_request_body_bytes).await {
             Ok(body) => body,
             Err(response) => return response,
         };
@@ -86,13 +117,29 @@ impl Gateway {
                 })
                 .collect(),
             body: body.to_vec(),
-            client_addr: peer.ip().to_string(),
+            client_addr: client.to_string(),
             request_id: request_id.to_string(),
         };
-        match invoke::handle(&component, guest_request, Arc::clone(request_id)).await {
+        let mut response = match invoke::handle(&component, guest_request, Arc::clone(request_id)).await {
             Ok(response) => into_http(response, &component, request_id),
             Err(error) => failure(&component, request_id, error),
+        };
+        if let Some(verdict) = &verdict {
+            rate_limit_headers(&mut response, verdict);
         }
+        response
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, and
+/// `Retry-After` on a refusal.
+fn rate_limit_headers(response: &mut Response<Full<Bytes>>, verdict: &Verdict) {
+    let headers = response.headers_mut();
+    headers.insert("ratelimit-limit", HeaderValue::from(verdict.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(verdict.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(verdict.reset_secs));
+    if !verdict.allowed {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(verdict.retry_after_secs));
     }
 }
 
@@ -102,11 +149,7 @@ fn request_id(request: &Request<Incoming>) -> Arc<str> {
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            !id.is_empty()
-                && id.len() <= MAX_REQUEST_ID_LEN
-                && id.bytes().all(|b| b.is_ascii_graphic())
-        });
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic()));
     match given {
         Some(id) => id.into(),
         None => new_request_id().into(),
@@ -117,10 +160,7 @@ fn request_id(request: &Request<Incoming>) -> Arc<str> {
 fn new_request_id() -> String {
     static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:016x}",
-        SEED.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
-    )
+    format!("{:016x}", SEED.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// Reads the whole body, refusing with 413 one longer than `limit`.
@@ -202,11 +242,7 @@ fn reserved_header(name: &HeaderName) -> bool {
 }
 
 /// A component's response as HTTP, or 500 when it is not a valid one.
-fn into_http(
-    response: types::Response,
-    component: &LoadedComponent,
-    request_id: &str,
-) -> Response<Full<Bytes>> {
+fn into_http(response: types::Response, component: &LoadedComponent, request_id: &str) -> Response<Full<Bytes>> {
     let invalid = |detail: String| {
         tracing::warn!(component = %component.name, version = %component.short_version, request_id, "invalid response: {detail}");
         problem::response(
@@ -219,10 +255,7 @@ fn into_http(
     let status = match StatusCode::from_u16(response.status) {
         Ok(status) if status.as_u16() >= 200 => status,
         _ => {
-            return invalid(format!(
-                "status {} is not a final HTTP status",
-                response.status
-            ));
+            return invalid(format!("status {} is not a final HTTP status", response.status));
         }
     };
     let limit = component.limits.max_response_body_bytes;
@@ -241,10 +274,7 @@ fn into_http(
     let mut http = Response::new(Full::new(Bytes::from(response.body)));
     *http.status_mut() = status;
     for (name, value) in response.headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) else {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) else {
             return invalid(format!("header {name:?} is not a valid HTTP header"));
         };
         if !reserved_header(&name) {
@@ -255,11 +285,7 @@ fn into_http(
 }
 
 /// The response to a call that failed; the host and other requests carry on.
-fn failure(
-    component: &LoadedComponent,
-    request_id: &str,
-    error: InvokeError,
-) -> Response<Full<Bytes>> {
+fn failure(component: &LoadedComponent, request_id: &str, error: InvokeError) -> Response<Full<Bytes>> {
     tracing::warn!(
         component = %component.name,
         version = %component.short_version,
@@ -268,9 +294,7 @@ fn failure(
         "request failed: {error}"
     );
     let (status, title) = match error {
-        InvokeError::CpuTime(_) | InvokeError::Timeout(_) => {
-            (StatusCode::GATEWAY_TIMEOUT, "The service took too long")
-        }
+        InvokeError::CpuTime(_) | InvokeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "The service took too long"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "The service failed"),
     };
     // A trap's message holds the guest's backtrace: it goes to the log only.

@@ -48,9 +48,7 @@ impl GuestLog {
         let left = self
             .inner
             .budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                left.checked_sub(wanted)
-            });
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(wanted));
         if left.is_err() {
             return;
         }

@@ -51,6 +51,8 @@ pub enum InvokeError {
     StackOverflow,
     #[error("the component panicked")]
     Panic,
+    #[error("the component accessed memory out of bounds (a shadow stack overflow, for one)")]
+    MemoryFault,
     #[error("the component trapped: {0:#}")]
     Trap(wasmtime::Error),
 }
@@ -65,6 +67,7 @@ impl InvokeError {
             InvokeError::Limit(LimitExceeded::Table(_)) => "table",
             InvokeError::StackOverflow => "stack-overflow",
             InvokeError::Panic => "panic",
+            InvokeError::MemoryFault => "memory-fault",
             InvokeError::Trap(_) => "trap",
         }
     }
@@ -90,7 +93,7 @@ fn new_store(component: &LoadedComponent, request_id: Arc<str>) -> Store<Request
     let state = RequestState {
         wasi,
         table: ResourceTable::new(),
-        sqlite: SqliteCtx::new(Arc::clone(&component.db)),
+        sqlite: SqliteCtx::new(Arc::clone(&component.shared.db)),
         log,
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
@@ -123,10 +126,7 @@ pub async fn handle(
     let mut store = new_store(component, request_id);
     let call = async {
         let service = component.pre.instantiate_async(&mut store).await?;
-        service
-            .corral_service_handler()
-            .call_handle(&mut store, &request)
-            .await
+        service.corral_service_handler().call_handle(&mut store, &request).await
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(InvokeError::Timeout(timeout)),
@@ -159,10 +159,7 @@ pub async fn init(component: &LoadedComponent) -> Result<(), InitError> {
         .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?;
     let call = async {
         let service = component.pre.instantiate_async(&mut store).await?;
-        service
-            .corral_service_lifecycle()
-            .call_init(&mut store)
-            .await
+        service.corral_service_lifecycle().call_init(&mut store).await
     };
     let outcome = match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(InvokeError::Timeout(timeout).into()),
@@ -182,21 +179,16 @@ pub async fn init(component: &LoadedComponent) -> Result<(), InitError> {
 }
 
 /// Tells apart the ways a call can trap.
-fn classify(
-    error: wasmtime::Error,
-    state: &RequestState,
-    component: &LoadedComponent,
-) -> InvokeError {
+fn classify(error: wasmtime::Error, state: &RequestState, component: &LoadedComponent) -> InvokeError {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return InvokeError::Limit(*limit);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) if state.cpu_exhausted => {
-            InvokeError::CpuTime(component.limits.cpu_time)
-        }
+        Some(Trap::Interrupt) if state.cpu_exhausted => InvokeError::CpuTime(component.limits.cpu_time),
         Some(Trap::StackOverflow) => InvokeError::StackOverflow,
         // Rust guests abort on panic, which traps as `unreachable`.
         Some(Trap::UnreachableCodeReached) => InvokeError::Panic,
+        Some(Trap::MemoryOutOfBounds) => InvokeError::MemoryFault,
         _ => InvokeError::Trap(error),
     }
 }

@@ -9,12 +9,7 @@ use http_body_util::Full;
 pub const TYPE_PREFIX: &str = "urn:corral:problem:";
 
 /// A problem response: `kind` is the stable last part of the `type`.
-pub fn response(
-    status: StatusCode,
-    kind: &str,
-    title: &str,
-    detail: impl Into<String>,
-) -> Response<Full<Bytes>> {
+pub fn response(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "type": format!("{TYPE_PREFIX}{kind}"),
         "title": title,

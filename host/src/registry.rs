@@ -16,7 +16,8 @@ use wasmtime::component::{Component, Linker};
 use crate::bindings::ServicePre;
 use crate::config::{ComponentConfig, Config};
 use crate::invoke::{self, RequestState};
-use crate::limits::ComponentLimits;
+use crate::limits::{ComponentLimits, ConcurrencyGate};
+use crate::ratelimit::{RateLimitConfig, RateLimits};
 use crate::router::Router;
 use crate::sqlite::Database;
 
@@ -32,8 +33,19 @@ pub struct LoadedComponent {
     pub loaded_at: SystemTime,
     pub limits: ComponentLimits,
     pub pre: ServicePre<RequestState>,
-    /// Shared by every version of the component.
+    pub shared: Arc<ComponentShared>,
+}
+
+/// What every version of a component shares: its database, its concurrency
+/// gate and its rate limiters, so a new version starts with the old one's
+/// in-flight count and clients' buckets.
+pub struct ComponentShared {
     pub db: Arc<Database>,
+    pub gate: ConcurrencyGate,
+    pub rate_limits: RateLimits,
+    /// What the above were built from, to tell whether a new config changes them.
+    limits: ComponentLimits,
+    rate_config: RateLimitConfig,
 }
 
 /// The components being served, and the router to them.
@@ -65,19 +77,22 @@ pub struct Registry {
     engine: Engine,
     linker: Linker<RequestState>,
     data_dir: PathBuf,
+    /// Client addresses one rate limit tracks.
+    max_rate_limit_clients: usize,
     /// One per component name, kept across versions.
-    databases: Mutex<HashMap<String, Arc<Database>>>,
+    shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     current: ArcSwap<Snapshot>,
 }
 
 impl Registry {
-    pub fn new(engine: Engine, data_dir: PathBuf) -> anyhow::Result<Registry> {
+    pub fn new(engine: Engine, data_dir: PathBuf, max_rate_limit_clients: usize) -> anyhow::Result<Registry> {
         let linker = crate::engine::linker(&engine)?;
         Ok(Registry {
             engine,
             linker,
             data_dir,
-            databases: Mutex::new(HashMap::new()),
+            max_rate_limit_clients,
+            shared: Mutex::new(HashMap::new()),
             current: ArcSwap::from_pointee(Snapshot::default()),
         })
     }
@@ -94,9 +109,8 @@ impl Registry {
     /// Loads every component of `config` and publishes them together; fails
     /// with every component's problem if any cannot load.
     pub async fn load_all(&self, config: &Config) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| {
-            format!("cannot create the data folder {}", self.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
         let mut loaded = Vec::new();
         let mut failures = Vec::new();
         for component in &config.components {
@@ -117,10 +131,9 @@ impl Registry {
         let wasm = tokio::fs::read(&config.wasm)
             .await
             .with_context(|| format!("cannot read {}", config.wasm.display()))?;
-        let pre = self.compile(wasm.clone(), &config.wasm).await?;
         let version: Arc<str> = hex(&Sha256::digest(&wasm)).into();
-        let limits = ComponentLimits::default();
-        let db = self.database(&config.name, &limits).await?;
+        let pre = self.compile(wasm, &config.wasm).await?;
+        let shared = self.shared(config).await?;
         let component = LoadedComponent {
             name: config.name.as_str().into(),
             short_version: version[..12].into(),
@@ -128,9 +141,9 @@ impl Registry {
             wasm_path: config.wasm.clone(),
             routes: config.routes.clone(),
             loaded_at: SystemTime::now(),
-            limits,
+            limits: config.limits.clone(),
             pre,
-            db,
+            shared,
         };
         invoke::init(&component).await.context("init failed")?;
         tracing::info!(
@@ -144,11 +157,7 @@ impl Registry {
 
     /// Checks that `wasm` is a component, compiles it off the async workers,
     /// and links it: every import satisfied, the service exports present.
-    pub async fn compile(
-        &self,
-        wasm: Vec<u8>,
-        path: &Path,
-    ) -> anyhow::Result<ServicePre<RequestState>> {
+    pub async fn compile(&self, wasm: Vec<u8>, path: &Path) -> anyhow::Result<ServicePre<RequestState>> {
         check_header(&wasm).with_context(|| format!("{} is not a component", path.display()))?;
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
@@ -166,19 +175,37 @@ impl Registry {
         )
     }
 
-    async fn database(
-        &self,
-        name: &str,
-        limits: &ComponentLimits,
-    ) -> anyhow::Result<Arc<Database>> {
-        if let Some(db) = self.databases.lock().expect("databases lock").get(name) {
-            return Ok(Arc::clone(db));
+    /// The shared parts of a component: kept from its previous version, or
+    /// rebuilt where the config changed them. The database stays open
+    /// unless its own limits change.
+    async fn shared(&self, config: &ComponentConfig) -> anyhow::Result<Arc<ComponentShared>> {
+        let previous = self.shared.lock().expect("shared lock").get(&config.name).cloned();
+        if let Some(previous) = &previous
+            && previous.limits == config.limits
+            && previous.rate_config == config.rate_limits
+        {
+            return Ok(Arc::clone(previous));
         }
-        let path = self.data_dir.join(format!("{name}.sqlite3"));
-        let db_limits = limits.db.clone();
-        let db = tokio::task::spawn_blocking(move || Database::open(path, db_limits)).await??;
-        let mut databases = self.databases.lock().expect("databases lock");
-        Ok(Arc::clone(databases.entry(name.to_string()).or_insert(db)))
+        let db = match &previous {
+            Some(previous) if previous.limits.db == config.limits.db => Arc::clone(&previous.db),
+            _ => {
+                let path = self.data_dir.join(format!("{}.sqlite3", config.name));
+                let db_limits = config.limits.db.clone();
+                tokio::task::spawn_blocking(move || Database::open(path, db_limits)).await??
+            }
+        };
+        let shared = Arc::new(ComponentShared {
+            db,
+            gate: ConcurrencyGate::new(&config.limits),
+            rate_limits: RateLimits::new(&config.rate_limits, self.max_rate_limit_clients),
+            limits: config.limits.clone(),
+            rate_config: config.rate_limits.clone(),
+        });
+        self.shared
+            .lock()
+            .expect("shared lock")
+            .insert(config.name.clone(), Arc::clone(&shared));
+        Ok(shared)
     }
 }
 

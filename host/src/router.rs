@@ -1,4 +1,8 @@
-//! Which component owns a request path. Pure: no I/O, no wasm.
+//! Which component owns a request path, and which route patterns (such as
+//! `GET /users/{id}`) a request matches. Pure: no I/O, no wasm.
+
+use std::fmt;
+use std::str::FromStr;
 
 /// Route prefixes and the component each belongs to, by index.
 #[derive(Debug, Default, Clone)]
@@ -25,6 +29,99 @@ impl Router {
     }
 }
 
+/// A method and a path template: `GET /users/{id}`. A `{name}` segment
+/// matches any one segment; without a method (or with `*`), any method matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    method: Option<String>,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+impl FromStr for RoutePattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: &str| format!("{text:?} is not a route pattern such as \"GET /users/{{id}}\": {why}");
+        let (method, path) = match text.trim().split_once(' ') {
+            Some((method, path)) => (Some(method.trim()), path.trim()),
+            None => (None, text.trim()),
+        };
+        let method = match method {
+            None | Some("*") => None,
+            Some(m) if !m.is_empty() && m.chars().all(|c| c.is_ascii_uppercase()) => Some(m.to_string()),
+            Some(_) => return Err(invalid("the method must be uppercase, such as GET, or *")),
+        };
+        let rest = path
+            .strip_prefix('/')
+            .ok_or_else(|| invalid("the path must start with /"))?;
+        let mut segments = Vec::new();
+        for segment in rest.split('/') {
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(invalid("a parameter is a name in braces, such as {id}"));
+                }
+                segments.push(Segment::Param(name.to_string()));
+            } else if segment.is_empty() || segment.contains(['{', '}', '?', ' ']) {
+                return Err(invalid("segments are non-empty, without braces, spaces or a query"));
+            } else {
+                segments.push(Segment::Literal(segment.to_string()));
+            }
+        }
+        Ok(RoutePattern { method, segments })
+    }
+}
+
+impl fmt::Display for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.method.as_deref().unwrap_or("*"))?;
+        f.write_str(" ")?;
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(s) => write!(f, "/{s}")?,
+                Segment::Param(name) => write!(f, "/{{{name}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RoutePattern {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        if self.method.as_deref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        let all_match = self.segments.iter().all(|segment| match (segment, parts.next()) {
+            (Segment::Literal(literal), Some(part)) => literal == part,
+            (Segment::Param(_), Some(part)) => !part.is_empty(),
+            (_, None) => false,
+        });
+        all_match && parts.next().is_none()
+    }
+
+    /// Whether every path this pattern matches lies under route `prefix`.
+    pub fn is_under(&self, prefix: &str) -> bool {
+        let sample: String = self
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(s) => format!("/{s}"),
+                Segment::Param(_) => "/{}".to_string(),
+            })
+            .collect();
+        owns(prefix, &sample)
+    }
+}
+
 fn owns(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path
@@ -46,6 +143,29 @@ mod tests {
         assert_eq!(router.lookup("/api/orders/1"), Some(1));
         assert_eq!(router.lookup("/api"), None);
         assert_eq!(router.lookup("/"), None);
+    }
+
+    #[test]
+    fn patterns_match_method_and_segments() {
+        let pattern: super::RoutePattern = "GET /users/{id}".parse().unwrap();
+        assert!(pattern.matches("GET", "/users/7"));
+        assert!(!pattern.matches("POST", "/users/7"));
+        assert!(!pattern.matches("GET", "/users"));
+        assert!(!pattern.matches("GET", "/users/7/orders"));
+        assert!(!pattern.matches("GET", "/users/"));
+        assert_eq!(pattern.to_string(), "GET /users/{id}");
+        let any: super::RoutePattern = "/orders".parse().unwrap();
+        assert!(any.matches("DELETE", "/orders"));
+        assert!(pattern.is_under("/users") && !pattern.is_under("/orders") && !pattern.is_under("/users/me"));
+        for bad in [
+            "get /users",
+            "GET users",
+            "GET /users/{}",
+            "GET /users//x",
+            "GET /a/{b c}",
+        ] {
+            assert!(bad.parse::<super::RoutePattern>().is_err(), "{bad}");
+        }
     }
 
     #[test]

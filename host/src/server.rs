@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// What serves the requests of one listener.
 pub trait Handler: Send + Sync + 'static {
@@ -28,8 +29,16 @@ pub trait Handler: Send + Sync + 'static {
 /// Settings of a listener.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
-    /// A client must send a request's headers within this time.
+    /// Connections open at once; past it, the listener stops accepting
+    /// until one closes.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time, so slow
+    /// clients cannot hold connections forever.
     pub header_read_timeout: Duration,
+    /// Headers one request may carry (431 beyond).
+    pub max_headers: usize,
+    /// Bytes of headers one request may carry (431 beyond).
+    pub max_header_bytes: usize,
     /// How long requests in flight may take to finish once shutdown begins.
     pub shutdown_grace: Duration,
 }
@@ -37,7 +46,10 @@ pub struct ServerSettings {
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
+            max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 16 << 10,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -54,10 +66,21 @@ pub async fn run<H: Handler>(
     let mut http = http1::Builder::new();
     http.keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_header_size(settings.max_header_bytes);
+    // hyper keeps up to 100 headers on the stack; another bound costs a heap
+    // allocation per request.
+    if settings.max_headers != 100 {
+        http.max_headers(settings.max_headers);
+    }
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&connections).acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -81,6 +104,7 @@ pub async fn run<H: Handler>(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -14,8 +14,7 @@ corral_sdk::export_service!(Chaos);
 
 impl Service for Chaos {
     fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"])
-            .map_err(|e| e.to_string())
+        db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"]).map_err(|e| e.to_string())
     }
 
     fn handle(req: Request) -> Result<Response, Problem> {
@@ -55,10 +54,12 @@ fn allocate_forever() -> ! {
     }
 }
 
+/// Recursion whose frames live on the wasm stack (locals only), so it ends
+/// in the engine's stack overflow trap. Frames with arrays would live on
+/// Rust's shadow stack in linear memory and end in a memory fault instead.
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
-    let frame = black_box([depth; 64]);
-    recurse(depth + 1) + frame[0]
+    black_box(recurse(black_box(depth + 1))) + 1
 }
 
 fn big_body(req: &Request) -> Result<Response, Problem> {
@@ -67,10 +68,7 @@ fn big_body(req: &Request) -> Result<Response, Problem> {
 }
 
 fn sleep(req: &Request) -> Result<Response, Problem> {
-    let ms: u64 = req
-        .query("ms")
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(60_000);
+    let ms: u64 = req.query("ms").and_then(|m| m.parse().ok()).unwrap_or(60_000);
     std::thread::sleep(std::time::Duration::from_millis(ms));
     Ok(Response::text(200, "awake"))
 }
@@ -101,17 +99,11 @@ fn run_sql(req: &Request) -> Result<Response, Problem> {
                 .iter()
                 .map(|row| row.values.iter().map(value_json).collect())
                 .collect();
-            Ok(Response::json(
-                200,
-                &json!({ "columns": result.columns, "rows": rows }),
-            ))
+            Ok(Response::json(200, &json!({ "columns": result.columns, "rows": rows })))
         }
         Err(db::Error::Sqlite(e)) => {
             let (kind, message) = error_parts(&e);
-            Ok(Response::json(
-                422,
-                &json!({ "error": kind, "message": message }),
-            ))
+            Ok(Response::json(422, &json!({ "error": kind, "message": message })))
         }
         Err(other) => Err(other.into()),
     }
@@ -154,10 +146,7 @@ fn fill() -> Result<Response, Problem> {
         match db::execute("INSERT INTO junk (data) VALUES (zeroblob(65536))", &[]) {
             Ok(_) => rows += 1,
             Err(db::Error::Sqlite(SqliteError::DatabaseFull)) => {
-                return Ok(Response::json(
-                    507,
-                    &json!({ "rows": rows, "error": "database-full" }),
-                ));
+                return Ok(Response::json(507, &json!({ "rows": rows, "error": "database-full" })));
             }
             Err(other) => return Err(other.into()),
         }

@@ -102,10 +102,7 @@ impl Service for Orders {
 fn transition_allowed(from: &str, to: &str) -> bool {
     matches!(
         (from, to),
-        ("pending", "paid")
-            | ("paid", "shipped")
-            | ("shipped", "delivered")
-            | ("pending" | "paid", "cancelled")
+        ("pending", "paid") | ("paid", "shipped") | ("shipped", "delivered") | ("pending" | "paid", "cancelled")
     )
 }
 
@@ -123,9 +120,7 @@ fn create(req: &Request) -> Result<Response, Problem> {
 
     let order = db::transaction(|| -> Result<Order, db::Error> {
         let row = db::query_row(
-            &format!(
-                "INSERT INTO orders (user_id, total_cents) VALUES (?, ?) RETURNING {ORDER_COLUMNS}"
-            ),
+            &format!("INSERT INTO orders (user_id, total_cents) VALUES (?, ?) RETURNING {ORDER_COLUMNS}"),
             &[user_id.into(), total_cents.into()],
         )?;
         let mut order = Order::from_row(&row)?;
@@ -173,9 +168,7 @@ fn validate_items(fields: &mut Fields, raw: Vec<Value>) -> Option<(Vec<Item>, i6
         let quantity = item.integer("quantity", true, 1, i64::MAX);
         let unit_price_cents = item.integer("unit_price_cents", true, 0, i64::MAX);
         fields.absorb(item);
-        if let (Some(sku), Some(quantity), Some(unit_price_cents)) =
-            (sku, quantity, unit_price_cents)
-        {
+        if let (Some(sku), Some(quantity), Some(unit_price_cents)) = (sku, quantity, unit_price_cents) {
             items.push(Item {
                 sku,
                 quantity,
@@ -216,17 +209,12 @@ fn list(req: &Request) -> Result<Response, Problem> {
     let (limit, after) = page(req, 20, 100)?;
     let user_id = match req.query("user_id") {
         None => None,
-        Some(raw) => Some(
-            raw.parse::<i64>()
-                .ok()
-                .filter(|id| *id > 0)
-                .ok_or_else(|| {
-                    Problem::validation(vec![corral_sdk::FieldError {
-                        field: "user_id".into(),
-                        message: "must be a positive integer".into(),
-                    }])
-                })?,
-        ),
+        Some(raw) => Some(raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+            Problem::validation(vec![corral_sdk::FieldError {
+                field: "user_id".into(),
+                message: "must be a positive integer".into(),
+            }])
+        })?),
     };
     // One row more than the page tells whether there is a next page.
     let rows = db::execute(
@@ -237,10 +225,7 @@ fn list(req: &Request) -> Result<Response, Problem> {
         &[after.into(), user_id.into(), (limit + 1).into()],
     )?
     .rows;
-    let orders = rows
-        .iter()
-        .map(Order::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let orders = rows.iter().map(Order::from_row).collect::<Result<Vec<_>, _>>()?;
     let mut page = Page::new(orders, limit, |o| o.id);
     attach_items(&mut page.items)?;
     Ok(Response::json(200, &page))
@@ -284,10 +269,9 @@ fn update_status(id: i64, req: &Request) -> Result<Response, Problem> {
         unreachable!("finish reports a missing status");
     };
     let order = db::transaction(|| -> Result<Order, Problem> {
-        let current: String =
-            db::optional_row("SELECT status FROM orders WHERE id = ?", &[id.into()])?
-                .ok_or_else(|| not_found(id))?
-                .get(0)?;
+        let current: String = db::optional_row("SELECT status FROM orders WHERE id = ?", &[id.into()])?
+            .ok_or_else(|| not_found(id))?
+            .get(0)?;
         if !transition_allowed(&current, &status) {
             return Err(Problem::conflict(format!(
                 "cannot change the status of order {id} from {current} to {status}"

@@ -68,13 +68,10 @@ impl From<Error> for Problem {
                 "Insufficient storage",
                 "the service's database is full",
             ),
-            Error::Sqlite(SqliteError::Busy) => Problem::new(
-                503,
-                "busy",
-                "Service busy",
-                "the service's database is busy; try again",
-            )
-            .header("retry-after", "1"),
+            Error::Sqlite(SqliteError::Busy) => {
+                Problem::new(503, "busy", "Service busy", "the service's database is busy; try again")
+                    .header("retry-after", "1")
+            }
             other => {
                 crate::log::error(&format!("database error: {other}"));
                 Problem::internal("database error")

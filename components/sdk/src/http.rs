@@ -76,8 +76,8 @@ impl Request {
     pub fn json_object(&self) -> Result<Fields, Problem> {
         if let Some(content_type) = self.header("content-type") {
             let essence = content_type.split(';').next().unwrap_or("").trim();
-            let is_json = essence.eq_ignore_ascii_case("application/json")
-                || essence.to_ascii_lowercase().ends_with("+json");
+            let is_json =
+                essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json");
             if !is_json {
                 return Err(Problem::new(
                     415,
@@ -91,10 +91,7 @@ impl Request {
             .map_err(|e| Problem::bad_request("malformed-json", format!("malformed JSON: {e}")))?;
         match value {
             Value::Object(map) => Ok(Fields::new(map, "")),
-            _ => Err(Problem::bad_request(
-                "malformed-json",
-                "the body must be a JSON object",
-            )),
+            _ => Err(Problem::bad_request("malformed-json", "the body must be a JSON object")),
         }
     }
 }
@@ -145,11 +142,7 @@ impl Response {
     }
 
     pub fn text(status: u16, text: &str) -> Self {
-        Self::with_content_type(
-            status,
-            "text/plain; charset=utf-8",
-            text.as_bytes().to_vec(),
-        )
+        Self::with_content_type(status, "text/plain; charset=utf-8", text.as_bytes().to_vec())
     }
 
     /// A response with no body, such as 204.
@@ -206,12 +199,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(
-        status: u16,
-        kind: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: u16, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             status,
             kind,

@@ -62,10 +62,7 @@ impl Service for Users {
                     "GET" | "HEAD" => get(id),
                     "PATCH" => update(id, &req),
                     "DELETE" => delete(id),
-                    other => Err(Problem::method_not_allowed(
-                        other,
-                        &["GET", "PATCH", "DELETE"],
-                    )),
+                    other => Err(Problem::method_not_allowed(other, &["GET", "PATCH", "DELETE"])),
                 }
             }
             _ => Err(Problem::not_found(format!("no resource at {}", req.path()))),
@@ -84,11 +81,7 @@ fn create(req: &Request) -> Result<Response, Problem> {
     };
     let row = db::query_row(
         &format!("INSERT INTO users (name, email, email_key) VALUES (?, ?, ?) RETURNING {COLUMNS}"),
-        &[
-            name.into(),
-            email.as_str().into(),
-            email.to_lowercase().into(),
-        ],
+        &[name.into(), email.as_str().into(), email.to_lowercase().into()],
     )
     .map_err(|e| email_conflict(e, &email))?;
     let user = User::from_row(&row)?;
@@ -96,10 +89,7 @@ fn create(req: &Request) -> Result<Response, Problem> {
 }
 
 fn get(id: i64) -> Result<Response, Problem> {
-    let row = db::optional_row(
-        &format!("SELECT {COLUMNS} FROM users WHERE id = ?"),
-        &[id.into()],
-    )?;
+    let row = db::optional_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?"), &[id.into()])?;
     match row {
         Some(row) => Ok(Response::json(200, &User::from_row(&row)?)),
         None => Err(not_found(id)),
@@ -114,10 +104,7 @@ fn list(req: &Request) -> Result<Response, Problem> {
         &[after.into(), (limit + 1).into()],
     )?
     .rows;
-    let users = rows
-        .iter()
-        .map(User::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let users = rows.iter().map(User::from_row).collect::<Result<Vec<_>, _>>()?;
     Ok(Response::json(200, &Page::new(users, limit, |u| u.id)))
 }
 
@@ -136,12 +123,7 @@ fn update(id: i64, req: &Request) -> Result<Response, Problem> {
             "UPDATE users SET name = coalesce(?, name), email = coalesce(?, email),
              email_key = coalesce(?, email_key) WHERE id = ? RETURNING {COLUMNS}"
         ),
-        &[
-            name.into(),
-            email.clone().into(),
-            email_key.into(),
-            id.into(),
-        ],
+        &[name.into(), email.clone().into(), email_key.into(), id.into()],
     )
     .map_err(|e| email_conflict(e, email.as_deref().unwrap_or_default()))?;
     match row {
@@ -163,10 +145,7 @@ fn validate(fields: &mut Fields, name: Option<&str>, email: Option<&str>) {
         if name.trim().is_empty() {
             fields.error("name", "must not be empty");
         } else if name.chars().count() > MAX_NAME_CHARS {
-            fields.error(
-                "name",
-                format!("must be at most {MAX_NAME_CHARS} characters"),
-            );
+            fields.error("name", format!("must be at most {MAX_NAME_CHARS} characters"));
         }
     }
     if let Some(email) = email
@@ -191,18 +170,14 @@ fn is_valid_email(email: &str) -> bool {
     email.chars().count() <= MAX_EMAIL_CHARS
         && !local.is_empty()
         && local.chars().count() <= 64
-        && !local
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '@')
+        && !local.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@')
         && domain.contains('.')
         && domain.split('.').all(label_ok)
 }
 
 fn email_conflict(e: db::Error, email: &str) -> Problem {
     match e {
-        db::Error::Sqlite(SqliteError::ConstraintViolation(ref message))
-            if message.contains("users.email_key") =>
-        {
+        db::Error::Sqlite(SqliteError::ConstraintViolation(ref message)) if message.contains("users.email_key") => {
             Problem::conflict(format!("a user with email {email} already exists"))
         }
         other => other.into(),
@@ -219,12 +194,7 @@ mod tests {
 
     #[test]
     fn emails() {
-        for good in [
-            "ada@example.com",
-            "a.b+c@sub.example.org",
-            "x@b.co",
-            "élise@exemple.fr",
-        ] {
+        for good in ["ada@example.com", "a.b+c@sub.example.org", "x@b.co", "élise@exemple.fr"] {
             assert!(is_valid_email(good), "{good}");
         }
         for bad in [

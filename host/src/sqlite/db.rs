@@ -152,9 +152,7 @@ impl Database {
 
     fn connect(&self) -> anyhow::Result<Pooled> {
         use anyhow::Context;
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = rusqlite::Connection::open_with_flags(&self.path, flags)
             .with_context(|| format!("cannot open {}", self.path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -166,9 +164,7 @@ impl Database {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
-        conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| {
-            Ok(())
-        })?;
+        conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
         // No attached databases at all: this also stops `VACUUM INTO 'file'`.
@@ -179,9 +175,7 @@ impl Database {
         let guard = Arc::new(Guard::default());
         guard.deadline_ns.store(u64::MAX, Ordering::Relaxed);
         let auth_guard = Arc::clone(&guard);
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            authorize(&auth_guard, ctx)
-        }))?;
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_guard, ctx)))?;
         let progress_guard = Arc::clone(&guard);
         conn.progress_handler(
             PROGRESS_STEPS,
@@ -207,7 +201,10 @@ fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
             Some("use the sqlite interface's begin, commit and rollback for transactions".into())
         }
-        AuthAction::Pragma { pragma_name, pragma_value } => {
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
             let name = pragma_name.to_ascii_lowercase();
             let allowed = match pragma_value {
                 None => READABLE_PRAGMAS.contains(&name.as_str()),
@@ -245,12 +242,7 @@ fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
 fn is_setting(name: &str) -> bool {
     matches!(
         name,
-        "user_version"
-            | "application_id"
-            | "page_size"
-            | "max_page_count"
-            | "foreign_keys"
-            | "journal_mode"
+        "user_version" | "application_id" | "page_size" | "max_page_count" | "foreign_keys" | "journal_mode"
     )
 }
 
@@ -355,9 +347,7 @@ impl Conn {
 
     fn finish(&mut self, commit: bool) -> Result<(), Error> {
         if self.depth == 0 {
-            return Err(Error::InvalidTransactionState(
-                "no transaction is open".into(),
-            ));
+            return Err(Error::InvalidTransactionState("no transaction is open".into()));
         }
         self.depth -= 1;
         if self.aborted {
@@ -525,9 +515,7 @@ fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) -> Error {
         rusqlite::Error::MultipleStatement => {
             return Error::InvalidStatement("execute takes one statement at a time".into());
         }
-        rusqlite::Error::SqlInputError {
-            msg, sql, offset, ..
-        } => {
+        rusqlite::Error::SqlInputError { msg, sql, offset, .. } => {
             return Error::InvalidStatement(format!("{msg} in {sql:?} at offset {offset}"));
         }
         other => return Error::Io(other.to_string()),
@@ -540,14 +528,9 @@ fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) -> Error {
             "the statement ran longer than {} ms",
             limits.statement_timeout.as_millis()
         )),
-        ErrorCode::AuthorizationForStatementDenied => Error::AccessDenied(
-            guard
-                .denied
-                .lock()
-                .expect("denial lock")
-                .take()
-                .unwrap_or(message),
-        ),
+        ErrorCode::AuthorizationForStatementDenied => {
+            Error::AccessDenied(guard.denied.lock().expect("denial lock").take().unwrap_or(message))
+        }
         ErrorCode::TooBig => Error::LimitExceeded(message),
         ErrorCode::Unknown | ErrorCode::TypeMismatch | ErrorCode::ParameterOutOfRange => {
             Error::InvalidStatement(message)

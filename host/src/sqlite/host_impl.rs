@@ -4,11 +4,7 @@ use super::{SqliteCtx, SqliteError};
 use crate::bindings::corral::service::sqlite::{Error, Host, QueryResult, Value};
 
 impl Host for SqliteCtx {
-    async fn execute(
-        &mut self,
-        statement: String,
-        parameters: Vec<Value>,
-    ) -> Result<QueryResult, SqliteError> {
+    async fn execute(&mut self, statement: String, parameters: Vec<Value>) -> Result<QueryResult, SqliteError> {
         Ok(self
             .with_conn(move |conn| conn.execute(&statement, parameters))
             .await??)
@@ -19,10 +15,7 @@ impl Host for SqliteCtx {
     }
 
     async fn last_insert_rowid(&mut self) -> wasmtime::Result<i64> {
-        Ok(self
-            .conn
-            .as_ref()
-            .map_or(0, |conn| conn.last_insert_rowid()))
+        Ok(self.conn.as_ref().map_or(0, |conn| conn.last_insert_rowid()))
     }
 
     async fn begin(&mut self) -> Result<(), SqliteError> {

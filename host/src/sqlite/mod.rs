@@ -58,9 +58,7 @@ impl SqliteCtx {
             Ok::<_, wit::Error>((conn, out))
         })
         .await
-        .map_err(|e| {
-            SqliteError::Trap(wasmtime::Error::msg(format!("sqlite worker failed: {e}")))
-        })??;
+        .map_err(|e| SqliteError::Trap(wasmtime::Error::msg(format!("sqlite worker failed: {e}"))))??;
         self.conn = Some(conn);
         Ok(out)
     }
