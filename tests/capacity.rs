@@ -17,18 +17,20 @@ fn past_the_concurrency_limit_and_queue_requests_get_503() {
         .start();
     std::thread::scope(|scope| {
         let running = scope.spawn(|| host.get("/chaos/sleep?ms=1500"));
-        std::thread::sleep(Duration::from_millis(300));
-        let queued = scope.spawn(|| host.get("/chaos/sleep?ms=10"));
-        std::thread::sleep(Duration::from_millis(300));
-        let refused = host.get("/chaos/sleep?ms=10");
-        refused.assert_problem(503, "overloaded");
-        assert_eq!(refused.header("retry-after"), Some("1"));
-        assert_eq!(running.join().unwrap().status, 200);
+        host.wait_for_log(&["sleeping for 1500 ms"]);
+        // One of these two waits in the queue; the other finds it full.
+        let later: Vec<_> = (0..2).map(|_| scope.spawn(|| host.get("/chaos/sleep?ms=10"))).collect();
+        let mut later: Vec<_> = later.into_iter().map(|r| r.join().unwrap()).collect();
+        later.sort_by_key(|r| r.status);
         assert_eq!(
-            queued.join().unwrap().status,
+            later[0].status,
             200,
-            "the queued request ran when the slot freed"
+            "the queued request ran when the slot freed: {}",
+            later[0].text()
         );
+        later[1].assert_problem(503, "overloaded");
+        assert_eq!(later[1].header("retry-after"), Some("1"));
+        assert_eq!(running.join().unwrap().status, 200);
     });
 }
 
@@ -40,7 +42,7 @@ fn a_queued_request_gives_up_after_the_queue_timeout() {
         .start();
     std::thread::scope(|scope| {
         let running = scope.spawn(|| host.get("/chaos/sleep?ms=2000"));
-        std::thread::sleep(Duration::from_millis(300));
+        host.wait_for_log(&["sleeping for 2000 ms"]);
         let problem = host.get("/chaos/sleep?ms=10").assert_problem(503, "overloaded");
         assert!(problem["detail"].as_str().unwrap().contains("100ms"), "{problem}");
         assert_eq!(running.join().unwrap().status, 200);
@@ -164,7 +166,7 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
             b"GET /chaos/sleep?ms=1000 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    host.wait_for_log(&["sleeping for 1000 ms"]);
     host.terminate();
     host.wait_for_log(&["shutting down"]);
     assert!(

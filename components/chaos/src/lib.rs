@@ -69,6 +69,7 @@ fn big_body(req: &Request) -> Result<Response, Problem> {
 
 fn sleep(req: &Request) -> Result<Response, Problem> {
     let ms: u64 = req.query("ms").and_then(|m| m.parse().ok()).unwrap_or(60_000);
+    corral_sdk::log::info(&format!("sleeping for {ms} ms"));
     std::thread::sleep(std::time::Duration::from_millis(ms));
     Ok(Response::text(200, "awake"))
 }
