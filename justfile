@@ -3,8 +3,8 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 wasm_target := "wasm32-wasip2"
-# The components `just build` produces; `chaos` is for tests only.
-components := "-p users -p orders -p chaos"
+# The components `just build` produces; `chaos` and `failing-init` are for tests only.
+components := "-p users -p orders -p chaos -p failing-init"
 
 # Lists the recipes.
 default:

@@ -6,6 +6,7 @@ mod support;
 mod capacity;
 mod config;
 mod containment;
+mod hotswap;
 mod orders;
 mod persistence;
 mod ratelimits;

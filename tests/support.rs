@@ -21,7 +21,8 @@ pub fn workspace() -> PathBuf {
 
 /// The built `.wasm` of a component crate.
 pub fn wasm(crate_name: &str) -> PathBuf {
-    let path = workspace().join(format!("target/wasm32-wasip2/release/{crate_name}.wasm"));
+    let file = crate_name.replace('-', "_");
+    let path = workspace().join(format!("target/wasm32-wasip2/release/{file}.wasm"));
     assert!(path.is_file(), "{} is missing: run `just build` first", path.display());
     path
 }
@@ -98,11 +99,17 @@ pub fn full_host() -> TestHost {
         .start()
 }
 
+/// The admin token test hosts use.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A running `corral serve`.
 pub struct TestHost {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the config has one.
+    pub admin_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     agent: ureq::Agent,
     _dir: tempfile::TempDir,
@@ -122,10 +129,14 @@ impl TestHost {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
+        let admin_addr = Arc::new(Mutex::new(None));
+        let admin_sink = Arc::clone(&admin_addr);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on http://").nth(1) {
+                if let Some(addr) = line.split("admin listening on http://").nth(1) {
+                    *admin_sink.lock().unwrap() = Some(addr.trim().parse::<SocketAddr>().unwrap());
+                } else if let Some(addr) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
                 }
                 sink.lock().unwrap().push(line);
@@ -152,10 +163,13 @@ impl TestHost {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
+        let admin_addr = *admin_addr.lock().unwrap();
         TestHost {
             child,
             addr,
+            admin_addr,
             data_dir,
+            config_path: config_path.to_path_buf(),
             logs,
             agent,
             _dir: dir,
@@ -183,6 +197,32 @@ impl TestHost {
             .read_to_vec()
             .unwrap();
         Reply { status, headers, body }
+    }
+
+    /// Sends a request to the admin listener with the test token.
+    pub fn admin(&self, method: &str, path: &str, body: Vec<u8>) -> Reply {
+        self.admin_as(method, path, body, Some(ADMIN_TOKEN))
+    }
+
+    /// Sends a request to the admin listener with the given token, or none.
+    pub fn admin_as(&self, method: &str, path: &str, body: Vec<u8>, token: Option<&str>) -> Reply {
+        let addr = self.admin_addr.expect("the host has an admin listener");
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        self.request(request.body(body).unwrap())
+    }
+
+    /// The version (short digest) that serves `path` now, per its header.
+    pub fn version_of(&self, path: &str) -> String {
+        let reply = self.get(path);
+        reply
+            .header("corral-version")
+            .unwrap_or_else(|| panic!("no corral-version: {}", reply.text()))
+            .to_string()
     }
 
     /// Sends `method path` with an optional JSON body.
@@ -249,6 +289,10 @@ impl TestHost {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.
@@ -325,6 +369,60 @@ impl Reply {
         );
         problem
     }
+}
+
+/// An `[admin]` section for test hosts, on a free port.
+pub fn admin_toml() -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n")
+}
+
+/// A component's `.wasm` with a custom section appended: the same code
+/// under another digest, so tests can tell two versions apart.
+pub fn variant(crate_name: &str, tag: &str) -> Vec<u8> {
+    let mut wasm = std::fs::read(wasm(crate_name)).unwrap();
+    let name = b"corral-test";
+    let size = 1 + name.len() + tag.len();
+    assert!(size < 128, "one-byte section sizes only");
+    wasm.extend([0, size as u8, name.len() as u8]);
+    wasm.extend(name);
+    wasm.extend(tag.as_bytes());
+    wasm
+}
+
+/// One request made by [`load`].
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub sent: Instant,
+    pub received: Instant,
+    pub status: u16,
+    pub version: Option<String>,
+}
+
+/// Sends GET `path` from `clients` threads until `stop` is set; returns every
+/// request made.
+pub fn load(host: &TestHost, path: &str, clients: usize, stop: &std::sync::atomic::AtomicBool) -> Vec<Sample> {
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
+                        let reply = host.get(path);
+                        samples.push(Sample {
+                            sent,
+                            received: Instant::now(),
+                            status: reply.status,
+                            version: reply.header("corral-version").map(str::to_string),
+                        });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    })
 }
 
 /// The field names of a validation problem's errors.

@@ -29,8 +29,35 @@ pub struct Config {
     /// Where compiled components are cached between runs; none when absent.
     pub cache_dir: Option<PathBuf>,
     pub server: ServerConfig,
+    /// The admin listener; none when the file has no `[admin]`.
+    pub admin: Option<AdminConfig>,
     pub components: Vec<ComponentConfig>,
 }
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: TokenSource,
+    /// The largest `.wasm` an upload may carry.
+    pub max_upload_bytes: usize,
+}
+
+/// Where the admin token comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// Written in the config.
+    Literal(String),
+    /// Read from this environment variable.
+    Env(String),
+    /// Read from this file, which the host creates with a random token when
+    /// it does not exist.
+    File(PathBuf),
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Shorter tokens are refused: they could be guessed.
+const MIN_TOKEN_LEN: usize = 16;
 
 /// Host-wide settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +78,8 @@ pub struct ComponentConfig {
     pub routes: Vec<String>,
     pub limits: ComponentLimits,
     pub rate_limits: RateLimitConfig,
+    /// Reload the component when its `.wasm` changes on disk.
+    pub watch: bool,
 }
 
 /// Values given on the command line, which win over the file.
@@ -58,6 +87,8 @@ pub struct ComponentConfig {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// Watch every component's file.
+    pub watch: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -104,6 +135,7 @@ struct RawConfig {
     cache_dir: Option<String>,
     #[serde(default)]
     server: RawServer,
+    admin: Option<RawAdmin>,
     /// Defaults for every component.
     #[serde(default)]
     limits: RawLimits,
@@ -144,9 +176,19 @@ struct RawLimits {
 }
 
 #[derive(Debug, Deserialize)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<String>,
+    max_upload_mib: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
 struct RawComponent {
     wasm: Option<String>,
     routes: Option<Vec<String>>,
+    watch: Option<bool>,
     limits: Option<RawLimits>,
     rate_limit: Option<RawRateLimit>,
 }
@@ -257,6 +299,10 @@ fn resolve(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, prob
     }
     let cache_dir = raw.cache_dir.map(|dir| base.join(dir));
     let server = resolve_server(&raw.server, problems);
+    let admin = raw
+        .admin
+        .as_ref()
+        .map(|admin| resolve_admin(admin, base, &data_dir, problems));
     let defaults = resolve_limits(&raw.limits, &ComponentLimits::default(), "limits", problems);
 
     if raw.components.is_empty() {
@@ -264,7 +310,14 @@ fn resolve(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, prob
     }
     let mut components = Vec::new();
     for (name, component) in raw.components {
-        components.push(resolve_component(name, component, base, &defaults, problems));
+        components.push(resolve_component(
+            name,
+            component,
+            base,
+            &defaults,
+            overrides.watch,
+            problems,
+        ));
     }
     check_overlaps(&components, problems);
     let concurrent: u64 = components.iter().map(|c| c.limits.max_concurrent as u64).sum();
@@ -283,7 +336,42 @@ fn resolve(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, prob
         data_dir,
         cache_dir,
         server,
+        admin,
         components,
+    }
+}
+
+fn resolve_admin(raw: &RawAdmin, base: &Path, data_dir: &Path, problems: &mut Problems) -> AdminConfig {
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = text.parse().unwrap_or_else(|_| {
+        problems.add(
+            "admin.listen",
+            format!("{text:?} is not an address such as {DEFAULT_ADMIN_LISTEN}"),
+        );
+        DEFAULT_ADMIN_LISTEN.parse().expect("the default address parses")
+    });
+    let token = match (&raw.token, &raw.token_env, &raw.token_file) {
+        (Some(token), None, None) => {
+            if token.len() < MIN_TOKEN_LEN {
+                problems.add("admin.token", format!("is shorter than {MIN_TOKEN_LEN} characters"));
+            }
+            TokenSource::Literal(token.clone())
+        }
+        (None, Some(var), None) => TokenSource::Env(var.clone()),
+        (None, None, Some(file)) => TokenSource::File(base.join(file)),
+        (None, None, None) => TokenSource::File(data_dir.join("admin.token")),
+        _ => {
+            problems.add("admin", "give at most one of token, token_env and token_file");
+            TokenSource::File(data_dir.join("admin.token"))
+        }
+    };
+    let max_upload_mib = problems
+        .ranged("admin.max_upload_mib", raw.max_upload_mib, 1, 1024)
+        .unwrap_or(64);
+    AdminConfig {
+        listen,
+        token,
+        max_upload_bytes: (max_upload_mib << 20) as usize,
     }
 }
 
@@ -402,6 +490,7 @@ fn resolve_component(
     raw: RawComponent,
     base: &Path,
     defaults: &ComponentLimits,
+    watch_all: bool,
     problems: &mut Problems,
 ) -> ComponentConfig {
     let key = format!("components.{name}");
@@ -456,6 +545,7 @@ fn resolve_component(
         routes,
         limits,
         rate_limits,
+        watch: raw.watch.unwrap_or(false) || watch_all,
     }
 }
 

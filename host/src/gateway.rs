@@ -16,10 +16,11 @@ use hyper::body::Incoming;
 
 use crate::bindings::corral::service::types;
 use crate::client::TrustedProxies;
+use crate::invoke::Target;
 use crate::invoke::{self, InvokeError};
 use crate::problem;
 use crate::ratelimit::Verdict;
-use crate::registry::{LoadedComponent, Registry};
+use crate::registry::Registry;
 use crate::server::Handler;
 
 /// Most headers a component's response may carry.
@@ -31,6 +32,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request id accepted from a client.
 const MAX_REQUEST_ID_LEN: usize = 128;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Names the version of the component that served a response.
+const VERSION: HeaderName = HeaderName::from_static("corral-version");
 
 /// The public listener's handler.
 pub struct Gateway {
@@ -41,7 +44,8 @@ pub struct Gateway {
 impl Handler for Gateway {
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let request_id = request_id(&request);
-        let mut response = self.route(request, peer, &request_id).await;
+        let (parts, body) = request.into_parts();
+        let mut response = self.route(parts, body, peer, &request_id).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -55,20 +59,24 @@ impl Gateway {
     /// the body, and only then an instance.
     async fn route(
         &self,
-        request: Request<Incoming>,
+        parts: http::request::Parts,
+        body: Incoming,
         peer: SocketAddr,
         request_id: &Arc<str>,
     ) -> Response<Full<Bytes>> {
         let snapshot = self.registry.snapshot();
-        let Some(component) = snapshot.route(request.uri().path()).cloned() else {
-            let detail = format!("no component serves {}", request.uri().path());
-            return problem::response(StatusCode::NOT_FOUND, "no-route", "No route", detail);
+        let Some(entry) = snapshot.route(parts.uri.path()).cloned() else {
+            let detail = format!("no component serves {}", parts.uri.path());
+            return refuse(
+                body,
+                problem::response(StatusCode::NOT_FOUND, "no-route", "No route", detail),
+            )
+            .await;
         };
         drop(snapshot);
 
-        let (parts, body) = request.into_parts();
         let client = self.trusted_proxies.client_addr(peer.ip(), &parts.headers);
-        let verdict = component
+        let verdict = entry
             .shared
             .rate_limits
             .check(parts.method.as_str(), parts.uri.path(), client);
@@ -79,26 +87,26 @@ impl Gateway {
                 "Too many requests",
                 format!(
                     "{client} has made too many requests to {}; retry in {} s",
-                    component.name, verdict.retry_after_secs
+                    entry.name, verdict.retry_after_secs
                 ),
             );
             rate_limit_headers(&mut response, &verdict);
-            return response;
+            return refuse(body, response).await;
         }
-        let _slot = match component.shared.gate.enter().await {
+        let _slot = match entry.shared.gate.enter().await {
             Ok(slot) => slot,
             Err(overloaded) => {
                 let mut response = problem::response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded",
                     "Service overloaded",
-                    format!("{} is at capacity: {overloaded}", component.name),
+                    format!("{} is at capacity: {overloaded}", entry.name),
                 );
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-                return response;
+                return refuse(body, response).await;
             }
         };
-        let body = match read_body(body, &parts.headers, component.limits.max_request_body_bytes).await {
+        let body = match read_body(body, &parts.headers, entry.limits().max_request_body_bytes).await {
             Ok(body) => body,
             Err(response) => return response,
         };
@@ -120,10 +128,17 @@ impl Gateway {
             client_addr: client.to_string(),
             request_id: request_id.to_string(),
         };
-        let mut response = match invoke::handle(&component, guest_request, Arc::clone(request_id)).await {
-            Ok(response) => into_http(response, &component, request_id),
-            Err(error) => failure(&component, request_id, error),
+        // The version is chosen once and held to the end: a swap meanwhile
+        // does not change what serves this request.
+        let version = Arc::clone(entry.pick(random_u64()));
+        let target = entry.target(&version);
+        let mut response = match invoke::handle(target, guest_request, Arc::clone(request_id)).await {
+            Ok(response) => into_http(response, target, request_id),
+            Err(error) => failure(target, request_id, error),
         };
+        if let Ok(value) = HeaderValue::from_str(&version.short) {
+            response.headers_mut().insert(VERSION, value);
+        }
         if let Some(verdict) = &verdict {
             rate_limit_headers(&mut response, verdict);
         }
@@ -158,13 +173,19 @@ fn request_id(request: &Request<Incoming>) -> Arc<str> {
 
 /// 16 hex digits, unique within the process and unpredictable across runs.
 fn new_request_id() -> String {
+    format!("{:016x}", random_u64())
+}
+
+/// A cheap, well-spread random number: a counter through a randomly keyed
+/// hash. Not for secrets.
+fn random_u64() -> u64 {
     static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{:016x}", SEED.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed)))
+    SEED.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Reads the whole body, refusing with 413 one longer than `limit`.
-async fn read_body(
+pub async fn read_body(
     mut body: Incoming,
     headers: &http::HeaderMap,
     limit: usize,
@@ -189,6 +210,9 @@ async fn read_body(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(response);
     }
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(refuse(body, too_large()).await);
+    }
     let mut collected = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -203,27 +227,36 @@ async fn read_body(
             continue;
         };
         if collected.len() + data.len() > limit {
-            drain(body, MAX_DRAIN_BYTES).await;
-            return Err(too_large());
+            return Err(refuse(body, too_large()).await);
         }
         collected.extend_from_slice(data);
     }
     Ok(collected.freeze())
 }
 
-/// Reads and drops what is left of a refused body, up to `max` bytes and
-/// [`DRAIN_TIMEOUT`], so the client gets to read the refusal.
-async fn drain(mut body: Incoming, max: usize) {
-    let read = async {
+/// Answers `response` without serving the request. What is left of the
+/// body is read and dropped first, up to [`MAX_DRAIN_BYTES`] and
+/// [`DRAIN_TIMEOUT`], so that a client still sending it gets to read the
+/// answer; past those bounds the connection is closed instead.
+pub async fn refuse(mut body: Incoming, mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let mut seen = 0;
-        while let Some(Ok(frame)) = body.frame().await {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
             seen += frame.data_ref().map_or(0, Bytes::len);
-            if seen > max {
-                break;
+            if seen > MAX_DRAIN_BYTES {
+                return false;
             }
         }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
+        true
+    })
+    .await;
+    if !matches!(drained, Ok(true)) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Hop-by-hop and framing headers belong to the host, not to a component.
@@ -242,9 +275,9 @@ fn reserved_header(name: &HeaderName) -> bool {
 }
 
 /// A component's response as HTTP, or 500 when it is not a valid one.
-fn into_http(response: types::Response, component: &LoadedComponent, request_id: &str) -> Response<Full<Bytes>> {
+fn into_http(response: types::Response, target: Target<'_>, request_id: &str) -> Response<Full<Bytes>> {
     let invalid = |detail: String| {
-        tracing::warn!(component = %component.name, version = %component.short_version, request_id, "invalid response: {detail}");
+        tracing::warn!(component = %target.name, version = %target.version.short, request_id, "invalid response: {detail}");
         problem::response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "invalid-response",
@@ -258,7 +291,7 @@ fn into_http(response: types::Response, component: &LoadedComponent, request_id:
             return invalid(format!("status {} is not a final HTTP status", response.status));
         }
     };
-    let limit = component.limits.max_response_body_bytes;
+    let limit = target.limits.max_response_body_bytes;
     if response.body.len() > limit {
         return invalid(format!(
             "the body of {} bytes is larger than the limit of {limit} bytes",
@@ -285,10 +318,10 @@ fn into_http(response: types::Response, component: &LoadedComponent, request_id:
 }
 
 /// The response to a call that failed; the host and other requests carry on.
-fn failure(component: &LoadedComponent, request_id: &str, error: InvokeError) -> Response<Full<Bytes>> {
+fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> Response<Full<Bytes>> {
     tracing::warn!(
-        component = %component.name,
-        version = %component.short_version,
+        component = %target.name,
+        version = %target.version.short,
         request_id,
         cause = error.cause(),
         "request failed: {error}"
@@ -302,6 +335,6 @@ fn failure(component: &LoadedComponent, request_id: &str, error: InvokeError) ->
         InvokeError::Trap(_) => "the component trapped".to_string(),
         other => other.to_string(),
     };
-    let detail = format!("{} failed this request: {reason}", component.name);
+    let detail = format!("{} failed this request: {reason}", target.name);
     problem::response(status, error.cause(), title, detail)
 }

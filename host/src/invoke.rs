@@ -13,8 +13,10 @@ use crate::bindings::corral::service::types::{Request, Response};
 use crate::engine::TICK;
 use crate::guest_log::GuestLog;
 use crate::limits::{LimitExceeded, StoreLimiter};
-use crate::registry::LoadedComponent;
-use crate::sqlite::SqliteCtx;
+
+use crate::limits::ComponentLimits;
+use crate::registry::Version;
+use crate::sqlite::{Database, SqliteCtx};
 
 /// Everything one store holds for one call.
 pub struct RequestState {
@@ -73,15 +75,21 @@ impl InvokeError {
     }
 }
 
-/// A store for one call into `component`, with its limits installed and a
+/// What one call needs: which version of which component, within which
+/// limits, with which database.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub name: &'a Arc<str>,
+    pub version: &'a Version,
+    pub limits: &'a ComponentLimits,
+    pub db: &'a Arc<Database>,
+}
+
+/// A store for one call into `target`, with its limits installed and a
 /// sandbox that shows the guest nothing of the machine: no files, no
 /// sockets, no environment, no arguments; stdout and stderr go to the log.
-fn new_store(component: &LoadedComponent, request_id: Arc<str>) -> Store<RequestState> {
-    let log = GuestLog::new(
-        Arc::clone(&component.name),
-        Arc::clone(&component.short_version),
-        request_id,
-    );
+fn new_store(target: Target<'_>, request_id: Arc<str>) -> Store<RequestState> {
+    let log = GuestLog::new(Arc::clone(target.name), Arc::clone(&target.version.short), request_id);
     let wasi = WasiCtx::builder()
         .stdout(log.output("stdout", Level::Info))
         .stderr(log.output("stderr", Level::Warn))
@@ -89,17 +97,17 @@ fn new_store(component: &LoadedComponent, request_id: Arc<str>) -> Store<Request
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
-    let limits = &component.limits;
+    let limits = target.limits;
     let state = RequestState {
         wasi,
         table: ResourceTable::new(),
-        sqlite: SqliteCtx::new(Arc::clone(&component.shared.db)),
+        sqlite: SqliteCtx::new(Arc::clone(target.db)),
         log,
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
         cpu_exhausted: false,
     };
-    let mut store = Store::new(component.pre.engine(), state);
+    let mut store = Store::new(target.version.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);
     // Every tick the guest runs, it yields to other tasks and spends a tick
     // of its CPU budget; when none is left, it is interrupted.
@@ -116,22 +124,18 @@ fn new_store(component: &LoadedComponent, request_id: Arc<str>) -> Store<Request
     store
 }
 
-/// Handles one HTTP request in a fresh instance of `component`.
-pub async fn handle(
-    component: &LoadedComponent,
-    request: Request,
-    request_id: Arc<str>,
-) -> Result<Response, InvokeError> {
-    let timeout = component.limits.timeout;
-    let mut store = new_store(component, request_id);
+/// Handles one HTTP request in a fresh instance of `target`.
+pub async fn handle(target: Target<'_>, request: Request, request_id: Arc<str>) -> Result<Response, InvokeError> {
+    let timeout = target.limits.timeout;
+    let mut store = new_store(target, request_id);
     let call = async {
-        let service = component.pre.instantiate_async(&mut store).await?;
+        let service = target.version.pre.instantiate_async(&mut store).await?;
         service.corral_service_handler().call_handle(&mut store, &request).await
     };
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(InvokeError::Timeout(timeout)),
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(classify(e, store.data(), component)),
+        Ok(Err(e)) => Err(classify(e, store.data(), target)),
     }
 }
 
@@ -148,9 +152,9 @@ pub enum InitError {
 
 /// Runs the component's `init` inside a transaction that commits only if
 /// `init` succeeds, so a failed migration leaves the database as it was.
-pub async fn init(component: &LoadedComponent) -> Result<(), InitError> {
-    let timeout = component.limits.timeout;
-    let mut store = new_store(component, Arc::from("init"));
+pub async fn init(target: Target<'_>) -> Result<(), InitError> {
+    let timeout = target.limits.timeout;
+    let mut store = new_store(target, Arc::from("init"));
     let sqlite = &mut store.data_mut().sqlite;
     sqlite
         .with_conn(|conn| conn.begin_host_transaction())
@@ -158,14 +162,14 @@ pub async fn init(component: &LoadedComponent) -> Result<(), InitError> {
         .map_err(|e| InitError::Database(format!("{e:?}")))?
         .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?;
     let call = async {
-        let service = component.pre.instantiate_async(&mut store).await?;
+        let service = target.version.pre.instantiate_async(&mut store).await?;
         service.corral_service_lifecycle().call_init(&mut store).await
     };
     let outcome = match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(InvokeError::Timeout(timeout).into()),
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(message))) => Err(InitError::Refused(message)),
-        Ok(Err(e)) => Err(classify(e, store.data(), component).into()),
+        Ok(Err(e)) => Err(classify(e, store.data(), target).into()),
     };
     let commit = outcome.is_ok();
     let ended = store
@@ -179,12 +183,12 @@ pub async fn init(component: &LoadedComponent) -> Result<(), InitError> {
 }
 
 /// Tells apart the ways a call can trap.
-fn classify(error: wasmtime::Error, state: &RequestState, component: &LoadedComponent) -> InvokeError {
+fn classify(error: wasmtime::Error, state: &RequestState, target: Target<'_>) -> InvokeError {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return InvokeError::Limit(*limit);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) if state.cpu_exhausted => InvokeError::CpuTime(component.limits.cpu_time),
+        Some(Trap::Interrupt) if state.cpu_exhausted => InvokeError::CpuTime(target.limits.cpu_time),
         Some(Trap::StackOverflow) => InvokeError::StackOverflow,
         // Rust guests abort on panic, which traps as `unreachable`.
         Some(Trap::UnreachableCodeReached) => InvokeError::Panic,

@@ -8,17 +8,22 @@
 //! - [`guest_log`]: guest logs and stdout/stderr into the host log.
 //! - [`limits`]: what one component may use, and how many may run at once.
 //! - [`invoke`]: one call into a component in a fresh store.
-//! - [`registry`]: loaded components, published as an atomic snapshot.
+//! - [`registry`]: components and their versions, published as an atomic snapshot.
 //! - [`router`]: which component owns a path; route patterns.
 //! - [`client`]: the client's address, behind trusted proxies too.
 //! - [`ratelimit`]: request rates per client, with governor.
 //! - [`gateway`]: one public HTTP request, from route to response.
 //! - [`problem`]: problem+json error responses.
 //! - [`server`]: the accept loop and graceful shutdown.
+//! - [`control`]: reloading the config (admin API, SIGHUP) and watched files.
+//! - [`admin`]: the admin listener: status, swaps, canaries, rollbacks, reloads.
+//! - [`remote`]: the admin API's client, for the CLI.
 
+pub mod admin;
 pub mod bindings;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod gateway;
 pub mod guest_log;
@@ -27,6 +32,7 @@ pub mod limits;
 pub mod problem;
 pub mod ratelimit;
 pub mod registry;
+pub mod remote;
 pub mod router;
 pub mod server;
 pub mod sqlite;
@@ -37,7 +43,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::admin::Admin;
+use crate::config::{Config, Overrides};
+use crate::control::Control;
 use crate::engine::{EngineSettings, EpochTicker};
 use crate::gateway::Gateway;
 use crate::registry::Registry;
@@ -54,22 +62,73 @@ pub fn registry(config: &Config) -> anyhow::Result<Registry> {
     Registry::new(engine, config.data_dir.clone(), config.server.max_rate_limit_clients)
 }
 
-/// Loads the components of `config` and serves them on `listener` until
-/// `shutdown` resolves; then lets requests in flight finish and closes the
-/// databases.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// The sockets the host serves.
+pub struct Listeners {
+    pub public: TcpListener,
+    /// Present when the config has an `[admin]` section.
+    pub admin: Option<TcpListener>,
+}
+
+/// Loads the components of `config` and serves them until `shutdown`
+/// resolves; then stops accepting, lets requests in flight finish, and
+/// closes the databases. SIGHUP reloads the config file.
+pub async fn run(
+    config: Config,
+    overrides: Overrides,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let registry = Arc::new(registry(&config)?);
     let _ticker = EpochTicker::start(registry.engine());
     registry.load_all(&config).await?;
-    tracing::info!("listening on http://{}", listener.local_addr()?);
-    let eviction = tokio::spawn(evict_idle_clients(Arc::clone(&registry)));
-    let gateway = Gateway {
-        registry: Arc::clone(&registry),
-        trusted_proxies: config.server.trusted_proxies.clone(),
+    let settings = config.server.settings.clone();
+    let trusted_proxies = config.server.trusted_proxies.clone();
+    let admin = match (&config.admin, listeners.admin) {
+        (Some(admin), Some(listener)) => Some((admin::resolve_token(&admin.token)?, admin.max_upload_bytes, listener)),
+        _ => None,
     };
-    server::run(listener, Arc::new(gateway), config.server.settings.clone(), shutdown).await;
-    eviction.abort();
-    let _ = eviction.await;
+    let control = Arc::new(Control::new(Arc::clone(&registry), config, overrides));
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut background = vec![
+        tokio::spawn(evict_idle_clients(Arc::clone(&registry))),
+        tokio::spawn(Arc::clone(&control).watch()),
+        tokio::spawn(reload_on_hangup(Arc::clone(&control))),
+    ];
+    if let Some((token, max_upload_bytes, listener)) = admin {
+        tracing::info!("admin listening on http://{}", listener.local_addr()?);
+        let handler = Arc::new(Admin::new(Arc::clone(&control), token, max_upload_bytes));
+        background.push(tokio::spawn(server::run(
+            listener,
+            handler,
+            settings.clone(),
+            until_stopped(),
+        )));
+    }
+    tracing::info!("listening on http://{}", listeners.public.local_addr()?);
+    let gateway = Arc::new(Gateway {
+        registry: Arc::clone(&registry),
+        trusted_proxies,
+    });
+    let public = server::run(listeners.public, gateway, settings, until_stopped());
+    tokio::pin!(public);
+    tokio::select! {
+        () = shutdown => {}
+        () = &mut public => {}
+    }
+    let _ = stop.send(true);
+    public.await;
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
+    drop(control);
     // The last reference closes every database, which checkpoints its WAL
     // into the main file.
     match Arc::try_unwrap(registry) {
@@ -82,14 +141,28 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     Ok(())
 }
 
+/// SIGHUP reloads the config file, as `POST /reload` does.
+async fn reload_on_hangup(control: Arc<Control>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match control.reload().await {
+            Ok(reloaded) => tracing::info!(components = reloaded.components.len(), "SIGHUP: reloaded the config"),
+            Err(e) => tracing::warn!("SIGHUP: the config was not reloaded: {e}"),
+        }
+    }
+}
+
 /// Keeps rate limiter memory bounded: clients whose buckets are full again
 /// are forgotten.
 async fn evict_idle_clients(registry: Arc<Registry>) {
     let mut every = tokio::time::interval(EVICTION_INTERVAL);
     loop {
         every.tick().await;
-        for component in &registry.snapshot().components {
-            component.shared.rate_limits.evict_idle();
+        for entry in &registry.snapshot().entries {
+            entry.shared.rate_limits.evict_idle();
         }
     }
 }
@@ -101,8 +174,12 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for component in &config.components {
         let wasm = std::fs::read(&component.wasm)?;
-        if let Err(e) = registry.compile(wasm, &component.wasm).await {
-            failures.push(format!("{}: {e:#}", component.name));
+        if let Err(e) = registry.compile(wasm).await {
+            failures.push(format!(
+                "{}: {} is not a component corral can serve: {e:#}",
+                component.name,
+                component.wasm.display()
+            ));
         }
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));

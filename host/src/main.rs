@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use corral::Listeners;
 use corral::config::{Config, Overrides};
+use corral::remote::{AdminClient, status_table};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +39,9 @@ enum Command {
         /// Keep databases in this folder instead of the config's.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Reload every component when its `.wasm` changes on disk.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validates a config file and its components without serving.
     Check {
@@ -44,6 +49,54 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Shows the components a running host serves.
+    Status(Remote),
+    /// Installs a new version of a component in a running host.
+    Swap {
+        /// The component's name.
+        name: String,
+        /// The new `.wasm`.
+        wasm: PathBuf,
+        /// Serve the new version to this percentage of requests only.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Goes back to a component's previous version, or drops its canary.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Makes a component's canary its version for every request.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Makes a running host re-read its config file.
+    Reload(Remote),
+}
+
+/// How to reach a running host's admin API.
+#[derive(clap::Args)]
+struct Remote {
+    /// The host's config file: where its admin API listens, and its token.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The admin API's URL, such as http://127.0.0.1:9090.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The admin token (default: $CORRAL_ADMIN_TOKEN, then the config's).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(self) -> anyhow::Result<AdminClient> {
+        AdminClient::new(self.config.as_deref(), self.admin, self.token)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,12 +118,20 @@ fn main() -> ExitCode {
                 config,
                 listen,
                 data_dir,
+                watch,
             } => {
-                let config = Config::load(&config, &Overrides { listen, data_dir })?;
-                let listener = tokio::net::TcpListener::bind(config.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", config.listen))?;
-                corral::run(config, listener, shutdown_signal()).await
+                let overrides = Overrides {
+                    listen,
+                    data_dir,
+                    watch,
+                };
+                let config = Config::load(&config, &overrides)?;
+                let public = bind(config.listen).await?;
+                let admin = match &config.admin {
+                    Some(admin) => Some(bind(admin.listen).await?),
+                    None => None,
+                };
+                corral::run(config, overrides, Listeners { public, admin }, shutdown_signal()).await
             }
             Command::Check { config } => {
                 let config = Config::load(&config, &Overrides::default())?;
@@ -78,12 +139,37 @@ fn main() -> ExitCode {
                 println!("{}: ok", config.source.display());
                 Ok(())
             }
+            Command::Status(remote) => print(remote.client()?.status().map(|s| status_table(&s))),
+            Command::Swap {
+                name,
+                wasm,
+                canary,
+                remote,
+            } => print(remote.client()?.swap(&name, &wasm, canary).map(pretty)),
+            Command::Rollback { name, remote } => print(remote.client()?.rollback(&name).map(pretty)),
+            Command::Promote { name, remote } => print(remote.client()?.promote(&name).map(pretty)),
+            Command::Reload(remote) => print(remote.client()?.reload().map(pretty)),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+fn print(output: anyhow::Result<String>) -> anyhow::Result<()> {
+    println!("{}", output?);
+    Ok(())
+}
+
+fn pretty(json: serde_json::Value) -> String {
+    serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {

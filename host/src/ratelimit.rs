@@ -137,6 +137,17 @@ impl RateLimits {
     }
 }
 
+/// As the config would say it: `10/minute, burst 20, per client`.
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = match self.scope {
+            Scope::Client => "client",
+            Scope::Global => "global",
+        };
+        write!(f, "{}, burst {}, per {per}", self.rate, self.burst)
+    }
+}
+
 type Keyed = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
 
 /// The key every request uses under [`Scope::Global`], and the key of the

@@ -1,13 +1,15 @@
-//! The loaded components: each version compiled, linked, pre-instantiated and
-//! initialized once, and the set of them published as one [`Snapshot`] that
-//! requests read without locks and that is replaced atomically.
+//! The components being served. Each version of a component's code is
+//! compiled, linked, pre-instantiated and initialized once ([`Version`]); the
+//! set of components ([`Entry`] each, with its current, previous and canary
+//! versions) is published as one immutable [`Snapshot`] that requests read
+//! without locks and that every change replaces atomically.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -15,25 +17,76 @@ use wasmtime::component::{Component, Linker};
 
 use crate::bindings::ServicePre;
 use crate::config::{ComponentConfig, Config};
-use crate::invoke::{self, RequestState};
+use crate::invoke::{self, RequestState, Target};
 use crate::limits::{ComponentLimits, ConcurrencyGate};
 use crate::ratelimit::{RateLimitConfig, RateLimits};
 use crate::router::Router;
 use crate::sqlite::Database;
 
-/// One version of one component, ready to serve.
-pub struct LoadedComponent {
-    pub name: Arc<str>,
+/// One version of a component's code, ready to instantiate.
+pub struct Version {
     /// The sha256 of the `.wasm`, in hex.
-    pub version: Arc<str>,
-    /// The first 12 hex digits of `version`, for logs and headers.
-    pub short_version: Arc<str>,
-    pub wasm_path: PathBuf,
-    pub routes: Vec<String>,
+    pub digest: Arc<str>,
+    /// The first 12 hex digits of `digest`, for logs and headers.
+    pub short: Arc<str>,
     pub loaded_at: SystemTime,
-    pub limits: ComponentLimits,
+    /// Where the code came from.
+    pub origin: Origin,
     pub pre: ServicePre<RequestState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    File(PathBuf),
+    Upload,
+}
+
+/// A version serving a share of a component's requests.
+#[derive(Clone)]
+pub struct Canary {
+    pub version: Arc<Version>,
+    /// Percent of requests, 1 to 99.
+    pub percent: u8,
+}
+
+/// A component as served by one snapshot.
+#[derive(Clone)]
+pub struct Entry {
+    pub name: Arc<str>,
+    pub config: ComponentConfig,
     pub shared: Arc<ComponentShared>,
+    pub current: Arc<Version>,
+    /// Where a rollback goes.
+    pub previous: Option<Arc<Version>>,
+    pub canary: Option<Canary>,
+    /// The digest of the config's `.wasm` when it was last loaded, so that a
+    /// reload or a file watch only reloads code that changed on disk.
+    pub file_digest: Arc<str>,
+}
+
+impl Entry {
+    /// The version to serve a request: the canary for `percent` of the
+    /// rolls, the current version otherwise.
+    pub fn pick(&self, roll: u64) -> &Arc<Version> {
+        match &self.canary {
+            Some(canary) if roll % 100 < u64::from(canary.percent) => &canary.version,
+            _ => &self.current,
+        }
+    }
+
+    pub fn limits(&self) -> &ComponentLimits {
+        &self.config.limits
+    }
+
+    /// What a call into `version` of this component needs.
+    pub fn target<'a>(&'a self, version: &'a Version) -> Target<'a> {
+        Target {
+            name: &self.name,
+            version,
+            limits: &self.config.limits,
+            db: &self.shared.db,
+        }
+    }
 }
 
 /// What every version of a component shares: its database, its concurrency
@@ -51,25 +104,71 @@ pub struct ComponentShared {
 /// The components being served, and the router to them.
 #[derive(Default)]
 pub struct Snapshot {
-    pub components: Vec<Arc<LoadedComponent>>,
+    pub entries: Vec<Arc<Entry>>,
     router: Router,
 }
 
 impl Snapshot {
-    pub fn new(components: Vec<Arc<LoadedComponent>>) -> Self {
+    pub fn new(entries: Vec<Arc<Entry>>) -> Self {
         let router = Router::new(
-            components
+            entries
                 .iter()
                 .enumerate()
-                .flat_map(|(i, c)| c.routes.iter().map(move |r| (r.clone(), i))),
+                .flat_map(|(i, e)| e.config.routes.iter().map(move |r| (r.clone(), i))),
         );
-        Snapshot { components, router }
+        Snapshot { entries, router }
     }
 
     /// The component that owns `path`.
-    pub fn route(&self, path: &str) -> Option<&Arc<LoadedComponent>> {
-        self.router.lookup(path).map(|i| &self.components[i])
+    pub fn route(&self, path: &str) -> Option<&Arc<Entry>> {
+        self.router.lookup(path).map(|i| &self.entries[i])
     }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.entries.iter().find(|e| &*e.name == name)
+    }
+
+    /// A copy with `entry` in place of the component of the same name.
+    fn with(&self, entry: Entry) -> Snapshot {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                if e.name == entry.name {
+                    Arc::new(entry.clone())
+                } else {
+                    Arc::clone(e)
+                }
+            })
+            .collect();
+        Snapshot::new(entries)
+    }
+}
+
+/// Why a change to the served components was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no component named {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The code is not a component corral can serve.
+    #[error("{0:#}")]
+    Invalid(anyhow::Error),
+    /// The code compiled but its `init` failed; its database is as it was.
+    #[error("{0:#}")]
+    InitFailed(anyhow::Error),
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+}
+
+/// The outcome of a change, for the operator.
+#[derive(Debug, serde::Serialize)]
+pub struct Change {
+    pub name: String,
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub canary_percent: Option<u8>,
 }
 
 /// Compiles and loads components, and holds the current [`Snapshot`].
@@ -79,9 +178,11 @@ pub struct Registry {
     data_dir: PathBuf,
     /// Client addresses one rate limit tracks.
     max_rate_limit_clients: usize,
-    /// One per component name, kept across versions.
+    /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     current: ArcSwap<Snapshot>,
+    /// Changes happen one at a time; requests never wait for this.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -94,6 +195,7 @@ impl Registry {
             max_rate_limit_clients,
             shared: Mutex::new(HashMap::new()),
             current: ArcSwap::from_pointee(Snapshot::default()),
+            changing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -106,78 +208,235 @@ impl Registry {
         self.current.load_full()
     }
 
+    /// Whether the first load has published the components.
+    pub fn is_ready(&self) -> bool {
+        !self.current.load().entries.is_empty()
+    }
+
     /// Loads every component of `config` and publishes them together; fails
     /// with every component's problem if any cannot load.
     pub async fn load_all(&self, config: &Config) -> anyhow::Result<()> {
+        let _changing = self.changing.lock().await;
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
-        let mut loaded = Vec::new();
+        let entries = self
+            .entries_for(config, &Snapshot::default())
+            .await
+            .map_err(anyhow::Error::from)?;
+        self.current.store(Arc::new(Snapshot::new(entries)));
+        Ok(())
+    }
+
+    /// Applies a new config as one change: components added, removed, their
+    /// routes, limits and (where the file changed) code. Nothing changes
+    /// unless every component loads.
+    pub async fn reload(&self, config: &Config) -> Result<Vec<Change>, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let before = self.snapshot();
+        let entries = self.entries_for(config, &before).await?;
+        let changes = entries
+            .iter()
+            .map(|e| Change {
+                name: e.name.to_string(),
+                version: e.current.digest.to_string(),
+                previous_version: before.get(&e.name).map(|b| b.current.digest.to_string()),
+                canary_percent: e.canary.as_ref().map(|c| c.percent),
+            })
+            .collect();
+        self.current.store(Arc::new(Snapshot::new(entries)));
+        tracing::info!(components = config.components.len(), "reloaded the config");
+        Ok(changes)
+    }
+
+    /// The entries `config` describes, reusing what `before` already has.
+    async fn entries_for(&self, config: &Config, before: &Snapshot) -> Result<Vec<Arc<Entry>>, ChangeError> {
+        let mut entries = Vec::new();
         let mut failures = Vec::new();
         for component in &config.components {
-            match self.load(component).await {
-                Ok(c) => loaded.push(Arc::new(c)),
+            match self.entry_for(component, before.get(&component.name)).await {
+                Ok(entry) => entries.push(Arc::new(entry)),
                 Err(e) => failures.push(format!("{}: {e:#}", component.name)),
             }
         }
         if !failures.is_empty() {
-            bail!("cannot load components:\n  {}", failures.join("\n  "));
+            return Err(ChangeError::Invalid(anyhow::anyhow!(
+                "cannot load components:\n  {}",
+                failures.join("\n  ")
+            )));
         }
-        self.current.store(Arc::new(Snapshot::new(loaded)));
-        Ok(())
+        Ok(entries)
     }
 
-    /// Compiles, links, opens the database of and initializes one component.
-    pub async fn load(&self, config: &ComponentConfig) -> anyhow::Result<LoadedComponent> {
-        let wasm = tokio::fs::read(&config.wasm)
-            .await
-            .with_context(|| format!("cannot read {}", config.wasm.display()))?;
-        let version: Arc<str> = hex(&Sha256::digest(&wasm)).into();
-        let pre = self.compile(wasm, &config.wasm).await?;
+    async fn entry_for(&self, config: &ComponentConfig, before: Option<&Arc<Entry>>) -> anyhow::Result<Entry> {
+        let wasm = read_wasm(&config.wasm).await?;
+        let file_digest = digest(&wasm);
         let shared = self.shared(config).await?;
-        let component = LoadedComponent {
+        if let Some(before) = before.filter(|b| b.file_digest == file_digest) {
+            // The code on disk is what was loaded last: keep the versions,
+            // uploads and canary included, under the new routes and limits.
+            return Ok(Entry {
+                config: config.clone(),
+                shared,
+                ..Entry::clone(before)
+            });
+        }
+        let version = self
+            .prepare(&config.name, &shared, wasm, Origin::File(config.wasm.clone()))
+            .await?;
+        Ok(Entry {
             name: config.name.as_str().into(),
-            short_version: version[..12].into(),
-            version,
-            wasm_path: config.wasm.clone(),
-            routes: config.routes.clone(),
-            loaded_at: SystemTime::now(),
-            limits: config.limits.clone(),
-            pre,
+            config: config.clone(),
             shared,
+            previous: before.map(|b| Arc::clone(&b.current)),
+            current: version,
+            canary: None,
+            file_digest,
+        })
+    }
+
+    /// Installs new code for component `name`: for every request, or for
+    /// `canary` percent of them. Compiles and initializes it first; on any
+    /// failure the component is left as it was.
+    pub async fn swap(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        canary: Option<u8>,
+        origin: Origin,
+    ) -> Result<Change, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let version = self.prepare(name, &entry.shared, wasm, origin).await?;
+        let mut next = Entry::clone(entry);
+        match canary {
+            Some(percent) => {
+                next.canary = Some(Canary {
+                    version: Arc::clone(&version),
+                    percent,
+                })
+            }
+            None => {
+                next.previous = Some(Arc::clone(&entry.current));
+                next.current = Arc::clone(&version);
+                next.canary = None;
+            }
+        }
+        if let Origin::File(_) = version.origin {
+            next.file_digest = Arc::clone(&version.digest);
+        }
+        self.publish(&snapshot, next, "swapped")
+    }
+
+    /// Back to the previous version, or, with a canary out, drops the canary.
+    pub async fn rollback(&self, name: &str) -> Result<Change, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let mut next = Entry::clone(entry);
+        if next.canary.take().is_none() {
+            let previous = next
+                .previous
+                .replace(Arc::clone(&entry.current))
+                .ok_or_else(|| ChangeError::Conflict(format!("{name} has no previous version to roll back to")))?;
+            next.current = previous;
+        }
+        self.publish(&snapshot, next, "rolled back")
+    }
+
+    /// Makes the canary the current version for every request.
+    pub async fn promote(&self, name: &str) -> Result<Change, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let mut next = Entry::clone(entry);
+        let canary = next
+            .canary
+            .take()
+            .ok_or_else(|| ChangeError::Conflict(format!("{name} has no canary to promote")))?;
+        next.previous = Some(Arc::clone(&entry.current));
+        next.current = canary.version;
+        self.publish(&snapshot, next, "promoted")
+    }
+
+    /// Publishes `next` in place of its component: from here on, new
+    /// requests see it; requests in flight finish on what they started with.
+    fn publish(&self, snapshot: &Snapshot, next: Entry, what: &str) -> Result<Change, ChangeError> {
+        let change = Change {
+            name: next.name.to_string(),
+            version: next
+                .canary
+                .as_ref()
+                .map_or(&next.current, |c| &c.version)
+                .digest
+                .to_string(),
+            previous_version: snapshot.get(&next.name).map(|e| e.current.digest.to_string()),
+            canary_percent: next.canary.as_ref().map(|c| c.percent),
         };
-        invoke::init(&component).await.context("init failed")?;
         tracing::info!(
-            component = %component.name,
-            version = %component.short_version,
-            routes = ?component.routes,
-            "loaded"
+            component = %next.name,
+            version = %next.current.short,
+            canary = ?next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent)),
+            "{what}"
         );
-        Ok(component)
+        self.current.store(Arc::new(snapshot.with(next)));
+        Ok(change)
+    }
+
+    /// Compiles `wasm` and runs its `init` against the component's database.
+    async fn prepare(
+        &self,
+        name: &str,
+        shared: &Arc<ComponentShared>,
+        wasm: Vec<u8>,
+        origin: Origin,
+    ) -> Result<Arc<Version>, ChangeError> {
+        let digest = digest(&wasm);
+        let pre = self.compile(wasm).await.map_err(ChangeError::Invalid)?;
+        let version = Arc::new(Version {
+            short: digest[..12].into(),
+            digest,
+            loaded_at: SystemTime::now(),
+            origin,
+            pre,
+        });
+        let name: Arc<str> = name.into();
+        let target = Target {
+            name: &name,
+            version: &version,
+            limits: &shared.limits,
+            db: &shared.db,
+        };
+        invoke::init(target)
+            .await
+            .map_err(|e| ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")))?;
+        tracing::info!(component = %name, version = %version.short, "loaded");
+        Ok(version)
     }
 
     /// Checks that `wasm` is a component, compiles it off the async workers,
     /// and links it: every import satisfied, the service exports present.
-    pub async fn compile(&self, wasm: Vec<u8>, path: &Path) -> anyhow::Result<ServicePre<RequestState>> {
-        check_header(&wasm).with_context(|| format!("{} is not a component", path.display()))?;
+    pub async fn compile(&self, wasm: Vec<u8>) -> anyhow::Result<ServicePre<RequestState>> {
+        check_header(&wasm)?;
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
             .await?
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot compile {}", path.display()))?;
+            .context("cannot compile it")?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .context("cannot link the component: it imports something corral does not provide")?;
+            .context("cannot link it: it imports something corral does not provide")?;
         ServicePre::new(instance_pre).map_err(anyhow::Error::from).context(
-            "the component does not export the corral:service/handler and corral:service/lifecycle interfaces \
+            "it does not export the corral:service/handler and corral:service/lifecycle interfaces \
              (build it against wit/service.wit)",
         )
     }
 
-    /// The shared parts of a component: kept from its previous version, or
-    /// rebuilt where the config changed them. The database stays open
-    /// unless its own limits change.
+    /// The shared parts of a component: kept from before, or rebuilt where
+    /// the config changed them. The database stays open unless its own
+    /// limits change.
     async fn shared(&self, config: &ComponentConfig) -> anyhow::Result<Arc<ComponentShared>> {
         let previous = self.shared.lock().expect("shared lock").get(&config.name).cloned();
         if let Some(previous) = &previous
@@ -209,6 +468,21 @@ impl Registry {
     }
 }
 
+pub async fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The sha256 of `wasm` in hex: a version's identity.
+pub fn digest(wasm: &[u8]) -> Arc<str> {
+    Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
 /// Tells a component from a core module or from anything else, because
 /// wasmtime's own message for those is less direct.
 fn check_header(wasm: &[u8]) -> anyhow::Result<()> {
@@ -217,12 +491,8 @@ fn check_header(wasm: &[u8]) -> anyhow::Result<()> {
     match wasm.get(..8) {
         Some(header) if header.starts_with(MAGIC) && header[6..8] == COMPONENT_LAYER => Ok(()),
         Some(header) if header.starts_with(MAGIC) => {
-            bail!("it is a core wasm module; build it for wasm32-wasip2 to get a component")
+            anyhow::bail!("it is a core wasm module, not a component; build it for wasm32-wasip2")
         }
-        _ => bail!("it is not WebAssembly"),
+        _ => anyhow::bail!("it is not WebAssembly"),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

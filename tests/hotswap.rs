@@ -1,0 +1,456 @@
+//! Hot swap: new versions installed, canaried, promoted, rolled back and
+//! reloaded while clients keep sending requests, with no request failing
+//! and every response from exactly one version, on the right side of the
+//! change. Broken versions are refused and change nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_TOKEN, Reply, Sample, TestHost, admin_toml, host, load, variant, wasm};
+
+const PATH: &str = "/users/1";
+
+fn swap_host() -> TestHost {
+    let host = host()
+        .component("users", "users", &["/users"])
+        .toml(&admin_toml())
+        .start();
+    assert_eq!(
+        host.post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
+            .status,
+        201
+    );
+    host
+}
+
+/// Sends requests to [`PATH`] from four clients while `change` runs; returns
+/// what they got, and the instants just before `change` began and just after
+/// it returned.
+fn under_load(host: &TestHost, change: impl FnOnce() -> Reply) -> (Vec<Sample>, Instant, Instant, Reply) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let clients = scope.spawn(|| load(host, PATH, 4, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let before = Instant::now();
+        let reply = change();
+        let after = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        (clients.join().unwrap(), before, after, reply)
+    })
+}
+
+/// No request failed; each response came from `old` or `new`; none from
+/// `new` before the change began, none from `old` sent after it returned.
+fn assert_clean_switch(samples: &[Sample], before: Instant, after: Instant, old: &str, new: &str) {
+    let failed: Vec<_> = samples.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        samples.len()
+    );
+    for sample in samples {
+        let version = sample.version.as_deref().expect("every response names its version");
+        assert!(version == old || version == new, "unknown version {version}");
+        if sample.received < before {
+            assert_eq!(version, old, "served by the new version before the change began");
+        }
+        if sample.sent > after {
+            assert_eq!(version, new, "served by the old version after the change returned");
+        }
+    }
+    let count = |v: &str| samples.iter().filter(|s| s.version.as_deref() == Some(v)).count();
+    assert!(
+        count(old) > 0 && count(new) > 0,
+        "{} old, {} new",
+        count(old),
+        count(new)
+    );
+}
+
+fn short(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["version"].as_str().unwrap()[..12].to_string()
+}
+
+#[test]
+fn a_swap_under_load_drops_no_request() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let (samples, before, after, reply) =
+        under_load(&host, || host.admin("PUT", "/components/users", variant("users", "v2")));
+    let v2 = short(&reply);
+    assert_ne!(v1, v2);
+    assert_clean_switch(&samples, before, after, &v1, &v2);
+    // The data survived: the new version uses the same database.
+    assert_eq!(host.get(PATH).json()["name"], "Ada");
+
+    let status = host.admin("GET", "/components", Vec::new()).json();
+    let users = &status["components"][0];
+    assert_eq!(users["version"]["short"], v2);
+    assert_eq!(users["version"]["origin"], "upload");
+    assert_eq!(users["previous"]["short"], v1);
+    assert_eq!(users["routes"], json!(["/users"]));
+    assert_eq!(users["limits"]["memory_mib"], 128);
+    assert_eq!(users["in_flight"], 0);
+}
+
+#[test]
+fn a_rollback_under_load_drops_no_request() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let v2 = short(&host.admin("PUT", "/components/users", variant("users", "v2")));
+    let (samples, before, after, reply) =
+        under_load(&host, || host.admin("POST", "/components/users/rollback", Vec::new()));
+    assert_eq!(short(&reply), v1);
+    assert_clean_switch(&samples, before, after, &v2, &v1);
+    // Rolling back again goes forward to what was rolled back.
+    assert_eq!(short(&host.admin("POST", "/components/users/rollback", Vec::new())), v2);
+}
+
+#[test]
+fn a_canary_takes_its_share_then_is_promoted() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let reply = host.admin("PUT", "/components/users?canary=30", variant("users", "canary"));
+    let v2 = short(&reply);
+    assert_eq!(reply.json()["canary_percent"], 30);
+    let versions: Vec<String> = (0..300).map(|_| host.version_of(PATH)).collect();
+    let canary = versions.iter().filter(|v| **v == v2).count();
+    assert!((40..=150).contains(&canary), "about 30% of 300 requests: {canary}");
+    assert!(versions.iter().all(|v| *v == v1 || *v == v2));
+    let status = host.admin("GET", "/components", Vec::new()).json();
+    assert_eq!(status["components"][0]["canary"]["percent"], 30);
+    assert_eq!(status["components"][0]["canary"]["version"]["short"], v2);
+
+    let (samples, _, after, reply) = under_load(&host, || host.admin("POST", "/components/users/promote", Vec::new()));
+    assert_eq!(short(&reply), v2);
+    assert!(samples.iter().all(|s| s.status == 200));
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.sent > after)
+            .all(|s| s.version.as_deref() == Some(v2.as_str()))
+    );
+    let status = host.admin("GET", "/components", Vec::new()).json();
+    assert_eq!(status["components"][0]["canary"], Value::Null);
+    assert_eq!(status["components"][0]["previous"]["short"], v1);
+    host.admin("POST", "/components/users/promote", Vec::new())
+        .assert_problem(409, "conflict");
+}
+
+#[test]
+fn rolling_back_a_canary_drops_it() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    short(&host.admin("PUT", "/components/users?canary=50", variant("users", "canary")));
+    let (samples, _, after, reply) = under_load(&host, || host.admin("POST", "/components/users/rollback", Vec::new()));
+    assert_eq!(short(&reply), v1);
+    assert!(samples.iter().all(|s| s.status == 200));
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.sent > after)
+            .all(|s| s.version.as_deref() == Some(v1.as_str()))
+    );
+    for canary in ["0", "100", "x", "-5"] {
+        host.admin(
+            "PUT",
+            &format!("/components/users?canary={canary}"),
+            variant("users", "c"),
+        )
+        .assert_problem(400, "bad-canary");
+    }
+}
+
+#[test]
+fn a_reload_under_load_picks_up_the_changed_file() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let dir = tempfile::tempdir().unwrap();
+    let new_file = dir.path().join("users-v2.wasm");
+    std::fs::write(&new_file, variant("users", "reloaded")).unwrap();
+    let config = std::fs::read_to_string(&host.config_path).unwrap();
+    let old_path = format!("{:?}", wasm("users").display().to_string());
+    let new_path = format!("{:?}", new_file.display().to_string());
+    std::fs::write(&host.config_path, config.replace(&old_path, &new_path)).unwrap();
+
+    let (samples, before, after, reply) = under_load(&host, || host.admin("POST", "/reload", Vec::new()));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let v2 = reply.json()["components"][0]["version"].as_str().unwrap()[..12].to_string();
+    assert_clean_switch(&samples, before, after, &v1, &v2);
+    // Reloading an unchanged file changes nothing.
+    assert_eq!(host.admin("POST", "/reload", Vec::new()).status, 200);
+    assert_eq!(host.version_of(PATH), v2);
+}
+
+#[test]
+fn a_reload_adds_removes_and_reroutes_components() {
+    let host = swap_host();
+    host.get("/orders").assert_problem(404, "no-route");
+    let config = std::fs::read_to_string(&host.config_path).unwrap();
+    let orders = crate::support::component_toml("orders", "orders", &["/orders", "/shop/orders"]);
+    std::fs::write(
+        &host.config_path,
+        format!("{config}\n{orders}\n[components.users.limits]\nrequest_body_kib = 1\n"),
+    )
+    .unwrap();
+    let reply = host.admin("POST", "/reload", Vec::new());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(host.get("/orders").status, 200);
+    // The new route reaches orders, which has no resource there.
+    let problem = host.get("/shop/orders").assert_problem(404, "not-found");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no resource at /shop/orders"),
+        "{problem}"
+    );
+    let padding = "x".repeat(2000);
+    host.post(
+        "/users",
+        &json!({ "name": "Bob", "email": "bob@example.com", "p": padding }),
+    )
+    .assert_problem(413, "body-too-large");
+
+    std::fs::write(&host.config_path, config).unwrap();
+    assert_eq!(host.admin("POST", "/reload", Vec::new()).status, 200);
+    host.get("/orders").assert_problem(404, "no-route");
+    assert_eq!(host.get(PATH).json()["name"], "Ada", "users kept serving its data");
+}
+
+#[test]
+fn an_invalid_config_changes_nothing() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let config = std::fs::read_to_string(&host.config_path).unwrap();
+    std::fs::write(
+        &host.config_path,
+        format!("{config}\n[components.users.limits]\nmemory_mib = 0\nnonsense = 1\n"),
+    )
+    .unwrap();
+    let problem = host
+        .admin("POST", "/reload", Vec::new())
+        .assert_problem(400, "invalid-config");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("memory_mib") && detail.contains("nonsense"), "{detail}");
+    assert_eq!(host.version_of(PATH), v1);
+    std::fs::write(&host.config_path, "this is not toml").unwrap();
+    host.admin("POST", "/reload", Vec::new())
+        .assert_problem(400, "invalid-config");
+    assert_eq!(host.get(PATH).status, 200);
+}
+
+#[test]
+fn sighup_reloads_the_config() {
+    let host = swap_host();
+    let config = std::fs::read_to_string(&host.config_path).unwrap();
+    std::fs::write(
+        &host.config_path,
+        format!(
+            "{config}\n{}",
+            crate::support::component_toml("orders", "orders", &["/orders"])
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    host.wait_for_log(&["SIGHUP: reloaded the config"]);
+    assert_eq!(host.get("/orders").status, 200);
+}
+
+#[test]
+fn broken_uploads_are_refused_and_change_nothing() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let no_handler = wat::parse_str("(component)").unwrap();
+    let unknown_import =
+        wat::parse_str(r#"(component (import "corral:unknown/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
+    let cases: [(&str, Vec<u8>, u16, &str, &str); 5] = [
+        (
+            "random bytes",
+            b"\x13\x37 definitely not wasm".to_vec(),
+            422,
+            "invalid-component",
+            "not WebAssembly",
+        ),
+        (
+            "a core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            422,
+            "invalid-component",
+            "core wasm module",
+        ),
+        ("no handler", no_handler, 422, "invalid-component", "does not export"),
+        (
+            "an unknown import",
+            unknown_import,
+            422,
+            "invalid-component",
+            "corral:unknown/thing",
+        ),
+        (
+            "a failing migration",
+            std::fs::read(wasm("failing-init")).unwrap(),
+            422,
+            "init-failed",
+            "refuses to start",
+        ),
+    ];
+    for (what, body, status, kind, reason) in cases {
+        let problem = host
+            .admin("PUT", "/components/users", body)
+            .assert_problem(status, kind);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("nothing changed") && detail.contains(reason),
+            "{what}: {detail}"
+        );
+        assert_eq!(host.version_of(PATH), v1, "{what}");
+    }
+    // The failed migration left the database as it was.
+    let db = rusqlite::Connection::open(host.data_dir.join("users.sqlite3")).unwrap();
+    let leftover: i64 = db
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'leftover'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(leftover, 0);
+    let user_version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(user_version, 1);
+    let status = host.admin("GET", "/components", Vec::new()).json();
+    assert_eq!(
+        status["components"][0]["previous"],
+        Value::Null,
+        "no version was installed"
+    );
+
+    host.admin("PUT", "/components/nobody", variant("users", "x"))
+        .assert_problem(404, "not-found");
+    host.admin("POST", "/components/users/promote", Vec::new())
+        .assert_problem(409, "conflict");
+    assert_eq!(host.get(PATH).json()["name"], "Ada");
+}
+
+#[test]
+fn an_upload_over_the_size_limit_is_413() {
+    let host = host()
+        .component("users", "users", &["/users"])
+        .toml(&admin_toml())
+        .toml("max_upload_mib = 1")
+        .start();
+    host.admin("PUT", "/components/users", vec![0; 2 << 20])
+        .assert_problem(413, "body-too-large");
+}
+
+#[test]
+fn every_admin_route_needs_the_token() {
+    let host = swap_host();
+    let routes = [
+        ("GET", "/components"),
+        ("PUT", "/components/users"),
+        ("POST", "/components/users/rollback"),
+        ("POST", "/components/users/promote"),
+        ("POST", "/reload"),
+        ("GET", "/metrics"),
+        ("GET", "/nonexistent"),
+    ];
+    for (method, path) in routes {
+        for token in [
+            None,
+            Some("wrong-token-wrong-token"),
+            Some(&ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
+        ] {
+            let reply = host.admin_as(method, path, variant("users", "x"), token);
+            reply.assert_problem(401, "unauthorized");
+            assert_eq!(reply.header("www-authenticate"), Some("Bearer realm=\"corral\""));
+        }
+    }
+    assert_eq!(host.version_of(PATH).len(), 12);
+    assert_eq!(host.admin_as("GET", "/healthz", Vec::new(), None).status, 200);
+    // Each listener serves only its own routes.
+    host.get("/components").assert_problem(404, "no-route");
+    host.get("/reload").assert_problem(404, "no-route");
+    host.admin("GET", "/users/1", Vec::new())
+        .assert_problem(404, "not-found");
+}
+
+#[test]
+fn the_cli_drives_the_admin_api() {
+    let host = swap_host();
+    let v1 = host.version_of(PATH);
+    let admin = format!("http://{}", host.admin_addr.unwrap());
+    let corral = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(args)
+            .args(["--admin", &admin])
+            .env("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (ok, status) = corral(&["status"]);
+    assert!(ok && status.contains("users") && status.contains(&v1), "{status}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v2.wasm");
+    std::fs::write(&file, variant("users", "cli")).unwrap();
+    let (ok, out) = corral(&["swap", "users", file.to_str().unwrap(), "--canary", "20"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"canary_percent\": 20"), "{out}");
+    let (ok, status) = corral(&["status"]);
+    assert!(ok && status.contains("at 20%"), "{status}");
+    let (ok, out) = corral(&["promote", "users"]);
+    assert!(ok, "{out}");
+    assert_ne!(host.version_of(PATH), v1);
+    let (ok, out) = corral(&["rollback", "users"]);
+    assert!(ok, "{out}");
+    assert_eq!(host.version_of(PATH), v1);
+    let (ok, out) = corral(&["reload"]);
+    assert!(ok, "{out}");
+    let (ok, out) = corral(&["swap", "users", "/nonexistent.wasm"]);
+    assert!(!ok && out.contains("cannot read"), "{out}");
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"nope").unwrap();
+    let (ok, out) = corral(&["swap", "users", broken.to_str().unwrap()]);
+    assert!(!ok && out.contains("422") && out.contains("not WebAssembly"), "{out}");
+}
+
+#[test]
+fn a_watched_file_is_reloaded_when_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.wasm");
+    std::fs::write(&file, std::fs::read(wasm("users")).unwrap()).unwrap();
+    let host = host()
+        .toml(&format!(
+            "[components.users]\nwasm = {:?}\nroutes = [\"/users\"]\nwatch = true\n",
+            file.display().to_string()
+        ))
+        .start();
+    let v1 = host.version_of("/users");
+
+    // A half-written file is never loaded: it does not compile, and the
+    // version before it keeps serving.
+    let v2_bytes = variant("users", "watched");
+    std::fs::write(&file, &v2_bytes[..v2_bytes.len() / 2]).unwrap();
+    host.wait_for_log(&["the changed file was not loaded"]);
+    assert_eq!(host.version_of("/users"), v1);
+
+    std::fs::write(&file, &v2_bytes).unwrap();
+    host.wait_for_log(&["reloaded a changed file"]);
+    let v2 = host.version_of("/users");
+    assert_ne!(v2, v1);
+    assert_eq!(host.get("/users").status, 200);
+}
