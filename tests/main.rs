@@ -7,6 +7,7 @@ mod capacity;
 mod config;
 mod containment;
 mod hotswap;
+mod observability;
 mod orders;
 mod persistence;
 mod ratelimits;

@@ -45,6 +45,7 @@ pub fn component_toml(name: &str, crate_name: &str, routes: &[&str]) -> String {
 pub struct HostBuilder {
     toml: String,
     data_dir: Option<PathBuf>,
+    args: Vec<String>,
 }
 
 impl HostBuilder {
@@ -67,7 +68,24 @@ impl HostBuilder {
         self
     }
 
+    /// Adds a command-line argument before `serve`, such as `--log-format`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// Starts the host and waits until it serves.
     pub fn start(self) -> TestHost {
+        self.launch(true)
+    }
+
+    /// Starts the host and returns once its admin listener is up, while the
+    /// components may still be loading.
+    pub fn start_loading(self) -> TestHost {
+        self.launch(false)
+    }
+
+    fn launch(self, until_public: bool) -> TestHost {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = self.data_dir.unwrap_or_else(|| dir.path().join("data"));
         let config = format!(
@@ -78,7 +96,7 @@ impl HostBuilder {
         );
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, &config).unwrap();
-        TestHost::spawn(dir, &config_path, data_dir)
+        TestHost::spawn(dir, &config_path, data_dir, &self.args, until_public)
     }
 }
 
@@ -87,6 +105,7 @@ pub fn host() -> HostBuilder {
     HostBuilder {
         toml: String::new(),
         data_dir: None,
+        args: Vec::new(),
     }
 }
 
@@ -112,12 +131,38 @@ pub struct TestHost {
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     agent: ureq::Agent,
+    announcements: Mutex<mpsc::Receiver<Listening>>,
     _dir: tempfile::TempDir,
 }
 
+/// What the host announces in its log.
+enum Listening {
+    Admin(SocketAddr),
+    Public(SocketAddr),
+}
+
+/// The address after `marker` in a log line, text or JSON.
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 impl TestHost {
-    fn spawn(dir: tempfile::TempDir, config_path: &Path, data_dir: PathBuf) -> TestHost {
+    /// Starts the host and waits until it listens; `until_public` false
+    /// returns as soon as the admin listener is up, before the components
+    /// are loaded.
+    fn spawn(
+        dir: tempfile::TempDir,
+        config_path: &Path,
+        data_dir: PathBuf,
+        args: &[String],
+        until_public: bool,
+    ) -> TestHost {
         let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(args)
             .args(["serve", "--config"])
             .arg(config_path)
             .env("RUST_LOG", "info")
@@ -129,50 +174,70 @@ impl TestHost {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
-        let admin_addr = Arc::new(Mutex::new(None));
-        let admin_sink = Arc::clone(&admin_addr);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("admin listening on http://").nth(1) {
-                    *admin_sink.lock().unwrap() = Some(addr.trim().parse::<SocketAddr>().unwrap());
-                } else if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                if let Some(addr) = address_after(&line, "admin listening on http://") {
+                    let _ = tx.send(Listening::Admin(addr));
+                } else if let Some(addr) = address_after(&line, "listening on http://") {
+                    let _ = tx.send(Listening::Public(addr));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let started = Instant::now();
-        let addr = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => break addr,
-                Err(_) if started.elapsed() > START_TIMEOUT => {
-                    panic!("corral did not start:\n{}", logs.lock().unwrap().join("\n"))
-                }
-                Err(_) => {
-                    if let Some(status) = child.try_wait().unwrap() {
-                        std::thread::sleep(Duration::from_millis(100));
-                        panic!("corral exited with {status}:\n{}", logs.lock().unwrap().join("\n"));
-                    }
-                }
-            }
-        };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .allow_non_standard_methods(true)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let admin_addr = *admin_addr.lock().unwrap();
-        TestHost {
+        let mut host = TestHost {
             child,
-            addr,
-            admin_addr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin_addr: None,
             data_dir,
             config_path: config_path.to_path_buf(),
             logs,
             agent,
+            announcements: Mutex::new(rx),
             _dir: dir,
+        };
+        if until_public {
+            host.wait_until_serving();
+        } else {
+            while host.admin_addr.is_none() {
+                host.next_announcement();
+            }
+        }
+        host
+    }
+
+    /// Waits until the public listener serves the components.
+    pub fn wait_until_serving(&mut self) {
+        while self.addr.port() == 0 {
+            self.next_announcement();
+        }
+    }
+
+    fn next_announcement(&mut self) {
+        let started = Instant::now();
+        loop {
+            let next = self
+                .announcements
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_millis(100));
+            match next {
+                Ok(Listening::Admin(addr)) => return self.admin_addr = Some(addr),
+                Ok(Listening::Public(addr)) => return self.addr = addr,
+                Err(_) if started.elapsed() > START_TIMEOUT => panic!("corral did not start:\n{}", self.logs()),
+                Err(_) => {
+                    if let Some(status) = self.child.try_wait().unwrap() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        panic!("corral exited with {status}:\n{}", self.logs());
+                    }
+                }
+            }
         }
     }
 

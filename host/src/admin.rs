@@ -19,6 +19,7 @@ use crate::config::TokenSource;
 use crate::control::Control;
 use crate::gateway::{read_body, refuse};
 use crate::limits::ComponentLimits;
+use crate::metrics::Metrics;
 use crate::problem;
 use crate::registry::{ChangeError, Entry, Origin, Version};
 use crate::server::Handler;
@@ -26,14 +27,16 @@ use crate::server::Handler;
 /// The admin listener's handler.
 pub struct Admin {
     pub control: Arc<Control>,
+    metrics: Arc<Metrics>,
     token: String,
     max_upload_bytes: usize,
 }
 
 impl Admin {
-    pub fn new(control: Arc<Control>, token: String, max_upload_bytes: usize) -> Self {
+    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>, token: String, max_upload_bytes: usize) -> Self {
         Admin {
             control,
+            metrics,
             token,
             max_upload_bytes,
         }
@@ -114,6 +117,15 @@ impl Admin {
             }
             (&Method::POST, ["components", name, "promote"]) => respond(registry.promote(name).await.map(|c| json!(c))),
             (&Method::POST, ["reload"]) => respond(self.control.reload().await.map(|r| json!(r))),
+            (&Method::GET, ["metrics"]) => {
+                let text = self.metrics.encode(&registry.snapshot());
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            }
             (_, ["components"] | ["components", _] | ["components", _, "rollback" | "promote"] | ["reload"]) => {
                 let detail = format!("{method} is not allowed on {path}");
                 problem::response(

@@ -3,21 +3,27 @@
 //! turn its response, or its failure, into HTTP.
 
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use crate::bindings::corral::service::types;
 use crate::client::TrustedProxies;
 use crate::invoke::Target;
 use crate::invoke::{self, InvokeError};
+use crate::limits::ComponentLimits;
+use crate::metrics::{
+    Method as MetricMethod, Metrics, RejectionLabels, RequestLabels, TrapLabels, VersionLabels, status_class,
+};
 use crate::problem;
 use crate::ratelimit::Verdict;
 use crate::registry::Registry;
@@ -39,16 +45,41 @@ const VERSION: HeaderName = HeaderName::from_static("corral-version");
 pub struct Gateway {
     pub registry: Arc<Registry>,
     pub trusted_proxies: TrustedProxies,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the gateway learned about one request, for its log line and metrics.
+struct Trace {
+    client: IpAddr,
+    component: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    version: Option<Arc<str>>,
+    bytes_in: usize,
+    /// Why the request was refused before reaching the component.
+    rejected: Option<&'static str>,
+    /// Why the component failed it.
+    failed: Option<&'static str>,
 }
 
 impl Handler for Gateway {
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let started = Instant::now();
         let request_id = request_id(&request);
         let (parts, body) = request.into_parts();
-        let mut response = self.route(parts, body, peer, &request_id).await;
+        let mut trace = Trace {
+            client: self.trusted_proxies.client_addr(peer.ip(), &parts.headers),
+            component: None,
+            route: None,
+            version: None,
+            bytes_in: 0,
+            rejected: None,
+            failed: None,
+        };
+        let mut response = self.route(&parts, body, &request_id, &mut trace).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
+        self.record(&parts, &response, &trace, started.elapsed(), &request_id);
         response
     }
 }
@@ -59,13 +90,13 @@ impl Gateway {
     /// the body, and only then an instance.
     async fn route(
         &self,
-        parts: http::request::Parts,
+        parts: &http::request::Parts,
         body: Incoming,
-        peer: SocketAddr,
         request_id: &Arc<str>,
+        trace: &mut Trace,
     ) -> Response<Full<Bytes>> {
         let snapshot = self.registry.snapshot();
-        let Some(entry) = snapshot.route(parts.uri.path()).cloned() else {
+        let Some((entry, route)) = snapshot.route(parts.uri.path()) else {
             let detail = format!("no component serves {}", parts.uri.path());
             return refuse(
                 body,
@@ -73,34 +104,44 @@ impl Gateway {
             )
             .await;
         };
+        let entry = Arc::clone(entry);
+        trace.component = Some(Arc::clone(&entry.name));
+        trace.route = Some(route.into());
         drop(snapshot);
 
-        let client = self.trusted_proxies.client_addr(peer.ip(), &parts.headers);
+        let client = trace.client;
         let verdict = entry
             .shared
             .rate_limits
             .check(parts.method.as_str(), parts.uri.path(), client);
         if let Some(verdict) = verdict.filter(|v| !v.allowed) {
+            trace.rejected = Some("rate_limit");
+            let detail = format!(
+                "{client} has made too many requests to {}; retry in {} s",
+                entry.name, verdict.retry_after_secs
+            );
             let mut response = problem::response(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
                 "Too many requests",
-                format!(
-                    "{client} has made too many requests to {}; retry in {} s",
-                    entry.name, verdict.retry_after_secs
-                ),
+                detail,
             );
             rate_limit_headers(&mut response, &verdict);
             return refuse(body, response).await;
         }
-        let _slot = match entry.shared.gate.enter().await {
+        let waiting = Instant::now();
+        let slot = entry.shared.gate.enter().await;
+        self.metrics.observe_queue_wait(&entry.name, waiting.elapsed());
+        let _slot = match slot {
             Ok(slot) => slot,
             Err(overloaded) => {
+                trace.rejected = Some("concurrency");
+                let detail = format!("{} is at capacity: {overloaded}", entry.name);
                 let mut response = problem::response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded",
                     "Service overloaded",
-                    format!("{} is at capacity: {overloaded}", entry.name),
+                    detail,
                 );
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
                 return refuse(body, response).await;
@@ -108,8 +149,14 @@ impl Gateway {
         };
         let body = match read_body(body, &parts.headers, entry.limits().max_request_body_bytes).await {
             Ok(body) => body,
-            Err(response) => return response,
+            Err(response) => {
+                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    trace.rejected = Some("body_size");
+                }
+                return response;
+            }
         };
+        trace.bytes_in = body.len();
         let guest_request = types::Request {
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
@@ -131,10 +178,17 @@ impl Gateway {
         // The version is chosen once and held to the end: a swap meanwhile
         // does not change what serves this request.
         let version = Arc::clone(entry.pick(random_u64()));
+        trace.version = Some(Arc::clone(&version.short));
         let target = entry.target(&version);
         let mut response = match invoke::handle(target, guest_request, Arc::clone(request_id)).await {
-            Ok(response) => into_http(response, target, request_id),
-            Err(error) => failure(target, request_id, error),
+            Ok(response) => into_http(response, target.limits).unwrap_or_else(|detail| {
+                trace.failed = Some("invalid-response");
+                invalid_response(target, request_id, detail)
+            }),
+            Err(error) => {
+                trace.failed = Some(error.cause());
+                failure(target, request_id, error)
+            }
         };
         if let Ok(value) = HeaderValue::from_str(&version.short) {
             response.headers_mut().insert(VERSION, value);
@@ -143,6 +197,69 @@ impl Gateway {
             rate_limit_headers(&mut response, verdict);
         }
         response
+    }
+
+    /// One log line and the metrics of a finished request.
+    fn record(
+        &self,
+        parts: &http::request::Parts,
+        response: &Response<Full<Bytes>>,
+        trace: &Trace,
+        elapsed: Duration,
+        request_id: &str,
+    ) {
+        let status = response.status();
+        let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+        let none: &str = "-";
+        tracing::info!(
+            target: "corral::access",
+            request_id,
+            client = %trace.client,
+            method = %parts.method,
+            path = parts.uri.path(),
+            component = trace.component.as_deref().unwrap_or(none),
+            version = trace.version.as_deref().unwrap_or(none),
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_in = trace.bytes_in,
+            bytes_out,
+            "request"
+        );
+        let Some(component) = &trace.component else { return };
+        let m = &self.metrics;
+        if let Some(reason) = trace.rejected {
+            m.rejected
+                .get_or_create(&RejectionLabels {
+                    component: Arc::clone(component),
+                    reason,
+                })
+                .inc();
+        }
+        let version: Arc<str> = trace.version.clone().unwrap_or_else(|| none.into());
+        if let Some(cause) = trace.failed {
+            m.traps
+                .get_or_create(&TrapLabels {
+                    component: Arc::clone(component),
+                    version: Arc::clone(&version),
+                    cause,
+                })
+                .inc();
+        }
+        m.requests
+            .get_or_create(&RequestLabels {
+                component: Arc::clone(component),
+                version: Arc::clone(&version),
+                method: MetricMethod::of(&parts.method),
+                route: trace.route.clone().unwrap_or_else(|| none.into()),
+                status: status_class(status),
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&VersionLabels {
+                component: Arc::clone(component),
+                version,
+            })
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -274,32 +391,21 @@ fn reserved_header(name: &HeaderName) -> bool {
     )
 }
 
-/// A component's response as HTTP, or 500 when it is not a valid one.
-fn into_http(response: types::Response, target: Target<'_>, request_id: &str) -> Response<Full<Bytes>> {
-    let invalid = |detail: String| {
-        tracing::warn!(component = %target.name, version = %target.version.short, request_id, "invalid response: {detail}");
-        problem::response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "invalid-response",
-            "The service returned an invalid response",
-            detail,
-        )
-    };
+/// A component's response as HTTP, or why it is not a valid one.
+fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<Response<Full<Bytes>>, String> {
     let status = match StatusCode::from_u16(response.status) {
         Ok(status) if status.as_u16() >= 200 => status,
-        _ => {
-            return invalid(format!("status {} is not a final HTTP status", response.status));
-        }
+        _ => return Err(format!("status {} is not a final HTTP status", response.status)),
     };
-    let limit = target.limits.max_response_body_bytes;
+    let limit = limits.max_response_body_bytes;
     if response.body.len() > limit {
-        return invalid(format!(
+        return Err(format!(
             "the body of {} bytes is larger than the limit of {limit} bytes",
             response.body.len()
         ));
     }
     if response.headers.len() > MAX_RESPONSE_HEADERS {
-        return invalid(format!(
+        return Err(format!(
             "{} headers is more than {MAX_RESPONSE_HEADERS}",
             response.headers.len()
         ));
@@ -308,13 +414,24 @@ fn into_http(response: types::Response, target: Target<'_>, request_id: &str) ->
     *http.status_mut() = status;
     for (name, value) in response.headers {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) else {
-            return invalid(format!("header {name:?} is not a valid HTTP header"));
+            return Err(format!("header {name:?} is not a valid HTTP header"));
         };
         if !reserved_header(&name) {
             http.headers_mut().append(name, value);
         }
     }
-    http
+    Ok(http)
+}
+
+/// The response to a component's invalid response: 500, logged.
+fn invalid_response(target: Target<'_>, request_id: &str, detail: String) -> Response<Full<Bytes>> {
+    tracing::warn!(component = %target.name, version = %target.version.short, request_id, "invalid response: {detail}");
+    problem::response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "invalid-response",
+        "The service returned an invalid response",
+        detail,
+    )
 }
 
 /// The response to a call that failed; the host and other requests carry on.

@@ -15,8 +15,8 @@ use crate::guest_log::GuestLog;
 use crate::limits::{LimitExceeded, StoreLimiter};
 
 use crate::limits::ComponentLimits;
-use crate::registry::Version;
-use crate::sqlite::{Database, SqliteCtx};
+use crate::registry::{ComponentShared, Version};
+use crate::sqlite::SqliteCtx;
 
 /// Everything one store holds for one call.
 pub struct RequestState {
@@ -82,7 +82,7 @@ pub struct Target<'a> {
     pub name: &'a Arc<str>,
     pub version: &'a Version,
     pub limits: &'a ComponentLimits,
-    pub db: &'a Arc<Database>,
+    pub shared: &'a ComponentShared,
 }
 
 /// A store for one call into `target`, with its limits installed and a
@@ -101,7 +101,7 @@ fn new_store(target: Target<'_>, request_id: Arc<str>) -> Store<RequestState> {
     let state = RequestState {
         wasi,
         table: ResourceTable::new(),
-        sqlite: SqliteCtx::new(Arc::clone(target.db)),
+        sqlite: SqliteCtx::new(Arc::clone(&target.shared.db), target.shared.sqlite_stats.clone()),
         log,
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,

@@ -14,6 +14,7 @@
 //! - [`ratelimit`]: request rates per client, with governor.
 //! - [`gateway`]: one public HTTP request, from route to response.
 //! - [`problem`]: problem+json error responses.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`server`]: the accept loop and graceful shutdown.
 //! - [`control`]: reloading the config (admin API, SIGHUP) and watched files.
 //! - [`admin`]: the admin listener: status, swaps, canaries, rollbacks, reloads.
@@ -29,6 +30,7 @@ pub mod gateway;
 pub mod guest_log;
 pub mod invoke;
 pub mod limits;
+pub mod metrics;
 pub mod problem;
 pub mod ratelimit;
 pub mod registry;
@@ -48,18 +50,24 @@ use crate::config::{Config, Overrides};
 use crate::control::Control;
 use crate::engine::{EngineSettings, EpochTicker};
 use crate::gateway::Gateway;
+use crate::metrics::{ListenerLabels, Metrics};
 use crate::registry::Registry;
 
 /// How often rate limiters forget idle clients.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Builds the engine and the (empty) registry the config describes.
-pub fn registry(config: &Config) -> anyhow::Result<Registry> {
+pub fn registry(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Registry> {
     let engine = engine::build(&EngineSettings {
         max_instances: config.server.max_instances,
         cache_dir: config.cache_dir.clone(),
     })?;
-    Registry::new(engine, config.data_dir.clone(), config.server.max_rate_limit_clients)
+    Registry::new(
+        engine,
+        config.data_dir.clone(),
+        config.server.max_rate_limit_clients,
+        metrics,
+    )
 }
 
 /// The sockets the host serves.
@@ -69,25 +77,26 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Loads the components of `config` and serves them until `shutdown`
-/// resolves; then stops accepting, lets requests in flight finish, and
-/// closes the databases. SIGHUP reloads the config file.
+/// Serves the admin API at once (so `/readyz` can say "not yet"), loads the
+/// components of `config`, then serves them until `shutdown` resolves;
+/// then stops accepting, lets requests in flight finish, and closes the
+/// databases. SIGHUP reloads the config file.
 pub async fn run(
     config: Config,
     overrides: Overrides,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let registry = Arc::new(registry(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(registry(&config, Arc::clone(&metrics))?);
     let _ticker = EpochTicker::start(registry.engine());
-    registry.load_all(&config).await?;
     let settings = config.server.settings.clone();
     let trusted_proxies = config.server.trusted_proxies.clone();
     let admin = match (&config.admin, listeners.admin) {
         (Some(admin), Some(listener)) => Some((admin::resolve_token(&admin.token)?, admin.max_upload_bytes, listener)),
         _ => None,
     };
-    let control = Arc::new(Control::new(Arc::clone(&registry), config, overrides));
+    let control = Arc::new(Control::new(Arc::clone(&registry), config.clone(), overrides));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = || {
@@ -96,27 +105,45 @@ pub async fn run(
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
-    let mut background = vec![
-        tokio::spawn(evict_idle_clients(Arc::clone(&registry))),
-        tokio::spawn(Arc::clone(&control).watch()),
-        tokio::spawn(reload_on_hangup(Arc::clone(&control))),
-    ];
+    let mut background = Vec::new();
     if let Some((token, max_upload_bytes, listener)) = admin {
         tracing::info!("admin listening on http://{}", listener.local_addr()?);
-        let handler = Arc::new(Admin::new(Arc::clone(&control), token, max_upload_bytes));
+        let handler = Arc::new(Admin::new(
+            Arc::clone(&control),
+            Arc::clone(&metrics),
+            token,
+            max_upload_bytes,
+        ));
+        let connections = metrics
+            .open_connections
+            .get_or_create_owned(&ListenerLabels { listener: "admin" });
         background.push(tokio::spawn(server::run(
             listener,
             handler,
             settings.clone(),
+            connections,
             until_stopped(),
         )));
     }
+    let loaded = registry.load_all(&config).await;
+    if let Err(e) = loaded {
+        let _ = stop.send(true);
+        return Err(e);
+    }
+    background.push(tokio::spawn(evict_idle_clients(Arc::clone(&registry))));
+    background.push(tokio::spawn(Arc::clone(&control).watch()));
+    background.push(tokio::spawn(reload_on_hangup(Arc::clone(&control))));
+
     tracing::info!("listening on http://{}", listeners.public.local_addr()?);
     let gateway = Arc::new(Gateway {
         registry: Arc::clone(&registry),
         trusted_proxies,
+        metrics: Arc::clone(&metrics),
     });
-    let public = server::run(listeners.public, gateway, settings, until_stopped());
+    let connections = metrics
+        .open_connections
+        .get_or_create_owned(&ListenerLabels { listener: "public" });
+    let public = server::run(listeners.public, gateway, settings, connections, until_stopped());
     tokio::pin!(public);
     tokio::select! {
         () = shutdown => {}
@@ -170,7 +197,7 @@ async fn evict_idle_clients(registry: Arc<Registry>) {
 /// Validates the components of `config`: each is a component that compiles
 /// and links. Nothing runs and no database is touched.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
-    let registry = registry(config)?;
+    let registry = registry(config, Arc::new(Metrics::new()))?;
     let mut failures = Vec::new();
     for component in &config.components {
         let wasm = std::fs::read(&component.wasm)?;

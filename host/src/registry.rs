@@ -19,9 +19,10 @@ use crate::bindings::ServicePre;
 use crate::config::{ComponentConfig, Config};
 use crate::invoke::{self, RequestState, Target};
 use crate::limits::{ComponentLimits, ConcurrencyGate};
+use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimitConfig, RateLimits};
 use crate::router::Router;
-use crate::sqlite::Database;
+use crate::sqlite::{Database, SqliteStats};
 
 /// One version of a component's code, ready to instantiate.
 pub struct Version {
@@ -84,7 +85,7 @@ impl Entry {
             name: &self.name,
             version,
             limits: &self.config.limits,
-            db: &self.shared.db,
+            shared: &self.shared,
         }
     }
 }
@@ -94,6 +95,7 @@ impl Entry {
 /// in-flight count and clients' buckets.
 pub struct ComponentShared {
     pub db: Arc<Database>,
+    pub sqlite_stats: SqliteStats,
     pub gate: ConcurrencyGate,
     pub rate_limits: RateLimits,
     /// What the above were built from, to tell whether a new config changes them.
@@ -119,9 +121,11 @@ impl Snapshot {
         Snapshot { entries, router }
     }
 
-    /// The component that owns `path`.
-    pub fn route(&self, path: &str) -> Option<&Arc<Entry>> {
-        self.router.lookup(path).map(|i| &self.entries[i])
+    /// The component that owns `path`, and the route prefix that matched.
+    pub fn route(&self, path: &str) -> Option<(&Arc<Entry>, &str)> {
+        self.router
+            .lookup_prefix(path)
+            .map(|(prefix, i)| (&self.entries[i], prefix))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
@@ -183,10 +187,16 @@ pub struct Registry {
     current: ArcSwap<Snapshot>,
     /// Changes happen one at a time; requests never wait for this.
     changing: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new(engine: Engine, data_dir: PathBuf, max_rate_limit_clients: usize) -> anyhow::Result<Registry> {
+    pub fn new(
+        engine: Engine,
+        data_dir: PathBuf,
+        max_rate_limit_clients: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Registry> {
         let linker = crate::engine::linker(&engine)?;
         Ok(Registry {
             engine,
@@ -196,6 +206,7 @@ impl Registry {
             shared: Mutex::new(HashMap::new()),
             current: ArcSwap::from_pointee(Snapshot::default()),
             changing: tokio::sync::Mutex::new(()),
+            metrics,
         })
     }
 
@@ -243,6 +254,9 @@ impl Registry {
                 canary_percent: e.canary.as_ref().map(|c| c.percent),
             })
             .collect();
+        for entry in &entries {
+            self.metrics.count_change(&entry.name, "reload");
+        }
         self.current.store(Arc::new(Snapshot::new(entries)));
         tracing::info!(components = config.components.len(), "reloaded the config");
         Ok(changes)
@@ -325,7 +339,8 @@ impl Registry {
         if let Origin::File(_) = version.origin {
             next.file_digest = Arc::clone(&version.digest);
         }
-        self.publish(&snapshot, next, "swapped")
+        let kind = if canary.is_some() { "canary" } else { "swap" };
+        self.publish(&snapshot, next, kind)
     }
 
     /// Back to the previous version, or, with a canary out, drops the canary.
@@ -341,7 +356,7 @@ impl Registry {
                 .ok_or_else(|| ChangeError::Conflict(format!("{name} has no previous version to roll back to")))?;
             next.current = previous;
         }
-        self.publish(&snapshot, next, "rolled back")
+        self.publish(&snapshot, next, "rollback")
     }
 
     /// Makes the canary the current version for every request.
@@ -356,12 +371,13 @@ impl Registry {
             .ok_or_else(|| ChangeError::Conflict(format!("{name} has no canary to promote")))?;
         next.previous = Some(Arc::clone(&entry.current));
         next.current = canary.version;
-        self.publish(&snapshot, next, "promoted")
+        self.publish(&snapshot, next, "promote")
     }
 
     /// Publishes `next` in place of its component: from here on, new
     /// requests see it; requests in flight finish on what they started with.
-    fn publish(&self, snapshot: &Snapshot, next: Entry, what: &str) -> Result<Change, ChangeError> {
+    /// `kind` names the change in the log and the metrics.
+    fn publish(&self, snapshot: &Snapshot, next: Entry, kind: &'static str) -> Result<Change, ChangeError> {
         let change = Change {
             name: next.name.to_string(),
             version: next
@@ -377,8 +393,9 @@ impl Registry {
             component = %next.name,
             version = %next.current.short,
             canary = ?next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent)),
-            "{what}"
+            "{kind}"
         );
+        self.metrics.count_change(&next.name, kind);
         self.current.store(Arc::new(snapshot.with(next)));
         Ok(change)
     }
@@ -391,8 +408,15 @@ impl Registry {
         wasm: Vec<u8>,
         origin: Origin,
     ) -> Result<Arc<Version>, ChangeError> {
+        let name: Arc<str> = name.into();
         let digest = digest(&wasm);
-        let pre = self.compile(wasm).await.map_err(ChangeError::Invalid)?;
+        let pre = match self.compile(wasm).await {
+            Ok(pre) => pre,
+            Err(e) => {
+                self.metrics.count_change(&name, "load_failed");
+                return Err(ChangeError::Invalid(e));
+            }
+        };
         let version = Arc::new(Version {
             short: digest[..12].into(),
             digest,
@@ -400,16 +424,17 @@ impl Registry {
             origin,
             pre,
         });
-        let name: Arc<str> = name.into();
         let target = Target {
             name: &name,
             version: &version,
             limits: &shared.limits,
-            db: &shared.db,
+            shared,
         };
-        invoke::init(target)
-            .await
-            .map_err(|e| ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")))?;
+        if let Err(e) = invoke::init(target).await {
+            self.metrics.count_change(&name, "load_failed");
+            return Err(ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")));
+        }
+        self.metrics.count_change(&name, "load");
         tracing::info!(component = %name, version = %version.short, "loaded");
         Ok(version)
     }
@@ -455,6 +480,7 @@ impl Registry {
         };
         let shared = Arc::new(ComponentShared {
             db,
+            sqlite_stats: self.metrics.sqlite_stats(&config.name.as_str().into()),
             gate: ConcurrencyGate::new(&config.limits),
             rate_limits: RateLimits::new(&config.rate_limits, self.max_rate_limit_clients),
             limits: config.limits.clone(),

@@ -22,10 +22,15 @@ impl Router {
     /// The component whose prefix owns `path`: the prefix itself, or the
     /// prefix followed by `/`.
     pub fn lookup(&self, path: &str) -> Option<usize> {
+        self.lookup_prefix(path).map(|(_, component)| component)
+    }
+
+    /// Like [`Router::lookup`], with the prefix that matched.
+    pub fn lookup_prefix(&self, path: &str) -> Option<(&str, usize)> {
         self.routes
             .iter()
             .find(|(prefix, _)| owns(prefix, path))
-            .map(|(_, component)| *component)
+            .map(|(prefix, component)| (prefix.as_str(), *component))
     }
 }
 

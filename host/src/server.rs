@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -61,6 +62,7 @@ pub async fn run<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     settings: ServerSettings,
+    open_connections: Gauge,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = http1::Builder::new();
@@ -100,10 +102,13 @@ pub async fn run<H: Handler>(
             async move { Ok::<_, std::convert::Infallible>(handler.handle(request, peer).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open_connections = open_connections.clone();
+        open_connections.inc();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            open_connections.dec();
             drop(slot);
         });
     }

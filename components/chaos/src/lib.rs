@@ -13,8 +13,14 @@ struct Chaos;
 corral_sdk::export_service!(Chaos);
 
 impl Service for Chaos {
+    /// Tests that watch the host start slowly put a delay in `init_delay`.
     fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"]).map_err(|e| e.to_string())
+        db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"]).map_err(|e| e.to_string())?;
+        if let Ok(Some(row)) = db::optional_row("SELECT ms FROM init_delay", &[]) {
+            let ms: i64 = row.get(0).map_err(|e| e.to_string())?;
+            std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+        }
+        Ok(())
     }
 
     fn handle(req: Request) -> Result<Response, Problem> {

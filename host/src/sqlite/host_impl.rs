@@ -1,13 +1,20 @@
 //! `corral:service/sqlite` implemented on [`SqliteCtx`].
 
+use std::time::Instant;
+
 use super::{SqliteCtx, SqliteError};
 use crate::bindings::corral::service::sqlite::{Error, Host, QueryResult, Value};
 
 impl Host for SqliteCtx {
     async fn execute(&mut self, statement: String, parameters: Vec<Value>) -> Result<QueryResult, SqliteError> {
-        Ok(self
-            .with_conn(move |conn| conn.execute(&statement, parameters))
-            .await??)
+        let started = Instant::now();
+        let result = self.with_conn(move |conn| conn.execute(&statement, parameters)).await?;
+        self.stats.duration.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.stats.ok.inc(),
+            Err(_) => self.stats.failed.inc(),
+        };
+        Ok(result?)
     }
 
     async fn changes(&mut self) -> wasmtime::Result<u64> {

@@ -11,6 +11,9 @@ mod host_impl;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
 pub use db::{Conn, Database, DbLimits};
 
 use crate::bindings::corral::service::sqlite as wit;
@@ -29,17 +32,26 @@ impl From<wit::Error> for SqliteError {
     }
 }
 
+/// Where a component's statements are counted and timed.
+#[derive(Clone)]
+pub struct SqliteStats {
+    pub ok: Counter,
+    pub failed: Counter,
+    pub duration: Histogram,
+}
+
 /// One request's handle on its component's database. The connection is
 /// checked out on first use and held until the request ends, when anything
 /// left open is rolled back.
 pub struct SqliteCtx {
     db: Arc<Database>,
     conn: Option<Conn>,
+    stats: SqliteStats,
 }
 
 impl SqliteCtx {
-    pub fn new(db: Arc<Database>) -> Self {
-        SqliteCtx { db, conn: None }
+    pub fn new(db: Arc<Database>, stats: SqliteStats) -> Self {
+        SqliteCtx { db, conn: None, stats }
     }
 
     /// Runs `work` on this request's connection on a blocking thread.
