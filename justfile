@@ -3,8 +3,9 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 wasm_target := "wasm32-wasip2"
-# The components `just build` produces; `chaos` and `failing-init` are for tests only.
-components := "-p users -p orders -p chaos -p failing-init"
+# The components `just build` produces; `chaos` and `failing-init` are for tests
+# only, `empty` for benchmarks.
+components := "-p users -p orders -p chaos -p failing-init -p empty"
 
 # Lists the recipes.
 default:
@@ -31,6 +32,13 @@ lint:
     cargo fmt --all --check
     cargo clippy --release --workspace --all-targets -- -D warnings
     cargo clippy --release --target {{wasm_target}} {{components}} -p corral-sdk -- -D warnings
+
+# Measures corral against a native baseline (wrk), and the hot path in process (divan).
+bench: build
+    command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+    cargo build --release -p corral-bench
+    cargo bench -p corral --bench invoke
+    ./target/release/loadtest
 
 # Validates config/corral.toml and the components it names.
 check-config: build

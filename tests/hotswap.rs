@@ -315,16 +315,6 @@ fn broken_uploads_are_refused_and_change_nothing() {
         );
         assert_eq!(host.version_of(PATH), v1, "{what}");
     }
-    // The failed migration left the database as it was.
-    let db = rusqlite::Connection::open(host.data_dir.join("users.sqlite3")).unwrap();
-    let leftover: i64 = db
-        .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'leftover'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(leftover, 0);
-    let user_version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(user_version, 1);
     let status = host.admin("GET", "/components", Vec::new()).json();
     assert_eq!(
         status["components"][0]["previous"],
@@ -337,6 +327,21 @@ fn broken_uploads_are_refused_and_change_nothing() {
     host.admin("POST", "/components/users/promote", Vec::new())
         .assert_problem(409, "conflict");
     assert_eq!(host.get(PATH).json()["name"], "Ada");
+
+    // The failed migration left the database as it was. The host holds its
+    // databases exclusively, so look once it has stopped.
+    let mut host = host;
+    host.terminate();
+    assert!(host.wait().success());
+    let db = rusqlite::Connection::open(host.data_dir.join("users.sqlite3")).unwrap();
+    let leftover: i64 = db
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'leftover'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(leftover, 0);
+    let user_version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(user_version, 1);
 }
 
 #[test]

@@ -81,3 +81,15 @@ fn each_component_has_its_own_file() {
         .json();
     assert_eq!(tables["rows"], json!([["junk"]]));
 }
+
+#[test]
+fn no_other_process_writes_a_database_while_the_host_runs() {
+    let host = host().component("users", "users", &["/users"]).start();
+    let outside = rusqlite::Connection::open(host.data_dir.join("users.sqlite3")).unwrap();
+    let write = outside.execute(
+        "INSERT INTO users (name, email, email_key) VALUES ('x', 'x@y.z', 'x@y.z')",
+        [],
+    );
+    assert!(write.is_err(), "an outside write went through");
+    assert_eq!(host.get("/users").json()["items"], json!([]));
+}

@@ -19,6 +19,12 @@ use crate::invoke::RequestState;
 /// guest that computes yields to other requests at least this often.
 pub const TICK: Duration = Duration::from_millis(5);
 
+/// Bytes of each linear memory and table kept resident between instances.
+const KEEP_RESIDENT_MEMORY_BYTES: usize = 4 << 20;
+const KEEP_RESIDENT_TABLE_BYTES: usize = 1 << 20;
+/// Slots decommitted together.
+const DECOMMIT_BATCH: usize = 32;
+
 /// Engine-wide settings, the same for every component.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineSettings {
@@ -43,7 +49,16 @@ pub fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .total_core_instances(n.saturating_mul(8))
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(8))
-        .total_stacks(n);
+        .total_stacks(n)
+        // A slot's dirty pages are found with PAGEMAP_SCAN and reset with
+        // memset instead of madvise: madvise in a multi-threaded process
+        // means a TLB shootdown on every core, and the next request then
+        // faults the pages back in. Kept resident up to these sizes.
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES)
+        // What still needs madvise is done in batches.
+        .decommit_batch_size(DECOMMIT_BATCH);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
     if let Some(dir) = &settings.cache_dir {

@@ -39,6 +39,8 @@ impl Default for DbLimits {
     }
 }
 
+/// SQLite's unix VFS in exclusive mode; see [`Database::connect`].
+const EXCLUSIVE_VFS: &std::ffi::CStr = c"unix-excl";
 /// How long a statement waits for another request's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per database; more are opened on demand and closed after use.
@@ -132,14 +134,25 @@ impl Database {
 
     /// A connection for one request, from the pool or newly opened.
     pub fn checkout(self: &Arc<Self>) -> Result<Conn, Error> {
-        let pooled = self.idle.lock().expect("pool lock").pop();
-        let pooled = match pooled {
-            Some(pooled) => pooled,
-            None => self
-                .connect()
-                .map_err(|e| Error::Io(format!("cannot open the database: {e:#}")))?,
-        };
-        Ok(Conn {
+        match self.checkout_idle() {
+            Some(conn) => Ok(conn),
+            None => {
+                let pooled = self
+                    .connect()
+                    .map_err(|e| Error::Io(format!("cannot open the database: {e:#}")))?;
+                Ok(self.conn(pooled))
+            }
+        }
+    }
+
+    /// A pooled connection, if one is idle; never blocks.
+    pub fn checkout_idle(self: &Arc<Self>) -> Option<Conn> {
+        let pooled = self.idle.lock().expect("pool lock").pop()?;
+        Some(self.conn(pooled))
+    }
+
+    fn conn(self: &Arc<Self>, pooled: Pooled) -> Conn {
+        Conn {
             db: Arc::clone(self),
             pooled: Some(pooled),
             depth: 0,
@@ -147,13 +160,17 @@ impl Database {
             aborted: false,
             changes: 0,
             last_insert_rowid: 0,
-        })
+        }
     }
 
     fn connect(&self) -> anyhow::Result<Pooled> {
         use anyhow::Context;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = rusqlite::Connection::open_with_flags(&self.path, flags)
+        // The unix-excl VFS holds the file exclusively for this process and keeps
+        // the WAL index in memory shared by its connections: no other process
+        // can touch a component's database while the host runs, and reads
+        // skip the file-lock system calls of the shared-memory index.
+        let mut conn = rusqlite::Connection::open_with_flags_and_vfs(&self.path, flags, EXCLUSIVE_VFS)
             .with_context(|| format!("cannot open {}", self.path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -288,7 +305,7 @@ impl Conn {
     }
 
     /// Runs one guest statement and collects its rows within the limits.
-    pub fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<QueryResult, Error> {
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<QueryResult, Error> {
         let in_transaction = self.depth > 0 || self.host_transaction;
         let limits = &self.db.limits;
         let pooled = self
@@ -320,6 +337,49 @@ impl Conn {
             }
         }
         result.map(|(rows, _)| rows)
+    }
+
+    /// Runs `sql` right here if it is a read outside any transaction and it
+    /// finishes within `budget` without waiting for a lock: then nothing it
+    /// did needs undoing if it is stopped. `None` means it must run on a
+    /// blocking thread instead, with [`Conn::execute`].
+    pub fn try_read_inline(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        budget: Duration,
+    ) -> Option<Result<QueryResult, Error>> {
+        if self.depth > 0 || self.host_transaction || self.aborted {
+            return None;
+        }
+        let limits = &self.db.limits;
+        let pooled = self.pooled.as_ref()?;
+        let (conn, guard) = (&pooled.conn, &pooled.guard);
+        let mut statement = conn
+            .prepare_cached(sql)
+            .ok()
+            .filter(|s| s.readonly() && conn.is_autocommit())?;
+        let final_budget = budget >= limits.statement_timeout;
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        guard.deadline_ns.store(
+            now_ns().saturating_add(budget.min(limits.statement_timeout).as_nanos() as u64),
+            Ordering::Relaxed,
+        );
+        let result = run_statement(&mut statement, params, limits);
+        drop(statement);
+        guard.deadline_ns.store(u64::MAX, Ordering::Relaxed);
+        if conn.busy_timeout(BUSY_TIMEOUT).is_err() {
+            return None;
+        }
+        match result {
+            Ok((rows, _)) => Some(Ok(rows)),
+            Err(Failure::Sqlite(e)) => match e.sqlite_error_code() {
+                Some(ErrorCode::OperationInterrupted) if !final_budget => None,
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => None,
+                _ => Some(Err(guest_error(e, guard, limits))),
+            },
+            Err(Failure::Guest(e)) => Some(Err(e)),
+        }
     }
 
     /// Opens a transaction, or a savepoint inside one.
@@ -443,10 +503,18 @@ impl From<rusqlite::Error> for Failure {
 fn run(
     conn: &rusqlite::Connection,
     sql: &str,
-    params: Vec<Value>,
+    params: &[Value],
     limits: &DbLimits,
 ) -> Result<(QueryResult, bool), Failure> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut statement = conn.prepare_cached(sql)?;
+    run_statement(&mut statement, params, limits)
+}
+
+fn run_statement(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[Value],
+    limits: &DbLimits,
+) -> Result<(QueryResult, bool), Failure> {
     let readonly = stmt.readonly();
     let expected = stmt.parameter_count();
     if expected != params.len() {

@@ -8,7 +8,13 @@ use crate::bindings::corral::service::sqlite::{Error, Host, QueryResult, Value};
 impl Host for SqliteCtx {
     async fn execute(&mut self, statement: String, parameters: Vec<Value>) -> Result<QueryResult, SqliteError> {
         let started = Instant::now();
-        let result = self.with_conn(move |conn| conn.execute(&statement, parameters)).await?;
+        let result = match self.try_read_inline(&statement, &parameters) {
+            Some(result) => result,
+            None => {
+                self.with_conn(move |conn| conn.execute(&statement, &parameters))
+                    .await?
+            }
+        };
         self.stats.duration.observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => self.stats.ok.inc(),

@@ -10,6 +10,7 @@ mod db;
 mod host_impl;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -17,6 +18,11 @@ use prometheus_client::metrics::histogram::Histogram;
 pub use db::{Conn, Database, DbLimits};
 
 use crate::bindings::corral::service::sqlite as wit;
+
+/// How long a read may run on an async worker before it is stopped and run
+/// again on a blocking thread. Handing a statement to another thread and back
+/// costs more than most point reads take.
+const INLINE_READ_BUDGET: Duration = Duration::from_micros(100);
 
 /// A failure of a sqlite host call: an error the guest sees as a WIT value, or
 /// a trap for host failures the guest cannot handle.
@@ -52,6 +58,19 @@ pub struct SqliteCtx {
 impl SqliteCtx {
     pub fn new(db: Arc<Database>, stats: SqliteStats) -> Self {
         SqliteCtx { db, conn: None, stats }
+    }
+
+    /// Runs a read here and now if it is quick and safe to (see
+    /// [`Conn::try_read_inline`]); `None` when it must go to a blocking thread.
+    pub fn try_read_inline(
+        &mut self,
+        sql: &str,
+        params: &[wit::Value],
+    ) -> Option<Result<wit::QueryResult, wit::Error>> {
+        if self.conn.is_none() {
+            self.conn = self.db.checkout_idle();
+        }
+        self.conn.as_mut()?.try_read_inline(sql, params, INLINE_READ_BUDGET)
     }
 
     /// Runs `work` on this request's connection on a blocking thread.

@@ -1,0 +1,320 @@
+//! The load benchmark: corral and the native baseline, one after the other on
+//! this machine, each seeded with the same data and driven by wrk through the
+//! same scenarios; then the empty component alone, for the host's own cost.
+//! Prints a table of requests/s, latency, errors and peak memory, with the
+//! ratio corral / native, and writes it to `target/bench/results.md`.
+//!
+//! `loadtest [--duration SECONDS] [--connections N]` from the workspace root,
+//! after `just build` and `cargo build --release -p corral-bench`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::json;
+
+const USERS: usize = 10_000;
+const ORDERS: usize = 1_000;
+
+/// What wrk's `done()` in `bench/wrk/scenario.lua` prints.
+#[derive(Debug, Deserialize)]
+struct WrkSummary {
+    requests: u64,
+    duration_us: u64,
+    socket_errors: u64,
+    http_errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+struct Measured {
+    scenario: &'static str,
+    server: &'static str,
+    summary: WrkSummary,
+}
+
+impl Measured {
+    fn requests_per_second(&self) -> f64 {
+        self.summary.requests as f64 / (self.summary.duration_us as f64 / 1e6)
+    }
+}
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(mut command: Command) -> anyhow::Result<Server> {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting a server")?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                        .unwrap_or(rest.len());
+                    let _ = tx.send(rest[..end].to_string());
+                } else if line.contains("ERROR") || line.contains("error") {
+                    eprintln!("  server: {line}");
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => Ok(Server {
+                child,
+                addr: addr.parse()?,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server did not start")
+            }
+        }
+    }
+
+    /// The largest resident memory the process has had, in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Options {
+    duration: u64,
+    connections: u64,
+    root: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut options = Options {
+        duration: 10,
+        connections: 32,
+        root: std::env::current_dir()?,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => options.duration = args.next().context("--duration takes seconds")?.parse()?,
+            "--connections" => options.connections = args.next().context("--connections takes a number")?.parse()?,
+            other => bail!("unknown argument {other}; use --duration SECONDS and --connections N"),
+        }
+    }
+    let release = options.root.join("target/release");
+    let wasm = options.root.join("target/wasm32-wasip2/release");
+    for needed in [
+        release.join("corral"),
+        release.join("native-baseline"),
+        wasm.join("users.wasm"),
+        wasm.join("empty.wasm"),
+    ] {
+        if !needed.is_file() {
+            bail!("{} is missing: run `just bench`", needed.display());
+        }
+    }
+    let work = tempfile::tempdir()?;
+    let run_id = std::process::id().to_string();
+    let mut results = Vec::new();
+    let mut memory = Vec::new();
+
+    eprintln!("corral: seeding {USERS} users and {ORDERS} orders");
+    let config = work.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        corral_config(&wasm, &work.path().join("corral-data"), &options.root),
+    )?;
+    let mut corral = Command::new(release.join("corral"));
+    // Logs as usual but for the request lines, which the baseline does not write either.
+    corral
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info,corral::access=warn");
+    let server = Server::start(corral)?;
+    seed(server.addr)?;
+    for scenario in ["get_user", "post_user", "get_order", "empty"] {
+        results.push(measure(&options, &server, "corral", scenario, &run_id)?);
+    }
+    memory.push(("corral", server.peak_rss_mib()));
+    drop(server);
+
+    eprintln!("native: seeding {USERS} users and {ORDERS} orders");
+    let mut native = Command::new(release.join("native-baseline"));
+    native.arg("127.0.0.1:0").arg(work.path().join("native-data"));
+    let server = Server::start(native)?;
+    seed(server.addr)?;
+    for scenario in ["get_user", "post_user", "get_order"] {
+        results.push(measure(&options, &server, "native", scenario, &run_id)?);
+    }
+    memory.push(("native", server.peak_rss_mib()));
+    drop(server);
+
+    let report = report(&options, &results, &memory);
+    println!("{report}");
+    let out = options.root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.md"), &report)?;
+    eprintln!("written to {}", out.join("results.md").display());
+    Ok(())
+}
+
+/// users, orders and empty, with no rate limits.
+fn corral_config(wasm: &Path, data: &Path, root: &Path) -> String {
+    let path = |name: &str| format!("{:?}", wasm.join(format!("{name}.wasm")).display().to_string());
+    format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\ncache_dir = {:?}\n\n\
+         [components.users]\nwasm = {}\nroutes = [\"/users\"]\n\n\
+         [components.orders]\nwasm = {}\nroutes = [\"/orders\"]\n\n\
+         [components.empty]\nwasm = {}\nroutes = [\"/empty\"]\n",
+        data.display().to_string(),
+        root.join("target/corral-cache").display().to_string(),
+        path("users"),
+        path("orders"),
+        path("empty"),
+    )
+}
+
+/// The same users and orders in either server, through its HTTP API.
+fn seed(addr: SocketAddr) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let post = |path: &str, body: serde_json::Value| -> anyhow::Result<()> {
+        let response = agent
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(&body)?)?;
+        anyhow::ensure!(response.status() == 201, "seeding {path} got {}", response.status());
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|worker| {
+                let post = &post;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for i in (worker..USERS).step_by(4) {
+                        post(
+                            "/users",
+                            json!({ "name": format!("User {i}"), "email": format!("user{i}@example.com") }),
+                        )?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().expect("seeding thread"))
+    })?;
+    for i in 0..ORDERS {
+        let items = json!([
+            { "sku": format!("SKU-{i}"), "quantity": 1 + i % 3, "unit_price_cents": 250 },
+            { "sku": "GIFT-WRAP", "quantity": 1, "unit_price_cents": 99 },
+        ]);
+        post("/orders", json!({ "user_id": 1 + i % USERS, "items": items }))?;
+    }
+    Ok(())
+}
+
+/// A short warm-up, then one measured wrk run.
+fn measure(
+    options: &Options,
+    server: &Server,
+    name: &'static str,
+    scenario: &'static str,
+    run: &str,
+) -> anyhow::Result<Measured> {
+    let script = options.root.join("bench/wrk/scenario.lua");
+    let wrk = |seconds: u64, tag: &str| -> anyhow::Result<WrkSummary> {
+        let output = Command::new("wrk")
+            .args([
+                "-t1",
+                &format!("-c{}", options.connections),
+                &format!("-d{seconds}s"),
+                "--latency",
+                "-s",
+            ])
+            .arg(&script)
+            .arg(format!("http://{}", server.addr))
+            .args([
+                "--",
+                scenario,
+                &USERS.to_string(),
+                &ORDERS.to_string(),
+                &format!("{run}{tag}"),
+            ])
+            .output()
+            .context("running wrk (install it: apt-get install wrk)")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("no summary from wrk: {stdout}"))?;
+        Ok(serde_json::from_str(line)?)
+    };
+    wrk(2, "warm")?;
+    let summary = wrk(options.duration, "")?;
+    let measured = Measured {
+        scenario,
+        server: name,
+        summary,
+    };
+    eprintln!(
+        "{name:>6} {scenario:<9} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+        measured.requests_per_second(),
+        measured.summary.p50_us,
+        measured.summary.p99_us,
+        measured.summary.socket_errors + measured.summary.http_errors
+    );
+    Ok(measured)
+}
+
+fn report(options: &Options, results: &[Measured], memory: &[(&str, f64)]) -> String {
+    let mut out = format!(
+        "wrk, 1 thread, {} connections, {} s per scenario after a 2 s warm-up; {USERS} users, {ORDERS} orders.\n\n\
+         | scenario | server | requests/s | p50 | p99 | errors | corral / native |\n|---|---|---|---|---|---|---|\n",
+        options.connections, options.duration
+    );
+    for m in results {
+        let native = results
+            .iter()
+            .find(|n| n.server == "native" && n.scenario == m.scenario);
+        let ratio = match (m.server, native) {
+            ("corral", Some(native)) => format!("{:.2}", m.requests_per_second() / native.requests_per_second()),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {ratio} |\n",
+            m.scenario,
+            m.server,
+            m.requests_per_second(),
+            m.summary.p50_us as f64 / 1000.0,
+            m.summary.p99_us as f64 / 1000.0,
+            m.summary.socket_errors + m.summary.http_errors,
+        );
+    }
+    out += "\n| server | peak RSS |\n|---|---|\n";
+    for (server, mib) in memory {
+        out += &format!("| {server} | {mib:.0} MiB |\n");
+    }
+    out
+}

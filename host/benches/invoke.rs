@@ -1,0 +1,102 @@
+//! Micro benchmarks of the host's hot path, in process: one instantiate-and-
+//! call of the empty component (pooling allocator, pre-instantiated), the
+//! same with one SQLite round trip through the host interface, and one
+//! statement through the host's SQLite context without wasm. Run with
+//! `just bench` (or `cargo bench -p corral --bench invoke`).
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use corral::bindings::corral::service::types::Request;
+use corral::config::{Config, Overrides};
+use corral::invoke;
+use corral::metrics::Metrics;
+use corral::registry::{Entry, Registry};
+use divan::Bencher;
+
+fn main() {
+    divan::main();
+}
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    registry: Registry,
+    _data: tempfile::TempDir,
+}
+
+static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let wasm = workspace.join("target/wasm32-wasip2/release/empty.wasm");
+    assert!(wasm.is_file(), "{} is missing: run `just build` first", wasm.display());
+    let data = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "data_dir = {:?}\ncache_dir = {:?}\n[components.empty]\nwasm = {:?}\nroutes = [\"/empty\"]\n",
+        data.path().display().to_string(),
+        workspace.join("target/corral-test-cache").display().to_string(),
+        wasm.display().to_string(),
+    );
+    let config = Config::parse(&toml, &data.path().join("bench.toml"), &Overrides::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = corral::registry(&config, Arc::new(Metrics::new())).unwrap();
+    runtime.block_on(registry.load_all(&config)).unwrap();
+    Fixture {
+        runtime,
+        registry,
+        _data: data,
+    }
+});
+
+fn request(path: &str) -> Request {
+    Request {
+        method: "GET".into(),
+        path: path.into(),
+        query: String::new(),
+        headers: vec![("host".into(), "bench".into())],
+        body: Vec::new(),
+        client_addr: "127.0.0.1".into(),
+        request_id: "bench".into(),
+    }
+}
+
+fn entry() -> Arc<Entry> {
+    Arc::clone(FIXTURE.registry.snapshot().get("empty").unwrap())
+}
+
+/// A fresh store, an instance from the pool, one call to `handle`, teardown.
+#[divan::bench(sample_count = 1000)]
+fn instantiate_and_call_empty(bencher: Bencher) {
+    let entry = entry();
+    let version = Arc::clone(&entry.current);
+    let id: Arc<str> = "bench".into();
+    bencher.with_inputs(|| request("/empty")).bench_local_values(|request| {
+        let response = FIXTURE
+            .runtime
+            .block_on(invoke::handle(entry.target(&version), request, Arc::clone(&id)));
+        assert_eq!(response.unwrap().status, 200);
+    });
+}
+
+/// The same with one `SELECT 1` through `corral:service/sqlite`.
+#[divan::bench(sample_count = 1000)]
+fn instantiate_and_call_with_one_statement(bencher: Bencher) {
+    let entry = entry();
+    let version = Arc::clone(&entry.current);
+    let id: Arc<str> = "bench".into();
+    bencher
+        .with_inputs(|| request("/empty/sql"))
+        .bench_local_values(|request| {
+            let response = FIXTURE
+                .runtime
+                .block_on(invoke::handle(entry.target(&version), request, Arc::clone(&id)));
+            assert_eq!(response.unwrap().status, 200);
+        });
+}
+
+/// What `block_on` itself costs, to read the two above against.
+#[divan::bench(sample_count = 1000)]
+fn runtime_block_on(bencher: Bencher) {
+    bencher.bench_local(|| FIXTURE.runtime.block_on(async { divan::black_box(1) }));
+}
