@@ -40,7 +40,13 @@ struct Measured {
 
 impl Measured {
     fn requests_per_second(&self) -> f64 {
-        self.summary.requests as f64 / (self.summary.duration_us as f64 / 1e6)
+        self.summary.requests_per_second()
+    }
+}
+
+impl WrkSummary {
+    fn requests_per_second(&self) -> f64 {
+        self.requests as f64 / (self.duration_us as f64 / 1e6)
     }
 }
 
@@ -105,22 +111,26 @@ impl Drop for Server {
 
 struct Options {
     duration: u64,
+    rounds: usize,
     connections: u64,
     root: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut options = Options {
-        duration: 10,
+        duration: 5,
+        rounds: 3,
         connections: 32,
         root: std::env::current_dir()?,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        let mut value = |what: &str| args.next().with_context(|| format!("{arg} takes {what}"));
         match arg.as_str() {
-            "--duration" => options.duration = args.next().context("--duration takes seconds")?.parse()?,
-            "--connections" => options.connections = args.next().context("--connections takes a number")?.parse()?,
-            other => bail!("unknown argument {other}; use --duration SECONDS and --connections N"),
+            "--duration" => options.duration = value("seconds")?.parse()?,
+            "--rounds" => options.rounds = value("a number")?.parse()?,
+            "--connections" => options.connections = value("a number")?.parse()?,
+            other => bail!("unknown argument {other}; use --duration SECONDS, --rounds N, --connections N"),
         }
     }
     let release = options.root.join("target/release");
@@ -137,40 +147,55 @@ fn main() -> anyhow::Result<()> {
     }
     let work = tempfile::tempdir()?;
     let run_id = std::process::id().to_string();
-    let mut results = Vec::new();
-    let mut memory = Vec::new();
 
-    eprintln!("corral: seeding {USERS} users and {ORDERS} orders");
     let config = work.path().join("bench.toml");
     std::fs::write(
         &config,
         corral_config(&wasm, &work.path().join("corral-data"), &options.root),
     )?;
-    let mut corral = Command::new(release.join("corral"));
+    let mut command = Command::new(release.join("corral"));
     // Logs as usual but for the request lines, which the baseline does not write either.
-    corral
+    command
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info,corral::access=warn");
-    let server = Server::start(corral)?;
-    seed(server.addr)?;
+    let corral = Server::start(command)?;
+    let mut command = Command::new(release.join("native-baseline"));
+    command.arg("127.0.0.1:0").arg(work.path().join("native-data"));
+    let native = Server::start(command)?;
+    for server in [&corral, &native] {
+        eprintln!("seeding {USERS} users and {ORDERS} orders at {}", server.addr);
+        seed(server.addr)?;
+    }
+
+    // The two servers take turns, round after round, so that whatever else
+    // the machine does weighs on both alike; each figure is the median round.
+    let mut results = Vec::new();
     for scenario in ["get_user", "post_user", "get_order", "empty"] {
-        results.push(measure(&options, &server, "corral", scenario, &run_id)?);
+        let mut rounds: Vec<(&'static str, Vec<WrkSummary>)> = vec![("corral", Vec::new()), ("native", Vec::new())];
+        for round in 0..options.rounds {
+            for (name, summaries) in &mut rounds {
+                let server = if *name == "corral" { &corral } else { &native };
+                if scenario == "empty" && *name == "native" {
+                    continue;
+                }
+                summaries.push(measure(&options, server, name, scenario, &format!("{run_id}r{round}"))?);
+            }
+        }
+        for (name, mut summaries) in rounds {
+            if summaries.is_empty() {
+                continue;
+            }
+            summaries.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
+            let median = summaries.swap_remove(summaries.len() / 2);
+            results.push(Measured {
+                scenario,
+                server: name,
+                summary: median,
+            });
+        }
     }
-    memory.push(("corral", server.peak_rss_mib()));
-    drop(server);
-
-    eprintln!("native: seeding {USERS} users and {ORDERS} orders");
-    let mut native = Command::new(release.join("native-baseline"));
-    native.arg("127.0.0.1:0").arg(work.path().join("native-data"));
-    let server = Server::start(native)?;
-    seed(server.addr)?;
-    for scenario in ["get_user", "post_user", "get_order"] {
-        results.push(measure(&options, &server, "native", scenario, &run_id)?);
-    }
-    memory.push(("native", server.peak_rss_mib()));
-    drop(server);
-
+    let memory = [("corral", corral.peak_rss_mib()), ("native", native.peak_rss_mib())];
     let report = report(&options, &results, &memory);
     println!("{report}");
     let out = options.root.join("target/bench");
@@ -235,13 +260,7 @@ fn seed(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// A short warm-up, then one measured wrk run.
-fn measure(
-    options: &Options,
-    server: &Server,
-    name: &'static str,
-    scenario: &'static str,
-    run: &str,
-) -> anyhow::Result<Measured> {
+fn measure(options: &Options, server: &Server, name: &str, scenario: &str, run: &str) -> anyhow::Result<WrkSummary> {
     let script = options.root.join("bench/wrk/scenario.lua");
     let wrk = |seconds: u64, tag: &str| -> anyhow::Result<WrkSummary> {
         let output = Command::new("wrk")
@@ -271,28 +290,24 @@ fn measure(
             .with_context(|| format!("no summary from wrk: {stdout}"))?;
         Ok(serde_json::from_str(line)?)
     };
-    wrk(2, "warm")?;
+    wrk(1, "warm")?;
     let summary = wrk(options.duration, "")?;
-    let measured = Measured {
-        scenario,
-        server: name,
-        summary,
-    };
     eprintln!(
         "{name:>6} {scenario:<9} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
-        measured.requests_per_second(),
-        measured.summary.p50_us,
-        measured.summary.p99_us,
-        measured.summary.socket_errors + measured.summary.http_errors
+        summary.requests_per_second(),
+        summary.p50_us,
+        summary.p99_us,
+        summary.socket_errors + summary.http_errors
     );
-    Ok(measured)
+    Ok(summary)
 }
 
 fn report(options: &Options, results: &[Measured], memory: &[(&str, f64)]) -> String {
     let mut out = format!(
-        "wrk, 1 thread, {} connections, {} s per scenario after a 2 s warm-up; {USERS} users, {ORDERS} orders.\n\n\
+        "wrk, 1 thread, {} connections; per scenario, {} rounds of {} s (each after a 1 s warm-up) with the servers \
+         taking turns, and the median round reported; {USERS} users, {ORDERS} orders.\n\n\
          | scenario | server | requests/s | p50 | p99 | errors | corral / native |\n|---|---|---|---|---|---|---|\n",
-        options.connections, options.duration
+        options.connections, options.rounds, options.duration
     );
     for m in results {
         let native = results
