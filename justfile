@@ -3,9 +3,9 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 wasm_target := "wasm32-wasip2"
-# The components `just build` produces; `chaos` and `failing-init` are for tests
-# only, `empty` for benchmarks.
-components := "-p users -p orders -p chaos -p failing-init -p empty"
+# The components `just build` produces; `chaos`, `failing-init` and `relay` are
+# for tests only, `empty` for benchmarks.
+components := "-p users -p orders -p chaos -p failing-init -p relay -p empty"
 
 # Lists the recipes.
 default:

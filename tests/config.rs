@@ -144,3 +144,23 @@ routes = [
         assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
     }
 }
+
+#[test]
+fn check_resolves_imports_between_components() {
+    let (ok, output) = check_config(&format!(
+        "data_dir = \"data\"\n{}",
+        component_toml("orders", "orders", &["/orders"])
+    ));
+    assert!(!ok);
+    assert!(
+        output.contains("orders imports corral:shop/users@0.1.0, which no configured component exports"),
+        "{output}"
+    );
+    let both = format!(
+        "data_dir = \"data\"\n{}{}",
+        component_toml("orders", "orders", &["/orders"]),
+        component_toml("users", "users", &["/users"])
+    );
+    let (ok, output) = check_config(&both);
+    assert!(ok, "{output}");
+}

@@ -271,8 +271,8 @@ fn broken_uploads_are_refused_and_change_nothing() {
     let host = swap_host();
     let v1 = host.version_of(PATH);
     let no_handler = wat::parse_str("(component)").unwrap();
-    let unknown_import =
-        wat::parse_str(r#"(component (import "corral:unknown/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
+    // A service that imports an interface no component here exports.
+    let unknown_import = std::fs::read(wasm("relay")).unwrap();
     let cases: [(&str, Vec<u8>, u16, &str, &str); 5] = [
         (
             "random bytes",
@@ -294,7 +294,7 @@ fn broken_uploads_are_refused_and_change_nothing() {
             unknown_import,
             422,
             "invalid-component",
-            "corral:unknown/thing",
+            "corral:test/relay@0.1.0, which no configured component exports",
         ),
         (
             "a failing migration",

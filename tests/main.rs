@@ -9,6 +9,7 @@ mod containment;
 mod hotswap;
 mod observability;
 mod orders;
+mod peers;
 mod persistence;
 mod ratelimits;
 mod sandbox;

@@ -5,8 +5,21 @@ use serde_json::{Value, json};
 
 use crate::support::{TestHost, error_fields, host};
 
+/// orders, next to the users service it checks users against, with
+/// users 1 to 8.
 fn orders_host() -> TestHost {
-    host().component("orders", "orders", &["/orders"]).start()
+    let host = host()
+        .component("users", "users", &["/users"])
+        .component("orders", "orders", &["/orders"])
+        .start();
+    for i in 1..=8 {
+        let reply = host.post(
+            "/users",
+            &json!({ "name": format!("User {i}"), "email": format!("user{i}@example.com") }),
+        );
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    host
 }
 
 fn place(host: &TestHost, user_id: i64, items: Value) -> Value {

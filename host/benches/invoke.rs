@@ -1,7 +1,7 @@
 //! Micro benchmarks of the host's hot path, in process: one instantiate-and-
 //! call of the empty component (pooling allocator, pre-instantiated), the
-//! same with one SQLite round trip through the host interface, and one
-//! statement through the host's SQLite context without wasm. Run with
+//! same with one SQLite round trip through the host interface, and a request
+//! to a relay that answers itself or calls another component once. Run with
 //! `just bench` (or `cargo bench -p corral --bench invoke`).
 
 use std::path::Path;
@@ -26,14 +26,22 @@ struct Fixture {
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let wasm = workspace.join("target/wasm32-wasip2/release/empty.wasm");
-    assert!(wasm.is_file(), "{} is missing: run `just build` first", wasm.display());
+    let wasm = |name: &str| {
+        let path = workspace.join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+        assert!(path.is_file(), "{} is missing: run `just build` first", path.display());
+        format!("{:?}", path.display().to_string())
+    };
     let data = tempfile::tempdir().unwrap();
     let toml = format!(
-        "data_dir = {:?}\ncache_dir = {:?}\n[components.empty]\nwasm = {:?}\nroutes = [\"/empty\"]\n",
+        "data_dir = {:?}\ncache_dir = {:?}\n\
+         [components.empty]\nwasm = {}\nroutes = [\"/empty\"]\n\
+         [components.relay-a]\nwasm = {}\nroutes = [\"/relay-a\"]\n\
+         [components.relay-b]\nwasm = {}\nroutes = [\"/relay-b\"]\n",
         data.path().display().to_string(),
         workspace.join("target/corral-test-cache").display().to_string(),
-        wasm.display().to_string(),
+        wasm("empty"),
+        wasm("relay"),
+        wasm("relay"),
     );
     let config = Config::parse(&toml, &data.path().join("bench.toml"), &Overrides::default()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -61,17 +69,16 @@ fn request(path: &str) -> Request {
     }
 }
 
-fn entry() -> Arc<Entry> {
-    Arc::clone(FIXTURE.registry.snapshot().get("empty").unwrap())
+fn entry(name: &str) -> Arc<Entry> {
+    Arc::clone(FIXTURE.registry.snapshot().get(name).unwrap())
 }
 
-/// A fresh store, an instance from the pool, one call to `handle`, teardown.
-#[divan::bench(sample_count = 1000)]
-fn instantiate_and_call_empty(bencher: Bencher) {
-    let entry = entry();
+/// Handles one request to component `name` at `path`.
+fn serve(bencher: Bencher, name: &str, path: &str) {
+    let entry = entry(name);
     let version = Arc::clone(&entry.current);
     let id: Arc<str> = "bench".into();
-    bencher.with_inputs(|| request("/empty")).bench_local_values(|request| {
+    bencher.with_inputs(|| request(path)).bench_local_values(|request| {
         let response = FIXTURE
             .runtime
             .block_on(invoke::handle(entry.target(&version), request, Arc::clone(&id)));
@@ -79,24 +86,33 @@ fn instantiate_and_call_empty(bencher: Bencher) {
     });
 }
 
+/// A fresh store, an instance from the pool, one call to `handle`, teardown.
+#[divan::bench(sample_count = 200, sample_size = 50)]
+fn instantiate_and_call_empty(bencher: Bencher) {
+    serve(bencher, "empty", "/empty");
+}
+
 /// The same with one `SELECT 1` through `corral:service/sqlite`.
-#[divan::bench(sample_count = 1000)]
+#[divan::bench(sample_count = 200, sample_size = 50)]
 fn instantiate_and_call_with_one_statement(bencher: Bencher) {
-    let entry = entry();
-    let version = Arc::clone(&entry.current);
-    let id: Arc<str> = "bench".into();
-    bencher
-        .with_inputs(|| request("/empty/sql"))
-        .bench_local_values(|request| {
-            let response = FIXTURE
-                .runtime
-                .block_on(invoke::handle(entry.target(&version), request, Arc::clone(&id)));
-            assert_eq!(response.unwrap().status, 200);
-        });
+    serve(bencher, "empty", "/empty/sql");
+}
+
+/// A relay answering by itself, to read the next one against.
+#[divan::bench(sample_count = 200, sample_size = 50)]
+fn relay_answering_itself(bencher: Bencher) {
+    serve(bencher, "relay-a", "/relay-a/local");
+}
+
+/// A relay calling the other relay once: the difference with the one above
+/// is one call between components (a fresh instance of the callee included).
+#[divan::bench(sample_count = 200, sample_size = 50)]
+fn relay_calling_another_component(bencher: Bencher) {
+    serve(bencher, "relay-a", "/relay-a/0");
 }
 
 /// What `block_on` itself costs, to read the two above against.
-#[divan::bench(sample_count = 1000)]
+#[divan::bench(sample_count = 200, sample_size = 50)]
 fn runtime_block_on(bencher: Bencher) {
     bencher.bench_local(|| FIXTURE.runtime.block_on(async { divan::black_box(1) }));
 }

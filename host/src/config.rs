@@ -2,7 +2,7 @@
 //! shape) resolved into what the host runs with ([`Config`]), with every
 //! problem in the file reported at once.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -80,6 +80,8 @@ pub struct ComponentConfig {
     pub rate_limits: RateLimitConfig,
     /// Reload the component when its `.wasm` changes on disk.
     pub watch: bool,
+    /// Which component provides an imported interface, where several export it.
+    pub imports: BTreeMap<String, String>,
 }
 
 /// Values given on the command line, which win over the file.
@@ -189,6 +191,8 @@ struct RawComponent {
     wasm: Option<String>,
     routes: Option<Vec<String>>,
     watch: Option<bool>,
+    #[serde(default)]
+    imports: BTreeMap<String, String>,
     limits: Option<RawLimits>,
     rate_limit: Option<RawRateLimit>,
 }
@@ -320,6 +324,16 @@ fn resolve(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, prob
         ));
     }
     check_overlaps(&components, problems);
+    for component in &components {
+        for (interface, provider) in &component.imports {
+            if !components.iter().any(|c| &c.name == provider) {
+                problems.add(
+                    format!("components.{}.imports.\"{interface}\"", component.name),
+                    format!("{provider:?} is not a configured component"),
+                );
+            }
+        }
+    }
     let concurrent: u64 = components.iter().map(|c| c.limits.max_concurrent as u64).sum();
     if concurrent > u64::from(server.max_instances) {
         problems.add(
@@ -546,6 +560,7 @@ fn resolve_component(
         limits,
         rate_limits,
         watch: raw.watch.unwrap_or(false) || watch_all,
+        imports: raw.imports,
     }
 }
 

@@ -2,11 +2,9 @@
 //! owns the path, read the body within its limit, call the component, and
 //! turn its response, or its failure, into HTTP.
 
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -177,7 +175,7 @@ impl Gateway {
         };
         // The version is chosen once and held to the end: a swap meanwhile
         // does not change what serves this request.
-        let version = Arc::clone(entry.pick(random_u64()));
+        let version = Arc::clone(entry.pick(crate::random::u64()));
         trace.version = Some(Arc::clone(&version.short));
         let target = entry.target(&version);
         let mut response = match invoke::handle(target, guest_request, Arc::clone(request_id)).await {
@@ -290,15 +288,7 @@ fn request_id(request: &Request<Incoming>) -> Arc<str> {
 
 /// 16 hex digits, unique within the process and unpredictable across runs.
 fn new_request_id() -> String {
-    format!("{:016x}", random_u64())
-}
-
-/// A cheap, well-spread random number: a counter through a randomly keyed
-/// hash. Not for secrets.
-fn random_u64() -> u64 {
-    static SEED: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    SEED.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!("{:016x}", crate::random::u64())
 }
 
 /// Reads the whole body, refusing with 413 one longer than `limit`.
@@ -447,11 +437,6 @@ fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> Response
         InvokeError::CpuTime(_) | InvokeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "The service took too long"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "The service failed"),
     };
-    // A trap's message holds the guest's backtrace: it goes to the log only.
-    let reason = match &error {
-        InvokeError::Trap(_) => "the component trapped".to_string(),
-        other => other.to_string(),
-    };
-    let detail = format!("{} failed this request: {reason}", target.name);
+    let detail = format!("{} failed this request: {}", target.name, error.public());
     problem::response(status, error.cause(), title, detail)
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasmtime::component::{ComponentExportIndex, Val};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
@@ -29,6 +30,20 @@ pub struct RequestState {
     cpu_ticks_left: u64,
     /// Set when the CPU budget ran out, to tell that interrupt from others.
     cpu_exhausted: bool,
+    /// The request this call serves, also in calls it makes to other components.
+    request_id: Arc<str>,
+    /// How many calls between components led here; 0 for an HTTP request.
+    depth: u32,
+}
+
+impl RequestState {
+    pub fn request_id(&self) -> Arc<str> {
+        Arc::clone(&self.request_id)
+    }
+
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
 }
 
 impl WasiView for RequestState {
@@ -60,6 +75,15 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// What a client may be told: a trap's message holds the guest's
+    /// backtrace, which goes to the log only.
+    pub fn public(&self) -> String {
+        match self {
+            InvokeError::Trap(_) => "the component trapped".to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// A short stable name for logs and metrics.
     pub fn cause(&self) -> &'static str {
         match self {
@@ -88,8 +112,12 @@ pub struct Target<'a> {
 /// A store for one call into `target`, with its limits installed and a
 /// sandbox that shows the guest nothing of the machine: no files, no
 /// sockets, no environment, no arguments; stdout and stderr go to the log.
-fn new_store(target: Target<'_>, request_id: Arc<str>) -> Store<RequestState> {
-    let log = GuestLog::new(Arc::clone(target.name), Arc::clone(&target.version.short), request_id);
+fn new_store(target: Target<'_>, request_id: Arc<str>, depth: u32) -> Store<RequestState> {
+    let log = GuestLog::new(
+        Arc::clone(target.name),
+        Arc::clone(&target.version.short),
+        Arc::clone(&request_id),
+    );
     let wasi = WasiCtx::builder()
         .stdout(log.output("stdout", Level::Info))
         .stderr(log.output("stderr", Level::Warn))
@@ -106,6 +134,8 @@ fn new_store(target: Target<'_>, request_id: Arc<str>) -> Store<RequestState> {
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
         cpu_exhausted: false,
+        request_id,
+        depth,
     };
     let mut store = Store::new(target.version.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);
@@ -127,7 +157,7 @@ fn new_store(target: Target<'_>, request_id: Arc<str>) -> Store<RequestState> {
 /// Handles one HTTP request in a fresh instance of `target`.
 pub async fn handle(target: Target<'_>, request: Request, request_id: Arc<str>) -> Result<Response, InvokeError> {
     let timeout = target.limits.timeout;
-    let mut store = new_store(target, request_id);
+    let mut store = new_store(target, request_id, 0);
     let call = async {
         let service = target.version.pre.instantiate_async(&mut store).await?;
         service.corral_service_handler().call_handle(&mut store, &request).await
@@ -135,6 +165,33 @@ pub async fn handle(target: Target<'_>, request: Request, request_id: Arc<str>) 
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(InvokeError::Timeout(timeout)),
         Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(classify(e, store.data(), target)),
+    }
+}
+
+/// Calls the exported function `export` in a fresh instance of `target`, on
+/// behalf of another component: in the callee's own store, with its own
+/// limits and database, `depth` calls deep.
+pub async fn call_export(
+    target: Target<'_>,
+    export: ComponentExportIndex,
+    params: &[Val],
+    results: &mut [Val],
+    request_id: Arc<str>,
+    depth: u32,
+) -> Result<(), InvokeError> {
+    let timeout = target.limits.timeout;
+    let mut store = new_store(target, request_id, depth);
+    let call = async {
+        let instance = target.version.pre.instance_pre().instantiate_async(&mut store).await?;
+        let func = instance
+            .get_func(&mut store, export)
+            .ok_or_else(|| wasmtime::Error::msg("the export is not a function"))?;
+        func.call_async(&mut store, params, results).await
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(InvokeError::Timeout(timeout)),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(classify(e, store.data(), target)),
     }
 }
@@ -154,7 +211,7 @@ pub enum InitError {
 /// `init` succeeds, so a failed migration leaves the database as it was.
 pub async fn init(target: Target<'_>) -> Result<(), InitError> {
     let timeout = target.limits.timeout;
-    let mut store = new_store(target, Arc::from("init"));
+    let mut store = new_store(target, Arc::from("init"), 0);
     let sqlite = &mut store.data_mut().sqlite;
     sqlite
         .with_conn(|conn| conn.begin_host_transaction())

@@ -8,6 +8,7 @@
 //! - [`guest_log`]: guest logs and stdout/stderr into the host log.
 //! - [`limits`]: what one component may use, and how many may run at once.
 //! - [`invoke`]: one call into a component in a fresh store.
+//! - [`peers`]: calls between components, for any interface.
 //! - [`registry`]: components and their versions, published as an atomic snapshot.
 //! - [`router`]: which component owns a path; route patterns.
 //! - [`client`]: the client's address, behind trusted proxies too.
@@ -31,7 +32,9 @@ pub mod guest_log;
 pub mod invoke;
 pub mod limits;
 pub mod metrics;
+pub mod peers;
 pub mod problem;
+pub mod random;
 pub mod ratelimit;
 pub mod registry;
 pub mod remote;
@@ -195,19 +198,34 @@ async fn evict_idle_clients(registry: Arc<Registry>) {
 }
 
 /// Validates the components of `config`: each is a component that compiles
-/// and links. Nothing runs and no database is touched.
+/// and links, and every interface one imports from another has a provider
+/// with matching types. Nothing runs and no database is touched.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
     let registry = registry(config, Arc::new(Metrics::new()))?;
     let mut failures = Vec::new();
+    let mut compiled = Vec::new();
     for component in &config.components {
         let wasm = std::fs::read(&component.wasm)?;
-        if let Err(e) = registry.compile(wasm).await {
-            failures.push(format!(
+        let short = registry::digest(&wasm)[..12].to_string();
+        match registry.compile(&component.name, wasm).await {
+            Ok((_, peers)) => compiled.push((component, short, peers)),
+            Err(e) => failures.push(format!(
                 "{}: {} is not a component corral can serve: {e:#}",
                 component.name,
                 component.wasm.display()
-            ));
+            )),
         }
+    }
+    let nodes: Vec<peers::Node<'_>> = compiled
+        .iter()
+        .map(|(component, short, peers)| peers::Node {
+            name: &component.name,
+            named: &component.imports,
+            versions: vec![(short.as_str(), peers)],
+        })
+        .collect();
+    if let Err(problems) = peers::resolve(&nodes) {
+        failures.extend(problems);
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())

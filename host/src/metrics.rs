@@ -108,6 +108,17 @@ pub struct ChangeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub caller: Arc<str>,
+    pub callee: Arc<str>,
+    /// The callee's version that answered, `-` when none did.
+    pub version: Arc<str>,
+    pub interface: Arc<str>,
+    /// `ok` or `unavailable`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
     pub name: Arc<str>,
     pub version: Arc<str>,
@@ -132,6 +143,8 @@ pub struct Metrics {
     sqlite_statements: Family<SqliteLabels, Counter>,
     sqlite_duration: Family<ComponentLabels, Histogram>,
     pub changes: Family<ChangeLabels, Counter>,
+    pub calls: Family<CallLabels, Counter>,
+    pub call_duration: Family<CallLabels, Histogram>,
     pub open_connections: Family<ListenerLabels, Gauge>,
     /// Refreshed at each scrape.
     info: Family<InfoLabels, Gauge>,
@@ -169,6 +182,8 @@ impl Metrics {
             sqlite_statements: Family::default(),
             sqlite_duration: Family::new_with_constructor(sqlite_histogram),
             changes: Family::default(),
+            calls: Family::default(),
+            call_duration: Family::new_with_constructor(latency_histogram),
             open_connections: Family::default(),
             info: Family::default(),
             in_flight: Family::default(),
@@ -208,6 +223,12 @@ impl Metrics {
             "component_changes",
             "Component loads and version changes, by kind",
             metrics.changes.clone(),
+        );
+        p.register("calls", "Calls between components, by outcome", metrics.calls.clone());
+        p.register(
+            "call_duration_seconds",
+            "Time of a call between components, as the caller sees it",
+            metrics.call_duration.clone(),
         );
         p.register(
             "open_connections",

@@ -20,6 +20,7 @@ use crate::config::{ComponentConfig, Config};
 use crate::invoke::{self, RequestState, Target};
 use crate::limits::{ComponentLimits, ConcurrencyGate};
 use crate::metrics::Metrics;
+use crate::peers::{Dispatch, PeerInterfaces, PeerTable};
 use crate::ratelimit::{RateLimitConfig, RateLimits};
 use crate::router::Router;
 use crate::sqlite::{Database, SqliteStats};
@@ -34,6 +35,8 @@ pub struct Version {
     /// Where the code came from.
     pub origin: Origin,
     pub pre: ServicePre<RequestState>,
+    /// The interfaces it offers other components and needs from them.
+    pub peers: PeerInterfaces,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,22 +106,28 @@ pub struct ComponentShared {
     rate_config: RateLimitConfig,
 }
 
-/// The components being served, and the router to them.
+/// The components being served, the router to them, and which of them
+/// provides the interfaces each imports.
 #[derive(Default)]
 pub struct Snapshot {
     pub entries: Vec<Arc<Entry>>,
     router: Router,
+    peers: PeerTable,
 }
 
 impl Snapshot {
-    pub fn new(entries: Vec<Arc<Entry>>) -> Self {
+    /// A snapshot of `entries`, if every interface any of them imports has
+    /// exactly one provider among them, with matching types.
+    pub fn build(entries: Vec<Arc<Entry>>) -> Result<Self, ChangeError> {
+        let peers = PeerTable::resolve(&entries)
+            .map_err(|problems| ChangeError::Invalid(anyhow::anyhow!("{}", problems.join("\n"))))?;
         let router = Router::new(
             entries
                 .iter()
                 .enumerate()
                 .flat_map(|(i, e)| e.config.routes.iter().map(move |r| (r.clone(), i))),
         );
-        Snapshot { entries, router }
+        Ok(Snapshot { entries, router, peers })
     }
 
     /// The component that owns `path`, and the route prefix that matched.
@@ -132,20 +141,25 @@ impl Snapshot {
         self.entries.iter().find(|e| &*e.name == name)
     }
 
-    /// A copy with `entry` in place of the component of the same name.
-    fn with(&self, entry: Entry) -> Snapshot {
+    pub fn peers(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    /// A snapshot with `entry` in place of the component of the same name.
+    fn with(&self, entry: Entry) -> Result<Snapshot, ChangeError> {
+        let entry = Arc::new(entry);
         let entries = self
             .entries
             .iter()
             .map(|e| {
                 if e.name == entry.name {
-                    Arc::new(entry.clone())
+                    Arc::clone(&entry)
                 } else {
                     Arc::clone(e)
                 }
             })
             .collect();
-        Snapshot::new(entries)
+        Snapshot::build(entries)
     }
 }
 
@@ -184,7 +198,8 @@ pub struct Registry {
     max_rate_limit_clients: usize,
     /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
-    current: ArcSwap<Snapshot>,
+    /// Shared with the host functions that carry calls between components.
+    current: Arc<ArcSwap<Snapshot>>,
     /// Changes happen one at a time; requests never wait for this.
     changing: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -204,7 +219,7 @@ impl Registry {
             data_dir,
             max_rate_limit_clients,
             shared: Mutex::new(HashMap::new()),
-            current: ArcSwap::from_pointee(Snapshot::default()),
+            current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             changing: tokio::sync::Mutex::new(()),
             metrics,
         })
@@ -230,11 +245,8 @@ impl Registry {
         let _changing = self.changing.lock().await;
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
-        let entries = self
-            .entries_for(config, &Snapshot::default())
-            .await
-            .map_err(anyhow::Error::from)?;
-        self.current.store(Arc::new(Snapshot::new(entries)));
+        let snapshot = self.snapshot_for(config, &Snapshot::default()).await?;
+        self.current.store(Arc::new(snapshot));
         Ok(())
     }
 
@@ -244,8 +256,9 @@ impl Registry {
     pub async fn reload(&self, config: &Config) -> Result<Vec<Change>, ChangeError> {
         let _changing = self.changing.lock().await;
         let before = self.snapshot();
-        let entries = self.entries_for(config, &before).await?;
-        let changes = entries
+        let after = self.snapshot_for(config, &before).await?;
+        let changes = after
+            .entries
             .iter()
             .map(|e| Change {
                 name: e.name.to_string(),
@@ -254,21 +267,29 @@ impl Registry {
                 canary_percent: e.canary.as_ref().map(|c| c.percent),
             })
             .collect();
-        for entry in &entries {
+        for entry in &after.entries {
             self.metrics.count_change(&entry.name, "reload");
         }
-        self.current.store(Arc::new(Snapshot::new(entries)));
+        self.current.store(Arc::new(after));
         tracing::info!(components = config.components.len(), "reloaded the config");
         Ok(changes)
     }
 
-    /// The entries `config` describes, reusing what `before` already has.
-    async fn entries_for(&self, config: &Config, before: &Snapshot) -> Result<Vec<Arc<Entry>>, ChangeError> {
+    /// The snapshot `config` describes, reusing what `before` already has:
+    /// new code is compiled, the whole is checked (routes, peers), and only
+    /// then do the new versions run their `init`.
+    async fn snapshot_for(&self, config: &Config, before: &Snapshot) -> Result<Snapshot, ChangeError> {
         let mut entries = Vec::new();
+        let mut fresh = Vec::new();
         let mut failures = Vec::new();
         for component in &config.components {
             match self.entry_for(component, before.get(&component.name)).await {
-                Ok(entry) => entries.push(Arc::new(entry)),
+                Ok((entry, is_new)) => {
+                    if is_new {
+                        fresh.push(Arc::clone(&entry));
+                    }
+                    entries.push(entry);
+                }
                 Err(e) => failures.push(format!("{}: {e:#}", component.name)),
             }
         }
@@ -278,26 +299,38 @@ impl Registry {
                 failures.join("\n  ")
             )));
         }
-        Ok(entries)
+        let snapshot = Snapshot::build(entries)?;
+        for entry in fresh {
+            self.init(&entry.name, &entry.shared, &entry.current).await?;
+        }
+        Ok(snapshot)
     }
 
-    async fn entry_for(&self, config: &ComponentConfig, before: Option<&Arc<Entry>>) -> anyhow::Result<Entry> {
+    /// The entry for `config`, and whether its current version is new code.
+    async fn entry_for(
+        &self,
+        config: &ComponentConfig,
+        before: Option<&Arc<Entry>>,
+    ) -> anyhow::Result<(Arc<Entry>, bool)> {
         let wasm = read_wasm(&config.wasm).await?;
         let file_digest = digest(&wasm);
         let shared = self.shared(config).await?;
         if let Some(before) = before.filter(|b| b.file_digest == file_digest) {
             // The code on disk is what was loaded last: keep the versions,
             // uploads and canary included, under the new routes and limits.
-            return Ok(Entry {
-                config: config.clone(),
-                shared,
-                ..Entry::clone(before)
-            });
+            return Ok((
+                Arc::new(Entry {
+                    config: config.clone(),
+                    shared,
+                    ..Entry::clone(before)
+                }),
+                false,
+            ));
         }
         let version = self
-            .prepare(&config.name, &shared, wasm, Origin::File(config.wasm.clone()))
+            .compile_version(&config.name, wasm, Origin::File(config.wasm.clone()))
             .await?;
-        Ok(Entry {
+        let entry = Entry {
             name: config.name.as_str().into(),
             config: config.clone(),
             shared,
@@ -305,12 +338,14 @@ impl Registry {
             current: version,
             canary: None,
             file_digest,
-        })
+        };
+        Ok((Arc::new(entry), true))
     }
 
     /// Installs new code for component `name`: for every request, or for
-    /// `canary` percent of them. Compiles and initializes it first; on any
-    /// failure the component is left as it was.
+    /// `canary` percent of them. It is compiled, checked against the other
+    /// components and initialized first; on any failure the component is
+    /// left as it was.
     pub async fn swap(
         &self,
         name: &str,
@@ -321,7 +356,10 @@ impl Registry {
         let _changing = self.changing.lock().await;
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
-        let version = self.prepare(name, &entry.shared, wasm, origin).await?;
+        let version = self
+            .compile_version(name, wasm, origin)
+            .await
+            .map_err(ChangeError::Invalid)?;
         let mut next = Entry::clone(entry);
         match canary {
             Some(percent) => {
@@ -339,6 +377,9 @@ impl Registry {
         if let Origin::File(_) = version.origin {
             next.file_digest = Arc::clone(&version.digest);
         }
+        // Refuse code that breaks a peer before running any of it.
+        snapshot.with(next.clone())?;
+        self.init(&entry.name, &entry.shared, &version).await?;
         let kind = if canary.is_some() { "canary" } else { "swap" };
         self.publish(&snapshot, next, kind)
     }
@@ -389,74 +430,87 @@ impl Registry {
             previous_version: snapshot.get(&next.name).map(|e| e.current.digest.to_string()),
             canary_percent: next.canary.as_ref().map(|c| c.percent),
         };
-        tracing::info!(
-            component = %next.name,
-            version = %next.current.short,
-            canary = ?next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent)),
-            "{kind}"
+        let (name, short, canary) = (
+            Arc::clone(&next.name),
+            Arc::clone(&next.current.short),
+            next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent)),
         );
-        self.metrics.count_change(&next.name, kind);
-        self.current.store(Arc::new(snapshot.with(next)));
+        let published = snapshot.with(next)?;
+        self.current.store(Arc::new(published));
+        tracing::info!(component = %name, version = %short, canary = ?canary, "{kind}");
+        self.metrics.count_change(&name, kind);
         Ok(change)
     }
 
-    /// Compiles `wasm` and runs its `init` against the component's database.
-    async fn prepare(
-        &self,
-        name: &str,
-        shared: &Arc<ComponentShared>,
-        wasm: Vec<u8>,
-        origin: Origin,
-    ) -> Result<Arc<Version>, ChangeError> {
-        let name: Arc<str> = name.into();
+    /// Compiles `wasm` into a version of component `name`, linked to the
+    /// host and to its peers.
+    async fn compile_version(&self, name: &str, wasm: Vec<u8>, origin: Origin) -> anyhow::Result<Arc<Version>> {
         let digest = digest(&wasm);
-        let pre = match self.compile(wasm).await {
-            Ok(pre) => pre,
-            Err(e) => {
-                self.metrics.count_change(&name, "load_failed");
-                return Err(ChangeError::Invalid(e));
-            }
-        };
-        let version = Arc::new(Version {
+        let (pre, peers) = self
+            .compile(name, wasm)
+            .await
+            .inspect_err(|_| self.metrics.count_change(&name.into(), "load_failed"))?;
+        Ok(Arc::new(Version {
             short: digest[..12].into(),
             digest,
             loaded_at: SystemTime::now(),
             origin,
             pre,
-        });
+            peers,
+        }))
+    }
+
+    /// Runs a new version's `init` against the component's database.
+    async fn init(&self, name: &Arc<str>, shared: &Arc<ComponentShared>, version: &Version) -> Result<(), ChangeError> {
         let target = Target {
-            name: &name,
-            version: &version,
+            name,
+            version,
             limits: &shared.limits,
             shared,
         };
         if let Err(e) = invoke::init(target).await {
-            self.metrics.count_change(&name, "load_failed");
+            self.metrics.count_change(name, "load_failed");
             return Err(ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")));
         }
-        self.metrics.count_change(&name, "load");
+        self.metrics.count_change(name, "load");
         tracing::info!(component = %name, version = %version.short, "loaded");
-        Ok(version)
+        Ok(())
     }
 
     /// Checks that `wasm` is a component, compiles it off the async workers,
-    /// and links it: every import satisfied, the service exports present.
-    pub async fn compile(&self, wasm: Vec<u8>) -> anyhow::Result<ServicePre<RequestState>> {
+    /// and links it: the host's interfaces, its peers' interfaces (resolved
+    /// when it is published), and the service exports present.
+    pub async fn compile(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<(ServicePre<RequestState>, PeerInterfaces)> {
         check_header(&wasm)?;
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
             .await?
             .map_err(anyhow::Error::from)
             .context("cannot compile it")?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
+        let peers = PeerInterfaces::of(&component, &self.engine)?;
+        let instance_pre = if peers.imports.is_empty() {
+            self.linker.instantiate_pre(&component)
+        } else {
+            let mut linker = self.linker.clone();
+            let dispatch = Dispatch {
+                snapshot: Arc::downgrade(&self.current),
+                metrics: Arc::clone(&self.metrics),
+            };
+            crate::peers::link(&mut linker, name, &peers, &dispatch)?;
+            linker.instantiate_pre(&component)
+        };
+        let instance_pre = instance_pre
             .map_err(anyhow::Error::from)
             .context("cannot link it: it imports something corral does not provide")?;
-        ServicePre::new(instance_pre).map_err(anyhow::Error::from).context(
+        let pre = ServicePre::new(instance_pre).map_err(anyhow::Error::from).context(
             "it does not export the corral:service/handler and corral:service/lifecycle interfaces \
              (build it against wit/service.wit)",
-        )
+        )?;
+        Ok((pre, peers))
     }
 
     /// The shared parts of a component: kept from before, or rebuilt where

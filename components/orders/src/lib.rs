@@ -88,7 +88,7 @@ impl Service for Orders {
             ["orders", id] => {
                 let id = parse_id(id, "order")?;
                 match req.method() {
-                    "GET" | "HEAD" => get(id),
+                    "GET" | "HEAD" => get(id, &req),
                     "PATCH" => update_status(id, &req),
                     other => Err(Problem::method_not_allowed(other, &["GET", "PATCH"])),
                 }
@@ -190,8 +190,23 @@ fn validate_items(fields: &mut Fields, raw: Vec<Value>) -> Option<(Vec<Item>, i6
     }
 }
 
-fn get(id: i64) -> Result<Response, Problem> {
-    Ok(Response::json(200, &load(id)?))
+/// An order; with `?expand=user`, its user too, from the users service.
+fn get(id: i64, req: &Request) -> Result<Response, Problem> {
+    let order = load(id)?;
+    match req.query("expand").as_deref() {
+        None => Ok(Response::json(200, &order)),
+        Some("user") => {
+            let user = user_directory::find_user(order.user_id)?
+                .map(|u| json!({ "id": u.id, "name": u.name, "email": u.email }));
+            let mut body = serde_json::to_value(&order).map_err(|e| Problem::internal(e.to_string()))?;
+            body["user"] = user.unwrap_or(Value::Null);
+            Ok(Response::json(200, &body))
+        }
+        Some(other) => Err(Problem::validation(vec![corral_sdk::FieldError {
+            field: "expand".into(),
+            message: format!("{other:?} cannot be expanded; only \"user\" can"),
+        }])),
+    }
 }
 
 fn load(id: i64) -> Result<Order, Problem> {
@@ -291,13 +306,55 @@ fn not_found(id: i64) -> Problem {
     Problem::not_found(format!("no order with id {id}"))
 }
 
-/// Where orders learn about users. Until this component is linked to the
-/// users service, every positive user id is accepted.
+/// Where orders learn about users: `corral:shop/users`, which the host
+/// connects to the users service.
 mod user_directory {
-    use corral_sdk::Problem;
+    use corral_sdk::{FieldError, Problem};
 
-    pub fn check_user(_user_id: i64) -> Result<(), Problem> {
-        Ok(())
+    #[allow(unsafe_code, clippy::all)]
+    mod shop {
+        wit_bindgen::generate!({
+            inline: "package corral:orders-service; world users-client { import corral:shop/users@0.1.0; }",
+            generate_all,
+            path: "../../wit",
+        });
+    }
+
+    use shop::corral::shop::users::{self, Error, User};
+
+    /// The user, or the problem to answer with: 422 naming `user_id` when
+    /// there is none, 503 when the users service cannot say.
+    pub fn find_user(user_id: i64) -> Result<Option<User>, Problem> {
+        match users::get_user(user_id as u64) {
+            Ok(user) => Ok(user),
+            Err(Error::Unavailable(reason)) => Err(Problem::new(
+                503,
+                "dependency-unavailable",
+                "A service this one needs is unavailable",
+                format!("the users service did not answer: {reason}"),
+            )
+            .header("retry-after", "1")),
+        }
+    }
+
+    /// Refuses an order for a user that does not exist.
+    pub fn check_user(user_id: i64) -> Result<(), Problem> {
+        match find_user(user_id)? {
+            Some(_) => Ok(()),
+            None => Err(Problem::new(
+                422,
+                "unknown-user",
+                "Unknown user",
+                format!("no user with id {user_id}"),
+            )
+            .with(
+                "errors",
+                serde_json::json!([FieldError {
+                    field: "user_id".into(),
+                    message: format!("no user with id {user_id}")
+                }]),
+            )),
+        }
     }
 }
 

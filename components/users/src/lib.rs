@@ -2,6 +2,8 @@
 //!
 //! Emails are unique without regard to case: each user row keeps the
 //! lowercased email in `email_key`, which carries the UNIQUE constraint.
+//!
+//! Besides HTTP, the service offers `corral:shop/users` to other services.
 
 use corral_sdk::db::{self, Row, SqliteError};
 use corral_sdk::http::{Fields, Page, page, parse_id};
@@ -11,6 +13,36 @@ use serde::Serialize;
 struct Users;
 
 corral_sdk::export_service!(Users);
+
+/// `corral:shop/users`, which other components import.
+#[allow(unsafe_code, clippy::all)]
+mod shop {
+    wit_bindgen::generate!({
+        inline: "package corral:users-service; world users-api { export corral:shop/users@0.1.0; }",
+        path: "../../wit",
+    });
+}
+
+use shop::exports::corral::shop::users as api;
+
+impl api::Guest for Users {
+    fn get_user(id: u64) -> Result<Option<api::User>, api::Error> {
+        let unavailable = |e: db::Error| api::Error::Unavailable(e.to_string());
+        let Ok(id) = i64::try_from(id) else { return Ok(None) };
+        let row = db::optional_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?"), &[id.into()])
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::from_row(&row).map_err(unavailable)?;
+        Ok(Some(api::User {
+            id: user.id as u64,
+            name: user.name,
+            email: user.email,
+            created_at: user.created_at,
+        }))
+    }
+}
+
+shop::export!(Users with_types_in shop);
 
 /// Schema steps, only ever appended; see `db::migrate`.
 const MIGRATIONS: &[&str] = &["CREATE TABLE users (

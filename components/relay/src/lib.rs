@@ -1,0 +1,96 @@
+//! A relay, for tests only: it exports `corral:test/relay` and imports it
+//! too, so that two copies configured as each other's provider form a chain,
+//! or a cycle. `GET /<prefix>/<hops>?behavior=answer|panic|spin|sleep` starts
+//! a chain through the imported relay; `GET /<prefix>/local` answers without
+//! calling anyone.
+
+use std::hint::black_box;
+
+use corral_sdk::{Problem, Request, Response, Service};
+use serde_json::json;
+
+struct Relay;
+
+corral_sdk::export_service!(Relay);
+
+#[allow(unsafe_code, clippy::all)]
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "package corral:relay-service; world relay-node {
+            import corral:test/relay@0.1.0;
+            export corral:test/relay@0.1.0;
+        }",
+        path: "../../wit",
+        generate_all,
+    });
+}
+
+use bindings::corral::test::relay::{self as next, Behavior, Error};
+use bindings::exports::corral::test::relay as api;
+
+impl Service for Relay {
+    fn handle(request: Request) -> Result<Response, Problem> {
+        let last = request.segments().last().copied().unwrap_or_default().to_string();
+        if last == "local" {
+            return Ok(Response::json(200, &json!({ "answered": 1 })));
+        }
+        let hops: u32 = last
+            .parse()
+            .map_err(|_| Problem::not_found(format!("{last} is not a number of hops")))?;
+        let behavior = match request.query("behavior").as_deref() {
+            None | Some("answer") => Behavior::Answer,
+            Some("panic") => Behavior::Panic,
+            Some("spin") => Behavior::Spin,
+            Some("sleep") => Behavior::Sleep,
+            Some(other) => {
+                return Err(Problem::bad_request(
+                    "bad-behavior",
+                    format!("unknown behavior {other}"),
+                ));
+            }
+        };
+        match next::forward(hops, behavior) {
+            Ok(answered) => Ok(Response::json(200, &json!({ "answered": answered + 1 }))),
+            Err(Error::Unavailable(reason)) => Err(Problem::new(
+                503,
+                "dependency-unavailable",
+                "A service this one needs is unavailable",
+                format!("the next relay did not answer: {reason}"),
+            )),
+        }
+    }
+}
+
+impl api::Guest for Relay {
+    fn forward(hops: u32, behavior: api::Behavior) -> Result<u32, api::Error> {
+        corral_sdk::log::info(&format!("forwarding, {hops} hops to go"));
+        if hops > 0 {
+            let behavior = match behavior {
+                api::Behavior::Answer => Behavior::Answer,
+                api::Behavior::Panic => Behavior::Panic,
+                api::Behavior::Spin => Behavior::Spin,
+                api::Behavior::Sleep => Behavior::Sleep,
+            };
+            return match next::forward(hops - 1, behavior) {
+                Ok(answered) => Ok(answered + 1),
+                Err(Error::Unavailable(reason)) => Err(api::Error::Unavailable(reason)),
+            };
+        }
+        match behavior {
+            api::Behavior::Answer => Ok(1),
+            api::Behavior::Panic => panic!("relay: a deliberate panic"),
+            api::Behavior::Spin => {
+                let mut n: u64 = 0;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            api::Behavior::Sleep => {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Ok(1)
+            }
+        }
+    }
+}
+
+bindings::export!(Relay with_types_in bindings);
