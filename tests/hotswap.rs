@@ -3,6 +3,7 @@
 //! and every response from exactly one version, on the right side of the
 //! change. Broken versions are refused and change nothing.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -393,18 +394,9 @@ fn the_cli_drives_the_admin_api() {
     let v1 = host.version_of(PATH);
     let admin = format!("http://{}", host.admin_addr.unwrap());
     let corral = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(args)
-            .args(["--admin", &admin])
-            .env("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
+        let admin_args = ["--admin", admin.as_str()];
+        let args: Vec<&std::ffi::OsStr> = args.iter().chain(&admin_args).map(|a| a.as_ref()).collect();
+        crate::support::run_corral(&args, &[("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)], Path::new("."))
     };
     let (ok, status) = corral(&["status"]);
     assert!(ok && status.contains("users") && status.contains(&v1), "{status}");

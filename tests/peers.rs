@@ -1,11 +1,9 @@
 //! Calls between components through WIT interfaces: orders asking users,
 //! chains and cycles of relays, and callees that misbehave.
 
-use std::process::Command;
-
 use serde_json::json;
 
-use crate::support::{TestHost, admin_toml, component_toml, error_fields, host, variant};
+use crate::support::{TestHost, admin_toml, component_toml, error_fields, host, variant, with_config};
 
 fn shop() -> TestHost {
     host()
@@ -156,20 +154,12 @@ fn the_request_id_follows_the_call() {
 
 /// Starts `corral serve` on a config and returns its failure output.
 fn refused(components: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("corral.toml");
-    std::fs::write(
-        &config,
-        format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{components}"),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "the host started");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let (ok, output) = with_config(
+        "serve",
+        &format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{components}"),
+    );
+    assert!(!ok, "the host started");
+    output
 }
 
 #[test]

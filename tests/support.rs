@@ -500,15 +500,13 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Runs `corral check` on config text written next to a temporary data folder.
-pub fn check_config(toml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("corral.toml");
-    std::fs::write(&path, toml).unwrap();
+/// Runs the `corral` binary to its end; returns whether it succeeded and
+/// everything it printed.
+pub fn run_corral(args: &[&std::ffi::OsStr], envs: &[(&str, &str)], dir: &Path) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(dir)
         .output()
         .unwrap();
     let text = format!(
@@ -517,4 +515,22 @@ pub fn check_config(toml: &str) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), text)
+}
+
+/// Runs `corral <command> --config` on config text written next to a
+/// temporary data folder.
+pub fn with_config(command: &str, toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corral.toml");
+    std::fs::write(&path, toml).unwrap();
+    run_corral(
+        &[command.as_ref(), "--config".as_ref(), path.as_os_str()],
+        &[],
+        dir.path(),
+    )
+}
+
+/// Runs `corral check` on config text.
+pub fn check_config(toml: &str) -> (bool, String) {
+    with_config("check", toml)
 }

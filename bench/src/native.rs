@@ -129,6 +129,20 @@ struct Order {
     created_at: String,
 }
 
+impl Order {
+    /// An order from `id, user_id, status, total_cents, created_at`, its items still empty.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
+        Ok(Order {
+            id: r.get(0)?,
+            user_id: r.get(1)?,
+            status: r.get(2)?,
+            total_cents: r.get(3)?,
+            created_at: r.get(4)?,
+            items: Vec::new(),
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Item {
@@ -277,16 +291,7 @@ impl App {
             .with(move |conn| {
                 let Some(mut order) = conn
                     .prepare_cached("SELECT id, user_id, status, total_cents, created_at FROM orders WHERE id = ?")?
-                    .query_row([id], |r| {
-                        Ok(Order {
-                            id: r.get(0)?,
-                            user_id: r.get(1)?,
-                            status: r.get(2)?,
-                            total_cents: r.get(3)?,
-                            created_at: r.get(4)?,
-                            items: Vec::new(),
-                        })
-                    })
+                    .query_row([id], Order::from_row)
                     .optional()?
                 else {
                     return Ok(None);
@@ -333,16 +338,7 @@ impl App {
                         "INSERT INTO orders (user_id, total_cents) VALUES (?, ?)
                          RETURNING id, user_id, status, total_cents, created_at",
                     )?
-                    .query_row((new.user_id, total), |r| {
-                        Ok(Order {
-                            id: r.get(0)?,
-                            user_id: r.get(1)?,
-                            status: r.get(2)?,
-                            total_cents: r.get(3)?,
-                            created_at: r.get(4)?,
-                            items: Vec::new(),
-                        })
-                    })?;
+                    .query_row((new.user_id, total), Order::from_row)?;
                 for (line, item) in new.items.into_iter().enumerate() {
                     tx.prepare_cached(
                         "INSERT INTO order_items (order_id, line, sku, quantity, unit_price_cents) VALUES (?, ?, ?, ?, ?)",
