@@ -207,3 +207,24 @@ fn a_swap_that_would_break_an_importer_is_refused() {
     let user = host.post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }));
     assert_eq!(user.status, 201, "users still serves its old version");
 }
+
+#[test]
+fn the_admin_api_shows_who_provides_what() {
+    let host = shop();
+    let status = host.admin("GET", "/components", Vec::new()).json();
+    let component = |name: &str| {
+        status["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        component("orders")["imports"],
+        json!({ "corral:shop/users@0.1.0": "users" })
+    );
+    assert_eq!(component("users")["exports"], json!(["corral:shop/users@0.1.0"]));
+    assert_eq!(component("users")["imports"], json!({}));
+}

@@ -21,7 +21,7 @@ use crate::gateway::{read_body, refuse};
 use crate::limits::ComponentLimits;
 use crate::metrics::Metrics;
 use crate::problem;
-use crate::registry::{ChangeError, Entry, Origin, Version};
+use crate::registry::{ChangeError, Entry, Origin, Snapshot, Version};
 use crate::server::Handler;
 
 /// The admin listener's handler.
@@ -109,7 +109,8 @@ impl Admin {
         let registry = &self.control.registry;
         match (method, route) {
             (&Method::GET, ["components"]) => {
-                let components: Vec<Value> = registry.snapshot().entries.iter().map(|e| describe(e)).collect();
+                let snapshot = registry.snapshot();
+                let components: Vec<Value> = snapshot.entries.iter().map(|e| describe(e, &snapshot)).collect();
                 json_response(StatusCode::OK, &json!({ "components": components }))
             }
             (&Method::POST, ["components", name, "rollback"]) => {
@@ -211,7 +212,18 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 }
 
 /// One component as `GET /components` shows it.
-fn describe(entry: &Entry) -> Value {
+fn describe(entry: &Entry, snapshot: &Snapshot) -> Value {
+    let imports: serde_json::Map<String, Value> = entry
+        .current
+        .peers
+        .imports
+        .keys()
+        .map(|interface| {
+            let provider = snapshot.peers().provider(&entry.name, interface).map(|p| p.to_string());
+            (interface.clone(), json!(provider))
+        })
+        .collect();
+    let exports: Vec<&String> = entry.current.peers.exports.keys().collect();
     json!({
         "name": &*entry.name,
         "routes": entry.config.routes,
@@ -221,6 +233,8 @@ fn describe(entry: &Entry) -> Value {
         "in_flight": entry.shared.gate.in_flight(),
         "queued": entry.shared.gate.waiting(),
         "watch": entry.config.watch,
+        "imports": imports,
+        "exports": exports,
         "limits": describe_limits(entry.limits()),
         "rate_limit": {
             "component": entry.config.rate_limits.component.map(|l| l.to_string()),
