@@ -14,7 +14,7 @@ fn attack_host() -> TestHost {
         .component("users", "users", &["/users"])
         .component("chaos", "chaos", &["/chaos"])
         .toml(
-            "[components.chaos.limits]\nmemory_mib = 32\ncpu_time_ms = 300\ntimeout_ms = 3000\nresponse_body_kib = 1024\ndb_size_mib = 2\ndb_statement_timeout_ms = 200\ndb_max_rows = 1000",
+            "[components.chaos.limits]\nmemory_mib = 32\ncpu_time_ms = 300\ntimeout_ms = 6000\nresponse_body_kib = 1024\ndb_size_mib = 2\ndb_statement_timeout_ms = 200\ndb_max_rows = 1000",
         )
         .start()
 }

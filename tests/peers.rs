@@ -93,7 +93,9 @@ fn relays() -> TestHost {
         .component("relay-a", "relay", &["/relay-a"])
         .toml("[components.relay-a.imports]\n\"corral:test/relay@0.1.0\" = \"relay-b\"")
         .component("relay-b", "relay", &["/relay-b"])
-        .toml("[components.relay-b.limits]\ncpu_time_ms = 200\ntimeout_ms = 1000")
+        // A CPU budget well inside the timeout, so that even on a loaded machine
+        // a spinning relay runs out of CPU before it runs out of time.
+        .toml("[components.relay-b.limits]\ncpu_time_ms = 200\ntimeout_ms = 4000")
         .start()
 }
 
