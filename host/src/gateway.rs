@@ -1,9 +1,9 @@
 //! One public HTTP request from arrival to response: find the component that
-//! owns the path, read the body within its limit, call the component, and
-//! turn its response, or its failure, into HTTP.
+//! owns the path, apply its rate limits and concurrency gate, read the body
+//! within its limit, call the component, turn its response, or its failure,
+//! into HTTP, and record the request in the log and the metrics.
 
-use std::net::IpAddr;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,13 +11,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Body as _;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::bindings::corral::service::types;
 use crate::client::TrustedProxies;
-use crate::invoke::Target;
-use crate::invoke::{self, InvokeError};
+use crate::invoke::{self, InvokeError, Target};
 use crate::limits::ComponentLimits;
 use crate::metrics::{
     Method as MetricMethod, Metrics, RejectionLabels, RequestLabels, TrapLabels, VersionLabels, status_class,
