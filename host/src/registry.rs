@@ -132,9 +132,7 @@ impl Snapshot {
 
     /// The component that owns `path`, and the route prefix that matched.
     pub fn route(&self, path: &str) -> Option<(&Arc<Entry>, &str)> {
-        self.router
-            .lookup_prefix(path)
-            .map(|(prefix, i)| (&self.entries[i], prefix))
+        self.router.lookup(path).map(|(prefix, i)| (&self.entries[i], prefix))
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
@@ -548,7 +546,7 @@ impl Registry {
     }
 }
 
-pub async fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+async fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
     tokio::fs::read(path)
         .await
         .with_context(|| format!("cannot read {}", path.display()))
