@@ -106,6 +106,17 @@ struct Guard {
     denied: Mutex<Option<String>>,
 }
 
+impl Guard {
+    /// Runs `statement` with the progress handler set to interrupt it after `budget`.
+    fn within<R>(&self, budget: Duration, statement: impl FnOnce() -> R) -> R {
+        self.deadline_ns
+            .store(now_ns().saturating_add(budget.as_nanos() as u64), Ordering::Relaxed);
+        let result = statement();
+        self.deadline_ns.store(u64::MAX, Ordering::Relaxed);
+        result
+    }
+}
+
 fn clock_base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
     *BASE.get_or_init(Instant::now)
@@ -314,13 +325,12 @@ impl Conn {
             .expect("a checked-out connection is present until drop");
         let (conn, guard) = (&pooled.conn, &pooled.guard);
         let (total_before, rowid_before) = (conn.total_changes(), conn.last_insert_rowid());
-        let deadline = now_ns().saturating_add(limits.statement_timeout.as_nanos() as u64);
-        guard.deadline_ns.store(deadline, Ordering::Relaxed);
-        let result = run(conn, sql, params, limits).map_err(|e| match e {
-            Failure::Sqlite(e) => guest_error(e, guard, limits),
-            Failure::Guest(e) => e,
-        });
-        guard.deadline_ns.store(u64::MAX, Ordering::Relaxed);
+        let result = guard
+            .within(limits.statement_timeout, || run(conn, sql, params, limits))
+            .map_err(|e| match e {
+                Failure::Sqlite(e) => guest_error(e, guard, limits),
+                Failure::Guest(e) => e,
+            });
         match &result {
             Ok((_, true)) => {}
             Ok((_, false)) => {
@@ -361,13 +371,10 @@ impl Conn {
             .filter(|s| s.readonly() && conn.is_autocommit())?;
         let final_budget = budget >= limits.statement_timeout;
         conn.busy_timeout(Duration::ZERO).ok()?;
-        guard.deadline_ns.store(
-            now_ns().saturating_add(budget.min(limits.statement_timeout).as_nanos() as u64),
-            Ordering::Relaxed,
-        );
-        let result = run_statement(&mut statement, params, limits);
+        let result = guard.within(budget.min(limits.statement_timeout), || {
+            run_statement(&mut statement, params, limits)
+        });
         drop(statement);
-        guard.deadline_ns.store(u64::MAX, Ordering::Relaxed);
         if conn.busy_timeout(BUSY_TIMEOUT).is_err() {
             return None;
         }
