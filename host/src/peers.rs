@@ -97,13 +97,15 @@ impl PeerInterfaces {
     }
 }
 
-/// Which component provides each interface each component imports.
+/// Which component provides each interface each component imports:
+/// importer, then interface, to provider. Looked up on every call, without
+/// allocating.
 #[derive(Default)]
-pub struct PeerTable(HashMap<(Arc<str>, String), Arc<str>>);
+pub struct PeerTable(HashMap<Arc<str>, HashMap<String, Arc<str>>>);
 
 impl PeerTable {
     pub fn provider(&self, importer: &str, interface: &str) -> Option<&Arc<str>> {
-        self.0.get(&(Arc::from(importer), interface.to_string()))
+        self.0.get(importer)?.get(interface)
     }
 
     /// Resolves every import of every version served, or says what is wrong.
@@ -119,13 +121,14 @@ impl PeerTable {
                     .collect(),
             })
             .collect();
-        let resolved = resolve(&nodes)?;
-        Ok(PeerTable(
-            resolved
-                .into_iter()
-                .map(|((importer, interface), provider)| ((importer.into(), interface), provider.into()))
-                .collect(),
-        ))
+        let mut table: HashMap<Arc<str>, HashMap<String, Arc<str>>> = HashMap::new();
+        for ((importer, interface), provider) in resolve(&nodes)? {
+            table
+                .entry(importer.into())
+                .or_default()
+                .insert(interface, provider.into());
+        }
+        Ok(PeerTable(table))
     }
 }
 
