@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
         default: trappable,
     },
     exports: { default: async },
+    additional_derives: [PartialEq],
     trappable_error_type: {
         "corral:service/sqlite.error" => crate::sqlite::SqliteError,
     },

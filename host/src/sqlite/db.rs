@@ -3,16 +3,17 @@
 //! here blocks; callers run it off the async workers.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rusqlite::config::DbConfig;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::limits::Limit;
+use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{ErrorCode, OpenFlags};
 
+use super::policy;
+use super::threads::SqlThreads;
+use super::watchdog::Deadline;
 use crate::bindings::corral::service::sqlite::{Error, QueryResult, Row, Value};
 
 /// Bounds on what one component may do with its database.
@@ -26,6 +27,9 @@ pub struct DbLimits {
     pub max_result_rows: usize,
     /// ... and this many bytes of values.
     pub max_result_bytes: usize,
+    /// The largest string or blob SQLite makes for the component, in a
+    /// table, a parameter or along the way of a statement.
+    pub max_value_bytes: usize,
 }
 
 impl Default for DbLimits {
@@ -35,6 +39,7 @@ impl Default for DbLimits {
             statement_timeout: Duration::from_secs(1),
             max_result_rows: 10_000,
             max_result_bytes: 16 << 20,
+            max_value_bytes: 1 << 20,
         }
     }
 }
@@ -47,45 +52,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_CONNECTIONS: usize = 32;
 /// SQLite calls the progress handler every this many virtual machine steps.
 const PROGRESS_STEPS: i32 = 1000;
-/// The largest string, blob or SQL text SQLite will handle for a guest.
-const MAX_VALUE_BYTES: i32 = 16 << 20;
-
-/// PRAGMAs a guest may read; anything else, and any write but
-/// `user_version`, is denied because it could escape or corrupt the file.
-const READABLE_PRAGMAS: &[&str] = &[
-    "user_version",
-    "application_id",
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "foreign_key_list",
-    "foreign_key_check",
-    "integrity_check",
-    "quick_check",
-    "page_count",
-    "page_size",
-    "freelist_count",
-    "max_page_count",
-    "data_version",
-    "schema_version",
-    "foreign_keys",
-    "journal_mode",
-    "collation_list",
-    "function_list",
-    "pragma_list",
-];
-
-/// Virtual table modules a guest may create; the rest of SQLite's are denied.
-const VIRTUAL_TABLE_MODULES: &[&str] = &["fts5", "fts4", "fts3", "rtree"];
 
 /// One component's database file.
 pub struct Database {
     path: PathBuf,
     limits: DbLimits,
     idle: Mutex<Vec<Pooled>>,
+    threads: Arc<SqlThreads>,
 }
 
 /// A connection and the state its authorizer and progress handler read.
@@ -95,44 +68,25 @@ struct Pooled {
 }
 
 /// What the hooks installed on a connection consult.
-#[derive(Default)]
 struct Guard {
     /// Set while the host runs its own statements (transaction control),
     /// which the authorizer otherwise denies.
     trusted: AtomicBool,
-    /// When the running statement must stop, in nanoseconds since [`clock_base`].
-    deadline_ns: AtomicU64,
+    /// When the running statement must stop.
+    deadline: Arc<Deadline>,
     /// Why the authorizer last said no, for the error the guest sees.
     denied: Mutex<Option<String>>,
 }
 
-impl Guard {
-    /// Runs `statement` with the progress handler set to interrupt it after `budget`.
-    fn within<R>(&self, budget: Duration, statement: impl FnOnce() -> R) -> R {
-        self.deadline_ns
-            .store(now_ns().saturating_add(budget.as_nanos() as u64), Ordering::Relaxed);
-        let result = statement();
-        self.deadline_ns.store(u64::MAX, Ordering::Relaxed);
-        result
-    }
-}
-
-fn clock_base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn now_ns() -> u64 {
-    clock_base().elapsed().as_nanos() as u64
-}
-
 impl Database {
-    /// Opens (creating it if needed) the database file at `path`.
-    pub fn open(path: PathBuf, limits: DbLimits) -> anyhow::Result<Arc<Database>> {
+    /// Opens (creating it if needed) the database file at `path`; its
+    /// statements run on `threads`.
+    pub fn open(path: PathBuf, limits: DbLimits, threads: Arc<SqlThreads>) -> anyhow::Result<Arc<Database>> {
         let db = Arc::new(Database {
             path,
             limits,
             idle: Mutex::new(Vec::new()),
+            threads,
         });
         let first = db.connect()?;
         db.idle.lock().expect("pool lock").push(first);
@@ -141,6 +95,11 @@ impl Database {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The threads this database's statements run on.
+    pub fn threads(&self) -> &Arc<SqlThreads> {
+        &self.threads
     }
 
     /// A connection for one request, from the pool or newly opened.
@@ -193,22 +152,17 @@ impl Database {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
         conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
-        // No attached databases at all: this also stops `VACUUM INTO 'file'`.
-        conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
-        conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_VALUE_BYTES)?;
+        policy::harden(&conn, &self.limits)?;
 
-        let guard = Arc::new(Guard::default());
-        guard.deadline_ns.store(u64::MAX, Ordering::Relaxed);
+        let guard = Arc::new(Guard {
+            trusted: AtomicBool::new(false),
+            deadline: Deadline::watch(&conn),
+            denied: Mutex::new(None),
+        });
         let auth_guard = Arc::clone(&guard);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_guard, ctx)))?;
-        let progress_guard = Arc::clone(&guard);
-        conn.progress_handler(
-            PROGRESS_STEPS,
-            Some(move || now_ns() > progress_guard.deadline_ns.load(Ordering::Relaxed)),
-        )?;
+        let deadline = Arc::clone(&guard.deadline);
+        conn.progress_handler(PROGRESS_STEPS, Some(move || deadline.passed()))?;
         Ok(Pooled { conn, guard })
     }
 
@@ -224,54 +178,13 @@ fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
     if guard.trusted.load(Ordering::Relaxed) {
         return Authorization::Allow;
     }
-    let denial = match ctx.action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Some("ATTACH and DETACH are not allowed".into()),
-        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
-            Some("use the sqlite interface's begin, commit and rollback for transactions".into())
-        }
-        AuthAction::Pragma {
-            pragma_name,
-            pragma_value,
-        } => {
-            let name = pragma_name.to_ascii_lowercase();
-            let allowed = match pragma_value {
-                None => READABLE_PRAGMAS.contains(&name.as_str()),
-                Some(_) => READABLE_PRAGMAS.contains(&name.as_str()) && !is_setting(&name) || name == "user_version",
-            };
-            (!allowed).then(|| format!("PRAGMA {pragma_name} is not allowed"))
-        }
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
-            Some("loading extensions is not allowed".into())
-        }
-        AuthAction::CreateTempTable { .. }
-        | AuthAction::CreateTempIndex { .. }
-        | AuthAction::CreateTempTrigger { .. }
-        | AuthAction::CreateTempView { .. } => {
-            Some("temporary objects are not allowed: they would outlive the request on a pooled connection".into())
-        }
-        AuthAction::CreateVtable { module_name, .. }
-            if !VIRTUAL_TABLE_MODULES.contains(&module_name.to_ascii_lowercase().as_str()) =>
-        {
-            Some(format!("virtual table module {module_name} is not allowed"))
-        }
-        _ => None,
-    };
-    match denial {
-        None => Authorization::Allow,
-        Some(reason) => {
+    match policy::authorize(&ctx.action) {
+        Ok(()) => Authorization::Allow,
+        Err(reason) => {
             *guard.denied.lock().expect("denial lock") = Some(reason);
             Authorization::Deny
         }
     }
-}
-
-/// PRAGMAs in the readable list whose argument changes a setting rather than
-/// naming a table or index to look at.
-fn is_setting(name: &str) -> bool {
-    matches!(
-        name,
-        "user_version" | "application_id" | "page_size" | "max_page_count" | "foreign_keys" | "journal_mode"
-    )
 }
 
 /// A connection checked out for one request. Dropping it rolls back what the
@@ -300,6 +213,11 @@ impl Conn {
             .expect("a checked-out connection is present until drop")
     }
 
+    /// The threads this connection's statements run on.
+    pub fn threads(&self) -> &Arc<SqlThreads> {
+        self.db.threads()
+    }
+
     /// Rows changed by this request's last INSERT, UPDATE or DELETE.
     pub fn changes(&self) -> u64 {
         self.changes
@@ -326,6 +244,7 @@ impl Conn {
         let (conn, guard) = (&pooled.conn, &pooled.guard);
         let (total_before, rowid_before) = (conn.total_changes(), conn.last_insert_rowid());
         let result = guard
+            .deadline
             .within(limits.statement_timeout, || run(conn, sql, params, limits))
             .map_err(|e| match e {
                 Failure::Sqlite(e) => guest_error(e, guard, limits),
@@ -371,7 +290,7 @@ impl Conn {
             .filter(|s| s.readonly() && conn.is_autocommit())?;
         let final_budget = budget >= limits.statement_timeout;
         conn.busy_timeout(Duration::ZERO).ok()?;
-        let result = guard.within(budget.min(limits.statement_timeout), || {
+        let result = guard.deadline.within(budget.min(limits.statement_timeout), || {
             run_statement(&mut statement, params, limits)
         });
         drop(statement);
@@ -554,27 +473,25 @@ fn run_statement(
         }
         let mut values = Vec::with_capacity(width);
         for i in 0..width {
-            let value = match row.get_ref(i)? {
+            // Sized while still in SQLite's memory: nothing is copied past the limit.
+            let value = row.get_ref(i)?;
+            bytes += 8 + match value {
+                ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
+                _ => 0,
+            };
+            if bytes > limits.max_result_bytes {
+                return Err(Failure::Guest(Error::LimitExceeded(format!(
+                    "the query returns more than {} bytes",
+                    limits.max_result_bytes
+                ))));
+            }
+            values.push(match value {
                 ValueRef::Null => Value::Null,
                 ValueRef::Integer(n) => Value::Integer(n),
                 ValueRef::Real(n) => Value::Real(n),
-                ValueRef::Text(t) => {
-                    bytes += t.len();
-                    Value::Text(String::from_utf8_lossy(t).into_owned())
-                }
-                ValueRef::Blob(b) => {
-                    bytes += b.len();
-                    Value::Blob(b.to_vec())
-                }
-            };
-            bytes += 8;
-            values.push(value);
-        }
-        if bytes > limits.max_result_bytes {
-            return Err(Failure::Guest(Error::LimitExceeded(format!(
-                "the query returns more than {} bytes",
-                limits.max_result_bytes
-            ))));
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            });
         }
         out.push(Row { values });
     }
@@ -583,6 +500,10 @@ fn run_statement(
 
 /// Maps an SQLite failure to the error variant a guest sees.
 fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) -> Error {
+    // A denial fails the statement, at prepare time or when it runs.
+    if let Some(why) = guard.denied.lock().expect("denial lock").take() {
+        return Error::AccessDenied(why);
+    }
     let (code, message) = match e {
         rusqlite::Error::SqliteFailure(failure, message) => {
             (failure.code, message.unwrap_or_else(|| failure.to_string()))
@@ -603,13 +524,232 @@ fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) -> Error {
             "the statement ran longer than {} ms",
             limits.statement_timeout.as_millis()
         )),
-        ErrorCode::AuthorizationForStatementDenied => {
-            Error::AccessDenied(guard.denied.lock().expect("denial lock").take().unwrap_or(message))
-        }
+        ErrorCode::AuthorizationForStatementDenied => Error::AccessDenied(message),
         ErrorCode::TooBig => Error::LimitExceeded(message),
+        ErrorCode::OutOfMemory => Error::LimitExceeded("the host's memory for SQLite is exhausted; try again".into()),
         ErrorCode::Unknown | ErrorCode::TypeMismatch | ErrorCode::ParameterOutOfRange => {
             Error::InvalidStatement(message)
         }
         _ => Error::Io(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn database(limits: DbLimits) -> (tempfile::TempDir, Arc<Database>) {
+        let dir = tempfile::tempdir().unwrap();
+        let threads = SqlThreads::start(1).unwrap();
+        let db = Database::open(dir.path().join("t.sqlite3"), limits, threads).unwrap();
+        (dir, db)
+    }
+
+    fn exec(conn: &mut Conn, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, Error> {
+        conn.execute(sql, params)
+            .map(|r| r.rows.into_iter().map(|row| row.values).collect())
+    }
+
+    fn one(conn: &mut Conn, sql: &str) -> Value {
+        exec(conn, sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e:?}"))[0][0].clone()
+    }
+
+    fn denied(conn: &mut Conn, sql: &str, params: &[Value]) -> String {
+        match exec(conn, sql, params) {
+            Err(Error::AccessDenied(why)) => why,
+            other => panic!("{sql} was not denied: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn functions_outside_the_allow_list_are_denied_even_with_bound_parameters() {
+        let (_dir, db) = database(DbLimits::default());
+        let mut conn = db.checkout().unwrap();
+        let pointer = Value::Blob(vec![0x41; 8]);
+        denied(&mut conn, "SELECT fts3_tokenizer(?)", &[Value::Text("simple".into())]);
+        denied(&mut conn, "SELECT fts3_tokenizer('x', ?)", &[pointer]);
+        denied(&mut conn, "SELECT fts5(?)", &[Value::Null]);
+        denied(
+            &mut conn,
+            "SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')",
+            &[],
+        );
+        denied(&mut conn, "SELECT sqlite_compileoption_get(0)", &[]);
+        denied(&mut conn, "SELECT count(*) FROM dbstat", &[]);
+        let why = denied(&mut conn, "SELECT rtreenode(2, x'00')", &[]);
+        assert!(why.contains("rtreenode"), "{why}");
+        // A view or trigger cannot smuggle one in: it is authorized when used.
+        exec(&mut conn, "CREATE TABLE t (x)", &[]).unwrap();
+        exec(&mut conn, "CREATE VIEW v AS SELECT sqlite_source_id() AS x", &[]).unwrap_or_default();
+        assert!(exec(&mut conn, "SELECT * FROM v", &[]).is_err());
+        // The tokenizer a denied function would register is not there.
+        assert!(exec(&mut conn, "CREATE VIRTUAL TABLE f USING fts4(x, tokenize=x)", &[]).is_err());
+        exec(&mut conn, "CREATE VIRTUAL TABLE g USING fts4(x, tokenize=porter)", &[]).unwrap();
+        exec(&mut conn, "INSERT INTO g (x) VALUES ('running dogs')", &[]).unwrap();
+        assert_eq!(
+            one(&mut conn, "SELECT count(*) FROM g WHERE g MATCH 'run'"),
+            Value::Integer(1)
+        );
+        denied(&mut conn, "CREATE VIRTUAL TABLE h USING fts4aux(g)", &[]);
+    }
+
+    #[test]
+    fn what_a_service_needs_stays_allowed() {
+        let (_dir, db) = database(DbLimits::default());
+        let mut conn = db.checkout().unwrap();
+        for sql in [
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, at TEXT DEFAULT (strftime('%Y', 'now')))",
+            "CREATE INDEX users_by_name ON users (lower(name))",
+            "INSERT INTO users (name) VALUES (upper('ada'))",
+            "ALTER TABLE users ADD COLUMN email TEXT",
+            "ALTER TABLE users RENAME COLUMN email TO mail",
+            "ALTER TABLE users DROP COLUMN mail",
+            "ALTER TABLE users RENAME TO people",
+            "CREATE TRIGGER named AFTER INSERT ON people BEGIN UPDATE people SET name = trim(name) WHERE id = new.id; END",
+            "CREATE VIRTUAL TABLE docs USING fts5(body)",
+            "CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1)",
+            "PRAGMA user_version = 3",
+        ] {
+            exec(&mut conn, sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+        assert_eq!(
+            one(
+                &mut conn,
+                "SELECT json_extract(json_object('a', 1, 'b', json_array(2, 3)), '$.b[1]')"
+            ),
+            Value::Integer(3)
+        );
+        assert_eq!(one(&mut conn, "SELECT '{\"a\":[1,2]}' ->> '$.a[0]'"), Value::Integer(1));
+        assert_eq!(
+            one(&mut conn, "SELECT count(*) FROM json_each('[1,2,3]')"),
+            Value::Integer(3)
+        );
+        assert_eq!(
+            one(&mut conn, "SELECT count(*) FROM pragma_table_info('people')"),
+            Value::Integer(3)
+        );
+        assert_eq!(
+            one(
+                &mut conn,
+                "SELECT group_concat(x) OVER () FROM (SELECT 1 AS x UNION ALL SELECT 2) LIMIT 1"
+            ),
+            Value::Text("1,2".into())
+        );
+        assert_eq!(one(&mut conn, "SELECT name FROM people"), Value::Text("ADA".into()));
+        // The wrapped functions answer exactly as SQLite's own.
+        assert_eq!(one(&mut conn, "SELECT instr('hello', 'l')"), Value::Integer(3));
+        assert_eq!(one(&mut conn, "SELECT instr(x'0102', x'02')"), Value::Integer(2));
+        assert_eq!(one(&mut conn, "SELECT instr(12345, 34)"), Value::Integer(3));
+        assert_eq!(one(&mut conn, "SELECT instr(NULL, 'a')"), Value::Null);
+        assert_eq!(
+            one(&mut conn, "SELECT replace('aXbX', 'X', 'yy')"),
+            Value::Text("ayybyy".into())
+        );
+        assert_eq!(
+            one(&mut conn, "SELECT trim('xxhixx', 'x') || ltrim('  a') || rtrim('b  ')"),
+            Value::Text("hiab".into())
+        );
+        assert_eq!(
+            one(
+                &mut conn,
+                "SELECT json_patch('{\"a\":1,\"b\":2}', '{\"b\":null,\"c\":3}')"
+            ),
+            Value::Text("{\"a\":1,\"c\":3}".into())
+        );
+    }
+
+    #[test]
+    fn statements_with_quadratic_cost_end_quickly() {
+        let (_dir, db) = database(DbLimits {
+            statement_timeout: Duration::from_millis(200),
+            ..DbLimits::default()
+        });
+        let mut conn = db.checkout().unwrap();
+        let a = |n: u32| format!("replace(hex(zeroblob({n})), '0', 'a')");
+        for sql in [
+            format!("SELECT instr({}, {} || 'b')", a(250_000), a(120_000)),
+            format!("SELECT length(replace({}, {} || 'b', 'x'))", a(250_000), a(120_000)),
+            format!(
+                "SELECT length(trim({}, replace(hex(zeroblob(20000)), '0', 'c') || 'a'))",
+                a(250_000)
+            ),
+        ] {
+            let started = Instant::now();
+            let outcome = exec(&mut conn, &sql, &[]);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?} for {outcome:?}",
+                started.elapsed()
+            );
+            assert!(matches!(outcome, Err(Error::LimitExceeded(_))), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn values_and_results_are_sized_before_they_are_copied() {
+        let (_dir, db) = database(DbLimits {
+            max_result_bytes: 1 << 20,
+            max_value_bytes: 256 << 10,
+            ..DbLimits::default()
+        });
+        let mut conn = db.checkout().unwrap();
+        assert!(matches!(
+            exec(&mut conn, "SELECT zeroblob(300000)", &[]),
+            Err(Error::LimitExceeded(_))
+        ));
+        assert!(matches!(
+            exec(&mut conn, "SELECT ?", &[Value::Blob(vec![0; 300_000])]),
+            Err(Error::LimitExceeded(_))
+        ));
+        let wide = vec!["zeroblob(200000)"; 8].join(", ");
+        assert!(matches!(
+            exec(&mut conn, &format!("SELECT {wide}"), &[]),
+            Err(Error::LimitExceeded(_))
+        ));
+        assert_eq!(exec(&mut conn, "SELECT zeroblob(200000)", &[]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_long_statement_is_interrupted_at_its_deadline() {
+        let (_dir, db) = database(DbLimits {
+            statement_timeout: Duration::from_millis(100),
+            ..DbLimits::default()
+        });
+        let mut conn = db.checkout().unwrap();
+        let started = Instant::now();
+        let endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
+        assert!(matches!(exec(&mut conn, endless, &[]), Err(Error::LimitExceeded(_))));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        // The next statement on the same connection is not interrupted.
+        assert_eq!(one(&mut conn, "SELECT 1"), Value::Integer(1));
+    }
+
+    #[test]
+    fn transactions_and_temporary_objects_stay_the_hosts() {
+        let (_dir, db) = database(DbLimits::default());
+        let mut conn = db.checkout().unwrap();
+        for sql in [
+            "BEGIN",
+            "COMMIT",
+            "SAVEPOINT s",
+            "CREATE TEMP TABLE t (x)",
+            "ATTACH ':memory:' AS m",
+            "PRAGMA writable_schema = ON",
+            "PRAGMA max_page_count = 1",
+            "PRAGMA journal_mode = DELETE",
+        ] {
+            denied(&mut conn, sql, &[]);
+        }
+        conn.begin().unwrap();
+        conn.begin().unwrap();
+        exec(&mut conn, "CREATE TABLE t (x)", &[]).unwrap();
+        conn.rollback().unwrap();
+        conn.commit().unwrap();
+        assert!(
+            exec(&mut conn, "SELECT * FROM t", &[]).is_err(),
+            "the savepoint was rolled back"
+        );
     }
 }

@@ -1,13 +1,17 @@
 //! The sqlite capability: each component's private database, offered to its
 //! guests through `corral:service/sqlite`.
 //!
-//! [`db`] owns the files and runs statements (blocking); [`SqliteCtx`] is
-//! one request's handle on its component's database, and `host_impl`
-//! implements the WIT interface on it, moving blocking work off the async
-//! workers.
+//! [`db`] owns the files and runs statements (blocking) within the rules
+//! of [`policy`]; [`SqliteCtx`] is one request's handle on its component's
+//! database, and `host_impl` implements the WIT interface on it, moving
+//! blocking work to the host's SQL [`threads`]. The [`watchdog`] stops
+//! statements that outlive their time.
 
 mod db;
 mod host_impl;
+pub mod policy;
+pub mod threads;
+mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 pub use db::{Conn, Database, DbLimits};
+pub use threads::SqlThreads;
 
 use crate::bindings::corral::service::sqlite as wit;
 
@@ -73,26 +78,67 @@ impl SqliteCtx {
         self.conn.as_mut()?.try_read_inline(sql, params, INLINE_READ_BUDGET)
     }
 
-    /// Runs `work` on this request's connection on a blocking thread.
+    /// The connection this request holds, with whatever it has open.
+    pub fn take_conn(&mut self) -> Option<Conn> {
+        self.conn.take()
+    }
+
+    /// Runs `work` on this request's connection on an SQL thread.
     pub async fn with_conn<R: Send + 'static>(
         &mut self,
         work: impl FnOnce(&mut Conn) -> R + Send + 'static,
     ) -> Result<R, SqliteError> {
         let conn = self.conn.take();
+        let had_conn = conn.is_some();
         let db = Arc::clone(&self.db);
-        let (conn, out) = tokio::task::spawn_blocking(move || {
+        let job = move |wanted: bool| {
+            if !wanted {
+                // The request is gone; dropping the connection rolls back.
+                return None;
+            }
             let mut conn = match conn {
                 Some(conn) => conn,
-                None => db.checkout()?,
+                None => match db.checkout() {
+                    Ok(conn) => conn,
+                    Err(e) => return Some(Err(e)),
+                },
             };
             let out = work(&mut conn);
-            Ok::<_, wit::Error>((conn, out))
-        })
-        .await
-        .map_err(|e| SqliteError::Trap(wasmtime::Error::msg(format!("sqlite worker failed: {e}"))))??;
+            Some(Ok((conn, out)))
+        };
+        let (conn, out) = match self.db.threads().run(job).await {
+            Ok(Some(done)) => done?,
+            // The connection, and any transaction on it, is gone (rolled
+            // back): the guest cannot go on as if it were open.
+            Ok(None) | Err(threads::Busy) if had_conn => {
+                return Err(SqliteError::Trap(wasmtime::Error::msg(
+                    "the host's SQL threads are overloaded; this request's connection was rolled back",
+                )));
+            }
+            Ok(None) | Err(threads::Busy) => return Err(wit::Error::Busy.into()),
+        };
         self.conn = Some(conn);
         Ok(out)
     }
+}
+
+/// Commits or rolls back the transaction `init` ran in, on an SQL thread.
+pub async fn end_host_transaction(mut conn: Conn, commit: bool) -> Result<(), wit::Error> {
+    let threads = Arc::clone(conn.threads());
+    threads
+        .run(move |_| conn.end_host_transaction(commit))
+        .await
+        .unwrap_or(Err(wit::Error::Busy))
+}
+
+/// Caps the memory SQLite may allocate in this process, across every
+/// database: past `bytes`, statements fail with `limit-exceeded`, and past
+/// half of it SQLite gives back cache memory first.
+pub fn limit_heap(bytes: u64) -> anyhow::Result<()> {
+    let conn = rusqlite::Connection::open_in_memory()?;
+    conn.query_row(&format!("PRAGMA hard_heap_limit = {bytes}"), [], |_| Ok(()))?;
+    conn.query_row(&format!("PRAGMA soft_heap_limit = {}", bytes / 2), [], |_| Ok(()))?;
+    Ok(())
 }
 
 impl Drop for SqliteCtx {
@@ -105,9 +151,8 @@ impl Drop for SqliteCtx {
             return;
         }
         // Rolling back is file I/O: keep it off the async workers.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(conn))),
-            Err(_) => drop(conn),
+        if self.db.threads().spawn(move || drop(conn)).is_err() {
+            tracing::warn!("the SQL threads are busy; a request's transaction is rolled back in place");
         }
     }
 }
