@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::bindings::corral::service::log::{Host, Level};
 
@@ -15,6 +15,9 @@ use crate::bindings::corral::service::log::{Host, Level};
 const MAX_BYTES_PER_REQUEST: usize = 256 << 10;
 /// Longer lines are cut.
 const MAX_LINE_BYTES: usize = 8 << 10;
+/// The most one write to stdout or stderr may carry, as `check-write` says;
+/// a larger write is a broken contract and traps.
+const MAX_WRITE_BYTES: usize = 64 << 10;
 
 /// Who is writing: shared by one request's log interface and output streams.
 #[derive(Clone)]
@@ -39,6 +42,11 @@ impl GuestLog {
                 budget: AtomicUsize::new(MAX_BYTES_PER_REQUEST),
             }),
         }
+    }
+
+    /// Whether the request may still write.
+    fn has_budget(&self) -> bool {
+        self.inner.budget.load(Ordering::Relaxed) > 0
     }
 
     /// Writes one line, if the request's budget allows.
@@ -99,6 +107,9 @@ fn truncate(line: &str, max: usize) -> &str {
 impl Host for GuestLog {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         for line in message.lines() {
+            if !self.has_budget() {
+                break;
+            }
             self.emit(level, "log", line);
         }
         Ok(())
@@ -144,15 +155,21 @@ struct LineWriter {
 }
 
 impl LineWriter {
-    fn write_bytes(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        while let Some(newline) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=newline).collect();
-            self.flush_line(&line[..newline]);
-        }
-        if self.pending.len() > MAX_LINE_BYTES {
-            let line = std::mem::take(&mut self.pending);
-            self.flush_line(&line);
+    /// Splits `bytes` into lines in one pass; at most one line's worth
+    /// waits in `pending`.
+    fn write_bytes(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.out.log.has_budget() {
+            let (chunk, newline) = match bytes.iter().position(|b| *b == b'\n') {
+                Some(at) => (&bytes[..at], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[chunk.len() + usize::from(newline)..];
+            let room = MAX_LINE_BYTES - self.pending.len();
+            self.pending.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if newline || self.pending.len() >= MAX_LINE_BYTES {
+                let line = std::mem::take(&mut self.pending);
+                self.flush_line(&line);
+            }
         }
     }
 
@@ -180,6 +197,9 @@ impl Pollable for LineWriter {
 
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if bytes.len() > MAX_WRITE_BYTES {
+            return Err(StreamError::trap("a write larger than check-write allows"));
+        }
         self.write_bytes(&bytes);
         Ok(())
     }
@@ -189,7 +209,7 @@ impl OutputStream for LineWriter {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 << 10)
+        Ok(MAX_WRITE_BYTES)
     }
 }
 
@@ -199,8 +219,9 @@ impl tokio::io::AsyncWrite for LineWriter {
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.write_bytes(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
+        let n = buf.len().min(MAX_WRITE_BYTES);
+        self.write_bytes(&buf[..n]);
+        std::task::Poll::Ready(Ok(n))
     }
 
     fn poll_flush(

@@ -394,6 +394,14 @@ impl Call {
                 version.short, entry.name
             ));
         };
+        let limit = entry.limits().max_call_bytes;
+        let sent = payload_bytes(params);
+        if sent > limit {
+            return Err(format!(
+                "the call passes {sent} bytes, more than {}'s limit of {limit}",
+                entry.name
+            ));
+        }
         let _slot = entry
             .shared
             .gate
@@ -402,6 +410,59 @@ impl Call {
             .map_err(|e| format!("{} is overloaded: {e}", entry.name))?;
         invoke::call_export(entry.target(&version), *export, params, results, request_id, depth)
             .await
-            .map_err(|e| format!("{}: {}", entry.name, e.public()))
+            .map_err(|e| format!("{}: {}", entry.name, e.public()))?;
+        let answered = payload_bytes(results);
+        if answered > limit {
+            return Err(format!(
+                "{} answered with {answered} bytes, more than its limit of {limit}",
+                entry.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The data in `values`, counted as the canonical ABI lays it out (a byte
+/// of a `list<u8>` is one byte), not as the host holds it.
+fn payload_bytes(values: &[Val]) -> usize {
+    values.iter().map(val_bytes).sum()
+}
+
+fn val_bytes(value: &Val) -> usize {
+    match value {
+        Val::Bool(_) | Val::S8(_) | Val::U8(_) => 1,
+        Val::S16(_) | Val::U16(_) => 2,
+        Val::S32(_) | Val::U32(_) | Val::Float32(_) | Val::Char(_) | Val::Enum(_) | Val::Flags(_) => 4,
+        Val::S64(_) | Val::U64(_) | Val::Float64(_) => 8,
+        Val::String(s) => 8 + s.len(),
+        Val::List(items) | Val::Tuple(items) => 8 + payload_bytes(items),
+        Val::Record(fields) => fields.iter().map(|(_, v)| val_bytes(v)).sum(),
+        Val::Variant(_, payload) | Val::Option(payload) => 4 + payload.as_deref().map_or(0, val_bytes),
+        Val::Result(result) => {
+            4 + match result {
+                Ok(v) | Err(v) => v.as_deref().map_or(0, val_bytes),
+            }
+        }
+        _ => 8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_count_bytes_as_sent() {
+        let bytes = Val::List(vec![Val::U8(7); 1000]);
+        assert_eq!(val_bytes(&bytes), 1008);
+        let record = Val::Record(vec![
+            ("name".into(), Val::String("ada".into())),
+            ("id".into(), Val::U64(1)),
+        ]);
+        assert_eq!(val_bytes(&record), 19);
+        assert_eq!(
+            payload_bytes(&[Val::Option(Some(Box::new(Val::U32(1)))), Val::Bool(true)]),
+            9
+        );
     }
 }
