@@ -110,7 +110,7 @@ impl Control {
                 }
                 match self
                     .registry
-                    .swap(&entry.name, wasm, None, Origin::File(path.clone()))
+                    .swap(&entry.name, wasm, None, Origin::File { path: path.clone() })
                     .await
                 {
                     Ok(change) => {

@@ -17,7 +17,7 @@ use crate::limits::{LimitExceeded, StoreLimiter};
 
 use crate::limits::ComponentLimits;
 use crate::registry::{ComponentShared, Version};
-use crate::sqlite::SqliteCtx;
+use crate::sqlite::{Conn, SqliteCtx};
 
 /// Everything one store holds for one call.
 pub struct RequestState {
@@ -207,9 +207,12 @@ pub enum InitError {
     Database(String),
 }
 
-/// Runs the component's `init` inside a transaction that commits only if
-/// `init` succeeds, so a failed migration leaves the database as it was.
-pub async fn init(target: Target<'_>) -> Result<(), InitError> {
+/// Runs the component's `init` inside a transaction of the host's. On
+/// success the transaction is still open, in the connection returned, for
+/// the caller to commit once everything else that goes with it is ready;
+/// on failure it is rolled back, so a failed migration leaves the database
+/// as it was.
+pub async fn init(target: Target<'_>) -> Result<Conn, InitError> {
     let timeout = target.limits.timeout;
     let mut store = new_store(target, Arc::from("init"), 0);
     let sqlite = &mut store.data_mut().sqlite;
@@ -228,15 +231,18 @@ pub async fn init(target: Target<'_>) -> Result<(), InitError> {
         Ok(Ok(Err(message))) => Err(InitError::Refused(message)),
         Ok(Err(e)) => Err(classify(e, store.data(), target).into()),
     };
-    let commit = outcome.is_ok();
-    let ended = store
-        .data_mut()
-        .sqlite
-        .with_conn(move |conn| conn.end_host_transaction(commit))
-        .await
-        .map_err(|e| InitError::Database(format!("{e:?}")))?;
-    outcome?;
-    ended.map_err(|e| InitError::Database(format!("cannot commit what init did: {e:?}")))
+    let conn = store.data_mut().sqlite.take_conn();
+    drop(store);
+    match (outcome, conn) {
+        (Ok(()), Some(conn)) => Ok(conn),
+        (Ok(()), None) => Err(InitError::Database("the init transaction was lost".into())),
+        (Err(e), conn) => {
+            if let Some(conn) = conn {
+                let _ = crate::sqlite::end_host_transaction(conn, false).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Tells apart the ways a call can trap.

@@ -23,7 +23,9 @@ use crate::metrics::Metrics;
 use crate::peers::{Dispatch, PeerInterfaces, PeerTable};
 use crate::ratelimit::{RateLimitConfig, RateLimits};
 use crate::router::Router;
-use crate::sqlite::{Database, SqliteStats};
+use crate::sqlite::{Conn, Database, SqlThreads, SqliteStats};
+pub use crate::versions::Origin;
+use crate::versions::{SavedCanary, SavedState, SavedVersion, VersionStore};
 
 /// One version of a component's code, ready to instantiate.
 pub struct Version {
@@ -37,12 +39,6 @@ pub struct Version {
     pub pre: ServicePre<RequestState>,
     /// The interfaces it offers other components and needs from them.
     pub peers: PeerInterfaces,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Origin {
-    File(PathBuf),
-    Upload,
 }
 
 /// A version serving a share of a component's requests.
@@ -97,10 +93,13 @@ impl Entry {
 /// gate and its rate limiters, so a new version starts with the old one's
 /// in-flight count and clients' buckets.
 pub struct ComponentShared {
+    pub name: Arc<str>,
     pub db: Arc<Database>,
     pub sqlite_stats: SqliteStats,
-    pub gate: ConcurrencyGate,
-    pub rate_limits: RateLimits,
+    /// Kept across every change, resized in place when the limits change.
+    pub gate: Arc<ConcurrencyGate>,
+    /// Kept unless the rate limits change, so clients keep their buckets.
+    pub rate_limits: Arc<RateLimits>,
     /// What the above were built from, to tell whether a new config changes them.
     limits: ComponentLimits,
     rate_config: RateLimitConfig,
@@ -176,6 +175,9 @@ pub enum ChangeError {
     InitFailed(anyhow::Error),
     #[error("{0}")]
     Config(crate::config::ConfigError),
+    /// The change could not be kept under `data_dir`.
+    #[error("{0:#}")]
+    Storage(anyhow::Error),
 }
 
 /// The outcome of a change, for the operator.
@@ -194,8 +196,12 @@ pub struct Registry {
     data_dir: PathBuf,
     /// Client addresses one rate limit tracks.
     max_rate_limit_clients: usize,
+    /// Where every database's statements run.
+    sql_threads: Arc<SqlThreads>,
     /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
+    /// Versions installed by changes, kept across restarts.
+    versions: VersionStore,
     /// Shared with the host functions that carry calls between components.
     current: Arc<ArcSwap<Snapshot>>,
     /// Changes happen one at a time; requests never wait for this.
@@ -203,19 +209,41 @@ pub struct Registry {
     metrics: Arc<Metrics>,
 }
 
+/// A change ready to publish. Nothing it did is visible yet: its new
+/// versions' `init`s wait in open transactions, its shared parts are not
+/// installed, its database files are new ones only.
+struct Prepared {
+    snapshot: Snapshot,
+    shared: Vec<Arc<ComponentShared>>,
+    inits: Vec<Conn>,
+    /// Database files the change created, removed if it is abandoned.
+    created: Vec<PathBuf>,
+}
+
+/// One component as a change plans it.
+struct Planned {
+    entry: Arc<Entry>,
+    /// Versions new to this component, whose `init` must run.
+    fresh: Vec<Arc<Version>>,
+    created: Option<PathBuf>,
+}
+
 impl Registry {
     pub fn new(
         engine: Engine,
         data_dir: PathBuf,
         max_rate_limit_clients: usize,
+        sql_threads: Arc<SqlThreads>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Registry> {
         let linker = crate::engine::linker(&engine)?;
         Ok(Registry {
             engine,
             linker,
+            versions: VersionStore::new(&data_dir),
             data_dir,
             max_rate_limit_clients,
+            sql_threads,
             shared: Mutex::new(HashMap::new()),
             current: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             changing: tokio::sync::Mutex::new(()),
@@ -238,106 +266,219 @@ impl Registry {
     }
 
     /// Loads every component of `config` and publishes them together; fails
-    /// with every component's problem if any cannot load.
+    /// with every component's problem if any cannot load. A component whose
+    /// versions were changed while the host last ran serves those again,
+    /// unless the config's file changed since.
     pub async fn load_all(&self, config: &Config) -> anyhow::Result<()> {
         let _changing = self.changing.lock().await;
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
-        let snapshot = self.snapshot_for(config, &Snapshot::default()).await?;
-        self.current.store(Arc::new(snapshot));
+        let prepared = self.prepare(config, &Snapshot::default()).await?;
+        let published = self.publish(prepared).await?;
+        for entry in &published.entries {
+            self.save_state(entry).await;
+        }
         Ok(())
     }
 
     /// Applies a new config as one change: components added, removed, their
-    /// routes, limits and (where the file changed) code. Nothing changes
-    /// unless every component loads.
+    /// routes, limits and (where the file changed) code. Every new version
+    /// compiles, links and runs its `init` before any of it is committed;
+    /// if anything fails, nothing changes: databases, rate limit buckets,
+    /// gates and limits stay exactly as they were.
     pub async fn reload(&self, config: &Config) -> Result<Vec<Change>, ChangeError> {
         let _changing = self.changing.lock().await;
         let before = self.snapshot();
-        let after = self.snapshot_for(config, &before).await?;
-        let changes = after
-            .entries
-            .iter()
-            .map(|e| Change {
-                name: e.name.to_string(),
-                version: e.current.digest.to_string(),
-                previous_version: before.get(&e.name).map(|b| b.current.digest.to_string()),
-                canary_percent: e.canary.as_ref().map(|c| c.percent),
-            })
-            .collect();
+        let prepared = self.prepare(config, &before).await?;
+        let after = self.publish(prepared).await?;
+        let mut changes = Vec::new();
         for entry in &after.entries {
             self.metrics.count_change(&entry.name, "reload");
+            self.save_state(entry).await;
+            changes.push(Change {
+                name: entry.name.to_string(),
+                version: entry.current.digest.to_string(),
+                previous_version: before.get(&entry.name).map(|b| b.current.digest.to_string()),
+                canary_percent: entry.canary.as_ref().map(|c| c.percent),
+            });
         }
-        self.current.store(Arc::new(after));
         tracing::info!(components = config.components.len(), "reloaded the config");
         Ok(changes)
     }
 
-    /// The snapshot `config` describes, reusing what `before` already has:
-    /// new code is compiled, the whole is checked (routes, peers), and only
-    /// then do the new versions run their `init`.
-    async fn snapshot_for(&self, config: &Config, before: &Snapshot) -> Result<Snapshot, ChangeError> {
+    /// Plans every component of `config`, reusing what `before` has: new
+    /// code is compiled, the whole is checked (routes, peers), and only then
+    /// do the new versions run their `init`, each in a transaction left open.
+    async fn prepare(&self, config: &Config, before: &Snapshot) -> Result<Prepared, ChangeError> {
         let mut entries = Vec::new();
         let mut fresh = Vec::new();
+        let mut created = Vec::new();
         let mut failures = Vec::new();
         for component in &config.components {
-            match self.entry_for(component, before.get(&component.name)).await {
-                Ok((entry, is_new)) => {
-                    if is_new {
-                        fresh.push(Arc::clone(&entry));
-                    }
-                    entries.push(entry);
+            match self.plan(component, before.get(&component.name)).await {
+                Ok(planned) => {
+                    created.extend(planned.created);
+                    fresh.extend(planned.fresh.into_iter().map(|v| (Arc::clone(&planned.entry), v)));
+                    entries.push(planned.entry);
                 }
                 Err(e) => failures.push(format!("{}: {e:#}", component.name)),
             }
         }
         if !failures.is_empty() {
+            drop((entries, fresh));
+            remove_databases(&created);
             return Err(ChangeError::Invalid(anyhow::anyhow!(
                 "cannot load components:\n  {}",
                 failures.join("\n  ")
             )));
         }
-        let snapshot = Snapshot::build(entries)?;
-        for entry in fresh {
-            self.init(&entry.name, &entry.shared, &entry.current).await?;
+        let shared = entries.iter().map(|e| Arc::clone(&e.shared)).collect();
+        let snapshot = match Snapshot::build(entries) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                drop((shared, fresh));
+                remove_databases(&created);
+                return Err(e);
+            }
+        };
+        let mut prepared = Prepared {
+            snapshot,
+            shared,
+            inits: Vec::new(),
+            created,
+        };
+        for (entry, version) in fresh {
+            match self.init(&entry.shared, &version).await {
+                Ok(conn) => prepared.inits.push(conn),
+                Err(e) => {
+                    drop(entry);
+                    self.abandon(prepared).await;
+                    return Err(e);
+                }
+            }
         }
-        Ok(snapshot)
+        Ok(prepared)
     }
 
-    /// The entry for `config`, and whether its current version is new code.
-    async fn entry_for(
-        &self,
-        config: &ComponentConfig,
-        before: Option<&Arc<Entry>>,
-    ) -> anyhow::Result<(Arc<Entry>, bool)> {
+    /// The entry `config` describes, and which of its versions are new.
+    async fn plan(&self, config: &ComponentConfig, before: Option<&Arc<Entry>>) -> anyhow::Result<Planned> {
         let wasm = read_wasm(&config.wasm).await?;
         let file_digest = digest(&wasm);
-        let shared = self.shared(config).await?;
-        if let Some(before) = before.filter(|b| b.file_digest == file_digest) {
-            // The code on disk is what was loaded last: keep the versions,
-            // uploads and canary included, under the new routes and limits.
-            return Ok((
-                Arc::new(Entry {
-                    config: config.clone(),
-                    shared,
-                    ..Entry::clone(before)
-                }),
-                false,
-            ));
-        }
-        let version = self
-            .compile_version(&config.name, wasm, Origin::File(config.wasm.clone()))
-            .await?;
-        let entry = Entry {
+        let (shared, created) = self.prepare_shared(config).await?;
+        let entry = |current, previous, canary, file_digest| Entry {
             name: config.name.as_str().into(),
             config: config.clone(),
-            shared,
-            previous: before.map(|b| Arc::clone(&b.current)),
-            current: version,
-            canary: None,
+            shared: Arc::clone(&shared),
+            current,
+            previous,
+            canary,
             file_digest,
         };
-        Ok((Arc::new(entry), true))
+        if let Some(before) = before {
+            if before.file_digest == file_digest {
+                // The code on disk is what was loaded last: keep the versions,
+                // uploads and canary included, under the new routes and limits.
+                let kept = Entry {
+                    config: config.clone(),
+                    shared: Arc::clone(&shared),
+                    ..Entry::clone(before)
+                };
+                return Ok(Planned {
+                    entry: Arc::new(kept),
+                    fresh: Vec::new(),
+                    created,
+                });
+            }
+            let version = self.file_version(config, wasm).await?;
+            let planned = entry(
+                Arc::clone(&version),
+                Some(Arc::clone(&before.current)),
+                None,
+                file_digest,
+            );
+            return Ok(Planned {
+                entry: Arc::new(planned),
+                fresh: vec![version],
+                created,
+            });
+        }
+        let saved = self.versions.load(&config.name).unwrap_or_else(|e| {
+            tracing::warn!(component = %config.name, "ignoring the saved versions: {e:#}");
+            None
+        });
+        if let Some(saved) = saved.filter(|s| *s.file_digest == *file_digest)
+            && let Some((current, previous, canary)) = self.restore(&config.name, &saved).await
+        {
+            let mut fresh = vec![Arc::clone(&current)];
+            fresh.extend(canary.as_ref().map(|c| Arc::clone(&c.version)));
+            tracing::info!(component = %config.name, version = %current.short, "serving the version saved by the last change");
+            return Ok(Planned {
+                entry: Arc::new(entry(current, previous, canary, file_digest)),
+                fresh,
+                created,
+            });
+        }
+        let previous = match self.versions.load(&config.name).ok().flatten() {
+            Some(saved) => {
+                tracing::info!(
+                    component = %config.name,
+                    swapped = %saved.current.digest,
+                    "the config's file changed since the last run; it replaces the version a change installed"
+                );
+                self.saved_version(&config.name, &saved.current).await.ok()
+            }
+            None => None,
+        };
+        let version = self.file_version(config, wasm).await?;
+        Ok(Planned {
+            entry: Arc::new(entry(Arc::clone(&version), previous, None, file_digest)),
+            fresh: vec![version],
+            created,
+        })
+    }
+
+    /// The versions a saved state names, compiled; `None` if the current
+    /// one cannot be restored (then the config's file serves).
+    async fn restore(
+        &self,
+        name: &str,
+        saved: &SavedState,
+    ) -> Option<(Arc<Version>, Option<Arc<Version>>, Option<Canary>)> {
+        let current = match self.saved_version(name, &saved.current).await {
+            Ok(version) => version,
+            Err(e) => {
+                tracing::warn!(component = %name, "cannot restore the saved version, serving the config's file: {e:#}");
+                return None;
+            }
+        };
+        let previous = match &saved.previous {
+            Some(previous) => self.saved_version(name, previous).await.ok(),
+            None => None,
+        };
+        let canary = match &saved.canary {
+            Some(canary) => self
+                .saved_version(name, &canary.version)
+                .await
+                .ok()
+                .map(|version| Canary {
+                    version,
+                    percent: canary.percent,
+                }),
+            None => None,
+        };
+        Some((current, previous, canary))
+    }
+
+    async fn saved_version(&self, name: &str, saved: &SavedVersion) -> anyhow::Result<Arc<Version>> {
+        let wasm = self.versions.read(name, &saved.digest)?;
+        Ok(self.compile_version(name, wasm, saved.origin.clone()).await?)
+    }
+
+    async fn file_version(&self, config: &ComponentConfig, wasm: Vec<u8>) -> anyhow::Result<Arc<Version>> {
+        let origin = Origin::File {
+            path: config.wasm.clone(),
+        };
+        Ok(self.compile_version(&config.name, wasm, origin).await?)
     }
 
     /// Installs new code for component `name`: for every request, or for
@@ -354,10 +495,7 @@ impl Registry {
         let _changing = self.changing.lock().await;
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
-        let version = self
-            .compile_version(name, wasm, origin)
-            .await
-            .map_err(ChangeError::Invalid)?;
+        let version = self.compile_version(name, wasm, origin).await?;
         let mut next = Entry::clone(entry);
         match canary {
             Some(percent) => {
@@ -372,14 +510,20 @@ impl Registry {
                 next.canary = None;
             }
         }
-        if let Origin::File(_) = version.origin {
+        if let Origin::File { .. } = version.origin {
             next.file_digest = Arc::clone(&version.digest);
         }
         // Refuse code that breaks a peer before running any of it.
-        snapshot.with(next.clone())?;
-        self.init(&entry.name, &entry.shared, &version).await?;
+        let published = snapshot.with(next.clone())?;
+        let conn = self.init(&entry.shared, &version).await?;
         let kind = if canary.is_some() { "canary" } else { "swap" };
-        self.publish(&snapshot, next, kind)
+        let prepared = Prepared {
+            snapshot: published,
+            shared: Vec::new(),
+            inits: vec![conn],
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, kind).await
     }
 
     /// Back to the previous version, or, with a canary out, drops the canary.
@@ -395,7 +539,13 @@ impl Registry {
                 .ok_or_else(|| ChangeError::Conflict(format!("{name} has no previous version to roll back to")))?;
             next.current = previous;
         }
-        self.publish(&snapshot, next, "rollback")
+        let prepared = Prepared {
+            snapshot: snapshot.with(next.clone())?,
+            shared: Vec::new(),
+            inits: Vec::new(),
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, "rollback").await
     }
 
     /// Makes the canary the current version for every request.
@@ -410,13 +560,24 @@ impl Registry {
             .ok_or_else(|| ChangeError::Conflict(format!("{name} has no canary to promote")))?;
         next.previous = Some(Arc::clone(&entry.current));
         next.current = canary.version;
-        self.publish(&snapshot, next, "promote")
+        let prepared = Prepared {
+            snapshot: snapshot.with(next.clone())?,
+            shared: Vec::new(),
+            inits: Vec::new(),
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, "promote").await
     }
 
-    /// Publishes `next` in place of its component: from here on, new
-    /// requests see it; requests in flight finish on what they started with.
+    /// Publishes a change to one component, `next`, and says what changed.
     /// `kind` names the change in the log and the metrics.
-    fn publish(&self, snapshot: &Snapshot, next: Entry, kind: &'static str) -> Result<Change, ChangeError> {
+    async fn publish_change(
+        &self,
+        before: &Snapshot,
+        prepared: Prepared,
+        next: &Entry,
+        kind: &'static str,
+    ) -> Result<Change, ChangeError> {
         let change = Change {
             name: next.name.to_string(),
             version: next
@@ -425,29 +586,97 @@ impl Registry {
                 .map_or(&next.current, |c| &c.version)
                 .digest
                 .to_string(),
-            previous_version: snapshot.get(&next.name).map(|e| e.current.digest.to_string()),
+            previous_version: before.get(&next.name).map(|e| e.current.digest.to_string()),
             canary_percent: next.canary.as_ref().map(|c| c.percent),
         };
-        let (name, short, canary) = (
-            Arc::clone(&next.name),
-            Arc::clone(&next.current.short),
-            next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent)),
-        );
-        let published = snapshot.with(next)?;
-        self.current.store(Arc::new(published));
-        tracing::info!(component = %name, version = %short, canary = ?canary, "{kind}");
-        self.metrics.count_change(&name, kind);
+        self.publish(prepared).await?;
+        let canary = next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent));
+        tracing::info!(component = %next.name, version = %next.current.short, canary = ?canary, "{kind}");
+        self.metrics.count_change(&next.name, kind);
+        self.save_state(next).await;
         Ok(change)
     }
 
+    /// Makes a prepared change visible: commits its `init`s, installs its
+    /// shared parts (resizing gates in place), then publishes its snapshot.
+    /// From here on new requests see it; requests in flight finish on what
+    /// they started with.
+    async fn publish(&self, mut prepared: Prepared) -> Result<Arc<Snapshot>, ChangeError> {
+        while let Some(conn) = prepared.inits.pop() {
+            if let Err(e) = crate::sqlite::end_host_transaction(conn, true).await {
+                self.abandon(prepared).await;
+                return Err(ChangeError::InitFailed(anyhow::anyhow!(
+                    "cannot commit what init did: {e:?}"
+                )));
+            }
+        }
+        {
+            let mut installed = self.shared.lock().expect("shared lock");
+            for shared in prepared.shared {
+                shared.gate.resize(&shared.limits);
+                installed.insert(shared.name.to_string(), shared);
+            }
+        }
+        let snapshot = Arc::new(prepared.snapshot);
+        self.current.store(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+
+    /// Undoes a prepared change that will not be published: rolls back its
+    /// `init`s and removes the database files it created.
+    async fn abandon(&self, prepared: Prepared) {
+        let Prepared {
+            snapshot,
+            shared,
+            inits,
+            created,
+        } = prepared;
+        for conn in inits {
+            let _ = crate::sqlite::end_host_transaction(conn, false).await;
+        }
+        drop((snapshot, shared));
+        remove_databases(&created);
+    }
+
+    /// Records what `entry` serves, so a restart serves it again. A failure
+    /// is logged: the change is live, but a restart would not bring it back.
+    async fn save_state(&self, entry: &Entry) {
+        let saved = |v: &Version| SavedVersion {
+            digest: v.digest.to_string(),
+            origin: v.origin.clone(),
+        };
+        let state = SavedState {
+            file_digest: entry.file_digest.to_string(),
+            current: saved(&entry.current),
+            previous: entry.previous.as_deref().map(saved),
+            canary: entry.canary.as_ref().map(|c| SavedCanary {
+                version: saved(&c.version),
+                percent: c.percent,
+            }),
+        };
+        let name = entry.name.to_string();
+        let versions = VersionStore::new(&self.data_dir);
+        let saved = tokio::task::spawn_blocking(move || versions.save(&name, &state)).await;
+        if let Err(e) = saved.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::error!(component = %entry.name, "cannot record the versions it serves: {e:#}");
+        }
+    }
+
     /// Compiles `wasm` into a version of component `name`, linked to the
-    /// host and to its peers.
-    async fn compile_version(&self, name: &str, wasm: Vec<u8>, origin: Origin) -> anyhow::Result<Arc<Version>> {
+    /// host and to its peers, and keeps its code for later restarts.
+    async fn compile_version(&self, name: &str, wasm: Vec<u8>, origin: Origin) -> Result<Arc<Version>, ChangeError> {
         let digest = digest(&wasm);
-        let (pre, peers) = self
-            .compile(name, wasm)
+        let versions = VersionStore::new(&self.data_dir);
+        let (pre, peers) = self.compile(name, wasm.clone()).await.map_err(|e| {
+            self.metrics.count_change(&name.into(), "load_failed");
+            ChangeError::Invalid(e)
+        })?;
+        let (owner, kept) = (name.to_string(), Arc::clone(&digest));
+        tokio::task::spawn_blocking(move || versions.keep(&owner, &kept, &wasm))
             .await
-            .inspect_err(|_| self.metrics.count_change(&name.into(), "load_failed"))?;
+            .map_err(anyhow::Error::from)
+            .and_then(|kept| kept)
+            .map_err(ChangeError::Storage)?;
         Ok(Arc::new(Version {
             short: digest[..12].into(),
             digest,
@@ -458,21 +687,27 @@ impl Registry {
         }))
     }
 
-    /// Runs a new version's `init` against the component's database.
-    async fn init(&self, name: &Arc<str>, shared: &Arc<ComponentShared>, version: &Version) -> Result<(), ChangeError> {
+    /// Runs a new version's `init` against the component's database, in a
+    /// transaction left open for [`Registry::publish`] to commit.
+    async fn init(&self, shared: &Arc<ComponentShared>, version: &Version) -> Result<Conn, ChangeError> {
+        let name = &shared.name;
         let target = Target {
             name,
             version,
             limits: &shared.limits,
             shared,
         };
-        if let Err(e) = invoke::init(target).await {
-            self.metrics.count_change(name, "load_failed");
-            return Err(ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")));
+        match invoke::init(target).await {
+            Ok(conn) => {
+                self.metrics.count_change(name, "load");
+                tracing::info!(component = %name, version = %version.short, "loaded");
+                Ok(conn)
+            }
+            Err(e) => {
+                self.metrics.count_change(name, "load_failed");
+                Err(ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")))
+            }
         }
-        self.metrics.count_change(name, "load");
-        tracing::info!(component = %name, version = %version.short, "loaded");
-        Ok(())
     }
 
     /// Checks that `wasm` is a component, compiles it off the async workers,
@@ -511,38 +746,61 @@ impl Registry {
         Ok((pre, peers))
     }
 
-    /// The shared parts of a component: kept from before, or rebuilt where
-    /// the config changed them. The database stays open unless its own
-    /// limits change.
-    async fn shared(&self, config: &ComponentConfig) -> anyhow::Result<Arc<ComponentShared>> {
+    /// The shared parts of a component for `config`: kept from before, or
+    /// rebuilt where the config changed them. The gate is always kept (a
+    /// publish resizes it), the rate limiters unless their config changed,
+    /// the database unless its own limits changed. Also says which database
+    /// file this created, if any.
+    async fn prepare_shared(
+        &self,
+        config: &ComponentConfig,
+    ) -> anyhow::Result<(Arc<ComponentShared>, Option<PathBuf>)> {
         let previous = self.shared.lock().expect("shared lock").get(&config.name).cloned();
         if let Some(previous) = &previous
             && previous.limits == config.limits
             && previous.rate_config == config.rate_limits
         {
-            return Ok(Arc::clone(previous));
+            return Ok((Arc::clone(previous), None));
         }
-        let db = match &previous {
-            Some(previous) if previous.limits.db == config.limits.db => Arc::clone(&previous.db),
+        let (db, created) = match &previous {
+            Some(previous) if previous.limits.db == config.limits.db => (Arc::clone(&previous.db), None),
             _ => {
                 let path = self.data_dir.join(format!("{}.sqlite3", config.name));
+                let created = (!path.exists()).then(|| path.clone());
                 let db_limits = config.limits.db.clone();
-                tokio::task::spawn_blocking(move || Database::open(path, db_limits)).await??
+                let threads = Arc::clone(&self.sql_threads);
+                let db = tokio::task::spawn_blocking(move || Database::open(path, db_limits, threads)).await??;
+                (db, created)
             }
         };
+        let name: Arc<str> = config.name.as_str().into();
         let shared = Arc::new(ComponentShared {
+            sqlite_stats: self.metrics.sqlite_stats(&name),
+            name,
             db,
-            sqlite_stats: self.metrics.sqlite_stats(&config.name.as_str().into()),
-            gate: ConcurrencyGate::new(&config.limits),
-            rate_limits: RateLimits::new(&config.rate_limits, self.max_rate_limit_clients),
+            gate: match &previous {
+                Some(previous) => Arc::clone(&previous.gate),
+                None => Arc::new(ConcurrencyGate::new(&config.limits)),
+            },
+            rate_limits: match &previous {
+                Some(previous) if previous.rate_config == config.rate_limits => Arc::clone(&previous.rate_limits),
+                _ => Arc::new(RateLimits::new(&config.rate_limits, self.max_rate_limit_clients)),
+            },
             limits: config.limits.clone(),
             rate_config: config.rate_limits.clone(),
         });
-        self.shared
-            .lock()
-            .expect("shared lock")
-            .insert(config.name.clone(), Arc::clone(&shared));
-        Ok(shared)
+        Ok((shared, created))
+    }
+}
+
+/// Removes database files an abandoned change created, with their journals.
+fn remove_databases(created: &[PathBuf]) {
+    for path in created {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
