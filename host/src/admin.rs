@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::TokenSource;
 use crate::control::Control;
-use crate::gateway::{read_body, refuse};
+use crate::gateway::{BodyPace, read_body, refuse};
 use crate::limits::ComponentLimits;
 use crate::metrics::Metrics;
 use crate::problem;
@@ -30,15 +30,23 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     token: String,
     max_upload_bytes: usize,
+    body_pace: BodyPace,
 }
 
 impl Admin {
-    pub fn new(control: Arc<Control>, metrics: Arc<Metrics>, token: String, max_upload_bytes: usize) -> Self {
+    pub fn new(
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
+        token: String,
+        max_upload_bytes: usize,
+        body_pace: BodyPace,
+    ) -> Self {
         Admin {
             control,
             metrics,
             token,
             max_upload_bytes,
+            body_pace,
         }
     }
 
@@ -46,7 +54,7 @@ impl Admin {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or_default();
         given.as_bytes().ct_eq(self.token.as_bytes()).into()
     }
@@ -91,14 +99,14 @@ impl Admin {
                 return refuse(body, response).await;
             }
         };
-        let wasm = match read_body(body, &parts.headers, self.max_upload_bytes).await {
+        let wasm = match read_body(body, &parts.headers, self.max_upload_bytes, self.body_pace).await {
             Ok(wasm) => wasm,
-            Err(response) => return response,
+            Err(refusal) => return refusal.into_response(),
         };
         respond(
             self.control
                 .registry
-                .swap(name, wasm.to_vec(), canary, Origin::Upload)
+                .swap(name, wasm.to_vec(), canary, Origin::upload_now())
                 .await
                 .map(|c| json!(c)),
         )
@@ -167,6 +175,13 @@ fn respond(outcome: Result<Value, ChangeError>) -> Response<Full<Bytes>> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// `?canary=N` with N from 1 to 99.
 fn canary_percent(query: Option<&str>) -> Result<Option<u8>, String> {
     let Some(value) = query
@@ -197,6 +212,11 @@ fn change_refused(error: ChangeError) -> Response<Full<Bytes>> {
             "The component's init failed",
         ),
         ChangeError::Config(_) => (StatusCode::BAD_REQUEST, "invalid-config", "Invalid config"),
+        ChangeError::Storage(_) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage",
+            "The change cannot be kept under data_dir",
+        ),
     };
     tracing::warn!("change refused: {error}");
     problem::response(status, kind, title, format!("nothing changed: {error}"))
@@ -248,10 +268,7 @@ fn describe_version(version: &Version) -> Value {
         "digest": &*version.digest,
         "short": &*version.short,
         "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
-        "origin": match &version.origin {
-            Origin::File(path) => format!("file:{}", path.display()),
-            Origin::Upload => "upload".to_string(),
-        },
+        "origin": version.origin.to_string(),
     })
 }
 
@@ -268,16 +285,27 @@ fn describe_limits(limits: &ComponentLimits) -> Value {
         "queue_timeout_ms": limits.queue_timeout.as_millis() as u64,
         "request_body_kib": limits.max_request_body_bytes >> 10,
         "response_body_kib": limits.max_response_body_bytes >> 10,
+        "call_payload_kib": limits.max_call_bytes >> 10,
         "db_size_mib": limits.db.max_size_bytes >> 20,
         "db_statement_timeout_ms": limits.db.statement_timeout.as_millis() as u64,
         "db_max_rows": limits.db.max_result_rows,
         "db_max_result_kib": limits.db.max_result_bytes >> 10,
+        "db_max_value_kib": limits.db.max_value_bytes >> 10,
     })
 }
 
-/// The admin token: from the config, the environment, or a file that is
-/// created with a random token on first use.
-pub fn resolve_token(source: &TokenSource) -> anyhow::Result<String> {
+/// Whether resolving a token may create its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TokenFile {
+    /// The host creates the file with a random token when it is missing.
+    Create,
+    /// Clients only read it.
+    ReadOnly,
+}
+
+/// The admin token: from the config, the environment, or a file, which the
+/// host (never a client) creates with a random token on first use.
+pub fn resolve_token(source: &TokenSource, file: TokenFile) -> anyhow::Result<String> {
     match source {
         TokenSource::Literal(token) => Ok(token.clone()),
         TokenSource::Env(var) => {
@@ -298,6 +326,11 @@ pub fn resolve_token(source: &TokenSource) -> anyhow::Result<String> {
                 );
                 return Ok(token);
             }
+            anyhow::ensure!(
+                file == TokenFile::Create,
+                "no admin token in {}: start the host once to create it, or pass --token",
+                path.display()
+            );
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -315,5 +348,30 @@ pub fn resolve_token(source: &TokenSource) -> anyhow::Result<String> {
             tracing::info!(path = %path.display(), "wrote a new admin token");
             Ok(token)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn clients_never_create_the_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        let source = TokenSource::File(path.clone());
+        assert!(resolve_token(&source, TokenFile::ReadOnly).is_err());
+        assert!(!path.exists());
+        let token = resolve_token(&source, TokenFile::Create).unwrap();
+        assert_eq!(resolve_token(&source, TokenFile::ReadOnly).unwrap(), token);
     }
 }

@@ -11,8 +11,20 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrustedProxies(pub Vec<IpNet>);
 
+/// The key one client is counted under: its IPv4 address, or its IPv6 /64,
+/// since a single host owns a whole /64.
+pub fn client_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & (u128::MAX << 64))),
+        },
+    }
+}
+
 impl TrustedProxies {
-    fn trusts(&self, addr: IpAddr) -> bool {
+    pub fn trusts(&self, addr: IpAddr) -> bool {
         let addr = addr.to_canonical();
         self.0.iter().any(|net| net.contains(&addr))
     }

@@ -41,6 +41,8 @@ pub struct AdminConfig {
     pub token: TokenSource,
     /// The largest `.wasm` an upload may carry.
     pub max_upload_bytes: usize,
+    /// Serve the admin API on an address other machines can reach.
+    pub allow_remote: bool,
 }
 
 /// Where the admin token comes from.
@@ -68,6 +70,10 @@ pub struct ServerConfig {
     pub max_instances: u32,
     /// Client addresses one rate limit tracks before they share a bucket.
     pub max_rate_limit_clients: usize,
+    /// Threads that run SQL for every component together.
+    pub sql_threads: usize,
+    /// The most memory SQLite may allocate, for every database together.
+    pub sqlite_heap_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +161,12 @@ struct RawServer {
     shutdown_grace_ms: Option<u64>,
     max_instances: Option<u64>,
     max_rate_limit_clients: Option<u64>,
+    max_connections_per_client: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    body_min_bytes_per_sec: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    sql_threads: Option<u64>,
+    sqlite_heap_mib: Option<u64>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
 }
@@ -171,10 +183,12 @@ struct RawLimits {
     queue_timeout_ms: Option<u64>,
     request_body_kib: Option<u64>,
     response_body_kib: Option<u64>,
+    call_payload_kib: Option<u64>,
     db_size_mib: Option<u64>,
     db_statement_timeout_ms: Option<u64>,
     db_max_rows: Option<u64>,
     db_max_result_kib: Option<u64>,
+    db_max_value_kib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +198,7 @@ struct RawAdmin {
     token_env: Option<String>,
     token_file: Option<String>,
     max_upload_mib: Option<u64>,
+    allow_remote: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,7 +372,7 @@ fn resolve(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, prob
 
 fn resolve_admin(raw: &RawAdmin, base: &Path, data_dir: &Path, problems: &mut Problems) -> AdminConfig {
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-    let listen = text.parse().unwrap_or_else(|_| {
+    let listen: SocketAddr = text.parse().unwrap_or_else(|_| {
         problems.add(
             "admin.listen",
             format!("{text:?} is not an address such as {DEFAULT_ADMIN_LISTEN}"),
@@ -382,10 +397,21 @@ fn resolve_admin(raw: &RawAdmin, base: &Path, data_dir: &Path, problems: &mut Pr
     let max_upload_mib = problems
         .ranged("admin.max_upload_mib", raw.max_upload_mib, 1, 1024)
         .unwrap_or(64);
+    let allow_remote = raw.allow_remote.unwrap_or(false);
+    if !listen.ip().is_loopback() && !allow_remote {
+        problems.add(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other machines: the admin API can replace every component; \
+                 use a loopback address, or set admin.allow_remote = true behind a firewall"
+            ),
+        );
+    }
     AdminConfig {
         listen,
         token,
         max_upload_bytes: (max_upload_mib << 20) as usize,
+        allow_remote,
     }
 }
 
@@ -413,6 +439,23 @@ fn resolve_server(raw: &RawServer, problems: &mut Problems) -> ServerConfig {
     if let Some(v) = problems.ranged("server.shutdown_grace_ms", raw.shutdown_grace_ms, 0, 3_600_000) {
         settings.shutdown_grace = ms(v);
     }
+    if let Some(v) = problems.ranged(
+        "server.max_connections_per_client",
+        raw.max_connections_per_client,
+        1,
+        1_000_000,
+    ) {
+        settings.max_connections_per_client = v as usize;
+    }
+    if let Some(v) = problems.ranged("server.body_timeout_ms", raw.body_timeout_ms, 1, 3_600_000) {
+        settings.body_timeout = ms(v);
+    }
+    if let Some(v) = problems.ranged("server.body_min_bytes_per_sec", raw.body_min_bytes_per_sec, 0, 1 << 30) {
+        settings.body_min_bytes_per_sec = v;
+    }
+    if let Some(v) = problems.ranged("server.write_timeout_ms", raw.write_timeout_ms, 1, 3_600_000) {
+        settings.write_timeout = ms(v);
+    }
     let max_instances = problems
         .ranged("server.max_instances", raw.max_instances, 1, 100_000)
         .unwrap_or(1000);
@@ -424,6 +467,12 @@ fn resolve_server(raw: &RawServer, problems: &mut Problems) -> ServerConfig {
             100_000_000,
         )
         .unwrap_or(1_000_000);
+    let sql_threads = problems
+        .ranged("server.sql_threads", raw.sql_threads, 1, 1024)
+        .unwrap_or(8);
+    let sqlite_heap_mib = problems
+        .ranged("server.sqlite_heap_mib", raw.sqlite_heap_mib, 16, 1 << 20)
+        .unwrap_or(256);
     let mut proxies = Vec::new();
     for (i, text) in raw.trusted_proxies.iter().enumerate() {
         let parsed = text
@@ -442,6 +491,8 @@ fn resolve_server(raw: &RawServer, problems: &mut Problems) -> ServerConfig {
         trusted_proxies: TrustedProxies(proxies),
         max_instances: max_instances as u32,
         max_rate_limit_clients: max_rate_limit_clients as usize,
+        sql_threads: sql_threads as usize,
+        sqlite_heap_bytes: sqlite_heap_mib << 20,
     }
 }
 
@@ -484,6 +535,9 @@ fn resolve_limits(raw: &RawLimits, defaults: &ComponentLimits, key: &str, proble
     if let Some(v) = get("response_body_kib", raw.response_body_kib, 1, GIB_IN_KIB) {
         limits.max_response_body_bytes = (v << 10) as usize;
     }
+    if let Some(v) = get("call_payload_kib", raw.call_payload_kib, 1, GIB_IN_KIB) {
+        limits.max_call_bytes = (v << 10) as usize;
+    }
     if let Some(v) = get("db_size_mib", raw.db_size_mib, 1, GIB_IN_KIB) {
         limits.db.max_size_bytes = v << 20;
     }
@@ -495,6 +549,9 @@ fn resolve_limits(raw: &RawLimits, defaults: &ComponentLimits, key: &str, proble
     }
     if let Some(v) = get("db_max_result_kib", raw.db_max_result_kib, 1, GIB_IN_KIB) {
         limits.db.max_result_bytes = (v << 10) as usize;
+    }
+    if let Some(v) = get("db_max_value_kib", raw.db_max_value_kib, 1, 256 << 10) {
+        limits.db.max_value_bytes = (v << 10) as usize;
     }
     limits
 }

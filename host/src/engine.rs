@@ -24,6 +24,15 @@ const KEEP_RESIDENT_MEMORY_BYTES: usize = 4 << 20;
 const KEEP_RESIDENT_TABLE_BYTES: usize = 1 << 20;
 /// Slots decommitted together.
 const DECOMMIT_BATCH: usize = 32;
+/// What one component instance may take from the pool. With the pool sized
+/// as `max_instances` times these, and each component's instances bounded
+/// by its gate, no component can exhaust the pool for the others.
+const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+const MEMORIES_PER_INSTANCE: u32 = 2;
+const TABLES_PER_INSTANCE: u32 = 8;
+/// Instances beyond the components' gates: `init`, which changes run one
+/// at a time.
+const INIT_INSTANCES: u32 = 2;
 
 /// Engine-wide settings, the same for every component.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,14 +50,16 @@ pub fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
 
-    // Core instances, memories and tables per component instance: a Rust
-    // component has a main module plus a few small adapter modules.
-    let n = settings.max_instances;
+    // A Rust component has a main module plus a few small adapter modules.
+    let n = settings.max_instances.saturating_add(INIT_INSTANCES);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
-        .total_core_instances(n.saturating_mul(8))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(8))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_INSTANCE)
+        .max_memories_per_component(MEMORIES_PER_INSTANCE)
+        .max_tables_per_component(TABLES_PER_INSTANCE)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_INSTANCE))
+        .total_memories(n.saturating_mul(MEMORIES_PER_INSTANCE))
+        .total_tables(n.saturating_mul(TABLES_PER_INSTANCE))
         .total_stacks(n)
         // A slot's dirty pages are found with PAGEMAP_SCAN and reset with
         // memset instead of madvise: madvise in a multi-threaded process

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     pub trusted_proxies: TrustedProxies,
     pub metrics: Arc<Metrics>,
+    /// How fast request bodies must arrive.
+    pub body_pace: BodyPace,
 }
 
 /// What the gateway learned about one request, for its log line and metrics.
@@ -125,6 +127,22 @@ impl Gateway {
             rate_limit_headers(&mut response, &verdict);
             return refuse(body, response).await;
         }
+        // The body is read before an instance slot is taken, so a slow
+        // client never holds a slot while it sends.
+        let body = match read_body(
+            body,
+            &parts.headers,
+            entry.limits().max_request_body_bytes,
+            self.body_pace,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(refusal) => {
+                trace.rejected = refusal.reason();
+                return refusal.into_response();
+            }
+        };
         let waiting = Instant::now();
         let slot = entry.shared.gate.enter().await;
         self.metrics.observe_queue_wait(&entry.name, waiting.elapsed());
@@ -140,15 +158,6 @@ impl Gateway {
                     detail,
                 );
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-                return refuse(body, response).await;
-            }
-        };
-        let body = match read_body(body, &parts.headers, entry.limits().max_request_body_bytes).await {
-            Ok(body) => body,
-            Err(response) => {
-                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    trace.rejected = Some("body_size");
-                }
                 return response;
             }
         };
@@ -289,12 +298,62 @@ fn new_request_id() -> String {
     format!("{:016x}", crate::random::u64())
 }
 
-/// Reads the whole body, refusing with 413 one longer than `limit`.
+/// How fast a request body must arrive: whole within `timeout`, and after
+/// a grace period at no less than `min_bytes_per_sec` on average.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    pub timeout: Duration,
+    pub min_bytes_per_sec: u64,
+}
+
+/// Time a client gets before its body's pace is held against it.
+const BODY_GRACE: Duration = Duration::from_secs(2);
+
+impl BodyPace {
+    /// When a body that started at `started` and has `received` bytes so
+    /// far must have sent more.
+    fn deadline(&self, started: Instant, received: usize) -> Instant {
+        let whole = started + self.timeout;
+        if self.min_bytes_per_sec == 0 {
+            return whole;
+        }
+        let earned = Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
+        whole.min(started + BODY_GRACE + earned)
+    }
+}
+
+/// Why a body was not read.
+pub enum BodyRefusal {
+    TooLarge(Response<Full<Bytes>>),
+    TooSlow(Response<Full<Bytes>>),
+    Broken(Response<Full<Bytes>>),
+}
+
+impl BodyRefusal {
+    /// The rejection reason for metrics.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            BodyRefusal::TooLarge(_) => Some("body_size"),
+            BodyRefusal::TooSlow(_) => Some("body_timeout"),
+            BodyRefusal::Broken(_) => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        match self {
+            BodyRefusal::TooLarge(r) | BodyRefusal::TooSlow(r) | BodyRefusal::Broken(r) => r,
+        }
+    }
+}
+
+/// Reads the whole body within `pace`, refusing with 413 one longer than
+/// `limit` and with 408 one that arrives too slowly.
 pub async fn read_body(
     mut body: Incoming,
     headers: &http::HeaderMap,
     limit: usize,
-) -> Result<Bytes, Response<Full<Bytes>>> {
+    pace: BodyPace,
+) -> Result<Bytes, BodyRefusal> {
     let too_large = || {
         problem::response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -309,41 +368,65 @@ pub async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > (limit + MAX_DRAIN_BYTES) as u64) {
         // Too much to read just to refuse it: answer, and close the connection.
-        let mut response = too_large();
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Err(response);
+        return Err(BodyRefusal::TooLarge(closing(too_large())));
     }
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(refuse(body, too_large()).await);
+        return Err(BodyRefusal::TooLarge(refuse(body, too_large()).await));
     }
+    let started = Instant::now();
     let mut collected = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let deadline = pace.deadline(started, collected.len());
+        let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                let detail = format!(
+                    "the request body did not arrive in time: {} bytes in {} ms",
+                    collected.len(),
+                    started.elapsed().as_millis()
+                );
+                let response = problem::response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "Request body too slow",
+                    detail,
+                );
+                return Err(BodyRefusal::TooSlow(closing(response)));
+            }
+        };
         let frame = frame.map_err(|e| {
-            problem::response(
+            BodyRefusal::Broken(closing(problem::response(
                 StatusCode::BAD_REQUEST,
                 "bad-body",
                 "Cannot read the request body",
                 e.to_string(),
-            )
+            )))
         })?;
         let Some(data) = frame.data_ref() else {
             continue;
         };
         if collected.len() + data.len() > limit {
-            return Err(refuse(body, too_large()).await);
+            return Err(BodyRefusal::TooLarge(refuse(body, too_large()).await));
         }
         collected.extend_from_slice(data);
     }
     Ok(collected.freeze())
 }
 
+/// `response`, with the connection closed after it.
+fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// Answers `response` without serving the request. What is left of the
 /// body is read and dropped first, up to [`MAX_DRAIN_BYTES`] and
 /// [`DRAIN_TIMEOUT`], so that a client still sending it gets to read the
 /// answer; past those bounds the connection is closed instead.
-pub async fn refuse(mut body: Incoming, mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+pub async fn refuse(mut body: Incoming, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let mut seen = 0;
         while let Some(frame) = body.frame().await {
@@ -357,9 +440,7 @@ pub async fn refuse(mut body: Incoming, mut response: Response<Full<Bytes>>) -> 
     })
     .await;
     if !matches!(drained, Ok(true)) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return closing(response);
     }
     response
 }

@@ -10,6 +10,7 @@
 //! - [`invoke`]: one call into a component in a fresh store.
 //! - [`peers`]: calls between components, for any interface.
 //! - [`registry`]: components and their versions, published as an atomic snapshot.
+//! - [`versions`]: versions installed by changes, kept across restarts.
 //! - [`router`]: which component owns a path; route patterns.
 //! - [`client`]: the client's address, behind trusted proxies too.
 //! - [`ratelimit`]: request rates per client, with governor.
@@ -41,6 +42,7 @@ pub mod remote;
 pub mod router;
 pub mod server;
 pub mod sqlite;
+pub mod versions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::Admin;
+use crate::client::TrustedProxies;
 use crate::config::{Config, Overrides};
 use crate::control::Control;
 use crate::engine::{EngineSettings, EpochTicker};
@@ -65,10 +68,12 @@ pub fn registry(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Regist
         max_instances: config.server.max_instances,
         cache_dir: config.cache_dir.clone(),
     })?;
+    sqlite::limit_heap(config.server.sqlite_heap_bytes)?;
     Registry::new(
         engine,
         config.data_dir.clone(),
         config.server.max_rate_limit_clients,
+        sqlite::SqlThreads::start(config.server.sql_threads)?,
         metrics,
     )
 }
@@ -94,9 +99,23 @@ pub async fn run(
     let registry = Arc::new(registry(&config, Arc::clone(&metrics))?);
     let _ticker = EpochTicker::start(registry.engine());
     let settings = config.server.settings.clone();
+    let body_pace = gateway::BodyPace {
+        timeout: settings.body_timeout,
+        min_bytes_per_sec: settings.body_min_bytes_per_sec,
+    };
     let trusted_proxies = config.server.trusted_proxies.clone();
     let admin = match (&config.admin, listeners.admin) {
-        (Some(admin), Some(listener)) => Some((admin::resolve_token(&admin.token)?, admin.max_upload_bytes, listener)),
+        (Some(admin), Some(listener)) => {
+            if admin.allow_remote && !admin.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %admin.listen,
+                    "the admin API is reachable from other machines (allow_remote = true): \
+                     anyone with the token can replace every component"
+                );
+            }
+            let token = admin::resolve_token(&admin.token, admin::TokenFile::Create)?;
+            Some((token, admin.max_upload_bytes, listener))
+        }
         _ => None,
     };
     let control = Arc::new(Control::new(Arc::clone(&registry), config.clone(), overrides));
@@ -116,6 +135,7 @@ pub async fn run(
             Arc::clone(&metrics),
             token,
             max_upload_bytes,
+            body_pace,
         ));
         let connections = metrics
             .open_connections
@@ -124,6 +144,7 @@ pub async fn run(
             listener,
             handler,
             settings.clone(),
+            TrustedProxies::default(),
             connections,
             until_stopped(),
         )));
@@ -140,13 +161,21 @@ pub async fn run(
     tracing::info!("listening on http://{}", listeners.public.local_addr()?);
     let gateway = Arc::new(Gateway {
         registry: Arc::clone(&registry),
-        trusted_proxies,
+        trusted_proxies: trusted_proxies.clone(),
         metrics: Arc::clone(&metrics),
+        body_pace,
     });
     let connections = metrics
         .open_connections
         .get_or_create_owned(&ListenerLabels { listener: "public" });
-    let public = server::run(listeners.public, gateway, settings, connections, until_stopped());
+    let public = server::run(
+        listeners.public,
+        gateway,
+        settings,
+        trusted_proxies,
+        connections,
+        until_stopped(),
+    );
     tokio::pin!(public);
     tokio::select! {
         () = shutdown => {}

@@ -231,14 +231,7 @@ impl Limiter {
 
     /// The key of a client, or the overflow key when the table is full.
     fn client_key(&self, client: IpAddr) -> IpAddr {
-        let key = match client {
-            IpAddr::V4(_) => client,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                // One client per /64: a single host owns a whole /64.
-                None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & (u128::MAX << 64))),
-            },
-        };
+        let key = crate::client::client_key(client);
         if self.buckets.len() < self.max_clients {
             return key;
         }

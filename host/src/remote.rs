@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::admin::resolve_token;
+use crate::admin::{TokenFile, resolve_token};
 use crate::config::{Config, DEFAULT_ADMIN_LISTEN, Overrides};
 
 /// The environment variable the CLI reads the token from when none is given.
@@ -39,7 +39,7 @@ impl AdminClient {
         };
         let token = match (token, std::env::var(TOKEN_VAR).ok(), admin_config) {
             (Some(token), _, _) | (None, Some(token), _) => token,
-            (None, None, Some(admin)) => resolve_token(&admin.token)?,
+            (None, None, Some(admin)) => resolve_token(&admin.token, TokenFile::ReadOnly)?,
             (None, None, None) => bail!("no admin token: pass --token, set {TOKEN_VAR}, or pass --config"),
         };
         let agent = ureq::Agent::config_builder()

@@ -92,7 +92,11 @@ impl fmt::Display for RoutePattern {
 }
 
 impl RoutePattern {
+    /// Whether a request matches, as the component will see it: the method
+    /// as sent (HEAD counts as GET, which components answer it as), the
+    /// path as sent, segment by segment.
     pub fn matches(&self, method: &str, path: &str) -> bool {
+        let method = if method == "HEAD" { "GET" } else { method };
         if self.method.as_deref().is_some_and(|m| m != method) {
             return false;
         }
@@ -150,6 +154,11 @@ mod tests {
         let pattern: super::RoutePattern = "GET /users/{id}".parse().unwrap();
         assert!(pattern.matches("GET", "/users/7"));
         assert!(!pattern.matches("POST", "/users/7"));
+        assert!(pattern.matches("HEAD", "/users/7"), "HEAD is limited as GET");
+        assert!(
+            !pattern.matches("get", "/users/7"),
+            "methods are case-sensitive, as components see them"
+        );
         assert!(!pattern.matches("GET", "/users"));
         assert!(!pattern.matches("GET", "/users/7/orders"));
         assert!(!pattern.matches("GET", "/users/"));
