@@ -454,3 +454,41 @@ fn a_watched_file_is_reloaded_when_it_changes() {
     assert_ne!(v2, v1);
     assert_eq!(host.get("/users").status, 200);
 }
+
+#[test]
+fn the_admin_api_stays_on_this_machine_unless_told_and_clients_only_read_tokens() {
+    let users = crate::support::component_toml("users", "users", &["/users"]);
+    let remote = format!("data_dir = \"data\"\n{users}[admin]\nlisten = \"0.0.0.0:9090\"\n");
+    let (ok, out) = crate::support::check_config(&remote);
+    assert!(
+        !ok && out.contains("admin.listen") && out.contains("allow_remote"),
+        "{out}"
+    );
+    let (ok, out) = crate::support::check_config(&format!("{remote}allow_remote = true\n"));
+    assert!(ok, "{out}");
+
+    let host = swap_host();
+    let lowercase = http::Request::get(format!("http://{}/components", host.admin_addr.unwrap()))
+        .header("authorization", format!("bearer {ADMIN_TOKEN}"))
+        .body(Vec::new())
+        .unwrap();
+    assert_eq!(host.request(lowercase).status, 200, "the scheme is case-insensitive");
+
+    // A client pointed at a config whose token file does not exist says so,
+    // and creates nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("corral.toml");
+    let admin = host.admin_addr.unwrap();
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\n{users}[admin]\nlisten = \"{admin}\"\n"),
+    )
+    .unwrap();
+    let (ok, out) = crate::support::run_corral(
+        &["status".as_ref(), "--config".as_ref(), config.as_os_str()],
+        &[],
+        dir.path(),
+    );
+    assert!(!ok && out.contains("no admin token"), "{out}");
+    assert!(!dir.path().join("data/admin.token").exists());
+}

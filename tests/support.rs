@@ -534,3 +534,34 @@ pub fn with_config(command: &str, toml: &str) -> (bool, String) {
 pub fn check_config(toml: &str) -> (bool, String) {
     with_config("check", toml)
 }
+
+/// A field of the host process's `/proc/<pid>/status`, in KiB, such as
+/// `VmHWM` (peak resident memory) or `VmRSS`.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// A TCP connection to `addr` from the local address `from`, such as
+/// 127.0.0.7: each loopback address is another client to the host.
+pub fn connect_from(from: &str, addr: SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
+/// Polls `probe` until it returns true, for up to 30 s.
+#[track_caller]
+pub fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !probe() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -207,20 +207,24 @@ pub enum InitError {
     Database(String),
 }
 
-/// Runs the component's `init` inside a transaction of the host's. On
-/// success the transaction is still open, in the connection returned, for
-/// the caller to commit once everything else that goes with it is ready;
-/// on failure it is rolled back, so a failed migration leaves the database
-/// as it was.
-pub async fn init(target: Target<'_>) -> Result<Conn, InitError> {
+/// Runs the component's `init` inside a transaction of the host's: the
+/// one open on `conn` if given (another version's init ran in it), else a
+/// new one. On success the transaction is still open, in the connection
+/// returned, for the caller to commit once everything else that goes with
+/// it is ready; on failure it is rolled back, so a failed migration leaves
+/// the database as it was.
+pub async fn init(target: Target<'_>, conn: Option<Conn>) -> Result<Conn, InitError> {
     let timeout = target.limits.timeout;
     let mut store = new_store(target, Arc::from("init"), 0);
     let sqlite = &mut store.data_mut().sqlite;
-    sqlite
-        .with_conn(|conn| conn.begin_host_transaction())
-        .await
-        .map_err(|e| InitError::Database(format!("{e:?}")))?
-        .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?;
+    match conn {
+        Some(conn) => sqlite.put_conn(conn),
+        None => sqlite
+            .with_conn(|conn| conn.begin_host_transaction())
+            .await
+            .map_err(|e| InitError::Database(format!("{e:?}")))?
+            .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?,
+    }
     let call = async {
         let service = target.version.pre.instantiate_async(&mut store).await?;
         service.corral_service_lifecycle().call_init(&mut store).await

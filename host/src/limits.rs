@@ -284,7 +284,7 @@ mod tests {
     #[tokio::test]
     async fn shrinking_takes_slots_back_as_requests_finish() {
         let gate = ConcurrencyGate::new(&limits(3, 0));
-        let slots: Vec<_> = futures_join(&gate, 3).await;
+        let slots: Vec<_> = take_slots(&gate, 3).await;
         gate.resize(&limits(1, 0));
         drop(slots);
         tokio::task::yield_now().await;
@@ -296,7 +296,21 @@ mod tests {
         drop((one, two));
     }
 
-    async fn futures_join(gate: &ConcurrencyGate, n: usize) -> Vec<Slot> {
+    #[test]
+    fn memory_is_limited_for_every_memory_of_a_store_together() {
+        let mut limiter = StoreLimiter::new(&ComponentLimits {
+            memory_bytes: 10 << 20,
+            ..ComponentLimits::default()
+        });
+        // Two memories created at 4 MiB each, then one grows.
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(limiter.memory_growing(4 << 20, 6 << 20, None).unwrap());
+        let refused = limiter.memory_growing(4 << 20, 5 << 20, None).unwrap_err();
+        assert_eq!(refused.downcast_ref(), Some(&LimitExceeded::Memory(10 << 20)));
+    }
+
+    async fn take_slots(gate: &ConcurrencyGate, n: usize) -> Vec<Slot> {
         let mut slots = Vec::new();
         for _ in 0..n {
             slots.push(gate.enter().await.unwrap());

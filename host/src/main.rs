@@ -157,6 +157,9 @@ fn main() -> ExitCode {
             Command::Reload(remote) => print(remote.client()?.reload().map(pretty)),
         }
     });
+    // Whatever still runs on blocking threads (a compilation, say) does not
+    // hold up the exit; SQL runs on threads of its own, never waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),

@@ -347,16 +347,23 @@ impl Registry {
             inits: Vec::new(),
             created,
         };
+        // The versions of one component run their inits in one transaction.
+        let mut open: HashMap<Arc<str>, Conn> = HashMap::new();
         for (entry, version) in fresh {
-            match self.init(&entry.shared, &version).await {
-                Ok(conn) => prepared.inits.push(conn),
+            let conn = open.remove(&entry.name);
+            match self.init(&entry.shared, &version, conn).await {
+                Ok(conn) => {
+                    open.insert(Arc::clone(&entry.name), conn);
+                }
                 Err(e) => {
+                    prepared.inits.extend(open.into_values());
                     drop(entry);
                     self.abandon(prepared).await;
                     return Err(e);
                 }
             }
         }
+        prepared.inits.extend(open.into_values());
         Ok(prepared)
     }
 
@@ -515,7 +522,7 @@ impl Registry {
         }
         // Refuse code that breaks a peer before running any of it.
         let published = snapshot.with(next.clone())?;
-        let conn = self.init(&entry.shared, &version).await?;
+        let conn = self.init(&entry.shared, &version, None).await?;
         let kind = if canary.is_some() { "canary" } else { "swap" };
         let prepared = Prepared {
             snapshot: published,
@@ -689,7 +696,12 @@ impl Registry {
 
     /// Runs a new version's `init` against the component's database, in a
     /// transaction left open for [`Registry::publish`] to commit.
-    async fn init(&self, shared: &Arc<ComponentShared>, version: &Version) -> Result<Conn, ChangeError> {
+    async fn init(
+        &self,
+        shared: &Arc<ComponentShared>,
+        version: &Version,
+        conn: Option<Conn>,
+    ) -> Result<Conn, ChangeError> {
         let name = &shared.name;
         let target = Target {
             name,
@@ -697,7 +709,7 @@ impl Registry {
             limits: &shared.limits,
             shared,
         };
-        match invoke::init(target).await {
+        match invoke::init(target, conn).await {
             Ok(conn) => {
                 self.metrics.count_change(name, "load");
                 tracing::info!(component = %name, version = %version.short, "loaded");

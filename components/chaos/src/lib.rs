@@ -1,6 +1,7 @@
 //! A component that misbehaves on purpose, for tests only: it panics, loops,
 //! exhausts its memory, stack and database, returns huge bodies, runs any SQL
-//! it is sent and probes its sandbox. Never part of a real configuration.
+//! it is sent (with bound parameters too), floods its output and probes its
+//! sandbox. Never part of a real configuration.
 
 use std::hint::black_box;
 
@@ -39,6 +40,10 @@ impl Service for Chaos {
             }
             ["chaos", "sandbox"] => Ok(Response::json(200, &sandbox())),
             ["chaos", "sql"] => run_sql(&req),
+            ["chaos", "query"] => query(&req),
+            ["chaos", "write"] => write_at_once(&req),
+            ["chaos", "write-zeroes"] => write_zeroes(&req),
+            ["chaos", "lines"] => lines(&req),
             ["chaos", "txn-trap"] => txn_trap(),
             ["chaos", "fill"] => fill(),
             _ => Err(Problem::not_found(format!("no chaos at {}", req.path()))),
@@ -98,8 +103,80 @@ fn sandbox() -> serde_json::Value {
 
 /// Runs the SQL in the body and returns the rows or the error variant.
 fn run_sql(req: &Request) -> Result<Response, Problem> {
-    let sql = String::from_utf8_lossy(req.body());
-    match db::execute(&sql, &[]) {
+    answer(db::execute(&String::from_utf8_lossy(req.body()), &[]))
+}
+
+/// Runs `{"sql": "...", "params": [...]}`: a parameter is null, a number,
+/// a string, or `{"blob": [bytes]}` / `{"blob_len": n, "byte": b}`.
+fn query(req: &Request) -> Result<Response, Problem> {
+    let body: serde_json::Value =
+        serde_json::from_slice(req.body()).map_err(|e| Problem::bad_request("malformed-json", e.to_string()))?;
+    let sql = body["sql"].as_str().unwrap_or_default();
+    let params: Vec<Value> = body["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map_or(Value::Real(n.as_f64().unwrap_or(0.0)), Value::Integer),
+            serde_json::Value::String(s) => Value::Text(s.clone()),
+            other => match other["blob_len"].as_u64() {
+                Some(len) => Value::Blob(vec![other["byte"].as_u64().unwrap_or(0) as u8; len as usize]),
+                None => Value::Blob(
+                    other["blob"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|b| b.as_u64().unwrap_or(0) as u8)
+                        .collect(),
+                ),
+            },
+        })
+        .collect();
+    answer(db::execute(sql, &params))
+}
+
+/// Writes `kib` KiB to stdout in one `write`, ignoring `check-write`.
+fn write_at_once(req: &Request) -> Result<Response, Problem> {
+    let kib: usize = req.query("kib").and_then(|n| n.parse().ok()).unwrap_or(1024);
+    let stdout = wasi::cli::stdout::get_stdout();
+    let outcome = stdout.write(&vec![b'x'; kib << 10]);
+    Ok(Response::text(200, &format!("{outcome:?}")))
+}
+
+/// Asks stdout to write `n` zero bytes at once.
+fn write_zeroes(req: &Request) -> Result<Response, Problem> {
+    let n: u64 = req.query("n").and_then(|n| n.parse().ok()).unwrap_or(1 << 40);
+    let stdout = wasi::cli::stdout::get_stdout();
+    let outcome = stdout.write_zeroes(n);
+    Ok(Response::text(200, &format!("{outcome:?}")))
+}
+
+/// Writes `mib` MiB of empty lines to stdout, as fast as `check-write` allows.
+fn lines(req: &Request) -> Result<Response, Problem> {
+    let mib: usize = req.query("mib").and_then(|n| n.parse().ok()).unwrap_or(64);
+    let stdout = wasi::cli::stdout::get_stdout();
+    let chunk = vec![b'\n'; 64 << 10];
+    let mut written = 0;
+    while written < mib << 20 {
+        let allowed = stdout.check_write().unwrap_or(0) as usize;
+        if allowed == 0 {
+            stdout.subscribe().block();
+            continue;
+        }
+        let n = allowed.min(chunk.len());
+        if stdout.write(&chunk[..n]).is_err() {
+            break;
+        }
+        written += n;
+    }
+    Ok(Response::json(200, &json!({ "written": written })))
+}
+
+fn answer(result: Result<db::QueryResult, db::Error>) -> Result<Response, Problem> {
+    match result {
         Ok(result) => {
             let rows: Vec<Vec<serde_json::Value>> = result
                 .rows

@@ -34,6 +34,18 @@ impl Service for Relay {
         if last == "local" {
             return Ok(Response::json(200, &json!({ "answered": 1 })));
         }
+        if last == "echo" {
+            let bytes = |name| request.query(name).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+            return match next::echo(&vec![7; bytes("send") as usize], bytes("answer")) {
+                Ok(answer) => Ok(Response::json(200, &json!({ "received": answer.len() }))),
+                Err(Error::Unavailable(reason)) => Err(Problem::new(
+                    503,
+                    "dependency-unavailable",
+                    "A service this one needs is unavailable",
+                    format!("the next relay did not answer: {reason}"),
+                )),
+            };
+        }
         let hops: u32 = last
             .parse()
             .map_err(|_| Problem::not_found(format!("{last} is not a number of hops")))?;
@@ -62,6 +74,11 @@ impl Service for Relay {
 }
 
 impl api::Guest for Relay {
+    fn echo(data: Vec<u8>, answer_bytes: u32) -> Result<Vec<u8>, api::Error> {
+        corral_sdk::log::info(&format!("echo: took {} bytes", data.len()));
+        Ok(vec![1; answer_bytes as usize])
+    }
+
     fn forward(hops: u32, behavior: api::Behavior) -> Result<u32, api::Error> {
         corral_sdk::log::info(&format!("forwarding, {hops} hops to go"));
         if hops > 0 {

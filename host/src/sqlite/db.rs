@@ -148,7 +148,9 @@ impl Database {
             journal.eq_ignore_ascii_case("wal"),
             "cannot switch to WAL mode (got {journal})"
         );
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // Temporary tables and sorts stay in memory, under SQLite's heap cap,
+        // instead of in files a statement could grow without bound.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;")?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
         conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
@@ -703,7 +705,7 @@ mod tests {
             exec(&mut conn, "SELECT ?", &[Value::Blob(vec![0; 300_000])]),
             Err(Error::LimitExceeded(_))
         ));
-        let wide = vec!["zeroblob(200000)"; 8].join(", ");
+        let wide = ["zeroblob(200000)"; 8].join(", ");
         assert!(matches!(
             exec(&mut conn, &format!("SELECT {wide}"), &[]),
             Err(Error::LimitExceeded(_))

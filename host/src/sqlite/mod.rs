@@ -83,6 +83,11 @@ impl SqliteCtx {
         self.conn.take()
     }
 
+    /// Makes `conn`, with whatever it has open, this request's connection.
+    pub fn put_conn(&mut self, conn: Conn) {
+        self.conn = Some(conn);
+    }
+
     /// Runs `work` on this request's connection on an SQL thread.
     pub async fn with_conn<R: Send + 'static>(
         &mut self,

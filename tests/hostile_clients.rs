@@ -1,0 +1,182 @@
+//! Hostile clients: slow bodies from many addresses, abandoned waits, too
+//! many connections, responses never read, HEAD around GET limits. Each
+//! may fail its own requests; none takes a component away from others.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{TestHost, admin_toml, connect_from, eventually, host};
+
+/// The `GET /components` entry of `name`.
+fn status(host: &TestHost, name: &str) -> serde_json::Value {
+    let all = host.admin("GET", "/components", Vec::new()).json();
+    all["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+/// Sends the start of a POST whose body never comes; the stream stays open.
+fn stall(from: &str, host: &TestHost) -> TcpStream {
+    let mut stream = connect_from(from, host.addr);
+    stream
+        .write_all(b"POST /users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .unwrap();
+    stream
+}
+
+#[test]
+fn slow_bodies_from_many_addresses_take_nothing_from_others() {
+    let host = host()
+        .component("users", "users", &["/users"])
+        .component("orders", "orders", &["/orders"])
+        .toml("[components.users.limits]\nmax_concurrent = 4\nmax_queued = 4\nqueue_timeout_ms = 1000")
+        .toml("[server]\nbody_timeout_ms = 4000")
+        .toml(&admin_toml())
+        .start();
+    let user = host
+        .post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
+        .json();
+    // 70 clients on 8 addresses, each holding a request whose body stalls
+    // after one byte: far more than users' 4 slots and 4 queue places.
+    let stalled: Vec<TcpStream> = (0..70)
+        .map(|i| stall(&format!("127.0.0.{}", 2 + i % 8), &host))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let users = status(&host, "users");
+    assert_eq!(
+        (users["in_flight"].as_u64(), users["queued"].as_u64()),
+        (Some(0), Some(0)),
+        "{users}"
+    );
+    for n in 0..10 {
+        let started = Instant::now();
+        let reply = host.get(&format!("/users/{}", user["id"]));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let order = host.post(
+            "/orders",
+            &json!({ "user_id": user["id"], "items": [{ "sku": format!("S{n}"), "quantity": 1, "unit_price_cents": 5 }] }),
+        );
+        assert_eq!(order.status, 201, "orders calls users meanwhile: {}", order.text());
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    // The stalled bodies fail on their own, with 408, and their
+    // connections close.
+    for mut stream in stalled {
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(response.contains("body-timeout"), "{response}");
+    }
+}
+
+#[test]
+fn abandoned_waits_leave_the_queue_empty() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[components.chaos.limits]\nmax_concurrent = 1\nmax_queued = 1000\nqueue_timeout_ms = 60000")
+        .toml("[server]\nmax_connections_per_client = 1000")
+        .toml(&admin_toml())
+        .start();
+    std::thread::scope(|scope| {
+        let sleeper = scope.spawn(|| host.get("/chaos/sleep?ms=4000"));
+        host.wait_for_log(&["sleeping for 4000 ms"]);
+        let waiting: Vec<TcpStream> = (0..500)
+            .map(|_| {
+                let mut stream = TcpStream::connect(host.addr).unwrap();
+                stream
+                    .write_all(b"GET /chaos/sandbox HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .unwrap();
+                stream
+            })
+            .collect();
+        eventually("500 requests queue", || status(&host, "chaos")["queued"] == 500);
+        drop(waiting);
+        eventually("the queue empties", || status(&host, "chaos")["queued"] == 0);
+        assert_eq!(status(&host, "chaos")["in_flight"], 1);
+        assert_eq!(sleeper.join().unwrap().status, 200);
+    });
+    assert_eq!(status(&host, "chaos")["in_flight"], 0);
+    // Nothing is left over to refuse later requests with.
+    assert_eq!(host.get("/chaos/sandbox").status, 200);
+}
+
+#[test]
+fn one_client_cannot_take_every_connection() {
+    let host = host()
+        .component("users", "users", &["/users"])
+        .toml("[server]\nmax_connections_per_client = 4")
+        .start();
+    let idle: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.2", host.addr)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fifth = connect_from("127.0.0.2", host.addr);
+    fifth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut response = String::new();
+    let _ = fifth.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    assert!(response.contains("too-many-connections"), "{response}");
+    // Others are served, and the client gets its place back once it closes one.
+    assert_eq!(host.get("/users").status, 200);
+    drop(idle);
+    eventually("the client is served again", || {
+        let mut again = connect_from("127.0.0.2", host.addr);
+        again
+            .write_all(b"GET /users HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut response = String::new();
+        let _ = again.read_to_string(&mut response);
+        response.starts_with("HTTP/1.1 200")
+    });
+}
+
+#[test]
+fn a_response_the_client_never_reads_is_abandoned() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[components.chaos.limits]\nresponse_body_kib = 65536\nmemory_mib = 256")
+        .toml("[server]\nwrite_timeout_ms = 500")
+        .toml(&admin_toml())
+        .start();
+    let connections = || {
+        let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("corral_open_connections{listener=\"public\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<i64>().ok())
+            .unwrap()
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&host.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(b"GET /chaos/big-body?mib=32 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    eventually("the connection is open", || connections() == 1);
+    // Never read: the host gives up on the write and closes the connection.
+    eventually("the connection is closed", || connections() == 0);
+    drop(stream);
+    assert_eq!(host.get("/chaos/sandbox").status, 200);
+}
+
+#[test]
+fn head_counts_against_get_limits() {
+    let host = host()
+        .component("users", "users", &["/users"])
+        .toml("[components.users.rate_limit]\nroutes = [{ route = \"GET /users/{id}\", rate = \"1/minute\" }]")
+        .start();
+    assert_eq!(host.get("/users/1").status, 404);
+    let head = host.send("HEAD", "/users/1", None);
+    assert_eq!(head.status, 429, "HEAD is limited as GET");
+    host.get("/users/1").assert_problem(429, "rate-limited");
+    // Other routes of the component are not limited by the pattern.
+    assert_eq!(host.send("HEAD", "/users", None).status, 200);
+}

@@ -1,0 +1,128 @@
+//! A hostile component against its database: functions that hand out or
+//! take host pointers, with bound parameters; huge values and wide rows;
+//! statements that would run for minutes. The host stays alive, within a
+//! stated memory bound, and every statement stops within its time.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{TestHost, host, proc_status_kib};
+
+fn chaos(limits: &str) -> TestHost {
+    host()
+        .component("users", "users", &["/users"])
+        .component("chaos", "chaos", &["/chaos"])
+        .toml(&format!("[components.chaos.limits]\n{limits}"))
+        .start()
+}
+
+/// Runs `sql` with bound `params` in the chaos component.
+fn query(host: &TestHost, sql: &str, params: Value) -> Value {
+    let reply = host.post_raw(
+        "/chaos/query",
+        "application/json",
+        json!({ "sql": sql, "params": params }).to_string().as_bytes(),
+    );
+    assert!(reply.status == 200 || reply.status == 422, "{sql}: {}", reply.text());
+    reply.json()
+}
+
+fn sql(host: &TestHost, sql: &str) -> Value {
+    query(host, sql, json!([]))
+}
+
+#[test]
+fn pointer_passing_functions_are_refused_with_bound_parameters() {
+    let mut host = chaos("");
+    let fake_pointer = json!([{ "blob_len": 8, "byte": 0x41 }]);
+    for (statement, params) in [
+        ("SELECT fts3_tokenizer(?)", json!(["simple"])),
+        ("SELECT fts3_tokenizer('x', ?)", fake_pointer.clone()),
+        (
+            "SELECT fts3_tokenizer(?, ?)",
+            json!(["x", { "blob_len": 8, "byte": 0x41 }]),
+        ),
+        ("SELECT fts5(?)", json!([null])),
+        ("SELECT load_extension(?)", json!(["/lib/x86_64-linux-gnu/libc.so.6"])),
+        ("SELECT rtreenode(2, ?)", fake_pointer),
+        ("SELECT sqlite_compileoption_get(?)", json!([0])),
+        ("SELECT count(*) FROM dbstat", json!([])),
+    ] {
+        let reply = query(&host, statement, params);
+        assert_eq!(reply["error"], "access-denied", "{statement}: {reply}");
+    }
+    // The fake tokenizer was never registered: a table naming it fails,
+    // and the host is alive to say so.
+    let reply = sql(&host, "CREATE VIRTUAL TABLE t USING fts4(x, tokenize=x)");
+    assert!(reply["error"].is_string(), "{reply}");
+    assert!(host.is_alive());
+    assert_eq!(host.get("/users").status, 200);
+    // What services use is still there, bound parameters and all.
+    let reply = query(
+        &host,
+        "SELECT upper(?), json_extract(?, '$.a'), instr(?, 'c')",
+        json!(["ok", "{\"a\":2}", "abc"]),
+    );
+    assert_eq!(reply["rows"], json!([["OK", 2, 3]]), "{reply}");
+}
+
+#[test]
+fn huge_values_and_wide_rows_stay_within_a_memory_bound() {
+    // Values may be as large as 16 MiB here, and results too: the attack
+    // is a row of 48 such columns, which used to be copied whole.
+    let mut host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[server]\nsqlite_heap_mib = 64\n[components.chaos.limits]\ndb_max_value_kib = 16384\ndb_max_result_kib = 16384\ndb_statement_timeout_ms = 5000")
+        .start();
+    let before = proc_status_kib(host.pid(), "VmHWM");
+    let columns = ["zeroblob(16000000)"; 48].join(", ");
+    let reply = sql(&host, &format!("SELECT {columns}"));
+    assert_eq!(reply["error"], "limit-exceeded", "{reply}");
+    // A distinct set of large rows needs SQLite's heap (temporary tables
+    // live in memory, not in files), which is capped.
+    let distinct = "WITH RECURSIVE n(x, b) AS (SELECT 1, randomblob(1000000) \
+                    UNION SELECT x + 1, randomblob(1000000) FROM n WHERE x < 300) SELECT count(*) FROM n";
+    let reply = sql(&host, distinct);
+    assert_eq!(reply["error"], "limit-exceeded", "{reply}");
+    // Big parameters go through the same limit.
+    let reply = query(&host, "SELECT length(?)", json!([{ "blob_len": 17_000_000 }]));
+    assert_eq!(reply["error"], "limit-exceeded", "{reply}");
+    let peak = proc_status_kib(host.pid(), "VmHWM");
+    let grown_mib = peak.saturating_sub(before) >> 10;
+    // The guest's own copies live in its 128 MiB linear memory; what the
+    // host adds is one value and SQLite's capped heap.
+    eprintln!(
+        "peak resident memory: {} MiB before, {} MiB after the attacks",
+        before >> 10,
+        peak >> 10
+    );
+    assert!(grown_mib < 256, "peak resident memory grew by {grown_mib} MiB");
+    assert!(host.is_alive());
+    assert_eq!(sql(&host, "SELECT length(zeroblob(1000))")["rows"], json!([[1000]]));
+}
+
+#[test]
+fn a_runaway_statement_stops_within_its_timeout() {
+    let host = chaos("db_statement_timeout_ms = 200\ndb_max_value_kib = 4096");
+    let a = |n: u32| format!("replace(hex(zeroblob({n})), '0', 'a')");
+    for statement in [
+        // One function call that compares every position of one input
+        // against the other: minutes unbounded.
+        format!("SELECT instr({}, {} || 'b')", a(2_000_000), a(1_000_000)),
+        format!("SELECT length(replace({}, {} || 'b', 'x'))", a(2_000_000), a(1_000_000)),
+        // Many steps: stopped by the deadline.
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n".to_string(),
+        format!(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n WHERE instr({}, 'b') = x",
+            a(500_000)
+        ),
+    ] {
+        let started = Instant::now();
+        let reply = sql(&host, &statement);
+        let took = started.elapsed();
+        assert_eq!(reply["error"], "limit-exceeded", "{statement}: {reply}");
+        assert!(took < Duration::from_millis(1500), "{took:?} for {statement}");
+    }
+    assert_eq!(host.get("/users").status, 200);
+}
