@@ -7,11 +7,12 @@
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 
-use corral::bindings::corral::service::types::Request;
+use corral::capabilities::bindings::corral::service::types::Request;
+use corral::components::registry::Registry;
+use corral::components::snapshot::Entry;
+use corral::components::stats::ComponentStats;
 use corral::config::{Config, Overrides};
-use corral::invoke;
-use corral::metrics::Metrics;
-use corral::registry::{Entry, Registry};
+use corral::wasm::invoke;
 use divan::Bencher;
 
 fn main() {
@@ -48,7 +49,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         .enable_all()
         .build()
         .unwrap();
-    let registry = corral::registry(&config, Arc::new(Metrics::new())).unwrap();
+    let registry = corral::registry(&config, Arc::new(ComponentStats::default())).unwrap();
     runtime.block_on(registry.load_all(&config)).unwrap();
     Fixture {
         runtime,

@@ -1,80 +1,67 @@
 //! corral serves HTTP microservices as sandboxed WebAssembly components.
 //!
-//! Modules in reading order:
-//! - [`config`]: the TOML file, validated into a [`config::Config`].
-//! - [`engine`]: the wasmtime engine, pooling allocator, epoch ticker, linker.
-//! - [`bindings`]: host-side types and traits generated from `wit/`.
-//! - [`sqlite`]: each component's private database (`corral:service/sqlite`).
-//! - [`guest_log`]: guest logs and stdout/stderr into the host log.
-//! - [`limits`]: what one component may use, and how many may run at once.
-//! - [`invoke`]: one call into a component in a fresh store.
-//! - [`peers`]: calls between components, for any interface.
-//! - [`registry`]: components and their versions, published as an atomic snapshot.
-//! - [`versions`]: versions installed by changes, kept across restarts.
-//! - [`router`]: which component owns a path; route patterns.
-//! - [`client`]: the client's address, behind trusted proxies too.
-//! - [`ratelimit`]: request rates per client, with governor.
-//! - [`gateway`]: one public HTTP request, from route to response.
-//! - [`problem`]: problem+json error responses.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`server`]: the accept loop and graceful shutdown.
-//! - [`control`]: reloading the config (admin API, SIGHUP) and watched files.
-//! - [`admin`]: the admin listener: status, swaps, canaries, rollbacks, reloads.
-//! - [`remote`]: the admin API's client, for the CLI.
+//! Layers, in reading order; each uses only those before it:
+//! - [`config`]: the TOML file, validated into a [`config::Config`], and the
+//!   types of every setting.
+//! - [`limits`]: where limits live, enforced: store growth, the concurrency
+//!   gate, rate limits.
+//! - [`capabilities`]: what guests import: their database and their log.
+//! - [`wasm`]: the engine, the store of one call, and one call into a
+//!   component. Knows nothing of HTTP.
+//! - [`components`]: versions, the served snapshot, changes all at once,
+//!   calls between components, the operator's reloads.
+//! - [`serving`]: the public listener and one request from arrival to
+//!   response.
+//! - [`ops`]: the admin API, its CLI client, metrics.
+//!
+//! This file starts it all: [`run`] and [`check`].
 
-pub mod admin;
-pub mod bindings;
-pub mod client;
+pub mod capabilities;
+pub mod components;
 pub mod config;
-pub mod control;
-pub mod engine;
-pub mod gateway;
-pub mod guest_log;
-pub mod invoke;
 pub mod limits;
-pub mod metrics;
-pub mod peers;
-pub mod problem;
-pub mod random;
-pub mod ratelimit;
-pub mod registry;
-pub mod remote;
-pub mod router;
-pub mod server;
-pub mod sqlite;
-pub mod versions;
+pub mod ops;
+pub mod serving;
+pub mod wasm;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
-use crate::client::TrustedProxies;
-use crate::config::{Config, Overrides};
-use crate::control::Control;
-use crate::engine::{EngineSettings, EpochTicker};
-use crate::gateway::Gateway;
-use crate::metrics::{ListenerLabels, Metrics};
-use crate::registry::Registry;
+use crate::capabilities::sqlite::{self, SqlThreads};
+use crate::components::control::Control;
+use crate::components::peers;
+use crate::components::registry::Registry;
+use crate::components::stats::ComponentStats;
+use crate::components::version::digest;
+use crate::config::{Config, Overrides, TrustedProxies};
+use crate::ops::admin::Admin;
+use crate::ops::metrics::Metrics;
+use crate::serving::body::BodyPace;
+use crate::serving::gateway::Gateway;
+use crate::wasm::engine::{self, EngineSettings, EpochTicker};
 
 /// How often rate limiters forget idle clients.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Builds the engine and the (empty) registry the config describes.
-pub fn registry(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Registry> {
+pub fn registry(config: &Config, stats: Arc<ComponentStats>) -> anyhow::Result<Registry> {
+    let settings = &config.server.settings;
     let engine = engine::build(&EngineSettings {
-        max_instances: config.server.max_instances,
+        max_instances: u32::try_from(settings.max_instances).unwrap_or(u32::MAX),
         cache_dir: config.cache_dir.clone(),
     })?;
-    sqlite::limit_heap(config.server.sqlite_heap_bytes)?;
+    sqlite::limit_heap(settings.sqlite_heap_bytes as u64)?;
     Registry::new(
         engine,
         config.data_dir.clone(),
-        config.server.max_rate_limit_clients,
-        sqlite::SqlThreads::start(config.server.sql_threads)?,
-        metrics,
+        settings.max_rate_limit_clients,
+        SqlThreads::start(settings.sql_threads)?,
+        stats,
     )
 }
 
@@ -96,61 +83,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(registry(&config, Arc::clone(&metrics))?);
+    let registry = Arc::new(registry(&config, Arc::clone(&metrics.components))?);
     let _ticker = EpochTicker::start(registry.engine());
-    let settings = config.server.settings.clone();
-    let body_pace = gateway::BodyPace {
-        timeout: settings.body_timeout,
-        min_bytes_per_sec: settings.body_min_bytes_per_sec,
-    };
-    let trusted_proxies = config.server.trusted_proxies.clone();
-    let admin = match (&config.admin, listeners.admin) {
-        (Some(admin), Some(listener)) => {
-            if admin.allow_remote && !admin.listen.ip().is_loopback() {
-                tracing::warn!(
-                    listen = %admin.listen,
-                    "the admin API is reachable from other machines (allow_remote = true): \
-                     anyone with the token can replace every component"
-                );
-            }
-            let token = admin::resolve_token(&admin.token, admin::TokenFile::Create)?;
-            Some((token, admin.max_upload_bytes, listener))
-        }
-        _ => None,
-    };
     let control = Arc::new(Control::new(Arc::clone(&registry), config.clone(), overrides));
+    let (stop, stopped) = watch::channel(false);
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = || {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
     let mut background = Vec::new();
-    if let Some((token, max_upload_bytes, listener)) = admin {
-        tracing::info!("admin listening on http://{}", listener.local_addr()?);
-        let handler = Arc::new(Admin::new(
-            Arc::clone(&control),
-            Arc::clone(&metrics),
-            token,
-            max_upload_bytes,
-            body_pace,
-        ));
-        let connections = metrics
-            .open_connections
-            .get_or_create_owned(&ListenerLabels { listener: "admin" });
-        background.push(tokio::spawn(server::run(
-            listener,
-            handler,
-            settings.clone(),
-            TrustedProxies::default(),
-            connections,
-            until_stopped(),
-        )));
+    if let Some(listener) = listeners.admin {
+        background.push(serve_admin(&config, listener, &control, &metrics, until(&stopped))?);
     }
-    let loaded = registry.load_all(&config).await;
-    if let Err(e) = loaded {
+    if let Err(e) = registry.load_all(&config).await {
         let _ = stop.send(true);
         return Err(e);
     }
@@ -158,38 +100,110 @@ pub async fn run(
     background.push(tokio::spawn(Arc::clone(&control).watch()));
     background.push(tokio::spawn(reload_on_hangup(Arc::clone(&control))));
 
-    tracing::info!("listening on http://{}", listeners.public.local_addr()?);
-    let gateway = Arc::new(Gateway {
-        registry: Arc::clone(&registry),
-        trusted_proxies: trusted_proxies.clone(),
-        metrics: Arc::clone(&metrics),
-        body_pace,
-    });
-    let connections = metrics
-        .open_connections
-        .get_or_create_owned(&ListenerLabels { listener: "public" });
-    let public = server::run(
-        listeners.public,
-        gateway,
-        settings,
-        trusted_proxies,
-        connections,
-        until_stopped(),
-    );
-    tokio::pin!(public);
-    tokio::select! {
-        () = shutdown => {}
-        () = &mut public => {}
-    }
+    serve_public(&config, listeners.public, &registry, &metrics, shutdown).await?;
     let _ = stop.send(true);
-    public.await;
     for task in background {
         task.abort();
         let _ = task.await;
     }
     drop(control);
-    // The last reference closes every database, which checkpoints its WAL
-    // into the main file.
+    close(registry);
+    Ok(())
+}
+
+/// Resolves once `stopped` says so.
+fn until(stopped: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+    let mut stopped = stopped.clone();
+    async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }
+}
+
+fn body_pace(config: &Config) -> BodyPace {
+    BodyPace {
+        timeout: config.server.settings.body_timeout,
+        min_bytes_per_sec: config.server.settings.body_min_bytes_per_sec as u64,
+    }
+}
+
+/// Starts the admin listener, with its token.
+fn serve_admin(
+    config: &Config,
+    listener: TcpListener,
+    control: &Arc<Control>,
+    metrics: &Arc<Metrics>,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
+    let admin = config
+        .admin
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("an admin listener without an [admin] section"))?;
+    if admin.allow_remote && !admin.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %admin.listen,
+            "the admin API is reachable from other machines (allow_remote = true): \
+             anyone with the token can replace every component"
+        );
+    }
+    let token = config::tokens::resolve_token(&admin.token, config::tokens::TokenFile::Create)?;
+    tracing::info!("admin listening on http://{}", listener.local_addr()?);
+    let handler = Arc::new(Admin::new(
+        Arc::clone(control),
+        Arc::clone(metrics),
+        token,
+        admin.max_upload_bytes,
+        body_pace(config),
+    ));
+    Ok(tokio::spawn(serving::server::run(
+        listener,
+        handler,
+        config.server.settings.clone(),
+        TrustedProxies::default(),
+        metrics.serving.connections("admin"),
+        stopped,
+    )))
+}
+
+/// Serves the components until `shutdown` (or the listener fails), then
+/// drains the connections.
+async fn serve_public(
+    config: &Config,
+    listener: TcpListener,
+    registry: &Arc<Registry>,
+    metrics: &Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let gateway = Arc::new(Gateway {
+        registry: Arc::clone(registry),
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        stats: Arc::clone(&metrics.serving),
+        body_pace: body_pace(config),
+    });
+    let (stop_public, public_stopped) = tokio::sync::oneshot::channel::<()>();
+    let public = serving::server::run(
+        listener,
+        gateway,
+        config.server.settings.clone(),
+        config.server.trusted_proxies.clone(),
+        metrics.serving.connections("public"),
+        async move {
+            let _ = public_stopped.await;
+        },
+    );
+    tokio::pin!(public);
+    tokio::select! {
+        () = shutdown => {}
+        () = &mut public => return Ok(()),
+    }
+    let _ = stop_public.send(());
+    public.await;
+    Ok(())
+}
+
+/// Drops the last reference to the registry, which closes every database
+/// and so checkpoints its WAL into the main file.
+fn close(registry: Arc<Registry>) {
     match Arc::try_unwrap(registry) {
         Ok(registry) => {
             drop(registry);
@@ -197,7 +211,6 @@ pub async fn run(
         }
         Err(_) => tracing::warn!("requests still running at exit; their databases close with the process"),
     }
-    Ok(())
 }
 
 /// SIGHUP reloads the config file, as `POST /reload` does.
@@ -230,13 +243,13 @@ async fn evict_idle_clients(registry: Arc<Registry>) {
 /// and links, and every interface one imports from another has a provider
 /// with matching types. Nothing runs and no database is touched.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
-    let registry = registry(config, Arc::new(Metrics::new()))?;
+    let registry = registry(config, Arc::new(ComponentStats::default()))?;
     let mut failures = Vec::new();
     let mut compiled = Vec::new();
     for component in &config.components {
         let wasm = std::fs::read(&component.wasm)?;
-        let short = registry::digest(&wasm)[..12].to_string();
-        match registry.compile(&component.name, wasm).await {
+        let short = digest(&wasm)[..12].to_string();
+        match registry.compiler().compile(&component.name, wasm).await {
             Ok((_, peers)) => compiled.push((component, short, peers)),
             Err(e) => failures.push(format!(
                 "{}: {} is not a component corral can serve: {e:#}",

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use corral::Listeners;
 use corral::config::{Config, Overrides};
-use corral::remote::{AdminClient, status_table};
+use corral::ops::remote::{AdminClient, status_table};
 
 /// A request allocates and frees many small objects across threads (stores,
 /// strings, buffers); mimalloc does that with less contention than the system

@@ -1,0 +1,309 @@
+//! A connection checked out for one request, and what it has open: the
+//! transaction state machine ([`Txn`]) behind the interface's `begin`,
+//! `commit` and `rollback`, and the host's own transaction around `init`.
+//! Dropping a connection rolls back whatever the request left open.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::pool::{Database, Pooled};
+use super::threads::SqlThreads;
+use crate::capabilities::bindings::corral::service::sqlite::Error;
+
+/// What a connection has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Txn {
+    /// Nothing: each statement commits on its own.
+    Idle,
+    /// Transactions are open. `host`: the host's `init` transaction is the
+    /// outermost; `depth`: how many the guest opened inside it (or alone,
+    /// the outermost then being a real transaction, the others savepoints).
+    Open { host: bool, depth: u32 },
+    /// SQLite rolled everything back after an error. The guest still closes
+    /// its `depth` levels: a commit fails, a rollback succeeds.
+    RolledBack { host: bool, depth: u32 },
+}
+
+/// What the connection must run for a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnSql {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint(u32),
+    Release(u32),
+    RollbackTo(u32),
+}
+
+impl TxnSql {
+    fn text(&self) -> String {
+        match self {
+            TxnSql::Begin => "BEGIN IMMEDIATE".into(),
+            TxnSql::Commit => "COMMIT".into(),
+            TxnSql::Rollback => "ROLLBACK".into(),
+            TxnSql::Savepoint(n) => format!("SAVEPOINT corral_{n}"),
+            TxnSql::Release(n) => format!("RELEASE corral_{n}"),
+            TxnSql::RollbackTo(n) => format!("ROLLBACK TO corral_{n}; RELEASE corral_{n}"),
+        }
+    }
+}
+
+fn rolled_back() -> Error {
+    Error::InvalidTransactionState("the transaction was rolled back after an error".into())
+}
+
+impl Txn {
+    /// The guest's `begin`.
+    pub fn begin(self) -> Result<(Txn, TxnSql), Error> {
+        match self {
+            Txn::Idle => Ok((Txn::Open { host: false, depth: 1 }, TxnSql::Begin)),
+            Txn::Open { host, depth } => Ok((Txn::Open { host, depth: depth + 1 }, TxnSql::Savepoint(depth))),
+            Txn::RolledBack { .. } => Err(rolled_back()),
+        }
+    }
+
+    /// The guest's `commit` (or `rollback`): the state after, and the SQL
+    /// to run, if any. After a rollback by SQLite, commits fail.
+    pub fn finish(self, commit: bool) -> Result<(Txn, Option<TxnSql>), Error> {
+        let none_open = || Error::InvalidTransactionState("no transaction is open".into());
+        match self {
+            Txn::Idle | Txn::Open { depth: 0, .. } | Txn::RolledBack { depth: 0, .. } => Err(none_open()),
+            Txn::Open { host, depth } => {
+                let depth = depth - 1;
+                let sql = match (host || depth > 0, commit) {
+                    (false, true) => TxnSql::Commit,
+                    (false, false) => TxnSql::Rollback,
+                    (true, true) => TxnSql::Release(depth),
+                    (true, false) => TxnSql::RollbackTo(depth),
+                };
+                let next = if host || depth > 0 {
+                    Txn::Open { host, depth }
+                } else {
+                    Txn::Idle
+                };
+                Ok((next, Some(sql)))
+            }
+            Txn::RolledBack { host, depth } => {
+                let depth = depth - 1;
+                let next = if host || depth > 0 {
+                    Txn::RolledBack { host, depth }
+                } else {
+                    Txn::Idle
+                };
+                if commit { Err(rolled_back()) } else { Ok((next, None)) }
+            }
+        }
+    }
+
+    /// After a statement failed: whether SQLite rolled the transaction back,
+    /// which it does on some errors, seen as the connection in autocommit.
+    pub fn statement_failed(self, autocommit: bool) -> Txn {
+        match self {
+            Txn::Open { host, depth } if autocommit => Txn::RolledBack { host, depth },
+            other => other,
+        }
+    }
+
+    /// The host's transaction around `init`.
+    pub fn begin_host(self) -> Result<(Txn, TxnSql), Error> {
+        match self {
+            Txn::Idle => Ok((Txn::Open { host: true, depth: 0 }, TxnSql::Begin)),
+            _ => Err(Error::InvalidTransactionState("a transaction is already open".into())),
+        }
+    }
+
+    /// Ends the host's transaction, and whatever the guest left open in it.
+    pub fn end_host(self, commit: bool) -> Result<Option<TxnSql>, Error> {
+        match self {
+            Txn::Open { host: true, .. } => Ok(Some(if commit { TxnSql::Commit } else { TxnSql::Rollback })),
+            Txn::RolledBack { host: true, .. } if commit => Err(rolled_back()),
+            Txn::RolledBack { host: true, .. } => Ok(None),
+            _ => Err(Error::InvalidTransactionState(
+                "the host's transaction is not open".into(),
+            )),
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        self != Txn::Idle
+    }
+}
+
+/// A connection checked out for one request.
+pub struct Conn {
+    pub(super) db: Arc<Database>,
+    pub(super) pooled: Option<Pooled>,
+    pub(super) txn: Txn,
+    /// Kept per checkout rather than read from the pooled connection, so
+    /// that one request never sees another's counts.
+    pub(super) changes: u64,
+    pub(super) last_insert_rowid: i64,
+}
+
+impl Conn {
+    pub(super) fn new(db: Arc<Database>, pooled: Pooled) -> Conn {
+        Conn {
+            db,
+            pooled: Some(pooled),
+            txn: Txn::Idle,
+            changes: 0,
+            last_insert_rowid: 0,
+        }
+    }
+
+    pub(super) fn pooled(&self) -> &Pooled {
+        self.pooled
+            .as_ref()
+            .expect("a checked-out connection is present until drop")
+    }
+
+    /// The threads this connection's statements run on.
+    pub fn threads(&self) -> &Arc<SqlThreads> {
+        self.db.threads()
+    }
+
+    /// Rows changed by this request's last INSERT, UPDATE or DELETE.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// The rowid of this request's last INSERT.
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.last_insert_rowid
+    }
+
+    /// Whether SQLite has no transaction open.
+    pub fn is_autocommit(&self) -> bool {
+        self.pooled().conn.is_autocommit()
+    }
+
+    /// Opens a transaction, or a savepoint inside one.
+    pub fn begin(&mut self) -> Result<(), Error> {
+        let (next, sql) = self.txn.begin()?;
+        self.trusted(&sql.text())?;
+        self.txn = next;
+        Ok(())
+    }
+
+    pub fn commit(&mut self) -> Result<(), Error> {
+        self.finish(true)
+    }
+
+    pub fn rollback(&mut self) -> Result<(), Error> {
+        self.finish(false)
+    }
+
+    fn finish(&mut self, commit: bool) -> Result<(), Error> {
+        let (next, sql) = self.txn.finish(commit)?;
+        self.txn = next;
+        let Some(sql) = sql else { return Ok(()) };
+        let result = self.trusted(&sql.text());
+        if result.is_err() && next == Txn::Idle && !self.is_autocommit() {
+            // A failed COMMIT can leave the transaction open; end it so the
+            // connection is clean, and report the failure.
+            let _ = self.trusted("ROLLBACK");
+        }
+        result
+    }
+
+    /// Opens the transaction `init` runs in.
+    pub fn begin_host_transaction(&mut self) -> Result<(), Error> {
+        let (next, sql) = self.txn.begin_host()?;
+        self.trusted(&sql.text())?;
+        self.txn = next;
+        Ok(())
+    }
+
+    /// Commits or rolls back the transaction `init` ran in; whatever the
+    /// guest left open inside it goes with it.
+    pub fn end_host_transaction(&mut self, commit: bool) -> Result<(), Error> {
+        let ending = self.txn.end_host(commit);
+        self.txn = Txn::Idle;
+        let result = match ending? {
+            Some(sql) => self.trusted(&sql.text()),
+            None => Ok(()),
+        };
+        if !self.is_autocommit() {
+            let _ = self.trusted("ROLLBACK");
+        }
+        result
+    }
+
+    /// Runs the host's own SQL, which the authorizer would deny to a guest.
+    fn trusted(&mut self, sql: &str) -> Result<(), Error> {
+        let pooled = self.pooled();
+        pooled.guard.trusted.store(true, Ordering::Relaxed);
+        let result = pooled.conn.execute_batch(sql);
+        pooled.guard.trusted.store(false, Ordering::Relaxed);
+        result.map_err(|e| super::exec::guest_error(e, &pooled.guard, &self.db.limits))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(pooled) = self.pooled.take() else {
+            return;
+        };
+        if !pooled.conn.is_autocommit() {
+            pooled.guard.trusted.store(true, Ordering::Relaxed);
+            let rolled_back = pooled.conn.execute_batch("ROLLBACK").is_ok();
+            pooled.guard.trusted.store(false, Ordering::Relaxed);
+            if !rolled_back {
+                // A connection in an unknown state is closed, not reused.
+                return;
+            }
+        }
+        self.db.checkin(pooled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_transactions_nest_as_savepoints() {
+        let (open, sql) = Txn::Idle.begin().unwrap();
+        assert_eq!((open, sql), (Txn::Open { host: false, depth: 1 }, TxnSql::Begin));
+        let (inner, sql) = open.begin().unwrap();
+        assert_eq!(sql, TxnSql::Savepoint(1));
+        assert_eq!(inner.finish(false).unwrap(), (open, Some(TxnSql::RollbackTo(1))));
+        assert_eq!(inner.finish(true).unwrap(), (open, Some(TxnSql::Release(1))));
+        assert_eq!(open.finish(true).unwrap(), (Txn::Idle, Some(TxnSql::Commit)));
+        assert_eq!(open.finish(false).unwrap(), (Txn::Idle, Some(TxnSql::Rollback)));
+        assert!(Txn::Idle.finish(true).is_err(), "nothing to commit");
+    }
+
+    #[test]
+    fn inside_the_hosts_transaction_the_guest_only_makes_savepoints() {
+        let (host, sql) = Txn::Idle.begin_host().unwrap();
+        assert_eq!(sql, TxnSql::Begin);
+        let (guest, sql) = host.begin().unwrap();
+        assert_eq!(sql, TxnSql::Savepoint(0));
+        assert_eq!(guest.finish(true).unwrap(), (host, Some(TxnSql::Release(0))));
+        assert!(
+            host.finish(true).is_err(),
+            "the guest cannot end the host's transaction"
+        );
+        assert_eq!(guest.end_host(true).unwrap(), Some(TxnSql::Commit));
+        assert!(host.begin_host().is_err());
+    }
+
+    #[test]
+    fn after_sqlite_rolls_back_commits_fail_until_every_level_is_closed() {
+        let (open, _) = Txn::Idle.begin().unwrap();
+        let (inner, _) = open.begin().unwrap();
+        assert_eq!(inner.statement_failed(false), inner, "still open");
+        let gone = inner.statement_failed(true);
+        assert_eq!(gone, Txn::RolledBack { host: false, depth: 2 });
+        assert!(gone.begin().is_err());
+        assert!(gone.finish(true).is_err());
+        let (outer, sql) = gone.finish(false).unwrap();
+        assert_eq!((outer, sql), (Txn::RolledBack { host: false, depth: 1 }, None));
+        assert_eq!(outer.finish(false).unwrap(), (Txn::Idle, None));
+        let (host, _) = Txn::Idle.begin_host().unwrap();
+        let gone = host.statement_failed(true);
+        assert!(gone.end_host(true).is_err(), "init's work is gone: no commit");
+        assert_eq!(gone.end_host(false).unwrap(), None);
+    }
+}

@@ -1,0 +1,207 @@
+//! Running one guest statement: parameters bound, rows collected within
+//! the result limits (sized before they are copied out of SQLite), and
+//! SQLite's failures mapped to the error variants a guest sees.
+
+use std::time::Duration;
+
+use rusqlite::ErrorCode;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+use super::connection::Conn;
+use super::pool::{BUSY_TIMEOUT, DbLimits, Guard};
+use crate::capabilities::bindings::corral::service::sqlite::{Error, QueryResult, Row, Value};
+
+impl Conn {
+    /// Runs one guest statement and collects its rows within the limits.
+    pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<QueryResult, Error> {
+        let limits = &self.db.limits;
+        let pooled = self
+            .pooled
+            .as_ref()
+            .expect("a checked-out connection is present until drop");
+        let (conn, guard) = (&pooled.conn, &pooled.guard);
+        let (total_before, rowid_before) = (conn.total_changes(), conn.last_insert_rowid());
+        let result = guard
+            .deadline
+            .within(limits.statement_timeout, || run(conn, sql, params, limits))
+            .map_err(|e| match e {
+                Failure::Sqlite(e) => guest_error(e, guard, limits),
+                Failure::Guest(e) => e,
+            });
+        match &result {
+            Ok((_, true)) => {}
+            Ok((_, false)) => {
+                let changed = conn.total_changes() > total_before;
+                self.changes = if changed { conn.changes() } else { 0 };
+                if changed && conn.last_insert_rowid() != rowid_before {
+                    self.last_insert_rowid = conn.last_insert_rowid();
+                }
+            }
+            Err(_) => self.txn = self.txn.statement_failed(conn.is_autocommit()),
+        }
+        result.map(|(rows, _)| rows)
+    }
+
+    /// Runs `sql` right here if it is a read outside any transaction and it
+    /// finishes within `budget` without waiting for a lock: then nothing it
+    /// did needs undoing if it is stopped. `None` means it must run on a
+    /// blocking thread instead, with [`Conn::execute`].
+    pub fn try_read_inline(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        budget: Duration,
+    ) -> Option<Result<QueryResult, Error>> {
+        if self.txn.is_open() {
+            return None;
+        }
+        let limits = &self.db.limits;
+        let pooled = self
+            .pooled
+            .as_ref()
+            .expect("a checked-out connection is present until drop");
+        let (conn, guard) = (&pooled.conn, &pooled.guard);
+        let mut statement = conn
+            .prepare_cached(sql)
+            .ok()
+            .filter(|s| s.readonly() && conn.is_autocommit())?;
+        let final_budget = budget >= limits.statement_timeout;
+        conn.busy_timeout(Duration::ZERO).ok()?;
+        let result = guard.deadline.within(budget.min(limits.statement_timeout), || {
+            run_statement(&mut statement, params, limits)
+        });
+        drop(statement);
+        if conn.busy_timeout(BUSY_TIMEOUT).is_err() {
+            return None;
+        }
+        match result {
+            Ok((rows, _)) => Some(Ok(rows)),
+            Err(Failure::Sqlite(e)) => match e.sqlite_error_code() {
+                Some(ErrorCode::OperationInterrupted) if !final_budget => None,
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => None,
+                _ => Some(Err(guest_error(e, guard, limits))),
+            },
+            Err(Failure::Guest(e)) => Some(Err(e)),
+        }
+    }
+}
+
+enum Failure {
+    Sqlite(rusqlite::Error),
+    Guest(Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sqlite(e)
+    }
+}
+
+/// Runs a statement; also tells whether it was read-only.
+fn run(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[Value],
+    limits: &DbLimits,
+) -> Result<(QueryResult, bool), Failure> {
+    let mut statement = conn.prepare_cached(sql)?;
+    run_statement(&mut statement, params, limits)
+}
+
+fn run_statement(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[Value],
+    limits: &DbLimits,
+) -> Result<(QueryResult, bool), Failure> {
+    let readonly = stmt.readonly();
+    let expected = stmt.parameter_count();
+    if expected != params.len() {
+        return Err(Failure::Guest(Error::InvalidStatement(format!(
+            "the statement takes {expected} parameters, {} given",
+            params.len()
+        ))));
+    }
+    for (i, param) in params.iter().enumerate() {
+        let value = match param {
+            Value::Null => ValueRef::Null,
+            Value::Integer(n) => ValueRef::Integer(*n),
+            Value::Real(n) => ValueRef::Real(*n),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        };
+        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(value))?;
+    }
+    let columns: Vec<String> = stmt.column_names().map(String::from).collect();
+    let width = columns.len();
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut rows = stmt.raw_query();
+    while let Some(row) = rows.next()? {
+        if out.len() == limits.max_result_rows {
+            return Err(Failure::Guest(Error::LimitExceeded(format!(
+                "the query returns more than {} rows",
+                limits.max_result_rows
+            ))));
+        }
+        let mut values = Vec::with_capacity(width);
+        for i in 0..width {
+            // Sized while still in SQLite's memory: nothing is copied past the limit.
+            let value = row.get_ref(i)?;
+            bytes += 8 + match value {
+                ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
+                _ => 0,
+            };
+            if bytes > limits.max_result_bytes {
+                return Err(Failure::Guest(Error::LimitExceeded(format!(
+                    "the query returns more than {} bytes",
+                    limits.max_result_bytes
+                ))));
+            }
+            values.push(match value {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(n) => Value::Integer(n),
+                ValueRef::Real(n) => Value::Real(n),
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            });
+        }
+        out.push(Row { values });
+    }
+    Ok((QueryResult { columns, rows: out }, readonly))
+}
+
+/// Maps an SQLite failure to the error variant a guest sees.
+pub(super) fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) -> Error {
+    // A denial fails the statement, at prepare time or when it runs.
+    if let Some(why) = guard.denied.lock().expect("denial lock").take() {
+        return Error::AccessDenied(why);
+    }
+    let (code, message) = match e {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            (failure.code, message.unwrap_or_else(|| failure.to_string()))
+        }
+        rusqlite::Error::MultipleStatement => {
+            return Error::InvalidStatement("execute takes one statement at a time".into());
+        }
+        rusqlite::Error::SqlInputError { msg, sql, offset, .. } => {
+            return Error::InvalidStatement(format!("{msg} in {sql:?} at offset {offset}"));
+        }
+        other => return Error::Io(other.to_string()),
+    };
+    match code {
+        ErrorCode::ConstraintViolation => Error::ConstraintViolation(message),
+        ErrorCode::DiskFull => Error::DatabaseFull,
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Error::Busy,
+        ErrorCode::OperationInterrupted => Error::LimitExceeded(format!(
+            "the statement ran longer than {} ms",
+            limits.statement_timeout.as_millis()
+        )),
+        ErrorCode::AuthorizationForStatementDenied => Error::AccessDenied(message),
+        ErrorCode::TooBig => Error::LimitExceeded(message),
+        ErrorCode::OutOfMemory => Error::LimitExceeded("the host's memory for SQLite is exhausted; try again".into()),
+        ErrorCode::Unknown | ErrorCode::TypeMismatch | ErrorCode::ParameterOutOfRange => {
+            Error::InvalidStatement(message)
+        }
+        _ => Error::Io(message),
+    }
+}

@@ -1,0 +1,191 @@
+//! A component's database file and its pool of connections, each opened
+//! hardened (WAL, `unix-excl`, foreign keys, temporary storage in memory,
+//! the size cap, [`policy`](super::policy)'s rules and limits, a deadline
+//! for its statements). Everything here blocks; callers run it off the
+//! async workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::OpenFlags;
+use rusqlite::hooks::{AuthContext, Authorization};
+
+use super::connection::Conn;
+use super::policy;
+use super::threads::SqlThreads;
+use super::watchdog::Deadline;
+use crate::capabilities::bindings::corral::service::sqlite::Error;
+use crate::config::ComponentLimits;
+
+/// Bounds on what one component may do with its database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbLimits {
+    /// The file may not grow past this; writes beyond fail with `database-full`.
+    pub max_size_bytes: u64,
+    /// One statement may run this long before it is interrupted.
+    pub statement_timeout: Duration,
+    /// One query may return at most this many rows ...
+    pub max_result_rows: usize,
+    /// ... and this many bytes of values.
+    pub max_result_bytes: usize,
+    /// The largest string or blob SQLite makes for the component, in a
+    /// table, a parameter or along the way of a statement.
+    pub max_value_bytes: usize,
+}
+
+impl From<&ComponentLimits> for DbLimits {
+    fn from(limits: &ComponentLimits) -> Self {
+        DbLimits {
+            max_size_bytes: limits.db_max_size_bytes as u64,
+            statement_timeout: limits.db_statement_timeout,
+            max_result_rows: limits.db_max_result_rows,
+            max_result_bytes: limits.db_max_result_bytes,
+            max_value_bytes: limits.db_max_value_bytes,
+        }
+    }
+}
+
+impl Default for DbLimits {
+    fn default() -> Self {
+        DbLimits::from(&ComponentLimits::default())
+    }
+}
+
+/// SQLite's unix VFS in exclusive mode; see [`Database::connect`].
+const EXCLUSIVE_VFS: &std::ffi::CStr = c"unix-excl";
+/// How long a statement waits for another request's write lock.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per database; more are opened on demand and closed after use.
+const MAX_IDLE_CONNECTIONS: usize = 32;
+/// SQLite calls the progress handler every this many virtual machine steps.
+const PROGRESS_STEPS: i32 = 1000;
+
+/// One component's database file.
+pub struct Database {
+    path: PathBuf,
+    pub(super) limits: DbLimits,
+    idle: Mutex<Vec<Pooled>>,
+    threads: Arc<SqlThreads>,
+}
+
+/// A connection and the state its authorizer and progress handler read.
+pub(super) struct Pooled {
+    pub conn: rusqlite::Connection,
+    pub guard: Arc<Guard>,
+}
+
+/// What the hooks installed on a connection consult.
+pub(super) struct Guard {
+    /// Set while the host runs its own statements (transaction control),
+    /// which the authorizer otherwise denies.
+    pub trusted: AtomicBool,
+    /// When the running statement must stop.
+    pub deadline: Arc<Deadline>,
+    /// Why the authorizer last said no, for the error the guest sees.
+    pub denied: Mutex<Option<String>>,
+}
+
+impl Database {
+    /// Opens (creating it if needed) the database file at `path`; its
+    /// statements run on `threads`.
+    pub fn open(path: PathBuf, limits: DbLimits, threads: Arc<SqlThreads>) -> anyhow::Result<Arc<Database>> {
+        let db = Arc::new(Database {
+            path,
+            limits,
+            idle: Mutex::new(Vec::new()),
+            threads,
+        });
+        let first = db.connect()?;
+        db.idle.lock().expect("pool lock").push(first);
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The threads this database's statements run on.
+    pub fn threads(&self) -> &Arc<SqlThreads> {
+        &self.threads
+    }
+
+    /// A connection for one request, from the pool or newly opened.
+    pub fn checkout(self: &Arc<Self>) -> Result<Conn, Error> {
+        match self.checkout_idle() {
+            Some(conn) => Ok(conn),
+            None => {
+                let pooled = self
+                    .connect()
+                    .map_err(|e| Error::Io(format!("cannot open the database: {e:#}")))?;
+                Ok(self.conn(pooled))
+            }
+        }
+    }
+
+    /// A pooled connection, if one is idle; never blocks.
+    pub fn checkout_idle(self: &Arc<Self>) -> Option<Conn> {
+        let pooled = self.idle.lock().expect("pool lock").pop()?;
+        Some(self.conn(pooled))
+    }
+
+    fn conn(self: &Arc<Self>, pooled: Pooled) -> Conn {
+        Conn::new(Arc::clone(self), pooled)
+    }
+
+    fn connect(&self) -> anyhow::Result<Pooled> {
+        use anyhow::Context;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // The unix-excl VFS holds the file exclusively for this process and keeps
+        // the WAL index in memory shared by its connections: no other process
+        // can touch a component's database while the host runs, and reads
+        // skip the file-lock system calls of the shared-memory index.
+        let mut conn = rusqlite::Connection::open_with_flags_and_vfs(&self.path, flags, EXCLUSIVE_VFS)
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let journal: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        anyhow::ensure!(
+            journal.eq_ignore_ascii_case("wal"),
+            "cannot switch to WAL mode (got {journal})"
+        );
+        // Temporary tables and sorts stay in memory, under SQLite's heap cap,
+        // instead of in files a statement could grow without bound.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;")?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
+        conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
+        policy::harden(&conn, &self.limits)?;
+
+        let guard = Arc::new(Guard {
+            trusted: AtomicBool::new(false),
+            deadline: Deadline::watch(&conn),
+            denied: Mutex::new(None),
+        });
+        let auth_guard = Arc::clone(&guard);
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_guard, ctx)))?;
+        let deadline = Arc::clone(&guard.deadline);
+        conn.progress_handler(PROGRESS_STEPS, Some(move || deadline.passed()))?;
+        Ok(Pooled { conn, guard })
+    }
+
+    pub(super) fn checkin(&self, pooled: Pooled) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(pooled);
+        }
+    }
+}
+
+fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
+    if guard.trusted.load(Ordering::Relaxed) {
+        return Authorization::Allow;
+    }
+    match policy::authorize(&ctx.action) {
+        Ok(()) => Authorization::Allow,
+        Err(reason) => {
+            *guard.denied.lock().expect("denial lock") = Some(reason);
+            Authorization::Deny
+        }
+    }
+}

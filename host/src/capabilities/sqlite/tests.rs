@@ -1,0 +1,223 @@
+//! The database capability's rules, on a real temporary database: what a
+//! guest may and may not run, and the limits that hold.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::connection::Conn;
+use super::pool::{Database, DbLimits};
+use super::threads::SqlThreads;
+use crate::capabilities::bindings::corral::service::sqlite::{Error, Value};
+
+fn database(limits: DbLimits) -> (tempfile::TempDir, Arc<Database>) {
+    let dir = tempfile::tempdir().unwrap();
+    let threads = SqlThreads::start(1).unwrap();
+    let db = Database::open(dir.path().join("t.sqlite3"), limits, threads).unwrap();
+    (dir, db)
+}
+
+fn exec(conn: &mut Conn, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, Error> {
+    conn.execute(sql, params)
+        .map(|r| r.rows.into_iter().map(|row| row.values).collect())
+}
+
+fn one(conn: &mut Conn, sql: &str) -> Value {
+    exec(conn, sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e:?}"))[0][0].clone()
+}
+
+fn denied(conn: &mut Conn, sql: &str, params: &[Value]) -> String {
+    match exec(conn, sql, params) {
+        Err(Error::AccessDenied(why)) => why,
+        other => panic!("{sql} was not denied: {other:?}"),
+    }
+}
+
+#[test]
+fn functions_outside_the_allow_list_are_denied_even_with_bound_parameters() {
+    let (_dir, db) = database(DbLimits::default());
+    let mut conn = db.checkout().unwrap();
+    let pointer = Value::Blob(vec![0x41; 8]);
+    denied(&mut conn, "SELECT fts3_tokenizer(?)", &[Value::Text("simple".into())]);
+    denied(&mut conn, "SELECT fts3_tokenizer('x', ?)", &[pointer]);
+    denied(&mut conn, "SELECT fts5(?)", &[Value::Null]);
+    denied(
+        &mut conn,
+        "SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')",
+        &[],
+    );
+    denied(&mut conn, "SELECT sqlite_compileoption_get(0)", &[]);
+    denied(&mut conn, "SELECT count(*) FROM dbstat", &[]);
+    let why = denied(&mut conn, "SELECT rtreenode(2, x'00')", &[]);
+    assert!(why.contains("rtreenode"), "{why}");
+    // A view or trigger cannot smuggle one in: it is authorized when used.
+    exec(&mut conn, "CREATE TABLE t (x)", &[]).unwrap();
+    exec(&mut conn, "CREATE VIEW v AS SELECT sqlite_source_id() AS x", &[]).unwrap_or_default();
+    assert!(exec(&mut conn, "SELECT * FROM v", &[]).is_err());
+    // The tokenizer a denied function would register is not there.
+    assert!(exec(&mut conn, "CREATE VIRTUAL TABLE f USING fts4(x, tokenize=x)", &[]).is_err());
+    exec(&mut conn, "CREATE VIRTUAL TABLE g USING fts4(x, tokenize=porter)", &[]).unwrap();
+    exec(&mut conn, "INSERT INTO g (x) VALUES ('running dogs')", &[]).unwrap();
+    assert_eq!(
+        one(&mut conn, "SELECT count(*) FROM g WHERE g MATCH 'run'"),
+        Value::Integer(1)
+    );
+    denied(&mut conn, "CREATE VIRTUAL TABLE h USING fts4aux(g)", &[]);
+}
+
+#[test]
+fn what_a_service_needs_stays_allowed() {
+    let (_dir, db) = database(DbLimits::default());
+    let mut conn = db.checkout().unwrap();
+    for sql in [
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, at TEXT DEFAULT (strftime('%Y', 'now')))",
+        "CREATE INDEX users_by_name ON users (lower(name))",
+        "INSERT INTO users (name) VALUES (upper('ada'))",
+        "ALTER TABLE users ADD COLUMN email TEXT",
+        "ALTER TABLE users RENAME COLUMN email TO mail",
+        "ALTER TABLE users DROP COLUMN mail",
+        "ALTER TABLE users RENAME TO people",
+        "CREATE TRIGGER named AFTER INSERT ON people BEGIN UPDATE people SET name = trim(name) WHERE id = new.id; END",
+        "CREATE VIRTUAL TABLE docs USING fts5(body)",
+        "CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1)",
+        "PRAGMA user_version = 3",
+    ] {
+        exec(&mut conn, sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    assert_eq!(
+        one(
+            &mut conn,
+            "SELECT json_extract(json_object('a', 1, 'b', json_array(2, 3)), '$.b[1]')"
+        ),
+        Value::Integer(3)
+    );
+    assert_eq!(one(&mut conn, "SELECT '{\"a\":[1,2]}' ->> '$.a[0]'"), Value::Integer(1));
+    assert_eq!(
+        one(&mut conn, "SELECT count(*) FROM json_each('[1,2,3]')"),
+        Value::Integer(3)
+    );
+    assert_eq!(
+        one(&mut conn, "SELECT count(*) FROM pragma_table_info('people')"),
+        Value::Integer(3)
+    );
+    assert_eq!(
+        one(
+            &mut conn,
+            "SELECT group_concat(x) OVER () FROM (SELECT 1 AS x UNION ALL SELECT 2) LIMIT 1"
+        ),
+        Value::Text("1,2".into())
+    );
+    assert_eq!(one(&mut conn, "SELECT name FROM people"), Value::Text("ADA".into()));
+    // The wrapped functions answer exactly as SQLite's own.
+    assert_eq!(one(&mut conn, "SELECT instr('hello', 'l')"), Value::Integer(3));
+    assert_eq!(one(&mut conn, "SELECT instr(x'0102', x'02')"), Value::Integer(2));
+    assert_eq!(one(&mut conn, "SELECT instr(12345, 34)"), Value::Integer(3));
+    assert_eq!(one(&mut conn, "SELECT instr(NULL, 'a')"), Value::Null);
+    assert_eq!(
+        one(&mut conn, "SELECT replace('aXbX', 'X', 'yy')"),
+        Value::Text("ayybyy".into())
+    );
+    assert_eq!(
+        one(&mut conn, "SELECT trim('xxhixx', 'x') || ltrim('  a') || rtrim('b  ')"),
+        Value::Text("hiab".into())
+    );
+    assert_eq!(
+        one(
+            &mut conn,
+            "SELECT json_patch('{\"a\":1,\"b\":2}', '{\"b\":null,\"c\":3}')"
+        ),
+        Value::Text("{\"a\":1,\"c\":3}".into())
+    );
+}
+
+#[test]
+fn statements_with_quadratic_cost_end_quickly() {
+    let (_dir, db) = database(DbLimits {
+        statement_timeout: Duration::from_millis(200),
+        ..DbLimits::default()
+    });
+    let mut conn = db.checkout().unwrap();
+    let a = |n: u32| format!("replace(hex(zeroblob({n})), '0', 'a')");
+    for sql in [
+        format!("SELECT instr({}, {} || 'b')", a(250_000), a(120_000)),
+        format!("SELECT length(replace({}, {} || 'b', 'x'))", a(250_000), a(120_000)),
+        format!(
+            "SELECT length(trim({}, replace(hex(zeroblob(20000)), '0', 'c') || 'a'))",
+            a(250_000)
+        ),
+    ] {
+        let started = Instant::now();
+        let outcome = exec(&mut conn, &sql, &[]);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?} for {outcome:?}",
+            started.elapsed()
+        );
+        assert!(matches!(outcome, Err(Error::LimitExceeded(_))), "{outcome:?}");
+    }
+}
+
+#[test]
+fn values_and_results_are_sized_before_they_are_copied() {
+    let (_dir, db) = database(DbLimits {
+        max_result_bytes: 1 << 20,
+        max_value_bytes: 256 << 10,
+        ..DbLimits::default()
+    });
+    let mut conn = db.checkout().unwrap();
+    assert!(matches!(
+        exec(&mut conn, "SELECT zeroblob(300000)", &[]),
+        Err(Error::LimitExceeded(_))
+    ));
+    assert!(matches!(
+        exec(&mut conn, "SELECT ?", &[Value::Blob(vec![0; 300_000])]),
+        Err(Error::LimitExceeded(_))
+    ));
+    let wide = ["zeroblob(200000)"; 8].join(", ");
+    assert!(matches!(
+        exec(&mut conn, &format!("SELECT {wide}"), &[]),
+        Err(Error::LimitExceeded(_))
+    ));
+    assert_eq!(exec(&mut conn, "SELECT zeroblob(200000)", &[]).unwrap().len(), 1);
+}
+
+#[test]
+fn a_long_statement_is_interrupted_at_its_deadline() {
+    let (_dir, db) = database(DbLimits {
+        statement_timeout: Duration::from_millis(100),
+        ..DbLimits::default()
+    });
+    let mut conn = db.checkout().unwrap();
+    let started = Instant::now();
+    let endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
+    assert!(matches!(exec(&mut conn, endless, &[]), Err(Error::LimitExceeded(_))));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // The next statement on the same connection is not interrupted.
+    assert_eq!(one(&mut conn, "SELECT 1"), Value::Integer(1));
+}
+
+#[test]
+fn transactions_and_temporary_objects_stay_the_hosts() {
+    let (_dir, db) = database(DbLimits::default());
+    let mut conn = db.checkout().unwrap();
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "SAVEPOINT s",
+        "CREATE TEMP TABLE t (x)",
+        "ATTACH ':memory:' AS m",
+        "PRAGMA writable_schema = ON",
+        "PRAGMA max_page_count = 1",
+        "PRAGMA journal_mode = DELETE",
+    ] {
+        denied(&mut conn, sql, &[]);
+    }
+    conn.begin().unwrap();
+    conn.begin().unwrap();
+    exec(&mut conn, "CREATE TABLE t (x)", &[]).unwrap();
+    conn.rollback().unwrap();
+    conn.commit().unwrap();
+    assert!(
+        exec(&mut conn, "SELECT * FROM t", &[]).is_err(),
+        "the savepoint was rolled back"
+    );
+}

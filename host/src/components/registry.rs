@@ -1,0 +1,662 @@
+//! The components being served and every change to them. Each change
+//! (load, swap, canary, promote, rollback, reload) is prepared in full
+//! (compiled, checked against the others, its `init`s run in transactions
+//! left open), then published as one new [`Snapshot`] (transactions
+//! committed, shared parts installed, gates resized), or abandoned, leaving
+//! everything as it was.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use wasmtime::Engine;
+
+use super::peers::Dispatch;
+use super::saved::{Origin, SavedCanary, SavedState, SavedVersion, VersionStore};
+use super::snapshot::{Canary, ComponentShared, Entry, Snapshot};
+use super::stats::ComponentStats;
+use super::version::{Compiler, Version, digest};
+use crate::capabilities::sqlite::{self, Conn, Database, DbLimits, SqlThreads};
+use crate::config::{ComponentConfig, Config};
+use crate::limits::gate::ConcurrencyGate;
+use crate::limits::rates::RateLimits;
+use crate::wasm::invoke;
+
+/// Why a change to the served components was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("no component named {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The code is not a component corral can serve.
+    #[error("{0:#}")]
+    Invalid(anyhow::Error),
+    /// The code compiled but its `init` failed; its database is as it was.
+    #[error("{0:#}")]
+    InitFailed(anyhow::Error),
+    #[error("{0}")]
+    Config(crate::config::ConfigError),
+    /// The change could not be kept under `data_dir`.
+    #[error("{0:#}")]
+    Storage(anyhow::Error),
+}
+
+impl ChangeError {
+    /// Imports between components that do not resolve.
+    fn peers(problems: Vec<String>) -> Self {
+        ChangeError::Invalid(anyhow::anyhow!("{}", problems.join("\n")))
+    }
+}
+
+/// The outcome of a change, for the operator.
+#[derive(Debug, serde::Serialize)]
+pub struct Change {
+    pub name: String,
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub canary_percent: Option<u8>,
+}
+
+/// Compiles and loads components, and holds the current [`Snapshot`].
+pub struct Registry {
+    compiler: Compiler,
+    data_dir: PathBuf,
+    /// Client addresses one rate limit tracks.
+    max_rate_limit_clients: usize,
+    /// Where every database's statements run.
+    sql_threads: Arc<SqlThreads>,
+    /// One per component name, kept across versions and reloads.
+    shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
+    /// Versions installed by changes, kept across restarts.
+    versions: VersionStore,
+    /// Shared with the host functions that carry calls between components.
+    current: Arc<ArcSwap<Snapshot>>,
+    /// Changes happen one at a time; requests never wait for this.
+    changing: tokio::sync::Mutex<()>,
+    stats: Arc<ComponentStats>,
+}
+
+/// A change ready to publish. Nothing it did is visible yet: its new
+/// versions' `init`s wait in open transactions, its shared parts are not
+/// installed, its database files are new ones only.
+struct Prepared {
+    snapshot: Snapshot,
+    shared: Vec<Arc<ComponentShared>>,
+    inits: Vec<Conn>,
+    /// Database files the change created, removed if it is abandoned.
+    created: Vec<PathBuf>,
+}
+
+/// One component as a change plans it.
+struct Planned {
+    entry: Arc<Entry>,
+    /// Versions new to this component, whose `init` must run.
+    fresh: Vec<Arc<Version>>,
+    created: Option<PathBuf>,
+}
+
+impl Registry {
+    pub fn new(
+        engine: Engine,
+        data_dir: PathBuf,
+        max_rate_limit_clients: usize,
+        sql_threads: Arc<SqlThreads>,
+        stats: Arc<ComponentStats>,
+    ) -> anyhow::Result<Registry> {
+        let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let dispatch = Dispatch {
+            snapshot: Arc::downgrade(&current),
+            stats: Arc::clone(&stats),
+        };
+        Ok(Registry {
+            compiler: Compiler::new(engine, dispatch)?,
+            versions: VersionStore::new(&data_dir),
+            data_dir,
+            max_rate_limit_clients,
+            sql_threads,
+            shared: Mutex::new(HashMap::new()),
+            current,
+            changing: tokio::sync::Mutex::new(()),
+            stats,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.compiler.engine()
+    }
+
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
+    }
+
+    /// What is being served right now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether the first load has published the components.
+    pub fn is_ready(&self) -> bool {
+        !self.current.load().entries.is_empty()
+    }
+
+    /// Loads every component of `config` and publishes them together; fails
+    /// with every component's problem if any cannot load. A component whose
+    /// versions were changed while the host last ran serves those again,
+    /// unless the config's file changed since.
+    pub async fn load_all(&self, config: &Config) -> anyhow::Result<()> {
+        let _changing = self.changing.lock().await;
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
+        let prepared = self.prepare(config, &Snapshot::default()).await?;
+        let published = self.publish(prepared).await?;
+        for entry in &published.entries {
+            self.save_state(entry).await;
+        }
+        Ok(())
+    }
+
+    /// Applies a new config as one change: components added, removed, their
+    /// routes, limits and (where the file changed) code. Every new version
+    /// compiles, links and runs its `init` before any of it is committed;
+    /// if anything fails, nothing changes: databases, rate limit buckets,
+    /// gates and limits stay exactly as they were.
+    pub async fn reload(&self, config: &Config) -> Result<Vec<Change>, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let before = self.snapshot();
+        let prepared = self.prepare(config, &before).await?;
+        let after = self.publish(prepared).await?;
+        let mut changes = Vec::new();
+        for entry in &after.entries {
+            self.stats.count_change(&entry.name, "reload");
+            self.save_state(entry).await;
+            changes.push(Change {
+                name: entry.name.to_string(),
+                version: entry.current.digest.to_string(),
+                previous_version: before.get(&entry.name).map(|b| b.current.digest.to_string()),
+                canary_percent: entry.canary.as_ref().map(|c| c.percent),
+            });
+        }
+        tracing::info!(components = config.components.len(), "reloaded the config");
+        Ok(changes)
+    }
+
+    /// Plans every component of `config`, reusing what `before` has: new
+    /// code is compiled, the whole is checked (routes, peers), and only then
+    /// do the new versions run their `init`, each in a transaction left open.
+    async fn prepare(&self, config: &Config, before: &Snapshot) -> Result<Prepared, ChangeError> {
+        let mut entries = Vec::new();
+        let mut fresh = Vec::new();
+        let mut created = Vec::new();
+        let mut failures = Vec::new();
+        for component in &config.components {
+            match self.plan(component, before.get(&component.name)).await {
+                Ok(planned) => {
+                    created.extend(planned.created);
+                    fresh.extend(planned.fresh.into_iter().map(|v| (Arc::clone(&planned.entry), v)));
+                    entries.push(planned.entry);
+                }
+                Err(e) => failures.push(format!("{}: {e:#}", component.name)),
+            }
+        }
+        if !failures.is_empty() {
+            drop((entries, fresh));
+            remove_databases(&created);
+            return Err(ChangeError::Invalid(anyhow::anyhow!(
+                "cannot load components:\n  {}",
+                failures.join("\n  ")
+            )));
+        }
+        let shared = entries.iter().map(|e| Arc::clone(&e.shared)).collect();
+        let snapshot = match Snapshot::build(entries) {
+            Ok(snapshot) => snapshot,
+            Err(problems) => {
+                drop((shared, fresh));
+                remove_databases(&created);
+                return Err(ChangeError::peers(problems));
+            }
+        };
+        let mut prepared = Prepared {
+            snapshot,
+            shared,
+            inits: Vec::new(),
+            created,
+        };
+        // The versions of one component run their inits in one transaction.
+        let mut open: HashMap<Arc<str>, Conn> = HashMap::new();
+        for (entry, version) in fresh {
+            let conn = open.remove(&entry.name);
+            match self.init(&entry.shared, &version, conn).await {
+                Ok(conn) => {
+                    open.insert(Arc::clone(&entry.name), conn);
+                }
+                Err(e) => {
+                    prepared.inits.extend(open.into_values());
+                    drop(entry);
+                    self.abandon(prepared).await;
+                    return Err(e);
+                }
+            }
+        }
+        prepared.inits.extend(open.into_values());
+        Ok(prepared)
+    }
+
+    /// The entry `config` describes, and which of its versions are new.
+    async fn plan(&self, config: &ComponentConfig, before: Option<&Arc<Entry>>) -> anyhow::Result<Planned> {
+        let wasm = read_wasm(&config.wasm).await?;
+        let file_digest = digest(&wasm);
+        let (shared, created) = self.prepare_shared(config).await?;
+        let entry = |current, previous, canary, file_digest| Entry {
+            name: config.name.as_str().into(),
+            config: config.clone(),
+            shared: Arc::clone(&shared),
+            current,
+            previous,
+            canary,
+            file_digest,
+        };
+        if let Some(before) = before {
+            if before.file_digest == file_digest {
+                // The code on disk is what was loaded last: keep the versions,
+                // uploads and canary included, under the new routes and limits.
+                let kept = Entry {
+                    config: config.clone(),
+                    shared: Arc::clone(&shared),
+                    ..Entry::clone(before)
+                };
+                return Ok(Planned {
+                    entry: Arc::new(kept),
+                    fresh: Vec::new(),
+                    created,
+                });
+            }
+            let version = self.file_version(config, wasm).await?;
+            let planned = entry(
+                Arc::clone(&version),
+                Some(Arc::clone(&before.current)),
+                None,
+                file_digest,
+            );
+            return Ok(Planned {
+                entry: Arc::new(planned),
+                fresh: vec![version],
+                created,
+            });
+        }
+        let saved = self.versions.load(&config.name).unwrap_or_else(|e| {
+            tracing::warn!(component = %config.name, "ignoring the saved versions: {e:#}");
+            None
+        });
+        if let Some(saved) = saved.filter(|s| *s.file_digest == *file_digest)
+            && let Some((current, previous, canary)) = self.restore(&config.name, &saved).await
+        {
+            let mut fresh = vec![Arc::clone(&current)];
+            fresh.extend(canary.as_ref().map(|c| Arc::clone(&c.version)));
+            tracing::info!(component = %config.name, version = %current.short, "serving the version saved by the last change");
+            return Ok(Planned {
+                entry: Arc::new(entry(current, previous, canary, file_digest)),
+                fresh,
+                created,
+            });
+        }
+        let previous = match self.versions.load(&config.name).ok().flatten() {
+            Some(saved) => {
+                tracing::info!(
+                    component = %config.name,
+                    swapped = %saved.current.digest,
+                    "the config's file changed since the last run; it replaces the version a change installed"
+                );
+                self.saved_version(&config.name, &saved.current).await.ok()
+            }
+            None => None,
+        };
+        let version = self.file_version(config, wasm).await?;
+        Ok(Planned {
+            entry: Arc::new(entry(Arc::clone(&version), previous, None, file_digest)),
+            fresh: vec![version],
+            created,
+        })
+    }
+
+    /// The versions a saved state names, compiled; `None` if the current
+    /// one cannot be restored (then the config's file serves).
+    async fn restore(
+        &self,
+        name: &str,
+        saved: &SavedState,
+    ) -> Option<(Arc<Version>, Option<Arc<Version>>, Option<Canary>)> {
+        let current = match self.saved_version(name, &saved.current).await {
+            Ok(version) => version,
+            Err(e) => {
+                tracing::warn!(component = %name, "cannot restore the saved version, serving the config's file: {e:#}");
+                return None;
+            }
+        };
+        let previous = match &saved.previous {
+            Some(previous) => self.saved_version(name, previous).await.ok(),
+            None => None,
+        };
+        let canary = match &saved.canary {
+            Some(canary) => self
+                .saved_version(name, &canary.version)
+                .await
+                .ok()
+                .map(|version| Canary {
+                    version,
+                    percent: canary.percent,
+                }),
+            None => None,
+        };
+        Some((current, previous, canary))
+    }
+
+    async fn saved_version(&self, name: &str, saved: &SavedVersion) -> anyhow::Result<Arc<Version>> {
+        let wasm = self.versions.read(name, &saved.digest)?;
+        Ok(self.compile_version(name, wasm, saved.origin.clone()).await?)
+    }
+
+    async fn file_version(&self, config: &ComponentConfig, wasm: Vec<u8>) -> anyhow::Result<Arc<Version>> {
+        let origin = Origin::File {
+            path: config.wasm.clone(),
+        };
+        Ok(self.compile_version(&config.name, wasm, origin).await?)
+    }
+
+    /// Installs new code for component `name`: for every request, or for
+    /// `canary` percent of them. It is compiled, checked against the other
+    /// components and initialized first; on any failure the component is
+    /// left as it was.
+    pub async fn swap(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        canary: Option<u8>,
+        origin: Origin,
+    ) -> Result<Change, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let version = self.compile_version(name, wasm, origin).await?;
+        let mut next = Entry::clone(entry);
+        match canary {
+            Some(percent) => {
+                next.canary = Some(Canary {
+                    version: Arc::clone(&version),
+                    percent,
+                })
+            }
+            None => {
+                next.previous = Some(Arc::clone(&entry.current));
+                next.current = Arc::clone(&version);
+                next.canary = None;
+            }
+        }
+        if let Origin::File { .. } = version.origin {
+            next.file_digest = Arc::clone(&version.digest);
+        }
+        // Refuse code that breaks a peer before running any of it.
+        let published = snapshot.with(next.clone()).map_err(ChangeError::peers)?;
+        let conn = self.init(&entry.shared, &version, None).await?;
+        let kind = if canary.is_some() { "canary" } else { "swap" };
+        let prepared = Prepared {
+            snapshot: published,
+            shared: Vec::new(),
+            inits: vec![conn],
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, kind).await
+    }
+
+    /// Back to the previous version, or, with a canary out, drops the canary.
+    pub async fn rollback(&self, name: &str) -> Result<Change, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let mut next = Entry::clone(entry);
+        if next.canary.take().is_none() {
+            let previous = next
+                .previous
+                .replace(Arc::clone(&entry.current))
+                .ok_or_else(|| ChangeError::Conflict(format!("{name} has no previous version to roll back to")))?;
+            next.current = previous;
+        }
+        let prepared = Prepared {
+            snapshot: snapshot.with(next.clone()).map_err(ChangeError::peers)?,
+            shared: Vec::new(),
+            inits: Vec::new(),
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, "rollback").await
+    }
+
+    /// Makes the canary the current version for every request.
+    pub async fn promote(&self, name: &str) -> Result<Change, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let mut next = Entry::clone(entry);
+        let canary = next
+            .canary
+            .take()
+            .ok_or_else(|| ChangeError::Conflict(format!("{name} has no canary to promote")))?;
+        next.previous = Some(Arc::clone(&entry.current));
+        next.current = canary.version;
+        let prepared = Prepared {
+            snapshot: snapshot.with(next.clone()).map_err(ChangeError::peers)?,
+            shared: Vec::new(),
+            inits: Vec::new(),
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, "promote").await
+    }
+
+    /// Publishes a change to one component, `next`, and says what changed.
+    /// `kind` names the change in the log and the metrics.
+    async fn publish_change(
+        &self,
+        before: &Snapshot,
+        prepared: Prepared,
+        next: &Entry,
+        kind: &'static str,
+    ) -> Result<Change, ChangeError> {
+        let change = Change {
+            name: next.name.to_string(),
+            version: next
+                .canary
+                .as_ref()
+                .map_or(&next.current, |c| &c.version)
+                .digest
+                .to_string(),
+            previous_version: before.get(&next.name).map(|e| e.current.digest.to_string()),
+            canary_percent: next.canary.as_ref().map(|c| c.percent),
+        };
+        self.publish(prepared).await?;
+        let canary = next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent));
+        tracing::info!(component = %next.name, version = %next.current.short, canary = ?canary, "{kind}");
+        self.stats.count_change(&next.name, kind);
+        self.save_state(next).await;
+        Ok(change)
+    }
+
+    /// Makes a prepared change visible: commits its `init`s, installs its
+    /// shared parts (resizing gates in place), then publishes its snapshot.
+    /// From here on new requests see it; requests in flight finish on what
+    /// they started with.
+    async fn publish(&self, mut prepared: Prepared) -> Result<Arc<Snapshot>, ChangeError> {
+        while let Some(conn) = prepared.inits.pop() {
+            if let Err(e) = sqlite::end_host_transaction(conn, true).await {
+                self.abandon(prepared).await;
+                return Err(ChangeError::InitFailed(anyhow::anyhow!(
+                    "cannot commit what init did: {e:?}"
+                )));
+            }
+        }
+        {
+            let mut installed = self.shared.lock().expect("shared lock");
+            for shared in prepared.shared {
+                shared.gate.resize(&shared.limits);
+                installed.insert(shared.name.to_string(), shared);
+            }
+        }
+        let snapshot = Arc::new(prepared.snapshot);
+        self.current.store(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
+
+    /// Undoes a prepared change that will not be published: rolls back its
+    /// `init`s and removes the database files it created.
+    async fn abandon(&self, prepared: Prepared) {
+        let Prepared {
+            snapshot,
+            shared,
+            inits,
+            created,
+        } = prepared;
+        for conn in inits {
+            let _ = sqlite::end_host_transaction(conn, false).await;
+        }
+        drop((snapshot, shared));
+        remove_databases(&created);
+    }
+
+    /// Records what `entry` serves, so a restart serves it again. A failure
+    /// is logged: the change is live, but a restart would not bring it back.
+    async fn save_state(&self, entry: &Entry) {
+        let saved = |v: &Version| SavedVersion {
+            digest: v.digest.to_string(),
+            origin: v.origin.clone(),
+        };
+        let state = SavedState {
+            file_digest: entry.file_digest.to_string(),
+            current: saved(&entry.current),
+            previous: entry.previous.as_deref().map(saved),
+            canary: entry.canary.as_ref().map(|c| SavedCanary {
+                version: saved(&c.version),
+                percent: c.percent,
+            }),
+        };
+        let name = entry.name.to_string();
+        let versions = VersionStore::new(&self.data_dir);
+        let saved = tokio::task::spawn_blocking(move || versions.save(&name, &state)).await;
+        if let Err(e) = saved.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::error!(component = %entry.name, "cannot record the versions it serves: {e:#}");
+        }
+    }
+
+    /// Compiles `wasm` into a version of component `name`, linked to the
+    /// host and to its peers, and keeps its code for later restarts.
+    async fn compile_version(&self, name: &str, wasm: Vec<u8>, origin: Origin) -> Result<Arc<Version>, ChangeError> {
+        let digest = digest(&wasm);
+        let versions = VersionStore::new(&self.data_dir);
+        let (pre, peers) = self.compiler.compile(name, wasm.clone()).await.map_err(|e| {
+            self.stats.count_change(&name.into(), "load_failed");
+            ChangeError::Invalid(e)
+        })?;
+        let (owner, kept) = (name.to_string(), Arc::clone(&digest));
+        tokio::task::spawn_blocking(move || versions.keep(&owner, &kept, &wasm))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|kept| kept)
+            .map_err(ChangeError::Storage)?;
+        Ok(Arc::new(Version {
+            short: digest[..12].into(),
+            digest,
+            loaded_at: SystemTime::now(),
+            origin,
+            pre,
+            peers,
+        }))
+    }
+
+    /// Runs a new version's `init` against the component's database, in a
+    /// transaction left open for [`Registry::publish`] to commit.
+    async fn init(
+        &self,
+        shared: &Arc<ComponentShared>,
+        version: &Version,
+        conn: Option<Conn>,
+    ) -> Result<Conn, ChangeError> {
+        let name = &shared.name;
+        let target = shared.target(version, &shared.limits);
+        match invoke::init(target, conn).await {
+            Ok(conn) => {
+                self.stats.count_change(name, "load");
+                tracing::info!(component = %name, version = %version.short, "loaded");
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.count_change(name, "load_failed");
+                Err(ChangeError::InitFailed(anyhow::Error::from(e).context("init failed")))
+            }
+        }
+    }
+
+    /// The shared parts of a component for `config`: kept from before, or
+    /// rebuilt where the config changed them. The gate is always kept (a
+    /// publish resizes it), the rate limiters unless their config changed,
+    /// the database unless its own limits changed. Also says which database
+    /// file this created, if any.
+    async fn prepare_shared(
+        &self,
+        config: &ComponentConfig,
+    ) -> anyhow::Result<(Arc<ComponentShared>, Option<PathBuf>)> {
+        let previous = self.shared.lock().expect("shared lock").get(&config.name).cloned();
+        if let Some(previous) = &previous
+            && previous.limits == config.limits
+            && previous.rate_config == config.rate_limits
+        {
+            return Ok((Arc::clone(previous), None));
+        }
+        let (db, created) = match &previous {
+            Some(previous) if DbLimits::from(&previous.limits) == DbLimits::from(&config.limits) => {
+                (Arc::clone(&previous.db), None)
+            }
+            _ => {
+                let path = self.data_dir.join(format!("{}.sqlite3", config.name));
+                let created = (!path.exists()).then(|| path.clone());
+                let db_limits = DbLimits::from(&config.limits);
+                let threads = Arc::clone(&self.sql_threads);
+                let db = tokio::task::spawn_blocking(move || Database::open(path, db_limits, threads)).await??;
+                (db, created)
+            }
+        };
+        let name: Arc<str> = config.name.as_str().into();
+        let shared = Arc::new(ComponentShared {
+            sqlite_stats: self.stats.sqlite_stats(&name),
+            name,
+            db,
+            gate: match &previous {
+                Some(previous) => Arc::clone(&previous.gate),
+                None => Arc::new(ConcurrencyGate::new(&config.limits)),
+            },
+            rate_limits: match &previous {
+                Some(previous) if previous.rate_config == config.rate_limits => Arc::clone(&previous.rate_limits),
+                _ => Arc::new(RateLimits::new(&config.rate_limits, self.max_rate_limit_clients)),
+            },
+            limits: config.limits.clone(),
+            rate_config: config.rate_limits.clone(),
+        });
+        Ok((shared, created))
+    }
+}
+
+/// Removes database files an abandoned change created, with their journals.
+fn remove_databases(created: &[PathBuf]) {
+    for path in created {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+async fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))
+}

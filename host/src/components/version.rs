@@ -1,0 +1,108 @@
+//! One version of a component's code ([`Version`]): checked to be a
+//! component, compiled off the async workers, linked to the host and to its
+//! peers, pre-instantiated. The [`Compiler`] does that for every version.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use super::peers::{Dispatch, PeerInterfaces};
+use super::saved::Origin;
+use crate::capabilities::bindings::ServicePre;
+use crate::wasm::state::RequestState;
+
+/// One version of a component's code, ready to instantiate.
+pub struct Version {
+    /// The sha256 of the `.wasm`, in hex.
+    pub digest: Arc<str>,
+    /// The first 12 hex digits of `digest`, for logs and headers.
+    pub short: Arc<str>,
+    pub loaded_at: SystemTime,
+    /// Where the code came from.
+    pub origin: Origin,
+    pub pre: ServicePre<RequestState>,
+    /// The interfaces it offers other components and needs from them.
+    pub peers: PeerInterfaces,
+}
+
+/// Turns `.wasm` bytes into versions.
+pub struct Compiler {
+    engine: Engine,
+    linker: Linker<RequestState>,
+    /// How calls to peers find their provider at the time of the call.
+    dispatch: Dispatch,
+}
+
+impl Compiler {
+    pub fn new(engine: Engine, dispatch: Dispatch) -> anyhow::Result<Self> {
+        let linker = crate::wasm::state::linker(&engine)?;
+        Ok(Compiler {
+            engine,
+            linker,
+            dispatch,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Checks that `wasm` is a component, compiles it off the async workers,
+    /// and links it: the host's interfaces, its peers' interfaces (resolved
+    /// when it is published), and the service exports present.
+    pub async fn compile(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> anyhow::Result<(ServicePre<RequestState>, PeerInterfaces)> {
+        check_header(&wasm)?;
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
+            .await?
+            .map_err(anyhow::Error::from)
+            .context("cannot compile it")?;
+        let peers = PeerInterfaces::of(&component, &self.engine)?;
+        let instance_pre = if peers.imports.is_empty() {
+            self.linker.instantiate_pre(&component)
+        } else {
+            let mut linker = self.linker.clone();
+            super::peers::link(&mut linker, name, &peers, &self.dispatch)?;
+            linker.instantiate_pre(&component)
+        };
+        let instance_pre = instance_pre
+            .map_err(anyhow::Error::from)
+            .context("cannot link it: it imports something corral does not provide")?;
+        let pre = ServicePre::new(instance_pre).map_err(anyhow::Error::from).context(
+            "it does not export the corral:service/handler and corral:service/lifecycle interfaces \
+             (build it against wit/service.wit)",
+        )?;
+        Ok((pre, peers))
+    }
+}
+
+/// The sha256 of `wasm` in hex: a version's identity.
+pub fn digest(wasm: &[u8]) -> Arc<str> {
+    Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
+/// Tells a component from a core module or from anything else, because
+/// wasmtime's own message for those is less direct.
+fn check_header(wasm: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const COMPONENT_LAYER: [u8; 2] = [1, 0];
+    match wasm.get(..8) {
+        Some(header) if header.starts_with(MAGIC) && header[6..8] == COMPONENT_LAYER => Ok(()),
+        Some(header) if header.starts_with(MAGIC) => {
+            anyhow::bail!("it is a core wasm module, not a component; build it for wasm32-wasip2")
+        }
+        _ => anyhow::bail!("it is not WebAssembly"),
+    }
+}

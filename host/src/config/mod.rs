@@ -1,0 +1,174 @@
+//! The TOML config file: what the user wrote (`raw`, checked only for
+//! shape) resolved into what the host runs with ([`Config`], `resolve`),
+//! with every problem in the file reported at once. The lowest layer: the
+//! types it resolves into ([`ComponentLimits`], [`ServerSettings`], rates,
+//! routes, token sources) are its own, and the rest of the host reads them.
+//!
+//! - [`settings`]: every numeric setting, declared once.
+//! - [`routes`]: route prefixes and patterns.
+//! - [`rates`]: rate limits as written.
+//! - [`tokens`]: where the admin token comes from.
+
+pub mod rates;
+mod raw;
+mod resolve;
+pub mod routes;
+pub mod settings;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+pub use rates::{Rate, RateLimit, RateLimitConfig, Scope};
+pub use routes::RoutePattern;
+pub use settings::{ComponentLimits, ServerSettings};
+pub use tokens::TokenSource;
+
+/// The host's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from; relative paths in it are relative to its folder.
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    /// Where each component's `<name>.sqlite3` lives.
+    pub data_dir: PathBuf,
+    /// Where compiled components are cached between runs; none when absent.
+    pub cache_dir: Option<PathBuf>,
+    pub server: ServerConfig,
+    /// The admin listener; none when the file has no `[admin]`.
+    pub admin: Option<AdminConfig>,
+    pub components: Vec<ComponentConfig>,
+}
+
+/// Host-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub settings: ServerSettings,
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: TokenSource,
+    /// The largest `.wasm` an upload may carry.
+    pub max_upload_bytes: usize,
+    /// Serve the admin API on an address other machines can reach.
+    pub allow_remote: bool,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentConfig {
+    pub name: String,
+    pub wasm: PathBuf,
+    /// Path prefixes this component owns, such as `/users`.
+    pub routes: Vec<String>,
+    pub limits: ComponentLimits,
+    pub rate_limits: RateLimitConfig,
+    /// Reload the component when its `.wasm` changes on disk.
+    pub watch: bool,
+    /// Which component provides an imported interface, where several export it.
+    pub imports: BTreeMap<String, String>,
+}
+
+/// The networks whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn trusts(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.0.iter().any(|net| net.contains(&addr))
+    }
+}
+
+/// Values given on the command line, which win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    /// Watch every component's file.
+    pub watch: bool,
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One thing wrong, at a dotted key such as `components.users.wasm`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        let plural = if n == 1 { "" } else { "s" };
+        write!(f, "{}: {n} problem{plural}", self.file.display())?;
+        for problem in &self.problems {
+            if problem.key.is_empty() {
+                write!(f, "\n  {}", problem.message)?;
+            } else {
+                write!(f, "\n  {}: {}", problem.key, problem.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn single(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            problems: vec![Problem {
+                key: String::new(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::single(file, format!("cannot read: {e}")))?;
+        Self::parse(&text, file, overrides)
+    }
+
+    /// Validates config text as if read from `file`.
+    pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let shape_error = |e: toml::de::Error| ConfigError::single(file, e.to_string().trim_end());
+        let mut problems = resolve::Problems::default();
+        let deserializer = toml::Deserializer::parse(text).map_err(shape_error)?;
+        // serde_ignored writes `?` for the inside of an Option; keys read better without it.
+        let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |path| {
+            problems.add(path.to_string().replace(".?", ""), "unknown key")
+        })
+        .map_err(shape_error)?;
+        // Absolute, so that paths mean the same wherever they are used from.
+        let base = std::path::absolute(file.parent().unwrap_or(Path::new("."))).unwrap_or_default();
+        let config = resolve::config(raw, file, &base, overrides, &mut problems);
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigError {
+                file: file.to_path_buf(),
+                problems: problems.into_vec(),
+            }),
+        }
+    }
+}

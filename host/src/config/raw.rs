@@ -1,0 +1,63 @@
+//! The config file as written: every field optional, so that a missing one
+//! is reported with the others instead of stopping the parse.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::settings::{RawLimits, RawServer};
+
+#[derive(Debug, Deserialize)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub cache_dir: Option<String>,
+    #[serde(default)]
+    pub server: RawServer,
+    pub admin: Option<RawAdmin>,
+    /// Defaults for every component.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// In file order, so problems and routes keep the order the user wrote.
+    #[serde(default)]
+    pub components: IndexMap<String, RawComponent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    pub max_upload_mib: Option<u64>,
+    pub allow_remote: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawComponent {
+    pub wasm: Option<String>,
+    pub routes: Option<Vec<String>>,
+    pub watch: Option<bool>,
+    #[serde(default)]
+    pub imports: BTreeMap<String, String>,
+    pub limits: Option<RawLimits>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRateLimit {
+    pub rate: Option<String>,
+    pub burst: Option<u64>,
+    pub per: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<RawRouteLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRouteLimit {
+    pub route: Option<String>,
+    pub rate: Option<String>,
+    pub burst: Option<u64>,
+    pub per: Option<String>,
+}

@@ -1,0 +1,464 @@
+//! From the file as written to the [`Config`] the host runs with: paths made
+//! absolute, values checked against their ranges, routes against each other,
+//! every problem collected under its dotted key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit};
+use super::routes::{check_route, routes_overlap};
+use super::settings::RawServer;
+use super::tokens::MIN_TOKEN_LEN;
+use super::{
+    AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides, Problem,
+    Rate, RateLimit, RateLimitConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource, TrustedProxies,
+};
+
+const MAX_NAME_LEN: usize = 64;
+
+/// Every problem found so far.
+#[derive(Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<Problem> {
+        self.0
+    }
+
+    pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `value` if it lies in `min..=max`, else a problem and `None`.
+    pub fn ranged(&mut self, key: impl Into<String>, value: Option<u64>, min: u64, max: u64) -> Option<u64> {
+        let value = value?;
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            self.add(key, format!("{value} is out of range: use {min} to {max}"));
+            None
+        }
+    }
+}
+
+pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, problems: &mut Problems) -> Config {
+    let listen = overrides.listen.unwrap_or_else(|| {
+        let text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        text.parse().unwrap_or_else(|_| {
+            problems.add("listen", format!("{text:?} is not an address such as {DEFAULT_LISTEN}"));
+            DEFAULT_LISTEN.parse().expect("the default address parses")
+        })
+    });
+    let data_dir = match (&overrides.data_dir, &raw.data_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => base.join(dir),
+        (None, None) => {
+            problems.add(
+                "data_dir",
+                "is required: the folder where each component's database lives",
+            );
+            PathBuf::new()
+        }
+    };
+    if data_dir.exists() && !data_dir.is_dir() {
+        problems.add("data_dir", format!("{} exists and is not a folder", data_dir.display()));
+    }
+    let cache_dir = raw.cache_dir.map(|dir| base.join(dir));
+    let server = server_config(&raw.server, problems);
+    let admin = raw
+        .admin
+        .as_ref()
+        .map(|admin| admin_config(admin, base, &data_dir, problems));
+    let defaults = ComponentLimits::resolve(&raw.limits, &ComponentLimits::default(), "limits", problems);
+
+    if raw.components.is_empty() {
+        problems.add("components", "at least one component is required");
+    }
+    let mut components = Vec::new();
+    for (name, component) in raw.components {
+        components.push(component_config(
+            name,
+            component,
+            base,
+            &defaults,
+            overrides.watch,
+            problems,
+        ));
+    }
+    check_overlaps(&components, problems);
+    for component in &components {
+        for (interface, provider) in &component.imports {
+            if !components.iter().any(|c| &c.name == provider) {
+                problems.add(
+                    format!("components.{}.imports.\"{interface}\"", component.name),
+                    format!("{provider:?} is not a configured component"),
+                );
+            }
+        }
+    }
+    let concurrent: usize = components.iter().map(|c| c.limits.max_concurrent).sum();
+    if concurrent > server.settings.max_instances {
+        problems.add(
+            "server.max_instances",
+            format!(
+                "{} is less than the components' max_concurrent added up ({concurrent})",
+                server.settings.max_instances
+            ),
+        );
+    }
+    Config {
+        source: file.to_path_buf(),
+        listen,
+        data_dir,
+        cache_dir,
+        server,
+        admin,
+        components,
+    }
+}
+
+fn admin_config(raw: &RawAdmin, base: &Path, data_dir: &Path, problems: &mut Problems) -> AdminConfig {
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen: SocketAddr = text.parse().unwrap_or_else(|_| {
+        problems.add(
+            "admin.listen",
+            format!("{text:?} is not an address such as {DEFAULT_ADMIN_LISTEN}"),
+        );
+        DEFAULT_ADMIN_LISTEN.parse().expect("the default address parses")
+    });
+    let token = match (&raw.token, &raw.token_env, &raw.token_file) {
+        (Some(token), None, None) => {
+            if token.len() < MIN_TOKEN_LEN {
+                problems.add("admin.token", format!("is shorter than {MIN_TOKEN_LEN} characters"));
+            }
+            TokenSource::Literal(token.clone())
+        }
+        (None, Some(var), None) => TokenSource::Env(var.clone()),
+        (None, None, Some(file)) => TokenSource::File(base.join(file)),
+        (None, None, None) => TokenSource::File(data_dir.join("admin.token")),
+        _ => {
+            problems.add("admin", "give at most one of token, token_env and token_file");
+            TokenSource::File(data_dir.join("admin.token"))
+        }
+    };
+    let max_upload_mib = problems
+        .ranged("admin.max_upload_mib", raw.max_upload_mib, 1, 1024)
+        .unwrap_or(64);
+    let allow_remote = raw.allow_remote.unwrap_or(false);
+    if !listen.ip().is_loopback() && !allow_remote {
+        problems.add(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other machines: the admin API can replace every component; \
+                 use a loopback address, or set admin.allow_remote = true behind a firewall"
+            ),
+        );
+    }
+    AdminConfig {
+        listen,
+        token,
+        max_upload_bytes: (max_upload_mib << 20) as usize,
+        allow_remote,
+    }
+}
+
+fn server_config(raw: &RawServer, problems: &mut Problems) -> ServerConfig {
+    let settings = ServerSettings::resolve(raw, &ServerSettings::default(), "server", problems);
+    let mut proxies = Vec::new();
+    for (i, text) in raw.trusted_proxies.iter().enumerate() {
+        let parsed = text
+            .parse()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => proxies.push(net),
+            Err(_) => problems.add(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{text:?} is not an address or network such as \"10.0.0.0/8\""),
+            ),
+        }
+    }
+    ServerConfig {
+        settings,
+        trusted_proxies: TrustedProxies(proxies),
+    }
+}
+
+fn component_config(
+    name: String,
+    raw: RawComponent,
+    base: &Path,
+    defaults: &ComponentLimits,
+    watch_all: bool,
+    problems: &mut Problems,
+) -> ComponentConfig {
+    let key = format!("components.{name}");
+    if let Err(message) = check_name(&name) {
+        problems.add(&key, message);
+    }
+    let wasm = match raw.wasm {
+        Some(path) => {
+            let path = base.join(path);
+            if !path.is_file() {
+                problems.add(
+                    format!("{key}.wasm"),
+                    format!(
+                        "no such file: {} (run `just build` to build the components)",
+                        path.display()
+                    ),
+                );
+            }
+            path
+        }
+        None => {
+            problems.add(
+                format!("{key}.wasm"),
+                "is required: the path of the component's .wasm file",
+            );
+            PathBuf::new()
+        }
+    };
+    let routes = raw.routes.unwrap_or_else(|| {
+        problems.add(
+            format!("{key}.routes"),
+            "is required: the path prefixes the component serves",
+        );
+        Vec::new()
+    });
+    for (i, route) in routes.iter().enumerate() {
+        if let Err(message) = check_route(route) {
+            problems.add(format!("{key}.routes[{i}]"), message);
+        }
+    }
+    let limits = match &raw.limits {
+        Some(own) => ComponentLimits::resolve(own, defaults, &format!("{key}.limits"), problems),
+        None => defaults.clone(),
+    };
+    let rate_limits = match raw.rate_limit {
+        Some(raw) => rate_limits(raw, &routes, &format!("{key}.rate_limit"), problems),
+        None => RateLimitConfig::default(),
+    };
+    ComponentConfig {
+        name,
+        wasm,
+        routes,
+        limits,
+        rate_limits,
+        watch: raw.watch.unwrap_or(false) || watch_all,
+        imports: raw.imports,
+    }
+}
+
+fn rate_limits(raw: RawRateLimit, routes: &[String], key: &str, problems: &mut Problems) -> RateLimitConfig {
+    let component = match &raw.rate {
+        Some(_) => rate_limit(raw.rate.as_deref(), raw.burst, raw.per.as_deref(), key, problems),
+        None => {
+            if raw.burst.is_some() || raw.per.is_some() {
+                problems.add(format!("{key}.rate"), "is required with burst or per");
+            } else if raw.routes.is_empty() {
+                problems.add(format!("{key}.rate"), "is required: a rate such as \"10/minute\"");
+            }
+            None
+        }
+    };
+    let mut route_limits = Vec::new();
+    for (i, route) in raw.routes.into_iter().enumerate() {
+        let key = format!("{key}.routes[{i}]");
+        let pattern = match route.route.as_deref().map(str::parse::<RoutePattern>) {
+            Some(Ok(pattern)) if routes.iter().any(|prefix| pattern.is_under(prefix)) => Some(pattern),
+            Some(Ok(pattern)) => {
+                problems.add(
+                    format!("{key}.route"),
+                    format!("{pattern} is not under any of this component's routes"),
+                );
+                None
+            }
+            Some(Err(message)) => {
+                problems.add(format!("{key}.route"), message);
+                None
+            }
+            None => {
+                problems.add(
+                    format!("{key}.route"),
+                    "is required: a method and path such as \"GET /users/{id}\"",
+                );
+                None
+            }
+        };
+        let limit = rate_limit(route.rate.as_deref(), route.burst, route.per.as_deref(), &key, problems);
+        if let (Some(pattern), Some(limit)) = (pattern, limit) {
+            route_limits.push((pattern, limit));
+        }
+    }
+    RateLimitConfig {
+        component,
+        routes: route_limits,
+    }
+}
+
+fn rate_limit(
+    rate: Option<&str>,
+    burst: Option<u64>,
+    per: Option<&str>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<RateLimit> {
+    let rate = match rate.map(str::parse::<Rate>) {
+        Some(Ok(rate)) => Some(rate),
+        Some(Err(message)) => {
+            problems.add(format!("{key}.rate"), message);
+            None
+        }
+        None => {
+            problems.add(format!("{key}.rate"), "is required: a rate such as \"10/minute\"");
+            None
+        }
+    };
+    let burst = problems.ranged(format!("{key}.burst"), burst, 1, u64::from(u32::MAX));
+    let scope = match per {
+        None | Some("client") => Some(Scope::Client),
+        Some("global") => Some(Scope::Global),
+        Some(other) => {
+            problems.add(
+                format!("{key}.per"),
+                format!("{other:?} is not \"client\" or \"global\""),
+            );
+            None
+        }
+    };
+    let rate = rate?;
+    let burst = burst.map_or(rate.count, |b| NonZeroU32::new(b as u32).expect("burst is at least 1"));
+    Some(RateLimit {
+        rate,
+        burst,
+        scope: scope?,
+    })
+}
+
+/// Names become file names, log fields and metric labels, so they stay plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let starts_well = name.starts_with(|c: char| c.is_ascii_lowercase());
+    if name.len() > MAX_NAME_LEN || !plain || !starts_well {
+        return Err(format!(
+            "{name:?} is not a valid component name: use 1 to {MAX_NAME_LEN} lowercase letters, digits, `-` or `_`, starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
+fn check_overlaps(components: &[ComponentConfig], problems: &mut Problems) {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    let mut reported = HashSet::new();
+    for component in components {
+        for (i, route) in component.routes.iter().enumerate() {
+            if check_route(route).is_err() {
+                continue;
+            }
+            for (other_name, other_route) in &seen {
+                if routes_overlap(route, other_route) && reported.insert((component.name.as_str(), i)) {
+                    let owner = if *other_name == component.name {
+                        "another route of this component".to_string()
+                    } else {
+                        format!("component {other_name}")
+                    };
+                    problems.add(
+                        format!("components.{}.routes[{i}]", component.name),
+                        format!("{route:?} overlaps {other_route:?} of {owner}"),
+                    );
+                }
+            }
+            seen.push((&component.name, route));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir();
+        let wasm = dir.join("corral-config-test.wasm");
+        std::fs::write(&wasm, b"").unwrap();
+        let toml = toml.replace("WASM", &wasm.display().to_string());
+        Config::parse(&toml, &dir.join("corral.toml"), &Overrides::default())
+    }
+
+    fn keys(error: ConfigError) -> Vec<String> {
+        error.problems.into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn component_limits_override_the_defaults_which_override_the_built_in_ones() {
+        let config = parse(
+            "data_dir = \"d\"\n[limits]\nmemory_mib = 64\ntimeout_ms = 900\n\
+             [components.a]\nwasm = \"WASM\"\nroutes = [\"/a\"]\n[components.a.limits]\nmemory_mib = 32\n\
+             [components.b]\nwasm = \"WASM\"\nroutes = [\"/b\"]\n",
+        )
+        .unwrap();
+        let (a, b) = (&config.components[0].limits, &config.components[1].limits);
+        assert_eq!((a.memory_bytes, b.memory_bytes), (32 << 20, 64 << 20));
+        assert_eq!((a.timeout.as_millis(), b.timeout.as_millis()), (900, 900));
+        assert_eq!(a.max_concurrent, ComponentLimits::default().max_concurrent);
+        assert!(config.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_under_its_key() {
+        let error = parse(
+            "listen = \"nowhere\"\n[server]\nmax_instances = 1\n\
+             [components.A]\nroutes = [\"users\"]\n\
+             [components.b]\nwasm = \"WASM\"\nroutes = [\"/b\", \"/b/c\"]\nsurprise = 1\n\
+             [components.b.rate_limit]\nrate = \"7/fortnight\"\nroutes = [{ route = \"GET /elsewhere\", rate = \"1/second\" }]\n",
+        )
+        .unwrap_err();
+        let mut keys = keys(error);
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "components.A",
+                "components.A.routes[0]",
+                "components.A.wasm",
+                "components.b.rate_limit.rate",
+                "components.b.rate_limit.routes[0].route",
+                "components.b.routes[1]",
+                "components.b.surprise",
+                "data_dir",
+                "listen",
+                "server.max_instances",
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_limits_resolve_with_their_defaults() {
+        let config = parse(
+            "data_dir = \"d\"\n[components.a]\nwasm = \"WASM\"\nroutes = [\"/a\"]\n\
+             [components.a.rate_limit]\nrate = \"10/minute\"\nroutes = [{ route = \"POST /a\", rate = \"1/second\", burst = 3, per = \"global\" }]\n",
+        )
+        .unwrap();
+        let limits = &config.components[0].rate_limits;
+        assert_eq!(limits.component.unwrap().to_string(), "10/minute, burst 10, per client");
+        assert_eq!(limits.routes[0].1.to_string(), "1/second, burst 3, per global");
+    }
+
+    #[test]
+    fn the_admin_api_is_local_unless_allowed() {
+        let base = "data_dir = \"d\"\n[components.a]\nwasm = \"WASM\"\nroutes = [\"/a\"]\n[admin]\nlisten = \"0.0.0.0:9090\"\n";
+        assert_eq!(keys(parse(base).unwrap_err()), ["admin.listen"]);
+        let config = parse(&format!("{base}allow_remote = true\n")).unwrap();
+        assert!(config.admin.unwrap().allow_remote);
+    }
+}

@@ -1,0 +1,286 @@
+//! The admin listener: a separate address, every route behind a bearer token
+//! except the health probes. It shows the components and changes them while
+//! they serve: upload a new version (or a canary), roll back, promote,
+//! reload the config. It never serves component traffic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::metrics::Metrics;
+use crate::components::control::Control;
+use crate::components::registry::ChangeError;
+use crate::components::saved::Origin;
+use crate::components::snapshot::{Entry, Snapshot};
+use crate::components::version::Version;
+use crate::serving::body::{BodyPace, read_body, refuse};
+use crate::serving::problem;
+use crate::serving::server::Handler;
+
+/// The admin listener's handler.
+pub struct Admin {
+    pub control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    token: String,
+    max_upload_bytes: usize,
+    body_pace: BodyPace,
+}
+
+impl Admin {
+    pub fn new(
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
+        token: String,
+        max_upload_bytes: usize,
+        body_pace: BodyPace,
+    ) -> Self {
+        Admin {
+            control,
+            metrics,
+            token,
+            max_upload_bytes,
+            body_pace,
+        }
+    }
+
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .unwrap_or_default();
+        given.as_bytes().ct_eq(self.token.as_bytes()).into()
+    }
+}
+
+impl Handler for Admin {
+    async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_string();
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let response = match (&parts.method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({ "status": "alive" })),
+            (&Method::GET, ["readyz"]) => self.readiness(),
+            _ if !self.authorized(&parts.headers) => {
+                let mut response = problem::response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "Unauthorized",
+                    "a valid bearer token is required",
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"corral\""),
+                );
+                response
+            }
+            (&Method::PUT, ["components", name]) => return self.upload(name, &parts, body).await,
+            (method, route) => self.act(method, route, &path).await,
+        };
+        // Only uploads read the body; every other route drops it unread.
+        refuse(body, response).await
+    }
+}
+
+impl Admin {
+    /// `PUT /components/{name}[?canary=N]` with a `.wasm` body.
+    async fn upload(&self, name: &str, parts: &http::request::Parts, body: Incoming) -> Response<Full<Bytes>> {
+        let canary = match canary_percent(parts.uri.query()) {
+            Ok(canary) => canary,
+            Err(detail) => {
+                let response = problem::response(StatusCode::BAD_REQUEST, "bad-canary", "Bad canary", detail);
+                return refuse(body, response).await;
+            }
+        };
+        let wasm = match read_body(body, &parts.headers, self.max_upload_bytes, self.body_pace).await {
+            Ok(wasm) => wasm,
+            Err(refusal) => return refusal.into_response(),
+        };
+        respond(
+            self.control
+                .registry
+                .swap(name, wasm.to_vec(), canary, Origin::upload_now())
+                .await
+                .map(|c| json!(c)),
+        )
+    }
+
+    /// The routes without a body.
+    async fn act(&self, method: &Method, route: &[&str], path: &str) -> Response<Full<Bytes>> {
+        let registry = &self.control.registry;
+        match (method, route) {
+            (&Method::GET, ["components"]) => {
+                let snapshot = registry.snapshot();
+                let components: Vec<Value> = snapshot.entries.iter().map(|e| describe(e, &snapshot)).collect();
+                json_response(StatusCode::OK, &json!({ "components": components }))
+            }
+            (&Method::POST, ["components", name, "rollback"]) => {
+                respond(registry.rollback(name).await.map(|c| json!(c)))
+            }
+            (&Method::POST, ["components", name, "promote"]) => respond(registry.promote(name).await.map(|c| json!(c))),
+            (&Method::POST, ["reload"]) => respond(self.control.reload().await.map(|r| json!(r))),
+            (&Method::GET, ["metrics"]) => {
+                let text = self.metrics.encode(&registry.snapshot());
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                response
+            }
+            (_, ["components"] | ["components", _] | ["components", _, "rollback" | "promote"] | ["reload"]) => {
+                let detail = format!("{method} is not allowed on {path}");
+                problem::response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    detail,
+                )
+            }
+            _ => problem::response(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no admin route {path}"),
+            ),
+        }
+    }
+
+    /// Ready once every component is loaded and initialized.
+    fn readiness(&self) -> Response<Full<Bytes>> {
+        if self.control.registry.is_ready() {
+            json_response(StatusCode::OK, &json!({ "status": "ready" }))
+        } else {
+            problem::response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                "Not ready",
+                "components are still loading",
+            )
+        }
+    }
+}
+
+fn respond(outcome: Result<Value, ChangeError>) -> Response<Full<Bytes>> {
+    match outcome {
+        Ok(json) => json_response(StatusCode::OK, &json),
+        Err(error) => change_refused(error),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// `?canary=N` with N from 1 to 99.
+fn canary_percent(query: Option<&str>) -> Result<Option<u8>, String> {
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("canary="))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u8>() {
+        Ok(percent) if (1..=99).contains(&percent) => Ok(Some(percent)),
+        _ => Err(format!("canary={value} is not a percentage from 1 to 99")),
+    }
+}
+
+fn change_refused(error: ChangeError) -> Response<Full<Bytes>> {
+    let (status, kind, title) = match &error {
+        ChangeError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+        ChangeError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+        ChangeError::Invalid(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-component",
+            "Invalid component",
+        ),
+        ChangeError::InitFailed(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "init-failed",
+            "The component's init failed",
+        ),
+        ChangeError::Config(_) => (StatusCode::BAD_REQUEST, "invalid-config", "Invalid config"),
+        ChangeError::Storage(_) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage",
+            "The change cannot be kept under data_dir",
+        ),
+    };
+    tracing::warn!("change refused: {error}");
+    problem::response(status, kind, title, format!("nothing changed: {error}"))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// One component as `GET /components` shows it.
+fn describe(entry: &Entry, snapshot: &Snapshot) -> Value {
+    let imports: serde_json::Map<String, Value> = entry
+        .current
+        .peers
+        .imports
+        .keys()
+        .map(|interface| {
+            let provider = snapshot.peers().provider(&entry.name, interface).map(|p| p.to_string());
+            (interface.clone(), json!(provider))
+        })
+        .collect();
+    let exports: Vec<&String> = entry.current.peers.exports.keys().collect();
+    json!({
+        "name": &*entry.name,
+        "routes": entry.config.routes,
+        "version": describe_version(&entry.current),
+        "previous": entry.previous.as_deref().map(describe_version),
+        "canary": entry.canary.as_ref().map(|c| json!({ "percent": c.percent, "version": describe_version(&c.version) })),
+        "in_flight": entry.shared.gate.in_flight(),
+        "queued": entry.shared.gate.waiting(),
+        "watch": entry.config.watch,
+        "imports": imports,
+        "exports": exports,
+        "limits": entry.limits().describe(),
+        "rate_limit": {
+            "component": entry.config.rate_limits.component.map(|l| l.to_string()),
+            "routes": entry.config.rate_limits.routes.iter().map(|(p, l)| json!({ "route": p.to_string(), "limit": l.to_string() })).collect::<Vec<_>>(),
+        },
+    })
+}
+
+fn describe_version(version: &Version) -> Value {
+    json!({
+        "digest": &*version.digest,
+        "short": &*version.short,
+        "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
+        "origin": version.origin.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+}

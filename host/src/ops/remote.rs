@@ -1,0 +1,149 @@
+//! The admin API's client, behind `corral status`, `swap`, `rollback`,
+//! `promote` and `reload`: finds the admin address and token, sends one
+//! request, and prints what came back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::config::tokens::{TokenFile, resolve_token};
+use crate::config::{Config, DEFAULT_ADMIN_LISTEN, Overrides};
+
+/// The environment variable the CLI reads the token from when none is given.
+pub const TOKEN_VAR: &str = "CORRAL_ADMIN_TOKEN";
+
+pub struct AdminClient {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// The admin API at `admin` (or the config's `[admin] listen`) with
+    /// `token` (or `$CORRAL_ADMIN_TOKEN`, or the config's token).
+    pub fn new(config: Option<&Path>, admin: Option<String>, token: Option<String>) -> anyhow::Result<Self> {
+        let config = match config {
+            Some(path) => Some(Config::load(path, &Overrides::default())?),
+            None => None,
+        };
+        let admin_config = config.as_ref().and_then(|c| c.admin.as_ref());
+        if config.is_some() && admin_config.is_none() && admin.is_none() {
+            bail!("the config has no [admin] section, so the host has no admin API");
+        }
+        let base = match (admin, admin_config) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(admin)) => format!("http://{}", admin.listen),
+            (None, None) => format!("http://{DEFAULT_ADMIN_LISTEN}"),
+        };
+        let token = match (token, std::env::var(TOKEN_VAR).ok(), admin_config) {
+            (Some(token), _, _) | (None, Some(token), _) => token,
+            (None, None, Some(admin)) => resolve_token(&admin.token, TokenFile::ReadOnly)?,
+            (None, None, None) => bail!("no admin token: pass --token, set {TOKEN_VAR}, or pass --config"),
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Ok(AdminClient { base, token, agent })
+    }
+
+    /// Sends a request and returns the JSON reply, or the problem's detail as an error.
+    fn send(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/wasm")
+            .body(body)?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let text = response.into_body().read_to_string().unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let detail = json["detail"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| json.to_string());
+            bail!("{status}: {detail}");
+        }
+        Ok(json)
+    }
+
+    pub fn status(&self) -> anyhow::Result<Value> {
+        self.send("GET", "/components", Vec::new())
+    }
+
+    pub fn swap(&self, name: &str, wasm: &Path, canary: Option<u8>) -> anyhow::Result<Value> {
+        let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+        let query = canary.map(|c| format!("?canary={c}")).unwrap_or_default();
+        self.send("PUT", &format!("/components/{name}{query}"), bytes)
+    }
+
+    pub fn rollback(&self, name: &str) -> anyhow::Result<Value> {
+        self.send("POST", &format!("/components/{name}/rollback"), Vec::new())
+    }
+
+    pub fn promote(&self, name: &str) -> anyhow::Result<Value> {
+        self.send("POST", &format!("/components/{name}/promote"), Vec::new())
+    }
+
+    pub fn reload(&self) -> anyhow::Result<Value> {
+        self.send("POST", "/reload", Vec::new())
+    }
+}
+
+/// `GET /components` as a table.
+pub fn status_table(status: &Value) -> String {
+    let short = |v: &Value| v["short"].as_str().unwrap_or("-").to_string();
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "VERSION".into(),
+        "ORIGIN".into(),
+        "ROUTES".into(),
+        "IN FLIGHT".into(),
+        "PREVIOUS".into(),
+        "CANARY".into(),
+    ]];
+    for c in status["components"].as_array().into_iter().flatten() {
+        let routes: Vec<&str> = c["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let canary = match &c["canary"] {
+            Value::Null => "-".to_string(),
+            canary => format!("{} at {}%", short(&canary["version"]), canary["percent"]),
+        };
+        rows.push([
+            c["name"].as_str().unwrap_or("?").to_string(),
+            short(&c["version"]),
+            c["version"]["origin"].as_str().unwrap_or("-").to_string(),
+            routes.join(","),
+            c["in_flight"].to_string(),
+            if c["previous"].is_null() {
+                "-".into()
+            } else {
+                short(&c["previous"])
+            },
+            canary,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

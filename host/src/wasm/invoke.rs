@@ -1,0 +1,188 @@
+//! One call into a component: a fresh store with the component's limits
+//! (see [`state`](super::state)), an instance from its pre-instantiated form,
+//! the call, and what went wrong if it did. Every call, whatever it does,
+//! goes through [`run`]. A `Store` never outlives the call it was made for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{ComponentExportIndex, Val};
+use wasmtime::{Store, Trap};
+
+use super::state::{RequestState, new_store};
+use crate::capabilities::bindings::ServicePre;
+use crate::capabilities::bindings::corral::service::types::{Request, Response};
+use crate::capabilities::sqlite::{self, Conn, Database, SqliteStats};
+use crate::config::ComponentLimits;
+use crate::limits::store::LimitExceeded;
+
+/// Why a call produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the component used more than its {0:?} of CPU time")]
+    CpuTime(Duration),
+    #[error("the component took longer than its {0:?} timeout")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    #[error("the component overflowed its stack")]
+    StackOverflow,
+    #[error("the component panicked")]
+    Panic,
+    #[error("the component accessed memory out of bounds (a shadow stack overflow, for one)")]
+    MemoryFault,
+    #[error("the component trapped: {0:#}")]
+    Trap(wasmtime::Error),
+}
+
+impl InvokeError {
+    /// What a client may be told: a trap's message holds the guest's
+    /// backtrace, which goes to the log only.
+    pub fn public(&self) -> String {
+        match self {
+            InvokeError::Trap(_) => "the component trapped".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// A short stable name for logs and metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            InvokeError::CpuTime(_) => "cpu-time",
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::Limit(LimitExceeded::Memory(_)) => "memory",
+            InvokeError::Limit(LimitExceeded::Table(_)) => "table",
+            InvokeError::StackOverflow => "stack-overflow",
+            InvokeError::Panic => "panic",
+            InvokeError::MemoryFault => "memory-fault",
+            InvokeError::Trap(_) => "trap",
+        }
+    }
+}
+
+/// What one call needs: which code, under which names, within which
+/// limits, with which database.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub component: &'a Arc<str>,
+    /// The version's short digest, for logs.
+    pub version: &'a Arc<str>,
+    pub pre: &'a ServicePre<RequestState>,
+    pub limits: &'a ComponentLimits,
+    pub db: &'a Arc<Database>,
+    pub sqlite_stats: &'a SqliteStats,
+}
+
+/// Runs `call` in `store` within `target`'s wall-clock timeout, and tells
+/// apart the ways it can fail.
+async fn run<R>(
+    target: &Target<'_>,
+    store: &mut Store<RequestState>,
+    call: impl AsyncFnOnce(&mut Store<RequestState>) -> wasmtime::Result<R>,
+) -> Result<R, InvokeError> {
+    let timeout = target.limits.timeout;
+    match tokio::time::timeout(timeout, call(store)).await {
+        Err(_) => Err(InvokeError::Timeout(timeout)),
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(e)) => Err(classify(e, store.data(), target)),
+    }
+}
+
+/// Handles one HTTP request in a fresh instance of `target`.
+pub async fn handle(target: Target<'_>, request: Request, request_id: Arc<str>) -> Result<Response, InvokeError> {
+    let mut store = new_store(&target, request_id, 0);
+    run(&target, &mut store, async |store| {
+        let service = target.pre.instantiate_async(&mut *store).await?;
+        service.corral_service_handler().call_handle(store, &request).await
+    })
+    .await
+}
+
+/// Calls the exported function `export` in a fresh instance of `target`, on
+/// behalf of another component: in the callee's own store, with its own
+/// limits and database, `depth` calls deep.
+pub async fn call_export(
+    target: Target<'_>,
+    export: ComponentExportIndex,
+    params: &[Val],
+    results: &mut [Val],
+    request_id: Arc<str>,
+    depth: u32,
+) -> Result<(), InvokeError> {
+    let mut store = new_store(&target, request_id, depth);
+    run(&target, &mut store, async |store| {
+        let instance = target.pre.instance_pre().instantiate_async(&mut *store).await?;
+        let func = instance
+            .get_func(&mut *store, export)
+            .ok_or_else(|| wasmtime::Error::msg("the export is not a function"))?;
+        func.call_async(store, params, results).await
+    })
+    .await
+}
+
+/// Why `init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("init returned an error: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Failed(#[from] InvokeError),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// Runs the component's `init` inside a transaction of the host's: the
+/// one open on `conn` if given (another version's init ran in it), else a
+/// new one. On success the transaction is still open, in the connection
+/// returned, for the caller to commit once everything else that goes with
+/// it is ready; on failure it is rolled back, so a failed migration leaves
+/// the database as it was.
+pub async fn init(target: Target<'_>, conn: Option<Conn>) -> Result<Conn, InitError> {
+    let mut store = new_store(&target, Arc::from("init"), 0);
+    let sqlite = &mut store.data_mut().sqlite;
+    match conn {
+        Some(conn) => sqlite.put_conn(conn),
+        None => sqlite
+            .with_conn(|conn| conn.begin_host_transaction())
+            .await
+            .map_err(|e| InitError::Database(format!("{e:?}")))?
+            .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?,
+    }
+    let outcome = run(&target, &mut store, async |store| {
+        let service = target.pre.instantiate_async(&mut *store).await?;
+        service.corral_service_lifecycle().call_init(store).await
+    })
+    .await;
+    let conn = store.data_mut().sqlite.take_conn();
+    drop(store);
+    let outcome = match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(InitError::Refused(message)),
+        Err(e) => Err(InitError::Failed(e)),
+    };
+    match (outcome, conn) {
+        (Ok(()), Some(conn)) => Ok(conn),
+        (Ok(()), None) => Err(InitError::Database("the init transaction was lost".into())),
+        (Err(e), conn) => {
+            if let Some(conn) = conn {
+                let _ = sqlite::end_host_transaction(conn, false).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Tells apart the ways a call can trap.
+fn classify(error: wasmtime::Error, state: &RequestState, target: &Target<'_>) -> InvokeError {
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return InvokeError::Limit(*limit);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) if state.cpu_exhausted => InvokeError::CpuTime(target.limits.cpu_time),
+        Some(Trap::StackOverflow) => InvokeError::StackOverflow,
+        // Rust guests abort on panic, which traps as `unreachable`.
+        Some(Trap::UnreachableCodeReached) => InvokeError::Panic,
+        Some(Trap::MemoryOutOfBounds) => InvokeError::MemoryFault,
+        _ => InvokeError::Trap(error),
+    }
+}
