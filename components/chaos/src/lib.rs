@@ -17,9 +17,12 @@ impl Service for Chaos {
     /// Tests that watch the host start slowly put a delay in `init_delay`.
     fn init() -> Result<(), String> {
         db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"]).map_err(|e| e.to_string())?;
-        if let Ok(Some(row)) = db::optional_row("SELECT ms FROM init_delay", &[]) {
-            let ms: i64 = row.get(0).map_err(|e| e.to_string())?;
-            std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+        #[derive(serde::Deserialize)]
+        struct Delay {
+            ms: u64,
+        }
+        if let Ok(Some(delay)) = db::query_optional::<Delay>("SELECT ms FROM init_delay", &[]) {
+            std::thread::sleep(std::time::Duration::from_millis(delay.ms));
         }
         Ok(())
     }
@@ -206,7 +209,7 @@ fn value_json(value: &Value) -> serde_json::Value {
 fn error_parts(e: &SqliteError) -> (&'static str, String) {
     match e {
         SqliteError::InvalidStatement(m) => ("invalid-statement", m.clone()),
-        SqliteError::ConstraintViolation(m) => ("constraint-violation", m.clone()),
+        SqliteError::ConstraintViolation(c) => ("constraint-violation", c.message.clone()),
         SqliteError::DatabaseFull => ("database-full", String::new()),
         SqliteError::AccessDenied(m) => ("access-denied", m.clone()),
         SqliteError::Busy => ("busy", String::new()),

@@ -5,11 +5,10 @@
 //! follow pending -> paid -> shipped -> delivered, and pending|paid ->
 //! cancelled; anything else is a conflict.
 
-use corral_sdk::db::{self, Row};
-use corral_sdk::http::{Fields, Page, page, parse_id};
-use corral_sdk::{Problem, Request, Response, Service};
-use serde::Serialize;
-use serde_json::{Value, json};
+use corral_sdk::db;
+use corral_sdk::{Check, FieldError, Page, PageQuery, Params, Problem, Request, Response, Route, Service, Validate};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 struct Orders;
 
@@ -36,42 +35,106 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX orders_by_user ON orders (user_id, id)",
 ];
 
-const STATUSES: &[&str] = &["pending", "paid", "shipped", "delivered", "cancelled"];
+const ROUTES: &[Route] = &[
+    ("GET", "/orders", list),
+    ("POST", "/orders", create),
+    ("GET", "/orders/{id}", get),
+    ("PATCH", "/orders/{id}", update_status),
+];
+
+const ORDER_COLUMNS: &str = "id, user_id, status, total_cents, created_at";
 const MAX_ITEMS: usize = 100;
 const MAX_SKU_CHARS: usize = 64;
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Order {
     id: i64,
     user_id: i64,
-    status: String,
+    status: Status,
+    #[serde(default)]
     items: Vec<Item>,
     total_cents: i64,
     created_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Item {
     sku: String,
     quantity: i64,
     unit_price_cents: i64,
 }
 
-const ORDER_COLUMNS: &str = "id, user_id, status, total_cents, created_at";
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
 
-impl Order {
-    /// An order from a row of `ORDER_COLUMNS`, with its items still empty.
-    fn from_row(row: &Row) -> Result<Self, db::Error> {
-        Ok(Order {
-            id: row.get(0)?,
-            user_id: row.get(1)?,
-            status: row.get(2)?,
-            total_cents: row.get(3)?,
-            created_at: row.get(4)?,
-            items: Vec::new(),
+impl Status {
+    /// Whether an order may move from this status to `to`.
+    fn can_become(self, to: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, to),
+            (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending | Paid, Cancelled)
+        )
+    }
+
+    fn as_str(self) -> &'static str {
+        ["pending", "paid", "shipped", "delivered", "cancelled"][self as usize]
+    }
+}
+
+#[derive(Deserialize)]
+struct NewOrder {
+    user_id: i64,
+    items: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct StatusChange {
+    status: Status,
+}
+
+impl NewOrder {
+    /// The sum of the lines, if it fits in 64 bits.
+    fn total_cents(&self) -> Option<i64> {
+        self.items.iter().try_fold(0i64, |total, item| {
+            item.quantity
+                .checked_mul(item.unit_price_cents)
+                .and_then(|line| total.checked_add(line))
         })
     }
 }
+
+impl Validate for NewOrder {
+    fn validate(&self, check: &mut Check) {
+        check.that("user_id", self.user_id >= 1, "must be at least 1");
+        check.that("items", !self.items.is_empty(), "must contain at least one item");
+        check.that(
+            "items",
+            self.items.len() <= MAX_ITEMS,
+            format!("must contain at most {MAX_ITEMS} items"),
+        );
+        check.each("items", &self.items);
+        check.that("items", self.total_cents().is_some(), "the order total is too large");
+    }
+}
+
+impl Validate for Item {
+    fn validate(&self, check: &mut Check) {
+        let sku_ok = !self.sku.trim().is_empty() && self.sku.chars().count() <= MAX_SKU_CHARS;
+        check.that("sku", sku_ok, format!("must be 1 to {MAX_SKU_CHARS} characters"));
+        check.that("quantity", self.quantity >= 1, "must be at least 1");
+        check.that("unit_price_cents", self.unit_price_cents >= 0, "must be at least 0");
+    }
+}
+
+impl Validate for StatusChange {}
 
 impl Service for Orders {
     fn init() -> Result<(), String> {
@@ -79,59 +142,24 @@ impl Service for Orders {
     }
 
     fn handle(req: Request) -> Result<Response, Problem> {
-        match req.segments().as_slice() {
-            ["orders"] => match req.method() {
-                "GET" | "HEAD" => list(&req),
-                "POST" => create(&req),
-                other => Err(Problem::method_not_allowed(other, &["GET", "POST"])),
-            },
-            ["orders", id] => {
-                let id = parse_id(id, "order")?;
-                match req.method() {
-                    "GET" | "HEAD" => get(id, &req),
-                    "PATCH" => update_status(id, &req),
-                    other => Err(Problem::method_not_allowed(other, &["GET", "PATCH"])),
-                }
-            }
-            _ => Err(Problem::not_found(format!("no resource at {}", req.path()))),
-        }
+        corral_sdk::route(&req, ROUTES)
     }
 }
 
-/// Whether an order may move from one status to another.
-fn transition_allowed(from: &str, to: &str) -> bool {
-    matches!(
-        (from, to),
-        ("pending", "paid") | ("paid", "shipped") | ("shipped", "delivered") | ("pending" | "paid", "cancelled")
-    )
-}
-
-fn create(req: &Request) -> Result<Response, Problem> {
-    let mut fields = req.json_object()?;
-    let user_id = fields.integer("user_id", true, 1, i64::MAX);
-    let items = fields
-        .array("items", true)
-        .map(|items| validate_items(&mut fields, items));
-    fields.finish()?;
-    let (Some(user_id), Some(Some((items, total_cents)))) = (user_id, items) else {
-        unreachable!("finish reports missing or invalid fields");
-    };
-    user_directory::check_user(user_id)?;
-
+fn create(req: &Request, _: &Params) -> Result<Response, Problem> {
+    let new: NewOrder = req.json()?;
+    let total = new.total_cents().unwrap_or_default();
+    user_directory::check_user(new.user_id)?;
     let order = db::transaction(|| -> Result<Order, db::Error> {
-        let row = db::query_row(
-            &format!("INSERT INTO orders (user_id, total_cents) VALUES (?, ?) RETURNING {ORDER_COLUMNS}"),
-            &[user_id.into(), total_cents.into()],
-        )?;
-        let mut order = Order::from_row(&row)?;
-        for (line, item) in items.into_iter().enumerate() {
+        let sql = format!("INSERT INTO orders (user_id, total_cents) VALUES (?, ?) RETURNING {ORDER_COLUMNS}");
+        let mut order: Order = db::query_one(&sql, &[new.user_id.into(), total.into()])?;
+        for (line, item) in new.items.into_iter().enumerate() {
             db::execute(
-                "INSERT INTO order_items (order_id, line, sku, quantity, unit_price_cents)
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO order_items (order_id, line, sku, quantity, unit_price_cents) VALUES (?, ?, ?, ?, ?)",
                 &[
                     order.id.into(),
                     (line as i64).into(),
-                    item.sku.as_str().into(),
+                    (&item.sku).into(),
                     item.quantity.into(),
                     item.unit_price_cents.into(),
                 ],
@@ -143,155 +171,90 @@ fn create(req: &Request) -> Result<Response, Problem> {
     Ok(Response::json(201, &order).header("location", format!("/orders/{}", order.id)))
 }
 
-/// Validates the items of a new order and computes the total; `None` when
-/// any item is wrong (the errors are in `fields`).
-fn validate_items(fields: &mut Fields, raw: Vec<Value>) -> Option<(Vec<Item>, i64)> {
-    if raw.is_empty() {
-        fields.error("items", "must contain at least one item");
-        return None;
-    }
-    if raw.len() > MAX_ITEMS {
-        fields.error("items", format!("must contain at most {MAX_ITEMS} items"));
-        return None;
-    }
-    let mut items = Vec::with_capacity(raw.len());
-    for (index, value) in raw.into_iter().enumerate() {
-        let Some(mut item) = fields.nested(&format!("items[{index}]"), value) else {
-            continue;
-        };
-        let sku = item.string("sku", true);
-        if let Some(sku) = &sku
-            && (sku.trim().is_empty() || sku.chars().count() > MAX_SKU_CHARS)
-        {
-            item.error("sku", format!("must be 1 to {MAX_SKU_CHARS} characters"));
-        }
-        let quantity = item.integer("quantity", true, 1, i64::MAX);
-        let unit_price_cents = item.integer("unit_price_cents", true, 0, i64::MAX);
-        fields.absorb(item);
-        if let (Some(sku), Some(quantity), Some(unit_price_cents)) = (sku, quantity, unit_price_cents) {
-            items.push(Item {
-                sku,
-                quantity,
-                unit_price_cents,
-            });
-        }
-    }
-    let total = items.iter().try_fold(0i64, |total, item| {
-        item.quantity
-            .checked_mul(item.unit_price_cents)
-            .and_then(|line| total.checked_add(line))
-    });
-    match total {
-        Some(total) => Some((items, total)),
-        None => {
-            fields.error("items", "the order total is too large");
-            None
-        }
-    }
-}
-
 /// An order; with `?expand=user`, its user too, from the users service.
-fn get(id: i64, req: &Request) -> Result<Response, Problem> {
-    let order = load(id)?;
+fn get(req: &Request, params: &Params) -> Result<Response, Problem> {
+    let order = load(params.id("id", "order")?)?;
     match req.query("expand").as_deref() {
         None => Ok(Response::json(200, &order)),
         Some("user") => {
-            let user = user_directory::find_user(order.user_id)?
-                .map(|u| json!({ "id": u.id, "name": u.name, "email": u.email }));
+            let user = user_directory::find_user(order.user_id)?;
             let mut body = serde_json::to_value(&order).map_err(|e| Problem::internal(e.to_string()))?;
-            body["user"] = user.unwrap_or(Value::Null);
+            body["user"] = json!(user.map(|u| json!({ "id": u.id, "name": u.name, "email": u.email })));
             Ok(Response::json(200, &body))
         }
-        Some(other) => Err(Problem::validation(vec![corral_sdk::FieldError {
-            field: "expand".into(),
-            message: format!("{other:?} cannot be expanded; only \"user\" can"),
-        }])),
+        Some(other) => Err(invalid_query(
+            "expand",
+            format!("{other:?} cannot be expanded; only \"user\" can"),
+        )),
     }
 }
 
 fn load(id: i64) -> Result<Order, Problem> {
-    let row = db::optional_row(
-        &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?"),
-        &[id.into()],
-    )?
-    .ok_or_else(|| not_found(id))?;
-    let mut orders = vec![Order::from_row(&row)?];
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?");
+    let order: Order = db::query_optional(&sql, &[id.into()])?.ok_or_else(|| not_found(id))?;
+    let mut orders = [order];
     attach_items(&mut orders)?;
-    Ok(orders.remove(0))
+    let [order] = orders;
+    Ok(order)
 }
 
-fn list(req: &Request) -> Result<Response, Problem> {
-    let (limit, after) = page(req, 20, 100)?;
+fn list(req: &Request, _: &Params) -> Result<Response, Problem> {
+    let page = PageQuery::of(req, 20, 100)?;
     let user_id = match req.query("user_id") {
         None => None,
-        Some(raw) => Some(raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-            Problem::validation(vec![corral_sdk::FieldError {
-                field: "user_id".into(),
-                message: "must be a positive integer".into(),
-            }])
-        })?),
-    };
-    // One row more than the page tells whether there is a next page.
-    let rows = db::execute(
-        &format!(
-            "SELECT {ORDER_COLUMNS} FROM orders
-             WHERE id > ? AND (?2 IS NULL OR user_id = ?2) ORDER BY id LIMIT ?3"
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| invalid_query("user_id", "must be a positive integer".into()))?,
         ),
-        &[after.into(), user_id.into(), (limit + 1).into()],
-    )?
-    .rows;
-    let orders = rows.iter().map(Order::from_row).collect::<Result<Vec<_>, _>>()?;
-    let mut page = Page::new(orders, limit, |o| o.id);
+    };
+    let sql = format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id > ? AND (?2 IS NULL OR user_id = ?2) ORDER BY id LIMIT ?3"
+    );
+    let orders: Vec<Order> = db::query(&sql, &[page.after.into(), user_id.into(), page.fetch().into()])?;
+    let mut page = Page::new(orders, page, |o| o.id);
     attach_items(&mut page.items)?;
     Ok(Response::json(200, &page))
 }
 
 /// Loads the items of the given orders with one query.
 fn attach_items(orders: &mut [Order]) -> Result<(), db::Error> {
+    #[derive(Deserialize)]
+    struct Line {
+        order_id: i64,
+        #[serde(flatten)]
+        item: Item,
+    }
     if orders.is_empty() {
         return Ok(());
     }
     let ids: Vec<i64> = orders.iter().map(|o| o.id).collect();
-    let rows = db::execute(
+    let lines: Vec<Line> = db::query(
         "SELECT order_id, sku, quantity, unit_price_cents FROM order_items
          WHERE order_id IN (SELECT value FROM json_each(?)) ORDER BY order_id, line",
         &[json!(ids).to_string().into()],
-    )?
-    .rows;
-    for row in rows {
-        let order_id: i64 = row.get(0)?;
-        if let Some(order) = orders.iter_mut().find(|o| o.id == order_id) {
-            order.items.push(Item {
-                sku: row.get(1)?,
-                quantity: row.get(2)?,
-                unit_price_cents: row.get(3)?,
-            });
+    )?;
+    for line in lines {
+        if let Some(order) = orders.iter_mut().find(|o| o.id == line.order_id) {
+            order.items.push(line.item);
         }
     }
     Ok(())
 }
 
-fn update_status(id: i64, req: &Request) -> Result<Response, Problem> {
-    let mut fields = req.json_object()?;
-    let status = fields.string("status", true);
-    if let Some(status) = &status
-        && !STATUSES.contains(&status.as_str())
-    {
-        fields.error("status", format!("must be one of {}", STATUSES.join(", ")));
-    }
-    fields.finish()?;
-    let Some(status) = status else {
-        unreachable!("finish reports a missing status");
-    };
+fn update_status(req: &Request, params: &Params) -> Result<Response, Problem> {
+    let id = params.id("id", "order")?;
+    let StatusChange { status } = req.json()?;
     let order = db::transaction(|| -> Result<Order, Problem> {
-        let current: String = db::optional_row("SELECT status FROM orders WHERE id = ?", &[id.into()])?
-            .ok_or_else(|| not_found(id))?
-            .get(0)?;
-        if !transition_allowed(&current, &status) {
-            return Err(Problem::conflict(format!(
-                "cannot change the status of order {id} from {current} to {status}"
-            ))
-            .with("current_status", current.into()));
+        let current = load(id)?.status;
+        if !current.can_become(status) {
+            let detail = format!(
+                "cannot change the status of order {id} from {} to {}",
+                current.as_str(),
+                status.as_str()
+            );
+            return Err(Problem::conflict(detail).with("current_status", current.as_str().into()));
         }
         db::execute(
             "UPDATE orders SET status = ? WHERE id = ?",
@@ -300,6 +263,13 @@ fn update_status(id: i64, req: &Request) -> Result<Response, Problem> {
         load(id)
     })?;
     Ok(Response::json(200, &order))
+}
+
+fn invalid_query(field: &str, message: String) -> Problem {
+    Problem::validation(vec![FieldError {
+        field: field.into(),
+        message,
+    }])
 }
 
 fn not_found(id: i64) -> Problem {
@@ -311,72 +281,58 @@ fn not_found(id: i64) -> Problem {
 mod user_directory {
     use corral_sdk::{FieldError, Problem};
 
-    #[allow(unsafe_code, clippy::all)]
-    mod shop {
-        wit_bindgen::generate!({
-            inline: "package corral:orders-service; world users-client { import corral:shop/users@0.1.0; }",
-            generate_all,
-            path: "../../wit",
-        });
-    }
-
+    corral_sdk::interfaces!(shop, "corral:shop/users-client@0.1.0");
     use shop::corral::shop::users::{self, Error, User};
 
-    /// The user, or the problem to answer with: 422 naming `user_id` when
-    /// there is none, 503 when the users service cannot say.
+    /// The user, or the problem to answer with: 503 when the users service
+    /// cannot say.
     pub fn find_user(user_id: i64) -> Result<Option<User>, Problem> {
-        match users::get_user(user_id as u64) {
-            Ok(user) => Ok(user),
-            Err(Error::Unavailable(reason)) => Err(Problem::new(
+        users::get_user(user_id as u64).map_err(|Error::Unavailable(reason)| {
+            let detail = format!("the users service did not answer: {reason}");
+            Problem::new(
                 503,
                 "dependency-unavailable",
                 "A service this one needs is unavailable",
-                format!("the users service did not answer: {reason}"),
+                detail,
             )
-            .header("retry-after", "1")),
-        }
+            .header("retry-after", "1")
+        })
     }
 
-    /// Refuses an order for a user that does not exist.
+    /// Refuses an order for a user that does not exist: 422 naming `user_id`.
     pub fn check_user(user_id: i64) -> Result<(), Problem> {
-        match find_user(user_id)? {
-            Some(_) => Ok(()),
-            None => Err(Problem::new(
-                422,
-                "unknown-user",
-                "Unknown user",
-                format!("no user with id {user_id}"),
-            )
-            .with(
-                "errors",
-                serde_json::json!([FieldError {
-                    field: "user_id".into(),
-                    message: format!("no user with id {user_id}")
-                }]),
-            )),
+        if find_user(user_id)?.is_some() {
+            return Ok(());
         }
+        let detail = format!("no user with id {user_id}");
+        let errors = serde_json::json!([FieldError {
+            field: "user_id".into(),
+            message: detail.clone()
+        }]);
+        Err(Problem::new(422, "unknown-user", "Unknown user", detail).with("errors", errors))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{STATUSES, transition_allowed};
+    use super::Status::{self, *};
 
     #[test]
     fn transitions() {
-        let allowed: Vec<(&str, &str)> = STATUSES
+        let all = [Pending, Paid, Shipped, Delivered, Cancelled];
+        let allowed: Vec<(Status, Status)> = all
             .iter()
-            .flat_map(|from| STATUSES.iter().map(move |to| (*from, *to)))
-            .filter(|(from, to)| transition_allowed(from, to))
+            .flat_map(|from| all.iter().map(move |to| (*from, *to)))
+            .filter(|(from, to)| from.can_become(*to))
             .collect();
         assert_eq!(
             allowed,
             [
-                ("pending", "paid"),
-                ("pending", "cancelled"),
-                ("paid", "shipped"),
-                ("paid", "cancelled"),
-                ("shipped", "delivered"),
+                (Pending, Paid),
+                (Pending, Cancelled),
+                (Paid, Shipped),
+                (Paid, Cancelled),
+                (Shipped, Delivered)
             ]
         );
     }

@@ -13,17 +13,7 @@ struct Relay;
 
 corral_sdk::export_service!(Relay);
 
-#[allow(unsafe_code, clippy::all)]
-mod bindings {
-    wit_bindgen::generate!({
-        inline: "package corral:relay-service; world relay-node {
-            import corral:test/relay@0.1.0;
-            export corral:test/relay@0.1.0;
-        }",
-        path: "../../wit",
-        generate_all,
-    });
-}
+corral_sdk::interfaces!(bindings, "corral:test/relay-node@0.1.0");
 
 use bindings::corral::test::relay::{self as next, Behavior, Error};
 use bindings::exports::corral::test::relay as api;

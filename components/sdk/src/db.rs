@@ -1,26 +1,58 @@
-//! Typed access to the component's own SQLite database: statements, rows,
+//! Typed access to the component's own SQLite database: statements whose
+//! rows decode by column name into structs, typed constraint violations,
 //! transactions and schema migrations.
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
+
 use crate::bindings::corral::service::sqlite as wit;
 use crate::http::Problem;
 
-pub use wit::{Error as SqliteError, QueryResult, Row, Value};
+pub use wit::{Constraint, ConstraintKind, Error as SqliteError, QueryResult, Row, Value};
 
 /// Why a database call failed.
 #[derive(Debug)]
 pub enum Error {
     /// The host refused or failed the statement.
     Sqlite(SqliteError),
-    /// A column held another type than the code asked for.
-    Decode {
-        column: usize,
-        expected: &'static str,
-        found: &'static str,
-    },
+    /// A column could not become the field that asked for it.
+    Decode { column: String, message: String },
     /// A query that must return a row returned none.
     NoRow,
+}
+
+impl Error {
+    /// The constraint the statement broke, if that is why it failed.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        match self {
+            Error::Sqlite(SqliteError::ConstraintViolation(constraint)) => Some(constraint),
+            _ => None,
+        }
+    }
+
+    /// Whether the statement broke the UNIQUE (or primary key) constraint
+    /// on `column`, written `table.column`.
+    pub fn is_unique_violation(&self, column: &str) -> bool {
+        self.constraint().is_some_and(|c| {
+            matches!(c.kind, ConstraintKind::Unique | ConstraintKind::PrimaryKey)
+                && c.columns().any(|name| name == column)
+        })
+    }
+}
+
+impl Constraint {
+    /// The `table.column`s SQLite names for a UNIQUE, PRIMARY KEY or NOT
+    /// NULL constraint.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        let named = match self.kind {
+            ConstraintKind::Unique | ConstraintKind::PrimaryKey | ConstraintKind::NotNull => {
+                self.message.split_once(": ").map(|(_, columns)| columns)
+            }
+            _ => None,
+        };
+        named.into_iter().flat_map(|columns| columns.split(", "))
+    }
 }
 
 impl fmt::Display for Error {
@@ -28,7 +60,7 @@ impl fmt::Display for Error {
         match self {
             Error::Sqlite(e) => match e {
                 SqliteError::InvalidStatement(m) => write!(f, "invalid statement: {m}"),
-                SqliteError::ConstraintViolation(m) => write!(f, "constraint violation: {m}"),
+                SqliteError::ConstraintViolation(c) => write!(f, "constraint violation: {}", c.message),
                 SqliteError::DatabaseFull => write!(f, "the database is full"),
                 SqliteError::AccessDenied(m) => write!(f, "access denied: {m}"),
                 SqliteError::Busy => write!(f, "the database is busy"),
@@ -38,13 +70,7 @@ impl fmt::Display for Error {
                 }
                 SqliteError::Io(m) => write!(f, "sqlite: {m}"),
             },
-            Error::Decode {
-                column,
-                expected,
-                found,
-            } => {
-                write!(f, "column {column}: expected {expected}, found {found}")
-            }
+            Error::Decode { column, message } => write!(f, "column {column}: {message}"),
             Error::NoRow => write!(f, "the query returned no row"),
         }
     }
@@ -80,19 +106,34 @@ impl From<Error> for Problem {
     }
 }
 
-/// Runs one statement with positional parameters.
+/// Runs one statement with positional parameters (`?`, `?2`).
 pub fn execute(sql: &str, params: &[Value]) -> Result<QueryResult, Error> {
     Ok(wit::execute(sql, params)?)
 }
 
-/// Runs a query that must return a row and returns the first one.
-pub fn query_row(sql: &str, params: &[Value]) -> Result<Row, Error> {
-    optional_row(sql, params)?.ok_or(Error::NoRow)
+/// Runs a query and decodes every row into a `T`, by column name.
+pub fn query<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Vec<T>, Error> {
+    let result = execute(sql, params)?;
+    let columns = result.columns;
+    result
+        .rows
+        .into_iter()
+        .map(|row| crate::rows::decode(&columns, row.values))
+        .collect()
 }
 
-/// Runs a query and returns its first row, if any.
-pub fn optional_row(sql: &str, params: &[Value]) -> Result<Option<Row>, Error> {
-    Ok(execute(sql, params)?.rows.into_iter().next())
+/// Runs a query and decodes its first row, if any.
+pub fn query_optional<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Option<T>, Error> {
+    let result = execute(sql, params)?;
+    match result.rows.into_iter().next() {
+        Some(row) => crate::rows::decode(&result.columns, row.values).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs a query that must return a row and decodes the first one.
+pub fn query_one<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<T, Error> {
+    query_optional(sql, params)?.ok_or(Error::NoRow)
 }
 
 /// The number of rows changed by the last INSERT, UPDATE or DELETE.
@@ -124,7 +165,11 @@ pub fn transaction<T, E: From<Error>>(body: impl FnOnce() -> Result<T, E>) -> Re
 /// appended.
 pub fn migrate(steps: &[&str]) -> Result<(), Error> {
     transaction(|| {
-        let applied: i64 = query_row("PRAGMA user_version", &[])?.get(0)?;
+        #[derive(serde::Deserialize)]
+        struct Applied {
+            user_version: i64,
+        }
+        let applied = query_one::<Applied>("PRAGMA user_version", &[])?.user_version;
         let applied = usize::try_from(applied).unwrap_or(0);
         if applied > steps.len() {
             crate::log::warn(&format!(
@@ -141,85 +186,6 @@ pub fn migrate(steps: &[&str]) -> Result<(), Error> {
     })
 }
 
-impl Row {
-    /// The value of column `column` as a Rust type.
-    pub fn get<T: FromValue>(&self, column: usize) -> Result<T, Error> {
-        let value = self.values.get(column).unwrap_or(&Value::Null);
-        T::from_value(value).ok_or(Error::Decode {
-            column,
-            expected: T::EXPECTED,
-            found: type_name(value),
-        })
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Integer(_) => "integer",
-        Value::Real(_) => "real",
-        Value::Text(_) => "text",
-        Value::Blob(_) => "blob",
-    }
-}
-
-/// A Rust type that a column value converts to.
-pub trait FromValue: Sized {
-    const EXPECTED: &'static str;
-    fn from_value(value: &Value) -> Option<Self>;
-}
-
-impl FromValue for i64 {
-    const EXPECTED: &'static str = "integer";
-    fn from_value(value: &Value) -> Option<Self> {
-        match value {
-            Value::Integer(n) => Some(*n),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for f64 {
-    const EXPECTED: &'static str = "real";
-    fn from_value(value: &Value) -> Option<Self> {
-        match value {
-            Value::Real(n) => Some(*n),
-            Value::Integer(n) => Some(*n as f64),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for String {
-    const EXPECTED: &'static str = "text";
-    fn from_value(value: &Value) -> Option<Self> {
-        match value {
-            Value::Text(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl FromValue for Vec<u8> {
-    const EXPECTED: &'static str = "blob";
-    fn from_value(value: &Value) -> Option<Self> {
-        match value {
-            Value::Blob(b) => Some(b.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl<T: FromValue> FromValue for Option<T> {
-    const EXPECTED: &'static str = T::EXPECTED;
-    fn from_value(value: &Value) -> Option<Self> {
-        match value {
-            Value::Null => Some(None),
-            other => T::from_value(other).map(Some),
-        }
-    }
-}
-
 impl From<i64> for Value {
     fn from(n: i64) -> Self {
         Value::Integer(n)
@@ -232,9 +198,28 @@ impl From<f64> for Value {
     }
 }
 
+impl From<u64> for Value {
+    /// Past `i64::MAX`, SQLite has no integer for it: it is stored as a real.
+    fn from(n: u64) -> Self {
+        i64::try_from(n).map_or(Value::Real(n as f64), Value::Integer)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Integer(i64::from(b))
+    }
+}
+
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
         Value::Text(s.into())
+    }
+}
+
+impl From<&String> for Value {
+    fn from(s: &String) -> Self {
+        Value::Text(s.clone())
     }
 }
 

@@ -1,8 +1,9 @@
-//! Requests, responses, problem+json errors and field-by-field validation of
-//! JSON bodies.
+//! Requests, responses, problem+json errors, and pages of lists.
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+
+use crate::input::Check;
 
 use crate::bindings::corral::service::types;
 
@@ -69,30 +70,6 @@ impl Request {
 
     pub fn request_id(&self) -> &str {
         &self.inner.request_id
-    }
-
-    /// Parses the body as a JSON object, for field-by-field validation with
-    /// [`Fields`]. Refuses bodies that are not JSON or not an object.
-    pub fn json_object(&self) -> Result<Fields, Problem> {
-        if let Some(content_type) = self.header("content-type") {
-            let essence = content_type.split(';').next().unwrap_or("").trim();
-            let is_json =
-                essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json");
-            if !is_json {
-                return Err(Problem::new(
-                    415,
-                    "unsupported-media-type",
-                    "Unsupported media type",
-                    format!("expected application/json, got {content_type}"),
-                ));
-            }
-        }
-        let value: Value = serde_json::from_slice(self.body())
-            .map_err(|e| Problem::bad_request("malformed-json", format!("malformed JSON: {e}")))?;
-        match value {
-            Value::Object(map) => Ok(Fields::new(map, "")),
-            _ => Err(Problem::bad_request("malformed-json", "the body must be a JSON object")),
-        }
     }
 }
 
@@ -292,138 +269,6 @@ impl From<Problem> for Response {
     }
 }
 
-/// Field-by-field validation of a JSON object, collecting every error so a
-/// client learns about all of them at once.
-pub struct Fields {
-    map: Map<String, Value>,
-    prefix: String,
-    errors: Vec<FieldError>,
-}
-
-impl Fields {
-    fn new(map: Map<String, Value>, prefix: &str) -> Self {
-        Fields {
-            map,
-            prefix: prefix.into(),
-            errors: Vec::new(),
-        }
-    }
-
-    /// Validates a nested value as an object whose field names start with
-    /// `path`, for example `items[0]`. Finish it with [`Fields::absorb`].
-    pub fn nested(&mut self, path: &str, value: Value) -> Option<Fields> {
-        match value {
-            Value::Object(map) => Some(Fields::new(map, path)),
-            _ => {
-                self.error_at(path, "must be an object");
-                None
-            }
-        }
-    }
-
-    fn path(&self, field: &str) -> String {
-        if self.prefix.is_empty() {
-            field.into()
-        } else {
-            format!("{}.{field}", self.prefix)
-        }
-    }
-
-    /// Records an error on a field of this object.
-    pub fn error(&mut self, field: &str, message: impl Into<String>) {
-        let field = self.path(field);
-        self.error_at(&field, message);
-    }
-
-    fn error_at(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn take(&mut self, field: &str, required: bool) -> Option<Value> {
-        match self.map.remove(field) {
-            None if required => {
-                self.error(field, "is required");
-                None
-            }
-            value => value,
-        }
-    }
-
-    /// A string field; `required` records an error when it is absent.
-    pub fn string(&mut self, field: &str, required: bool) -> Option<String> {
-        match self.take(field, required)? {
-            Value::String(s) => Some(s),
-            _ => {
-                self.error(field, "must be a string");
-                None
-            }
-        }
-    }
-
-    /// An integer field within `min..=max`.
-    pub fn integer(&mut self, field: &str, required: bool, min: i64, max: i64) -> Option<i64> {
-        let value = self.take(field, required)?;
-        match value.as_i64() {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            Some(_) if max == i64::MAX => {
-                self.error(field, format!("must be at least {min}"));
-                None
-            }
-            _ => {
-                self.error(field, format!("must be an integer between {min} and {max}"));
-                None
-            }
-        }
-    }
-
-    /// An array field.
-    pub fn array(&mut self, field: &str, required: bool) -> Option<Vec<Value>> {
-        match self.take(field, required)? {
-            Value::Array(items) => Some(items),
-            _ => {
-                self.error(field, "must be an array");
-                None
-            }
-        }
-    }
-
-    /// Moves the errors of a nested object, including its unknown fields, into this one.
-    pub fn absorb(&mut self, mut nested: Fields) {
-        nested.reject_unknown();
-        self.errors.append(&mut nested.errors);
-    }
-
-    fn reject_unknown(&mut self) {
-        let unknown: Vec<String> = self.map.keys().cloned().collect();
-        for field in unknown {
-            self.error(&field, "is not a known field");
-        }
-        self.map.clear();
-    }
-
-    /// Ends validation: fields not taken are unknown and are errors too.
-    pub fn finish(mut self) -> Result<(), Problem> {
-        self.reject_unknown();
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Problem::validation(self.errors))
-        }
-    }
-}
-
-/// Parses a path segment as a positive id; anything else names no resource.
-pub fn parse_id(segment: &str, what: &str) -> Result<i64, Problem> {
-    segment
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0 && !segment.starts_with('+'))
-        .ok_or_else(|| Problem::not_found(format!("no {what} with id {segment}")))
-}
-
 /// One page of a list, in id order: `next_after` is the `after` of the next
 /// page, or null on the last one.
 #[derive(Serialize)]
@@ -433,10 +278,10 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    /// Builds a page from up to `limit + 1` items fetched in id order: the
-    /// extra one, if present, tells there is a next page.
-    pub fn new(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
-        let limit = usize::try_from(limit).unwrap_or(0);
+    /// Builds a page from up to `query.fetch()` items fetched in id order:
+    /// the extra one, if present, tells there is a next page.
+    pub fn new(mut items: Vec<T>, query: PageQuery, id: impl Fn(&T) -> i64) -> Self {
+        let limit = usize::try_from(query.limit).unwrap_or(0);
         let next_after = if items.len() > limit {
             items.truncate(limit);
             items.last().map(&id)
@@ -447,28 +292,35 @@ impl<T> Page<T> {
     }
 }
 
-/// Reads `limit` and `after` from the query of a paginated list.
-pub fn page(request: &Request, default_limit: i64, max_limit: i64) -> Result<(i64, i64), Problem> {
-    let mut errors = Vec::new();
-    let mut read = |name: &str, default: i64, min: i64, max: i64| match request.query(name) {
-        None => default,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                errors.push(FieldError {
-                    field: name.into(),
-                    message: format!("must be an integer between {min} and {max}"),
-                });
-                default
+/// Where a page of a list starts and how long it is, from `?limit=&after=`.
+#[derive(Debug, Clone, Copy)]
+pub struct PageQuery {
+    pub limit: i64,
+    pub after: i64,
+}
+
+impl PageQuery {
+    /// Reads `limit` (1 to `max_limit`, default `default_limit`) and `after`
+    /// (an id, default 0) from the query.
+    pub fn of(request: &Request, default_limit: i64, max_limit: i64) -> Result<PageQuery, Problem> {
+        let mut check = Check::default();
+        let mut read = |name: &str, default: i64, min: i64, max: i64| match request.query(name) {
+            None => default,
+            Some(raw) => {
+                let n = raw.parse::<i64>().ok().filter(|n| (min..=max).contains(n));
+                check.that(name, n.is_some(), format!("must be an integer between {min} and {max}"));
+                n.unwrap_or(default)
             }
-        },
-    };
-    let limit = read("limit", default_limit, 1, max_limit);
-    let after = read("after", 0, 0, i64::MAX);
-    if errors.is_empty() {
-        Ok((limit, after))
-    } else {
-        Err(Problem::validation(errors))
+        };
+        let limit = read("limit", default_limit, 1, max_limit);
+        let after = read("after", 0, 0, i64::MAX);
+        check.finish()?;
+        Ok(PageQuery { limit, after })
+    }
+
+    /// One more than a page, to tell whether there is a next one.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
     }
 }
 

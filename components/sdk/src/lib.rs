@@ -1,19 +1,33 @@
-//! Helpers for writing a corral component, so that a service is short to write.
+//! Helpers for writing a corral component, so that a service is short.
 //!
 //! In reading order:
-//! - [`http`]: the request a component receives, the response it returns, and
-//!   `application/problem+json` errors ([`Problem`]).
-//! - [`db`]: typed access to the component's own SQLite database, migrations and
-//!   transactions.
+//! - [`http`]: the request a component receives, the response it returns,
+//!   `application/problem+json` errors ([`Problem`]), and pages of lists.
+//! - [`routing`]: a table of `(method, pattern, handler)`.
+//! - [`input`]: a JSON body decoded into a struct, every field at fault
+//!   reported at once ([`Validate`]).
+//! - [`db`]: the component's own SQLite database: rows decoded by column
+//!   name into structs, typed constraint violations, transactions,
+//!   migrations.
 //! - [`log`]: logging through the host.
+//! - [`interfaces!`]: interfaces shared with other components, in one line.
 //!
 //! A component implements [`Service`] and names its type in [`export_service!`]:
 //!
 //! ```no_run
+//! use corral_sdk::{Params, Problem, Request, Response, Route};
+//!
 //! struct Hello;
+//!
+//! const ROUTES: &[Route] = &[("GET", "/hello/{name}", greet)];
+//!
+//! fn greet(_req: &Request, params: &Params) -> Result<Response, Problem> {
+//!     Ok(Response::text(200, &format!("hello, {}", params.get("name").unwrap_or("you"))))
+//! }
+//!
 //! impl corral_sdk::Service for Hello {
-//!     fn handle(req: corral_sdk::Request) -> Result<corral_sdk::Response, corral_sdk::Problem> {
-//!         Ok(corral_sdk::Response::text(200, "hello"))
+//!     fn handle(req: Request) -> Result<Response, Problem> {
+//!         corral_sdk::route(&req, ROUTES)
 //!     }
 //! }
 //! corral_sdk::export_service!(Hello);
@@ -21,9 +35,18 @@
 
 pub mod db;
 pub mod http;
+pub mod input;
 pub mod log;
+pub mod routing;
+mod rows;
 
-pub use http::{FieldError, Problem, Request, Response};
+pub use http::{FieldError, Page, PageQuery, Problem, Request, Response};
+pub use input::{Check, Validate};
+pub use routing::{Params, Route, route};
+
+/// For [`interfaces!`]: the bindings generator, so components need not depend on it.
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
 
 /// The bindings generated from `wit/service.wit`.
 #[allow(unsafe_code, clippy::all)]
@@ -70,5 +93,29 @@ impl<T: Service> bindings::exports::corral::service::lifecycle::Guest for T {
 macro_rules! export_service {
     ($service:ident) => {
         $crate::bindings::__export_service_world!($service with_types_in $crate::bindings);
+    };
+}
+
+/// Brings in the interfaces one of a WIT package's worlds shares with
+/// other components: `interfaces!(shop, "corral:shop/users-client@0.1.0")`
+/// makes module `shop` with the functions the world imports; for a world
+/// that exports, the module also has the `Guest` trait to implement and an
+/// `export!` macro. Packages are read from the workspace's `wit/` folder,
+/// or from `path = "..."` (relative to the component's crate).
+#[macro_export]
+macro_rules! interfaces {
+    ($module:ident, $world:literal) => {
+        $crate::interfaces!($module, $world, path = "../../wit");
+    };
+    ($module:ident, $world:literal, path = $path:literal) => {
+        #[allow(unsafe_code, clippy::all)]
+        mod $module {
+            $crate::__wit_bindgen::generate!({
+                world: $world,
+                path: $path,
+                generate_all,
+                runtime_path: "corral_sdk::__wit_bindgen::rt",
+            });
+        }
     };
 }

@@ -9,7 +9,9 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::connection::Conn;
 use super::pool::{BUSY_TIMEOUT, DbLimits, Guard};
-use crate::capabilities::bindings::corral::service::sqlite::{Error, QueryResult, Row, Value};
+use crate::capabilities::bindings::corral::service::sqlite::{
+    Constraint, ConstraintKind, Error, QueryResult, Row, Value,
+};
 
 impl Conn {
     /// Runs one guest statement and collects its rows within the limits.
@@ -176,10 +178,12 @@ pub(super) fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) 
     if let Some(why) = guard.denied.lock().expect("denial lock").take() {
         return Error::AccessDenied(why);
     }
-    let (code, message) = match e {
-        rusqlite::Error::SqliteFailure(failure, message) => {
-            (failure.code, message.unwrap_or_else(|| failure.to_string()))
-        }
+    let (code, extended, message) = match e {
+        rusqlite::Error::SqliteFailure(failure, message) => (
+            failure.code,
+            failure.extended_code,
+            message.unwrap_or_else(|| failure.to_string()),
+        ),
         rusqlite::Error::MultipleStatement => {
             return Error::InvalidStatement("execute takes one statement at a time".into());
         }
@@ -189,7 +193,10 @@ pub(super) fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) 
         other => return Error::Io(other.to_string()),
     };
     match code {
-        ErrorCode::ConstraintViolation => Error::ConstraintViolation(message),
+        ErrorCode::ConstraintViolation => Error::ConstraintViolation(Constraint {
+            kind: constraint_kind(extended),
+            message,
+        }),
         ErrorCode::DiskFull => Error::DatabaseFull,
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Error::Busy,
         ErrorCode::OperationInterrupted => Error::LimitExceeded(format!(
@@ -203,5 +210,18 @@ pub(super) fn guest_error(e: rusqlite::Error, guard: &Guard, limits: &DbLimits) 
             Error::InvalidStatement(message)
         }
         _ => Error::Io(message),
+    }
+}
+
+/// The kind of constraint an extended result code names.
+fn constraint_kind(extended: i32) -> ConstraintKind {
+    use rusqlite::ffi;
+    match extended {
+        ffi::SQLITE_CONSTRAINT_UNIQUE => ConstraintKind::Unique,
+        ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_ROWID => ConstraintKind::PrimaryKey,
+        ffi::SQLITE_CONSTRAINT_FOREIGNKEY => ConstraintKind::ForeignKey,
+        ffi::SQLITE_CONSTRAINT_CHECK => ConstraintKind::Check,
+        ffi::SQLITE_CONSTRAINT_NOTNULL => ConstraintKind::NotNull,
+        _ => ConstraintKind::Other,
     }
 }

@@ -221,3 +221,30 @@ fn transactions_and_temporary_objects_stay_the_hosts() {
         "the savepoint was rolled back"
     );
 }
+
+#[test]
+fn constraint_violations_say_which_kind() {
+    use crate::capabilities::bindings::corral::service::sqlite::ConstraintKind;
+    let (_dir, db) = database(DbLimits::default());
+    let mut conn = db.checkout().unwrap();
+    exec(
+        &mut conn,
+        "CREATE TABLE p (id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INTEGER NOT NULL CHECK (n > 0))",
+        &[],
+    )
+    .unwrap();
+    exec(&mut conn, "CREATE TABLE c (p INTEGER REFERENCES p (id))", &[]).unwrap();
+    exec(&mut conn, "INSERT INTO p VALUES (1, 'a', 1)", &[]).unwrap();
+    for (sql, kind) in [
+        ("INSERT INTO p VALUES (2, 'a', 1)", ConstraintKind::Unique),
+        ("INSERT INTO p VALUES (1, 'b', 1)", ConstraintKind::PrimaryKey),
+        ("INSERT INTO p VALUES (3, 'c', NULL)", ConstraintKind::NotNull),
+        ("INSERT INTO p VALUES (4, 'd', 0)", ConstraintKind::Check),
+        ("INSERT INTO c VALUES (9)", ConstraintKind::ForeignKey),
+    ] {
+        match exec(&mut conn, sql, &[]) {
+            Err(Error::ConstraintViolation(constraint)) => assert_eq!(constraint.kind, kind, "{sql}: {constraint:?}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
