@@ -3,9 +3,10 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 wasm_target := "wasm32-wasip2"
-# The components `just build` produces; `chaos`, `failing-init` and `relay` are
-# for tests only, `empty` for benchmarks.
-components := "-p users -p orders -p chaos -p failing-init -p relay -p empty"
+# Every crate under components/ (a new one from `corral new` included):
+# users and orders, the SDK, `chaos`, `failing-init` and `relay` for tests
+# and `empty` for benchmarks.
+components := "--workspace --exclude corral --exclude corral-bench"
 
 # Lists the recipes.
 default:
@@ -31,7 +32,7 @@ test: build-components
 lint:
     cargo fmt --all --check
     cargo clippy --release --workspace --all-targets -- -D warnings
-    cargo clippy --release --target {{wasm_target}} {{components}} -p corral-sdk -- -D warnings
+    cargo clippy --release --target {{wasm_target}} {{components}} -- -D warnings
 
 # Measures corral against a native baseline (wrk), and the hot path in process (divan).
 bench: build

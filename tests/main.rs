@@ -17,4 +17,5 @@ mod peers;
 mod persistence;
 mod ratelimits;
 mod sandbox;
+mod scaffold;
 mod users;

@@ -83,6 +83,17 @@ enum Command {
     },
     /// Makes a running host re-read its config file.
     Reload(Remote),
+    /// Writes a new component crate: a small CRUD service that builds and serves as it is.
+    New {
+        /// The component's name: lowercase letters, digits, `-` or `_`.
+        name: String,
+        /// The folder to write it in.
+        #[arg(long, default_value = "components")]
+        dir: PathBuf,
+        /// The corral SDK crate, for a component outside corral's workspace.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 /// How to reach a running host's admin API.
@@ -155,6 +166,16 @@ fn main() -> ExitCode {
             Command::Rollback { name, remote } => print(remote.client()?.rollback(&name).map(pretty)),
             Command::Promote { name, remote } => print(remote.client()?.promote(&name).map(pretty)),
             Command::Reload(remote) => print(remote.client()?.reload().map(pretty)),
+            Command::New { name, dir, sdk } => {
+                let sdk = sdk.unwrap_or_else(corral::ops::scaffold::default_sdk);
+                let made = corral::ops::scaffold::new_component(&name, &dir, &sdk)?;
+                println!(
+                    "wrote {0}: build it with `just build` (or `cargo build --release --target wasm32-wasip2` in {0}), then serve it with:\n\n{1}",
+                    made.dir.display(),
+                    made.config
+                );
+                Ok(())
+            }
         }
     });
     // Whatever still runs on blocking threads (a compilation, say) does not

@@ -6,7 +6,7 @@
 //! cancelled; anything else is a conflict.
 
 use corral_sdk::db;
-use corral_sdk::{Check, FieldError, Page, PageQuery, Params, Problem, Request, Response, Route, Service, Validate};
+use corral_sdk::{Check, Page, PageQuery, Params, Problem, Request, Response, Route, Service, Validate};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -182,7 +182,7 @@ fn get(req: &Request, params: &Params) -> Result<Response, Problem> {
             body["user"] = json!(user.map(|u| json!({ "id": u.id, "name": u.name, "email": u.email })));
             Ok(Response::json(200, &body))
         }
-        Some(other) => Err(invalid_query(
+        Some(other) => Err(Problem::invalid(
             "expand",
             format!("{other:?} cannot be expanded; only \"user\" can"),
         )),
@@ -206,7 +206,7 @@ fn list(req: &Request, _: &Params) -> Result<Response, Problem> {
             raw.parse::<i64>()
                 .ok()
                 .filter(|id| *id > 0)
-                .ok_or_else(|| invalid_query("user_id", "must be a positive integer".into()))?,
+                .ok_or_else(|| Problem::invalid("user_id", "must be a positive integer"))?,
         ),
     };
     let sql = format!(
@@ -263,13 +263,6 @@ fn update_status(req: &Request, params: &Params) -> Result<Response, Problem> {
         load(id)
     })?;
     Ok(Response::json(200, &order))
-}
-
-fn invalid_query(field: &str, message: String) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: field.into(),
-        message,
-    }])
 }
 
 fn not_found(id: i64) -> Problem {

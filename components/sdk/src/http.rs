@@ -201,6 +201,14 @@ impl Problem {
         Self::new(400, "validation", "Invalid request", detail).with("errors", json!(errors))
     }
 
+    /// 400 with one field at fault.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(404, "not-found", "Not found", detail)
     }

@@ -12,6 +12,7 @@
 pub mod rates;
 mod raw;
 mod resolve;
+pub use resolve::check_name;
 pub mod routes;
 pub mod settings;
 pub mod tokens;

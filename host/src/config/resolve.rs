@@ -344,7 +344,7 @@ fn rate_limit(
 }
 
 /// Names become file names, log fields and metric labels, so they stay plain.
-fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     let plain = name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');

@@ -1,6 +1,8 @@
-//! What operators use: the [`admin`] listener, the CLI's client for it
-//! ([`remote`]), and the [`metrics`] it serves.
+//! What operators and developers use: the [`admin`] listener, the CLI's
+//! client for it ([`remote`]), the [`metrics`] it serves, and the
+//! generator of new components ([`scaffold`]).
 
 pub mod admin;
 pub mod metrics;
 pub mod remote;
+pub mod scaffold;
