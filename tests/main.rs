@@ -7,6 +7,7 @@ mod capacity;
 mod config;
 mod containment;
 mod durable_changes;
+mod events;
 mod hostile_clients;
 mod hostile_output;
 mod hostile_sql;

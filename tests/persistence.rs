@@ -59,6 +59,8 @@ fn each_component_has_its_own_file() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|name| name.ends_with(".sqlite3"))
         .collect();
+    // The host keeps its event log beside them, under a name no component can have.
+    files.retain(|name| name != "_corral_events.sqlite3");
     files.sort();
     assert_eq!(files, ["chaos.sqlite3", "orders.sqlite3", "users.sqlite3"]);
 

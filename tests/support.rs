@@ -33,11 +33,22 @@ fn cache_dir() -> PathBuf {
     workspace().join("target/corral-test-cache")
 }
 
+/// The topics a component crate publishes to, which its config must allow.
+fn publishes(crate_name: &str) -> &'static [&'static str] {
+    match crate_name {
+        "users" => &["users.deleted"],
+        "orders" => &["orders.status-changed"],
+        "chaos" => &[">"],
+        _ => &[],
+    }
+}
+
 /// A config section serving `crate_name`'s component as `name` on `routes`.
 pub fn component_toml(name: &str, crate_name: &str, routes: &[&str]) -> String {
     format!(
-        "[components.{name}]\nwasm = {:?}\nroutes = {routes:?}\n",
-        wasm(crate_name).display().to_string()
+        "[components.{name}]\nwasm = {:?}\nroutes = {routes:?}\npublishes = {:?}\n",
+        wasm(crate_name).display().to_string(),
+        publishes(crate_name)
     )
 }
 
@@ -262,6 +273,20 @@ impl TestHost {
             .read_to_vec()
             .unwrap();
         Reply { status, headers, body }
+    }
+
+    /// Sends a request; `None` if it does not reach the host (it died, say).
+    pub fn try_request(&self, request: http::Request<Vec<u8>>) -> Option<Reply> {
+        let (parts, body) = request.into_parts();
+        let mut request = http::Request::from_parts(parts, body);
+        if request.uri().host().is_none() {
+            *request.uri_mut() = self.url(&request.uri().to_string()).parse().unwrap();
+        }
+        let response = self.agent.run(request).ok()?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().read_to_vec().ok()?;
+        Some(Reply { status, headers, body })
     }
 
     /// Sends a request to the admin listener with the test token.

@@ -49,7 +49,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         .enable_all()
         .build()
         .unwrap();
-    let registry = corral::registry(&config, Arc::new(ComponentStats::default())).unwrap();
+    let registry = corral::registry(&config, Arc::new(ComponentStats::default()), Arc::default()).unwrap();
     runtime.block_on(registry.load_all(&config)).unwrap();
     Fixture {
         runtime,

@@ -10,6 +10,8 @@
 //!   component. Knows nothing of HTTP.
 //! - [`components`]: versions, the served snapshot, changes all at once,
 //!   calls between components, the operator's reloads.
+//! - [`events`]: durable messages between components: the relay from
+//!   outboxes to the log, and the dispatcher to subscribers.
 //! - [`serving`]: the public listener and one request from arrival to
 //!   response.
 //! - [`ops`]: the admin API, its CLI client, metrics.
@@ -19,6 +21,7 @@
 pub mod capabilities;
 pub mod components;
 pub mod config;
+pub mod events;
 pub mod limits;
 pub mod ops;
 pub mod serving;
@@ -29,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::capabilities::sqlite::{self, SqlThreads};
@@ -45,11 +48,15 @@ use crate::serving::body::BodyPace;
 use crate::serving::gateway::Gateway;
 use crate::wasm::engine::{self, EngineSettings, EpochTicker};
 
+/// The event log's file under `data_dir`; no component name starts with `_`.
+const EVENT_LOG_FILE: &str = "_corral_events.sqlite3";
+
 /// How often rate limiters forget idle clients.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Builds the engine and the (empty) registry the config describes.
-pub fn registry(config: &Config, stats: Arc<ComponentStats>) -> anyhow::Result<Registry> {
+/// Builds the engine and the (empty) registry the config describes; the
+/// databases it opens wake `relay` when they publish.
+pub fn registry(config: &Config, stats: Arc<ComponentStats>, relay: Arc<Notify>) -> anyhow::Result<Registry> {
     let settings = &config.server.settings;
     let engine = engine::build(&EngineSettings {
         max_instances: u32::try_from(settings.max_instances).unwrap_or(u32::MAX),
@@ -61,6 +68,7 @@ pub fn registry(config: &Config, stats: Arc<ComponentStats>) -> anyhow::Result<R
         config.data_dir.clone(),
         settings.max_rate_limit_clients,
         SqlThreads::start(settings.sql_threads)?,
+        relay,
         stats,
     )
 }
@@ -83,19 +91,40 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(registry(&config, Arc::clone(&metrics.components))?);
+    let relay_wake = Arc::new(Notify::new());
+    let registry = Arc::new(registry(
+        &config,
+        Arc::clone(&metrics.components),
+        Arc::clone(&relay_wake),
+    )?);
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", config.source.display());
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let log: Arc<dyn events::EventLog> = Arc::new(events::SqliteLog::open(
+        &config.data_dir.join(EVENT_LOG_FILE),
+        Arc::clone(registry.sql_threads()),
+    )?);
     let _ticker = EpochTicker::start(registry.engine());
     let control = Arc::new(Control::new(Arc::clone(&registry), config.clone(), overrides));
     let (stop, stopped) = watch::channel(false);
 
     let mut background = Vec::new();
     if let Some(listener) = listeners.admin {
-        background.push(serve_admin(&config, listener, &control, &metrics, until(&stopped))?);
+        background.push(serve_admin(
+            &config,
+            listener,
+            &control,
+            &metrics,
+            &log,
+            until(&stopped),
+        )?);
     }
     if let Err(e) = registry.load_all(&config).await {
         let _ = stop.send(true);
         return Err(e);
     }
+    background.extend(start_events(&registry, &metrics, log, relay_wake));
     background.push(tokio::spawn(evict_idle_clients(Arc::clone(&registry))));
     background.push(tokio::spawn(Arc::clone(&control).watch()));
     background.push(tokio::spawn(reload_on_hangup(Arc::clone(&control))));
@@ -109,6 +138,31 @@ pub async fn run(
     drop(control);
     close(registry);
     Ok(())
+}
+
+/// The relay and dispatcher tasks of events.
+fn start_events(
+    registry: &Arc<Registry>,
+    metrics: &Metrics,
+    log: Arc<dyn events::EventLog>,
+    relay_wake: Arc<Notify>,
+) -> Vec<JoinHandle<()>> {
+    let dispatch_wake = Arc::new(Notify::new());
+    vec![
+        tokio::spawn(events::relay::run(
+            Arc::clone(registry),
+            Arc::clone(&log),
+            relay_wake,
+            Arc::clone(&dispatch_wake),
+            Arc::clone(&metrics.events),
+        )),
+        tokio::spawn(events::dispatch::run(
+            Arc::clone(registry),
+            log,
+            dispatch_wake,
+            Arc::clone(&metrics.events),
+        )),
+    ]
 }
 
 /// Resolves once `stopped` says so.
@@ -132,6 +186,7 @@ fn serve_admin(
     listener: TcpListener,
     control: &Arc<Control>,
     metrics: &Arc<Metrics>,
+    log: &Arc<dyn events::EventLog>,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<()>> {
     let admin = config
@@ -150,6 +205,7 @@ fn serve_admin(
     let handler = Arc::new(Admin::new(
         Arc::clone(control),
         Arc::clone(metrics),
+        Arc::clone(log),
         token,
         admin.max_upload_bytes,
         body_pace(config),
@@ -243,14 +299,17 @@ async fn evict_idle_clients(registry: Arc<Registry>) {
 /// and links, and every interface one imports from another has a provider
 /// with matching types. Nothing runs and no database is touched.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
-    let registry = registry(config, Arc::new(ComponentStats::default()))?;
+    let registry = registry(config, Arc::new(ComponentStats::default()), Arc::default())?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     let mut failures = Vec::new();
     let mut compiled = Vec::new();
     for component in &config.components {
         let wasm = std::fs::read(&component.wasm)?;
         let short = digest(&wasm)[..12].to_string();
         match registry.compiler().compile(&component.name, wasm).await {
-            Ok((_, peers)) => compiled.push((component, short, peers)),
+            Ok(version) => compiled.push((component, short, version.peers)),
             Err(e) => failures.push(format!(
                 "{}: {} is not a component corral can serve: {e:#}",
                 component.name,

@@ -83,6 +83,36 @@ enum Command {
     },
     /// Makes a running host re-read its config file.
     Reload(Remote),
+    /// Shows who publishes what, and each subscription's backlog.
+    Events(Remote),
+    /// Lists dead letters: messages that will not be delivered again unless redriven.
+    DeadLetters {
+        #[arg(long)]
+        subscriber: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delivers a subscriber's dead letters again (all, or those named with --id).
+    Redrive {
+        subscriber: String,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Drops a subscriber's dead letters (all, or those named with --id);
+    /// with --pending, what still waits for it too.
+    Purge {
+        subscriber: String,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long)]
+        pending: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Writes a new component crate: a small CRUD service that builds and serves as it is.
     New {
         /// The component's name: lowercase letters, digits, `-` or `_`.
@@ -166,6 +196,21 @@ fn main() -> ExitCode {
             Command::Rollback { name, remote } => print(remote.client()?.rollback(&name).map(pretty)),
             Command::Promote { name, remote } => print(remote.client()?.promote(&name).map(pretty)),
             Command::Reload(remote) => print(remote.client()?.reload().map(pretty)),
+            Command::Events(remote) => print(remote.client()?.events().map(pretty)),
+            Command::DeadLetters {
+                subscriber,
+                limit,
+                remote,
+            } => print(remote.client()?.dead_letters(subscriber.as_deref(), limit).map(pretty)),
+            Command::Redrive { subscriber, ids, remote } => {
+                print(remote.client()?.settle_dead("redrive", &subscriber, &ids, false).map(pretty))
+            }
+            Command::Purge {
+                subscriber,
+                ids,
+                pending,
+                remote,
+            } => print(remote.client()?.settle_dead("purge", &subscriber, &ids, pending).map(pretty)),
             Command::New { name, dir, sdk } => {
                 let sdk = sdk.unwrap_or_else(corral::ops::scaffold::default_sdk);
                 let made = corral::ops::scaffold::new_component(&name, &dir, &sdk)?;

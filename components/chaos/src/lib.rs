@@ -16,7 +16,12 @@ corral_sdk::export_service!(Chaos);
 impl Service for Chaos {
     /// Tests that watch the host start slowly put a delay in `init_delay`.
     fn init() -> Result<(), String> {
-        db::migrate(&["CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"]).map_err(|e| e.to_string())?;
+        db::migrate(&[
+            "CREATE TABLE junk (id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+            "CREATE TABLE received (seq INTEGER PRIMARY KEY, id TEXT, topic TEXT, source TEXT, attempt INTEGER,
+             ordering_key TEXT, payload TEXT)",
+        ])
+        .map_err(|e| e.to_string())?;
         #[derive(serde::Deserialize)]
         struct Delay {
             ms: u64,
@@ -25,6 +30,10 @@ impl Service for Chaos {
             std::thread::sleep(std::time::Duration::from_millis(delay.ms));
         }
         Ok(())
+    }
+
+    fn on_event(event: corral_sdk::Event) -> corral_sdk::Outcome {
+        on_event(event)
     }
 
     fn handle(req: Request) -> Result<Response, Problem> {
@@ -47,6 +56,11 @@ impl Service for Chaos {
             ["chaos", "write"] => write_at_once(&req),
             ["chaos", "write-zeroes"] => write_zeroes(&req),
             ["chaos", "lines"] => lines(&req),
+            ["chaos", "publish"] => publish(&req),
+            ["chaos", "received"] => answer(db::execute(
+                "SELECT id, topic, source, attempt, ordering_key, payload FROM received ORDER BY seq",
+                &[],
+            )),
             ["chaos", "txn-trap"] => txn_trap(),
             ["chaos", "fill"] => fill(),
             _ => Err(Problem::not_found(format!("no chaos at {}", req.path()))),
@@ -107,6 +121,78 @@ fn sandbox() -> serde_json::Value {
 /// Runs the SQL in the body and returns the rows or the error variant.
 fn run_sql(req: &Request) -> Result<Response, Problem> {
     answer(db::execute(&String::from_utf8_lossy(req.body()), &[]))
+}
+
+/// Records each delivery, then does what its payload says: `{"fail": n}`
+/// fails the first n attempts (by trapping), `{"fail": "always"}` every one,
+/// `{"retry_ms": m}` asks for a retry once, `{"dead": "why"}` dead-letters it.
+fn on_event(event: corral_sdk::Event) -> corral_sdk::Outcome {
+    use corral_sdk::Outcome;
+    let payload: serde_json::Value = event.json().unwrap_or_default();
+    let recorded = db::execute(
+        "INSERT INTO received (id, topic, source, attempt, ordering_key, payload) VALUES (?, ?, ?, ?, ?, ?)",
+        &[
+            event.id.as_str().into(),
+            event.topic.as_str().into(),
+            event.source.as_str().into(),
+            i64::from(event.attempt).into(),
+            event.ordering_key.clone().into(),
+            String::from_utf8_lossy(&event.payload).into_owned().into(),
+        ],
+    );
+    if let Err(e) = recorded {
+        corral_sdk::log::warn(&format!("cannot record a delivery: {e}"));
+        return Outcome::RetryAfter(50);
+    }
+    if let Some(ms) = payload["sleep_ms"].as_u64() {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    match (&payload["fail"], &payload["retry_ms"], &payload["dead"]) {
+        (serde_json::Value::String(s), _, _) if s == "always" => panic!("chaos: failing a delivery on purpose"),
+        (fail, _, _) if fail.as_u64().is_some_and(|n| u64::from(event.attempt) <= n) => {
+            panic!("chaos: failing attempt {} on purpose", event.attempt)
+        }
+        (_, retry, _) if retry.as_u64().is_some() && event.attempt == 1 => {
+            Outcome::RetryAfter(retry.as_u64().unwrap_or(0) as u32)
+        }
+        (_, _, serde_json::Value::String(why)) => Outcome::DeadLetter(why.clone()),
+        _ => Outcome::Ack,
+    }
+}
+
+/// Publishes `n` messages (default 1) of the JSON body to `topic`; with
+/// `key`, under that ordering key; with `txn=commit|rollback`, inside a
+/// transaction that also writes a row to `junk`. Returns their ids.
+fn publish(req: &Request) -> Result<Response, Problem> {
+    let topic = req.query("topic").unwrap_or_else(|| "chaos.test".into());
+    let n: usize = req.query("n").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let key = req.query("key");
+    let body: serde_json::Value = serde_json::from_slice(req.body()).unwrap_or(json!({}));
+    let send = || -> Result<Vec<String>, Problem> {
+        (0..n)
+            .map(|i| {
+                let mut payload = body.clone();
+                payload["i"] = json!(i);
+                corral_sdk::events::publish_with(&topic, &payload, key.as_deref())
+                    .map_err(|e| Problem::new(422, "publish-failed", "Not published", e.to_string()))
+            })
+            .collect()
+    };
+    let ids = match req.query("txn").as_deref() {
+        None => send()?,
+        Some(end) => {
+            corral_sdk::bindings::corral::service::sqlite::begin().map_err(db::Error::from)?;
+            db::execute("INSERT INTO junk (data) VALUES (x'01')", &[])?;
+            let ids = send()?;
+            match end {
+                "rollback" => corral_sdk::bindings::corral::service::sqlite::rollback(),
+                _ => corral_sdk::bindings::corral::service::sqlite::commit(),
+            }
+            .map_err(db::Error::from)?;
+            ids
+        }
+    };
+    Ok(Response::json(200, &json!({ "ids": ids })))
 }
 
 /// Runs `{"sql": "...", "params": [...]}`: a parameter is null, a number,

@@ -3,10 +3,13 @@
 //!
 //! An order and its items are written in one transaction. Status changes
 //! follow pending -> paid -> shipped -> delivered, and pending|paid ->
-//! cancelled; anything else is a conflict.
+//! cancelled; anything else is a conflict. Every change publishes
+//! `orders.status-changed` in its transaction, ordered by order. When
+//! `users.deleted` arrives, that user's pending and paid orders are
+//! cancelled.
 
-use corral_sdk::db;
 use corral_sdk::{Check, Page, PageQuery, Params, Problem, Request, Response, Route, Service, Validate};
+use corral_sdk::{Event, Outcome, db, events};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -144,6 +147,55 @@ impl Service for Orders {
     fn handle(req: Request) -> Result<Response, Problem> {
         corral_sdk::route(&req, ROUTES)
     }
+
+    fn on_event(event: Event) -> Outcome {
+        #[derive(Deserialize)]
+        struct Deleted {
+            id: i64,
+        }
+        let user = match (event.topic.as_str(), event.json::<Deleted>()) {
+            ("users.deleted", Ok(Deleted { id })) => id,
+            (topic, _) => return Outcome::DeadLetter(format!("cannot handle {topic}: {:?}", event.payload)),
+        };
+        match cancel_orders_of(user) {
+            Ok(()) => Outcome::Ack,
+            Err(problem) => {
+                corral_sdk::log::warn(&format!("cannot cancel the orders of user {user}: {}", problem.detail));
+                Outcome::RetryAfter(1000)
+            }
+        }
+    }
+}
+
+/// Cancels the user's pending and paid orders; orders already cancelled,
+/// or never there, are left as they are, so a second delivery does nothing.
+fn cancel_orders_of(user_id: i64) -> Result<(), Problem> {
+    #[derive(Deserialize)]
+    struct Open {
+        id: i64,
+        status: Status,
+    }
+    db::transaction(|| -> Result<(), Problem> {
+        let open: Vec<Open> = db::query(
+            "SELECT id, status FROM orders WHERE user_id = ? AND status IN ('pending', 'paid')",
+            &[user_id.into()],
+        )?;
+        for order in open {
+            set_status(order.id, user_id, order.status, Status::Cancelled)?;
+        }
+        Ok(())
+    })
+}
+
+/// Records a status change and publishes it, in the caller's transaction.
+fn set_status(id: i64, user_id: i64, from: Status, to: Status) -> Result<(), Problem> {
+    db::execute(
+        "UPDATE orders SET status = ? WHERE id = ?",
+        &[to.as_str().into(), id.into()],
+    )?;
+    let change = json!({ "order_id": id, "user_id": user_id, "from": from.as_str(), "to": to.as_str() });
+    events::publish_with("orders.status-changed", &change, Some(&id.to_string()))?;
+    Ok(())
 }
 
 fn create(req: &Request, _: &Params) -> Result<Response, Problem> {
@@ -247,7 +299,8 @@ fn update_status(req: &Request, params: &Params) -> Result<Response, Problem> {
     let id = params.id("id", "order")?;
     let StatusChange { status } = req.json()?;
     let order = db::transaction(|| -> Result<Order, Problem> {
-        let current = load(id)?.status;
+        let before = load(id)?;
+        let current = before.status;
         if !current.can_become(status) {
             let detail = format!(
                 "cannot change the status of order {id} from {} to {}",

@@ -9,6 +9,8 @@
 //! - [`db`]: the component's own SQLite database: rows decoded by column
 //!   name into structs, typed constraint violations, transactions,
 //!   migrations.
+//! - [`events`]: publishing to topics, in the database's transaction, and
+//!   receiving what the component subscribes to ([`Service::on_event`]).
 //! - [`log`]: logging through the host.
 //! - [`interfaces!`]: interfaces shared with other components, in one line.
 //!
@@ -34,12 +36,14 @@
 //! ```
 
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod input;
 pub mod log;
 pub mod routing;
 mod rows;
 
+pub use events::{Event, Outcome};
 pub use http::{FieldError, Page, PageQuery, Problem, Request, Response};
 pub use input::{Check, Validate};
 pub use routing::{Params, Route, route};
@@ -48,12 +52,13 @@ pub use routing::{Params, Route, route};
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// The bindings generated from `wit/service.wit`.
+/// The bindings generated from `wit/service.wit`: the service world, with
+/// the subscriber export, so any component can subscribe.
 #[allow(unsafe_code, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "corral:service/service",
+        world: "corral:service/subscriber-service",
         pub_export_macro: true,
         export_macro_name: "__export_service_world",
         default_bindings_module: "corral_sdk::bindings",
@@ -70,6 +75,18 @@ pub trait Service {
 
     /// Handles one request. A [`Problem`] becomes a problem+json response.
     fn handle(request: Request) -> Result<Response, Problem>;
+
+    /// Handles one event delivered from a topic the component subscribes
+    /// to (`[components.<name>.subscription]`).
+    fn on_event(event: Event) -> Outcome {
+        Outcome::DeadLetter(format!("this component does not handle {} events", event.topic))
+    }
+}
+
+impl<T: Service> bindings::exports::corral::service::subscriber::Guest for T {
+    fn handle(delivery: events::Delivery) -> Outcome {
+        T::on_event(Event::from(delivery))
+    }
 }
 
 impl<T: Service> bindings::exports::corral::service::handler::Guest for T {

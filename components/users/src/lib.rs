@@ -1,11 +1,12 @@
 //! The users service: create, read, update, delete and list users, and
-//! `corral:shop/users` for other services.
+//! `corral:shop/users` for other services. Deleting a user publishes
+//! `users.deleted` (`{"id": ...}`).
 //!
 //! Emails are unique without regard to case: each row keeps the lowercased
 //! email in `email_key`, which carries the UNIQUE constraint.
 
-use corral_sdk::db;
 use corral_sdk::{Check, Page, PageQuery, Params, Problem, Request, Response, Route, Service, Validate};
+use corral_sdk::{db, events};
 use serde::{Deserialize, Serialize};
 
 struct Users;
@@ -101,13 +102,18 @@ fn update(req: &Request, params: &Params) -> Result<Response, Problem> {
     Ok(Response::json(200, &user.ok_or_else(|| not_found(id))?))
 }
 
+/// Deletes the user and publishes `users.deleted` in the same transaction.
 fn delete(_: &Request, params: &Params) -> Result<Response, Problem> {
     let id = params.id("id", "user")?;
-    db::execute("DELETE FROM users WHERE id = ?", &[id.into()])?;
-    match db::changes() {
-        0 => Err(not_found(id)),
-        _ => Ok(Response::empty(204)),
-    }
+    db::transaction(|| -> Result<(), Problem> {
+        db::execute("DELETE FROM users WHERE id = ?", &[id.into()])?;
+        if db::changes() == 0 {
+            return Err(not_found(id));
+        }
+        events::publish("users.deleted", &serde_json::json!({ "id": id }))?;
+        Ok(())
+    })?;
+    Ok(Response::empty(204))
 }
 
 fn find(id: i64) -> Result<Option<User>, db::Error> {

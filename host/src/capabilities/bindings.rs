@@ -1,10 +1,13 @@
-//! Host-side bindings generated from `wit/service.wit`.
+//! Host-side bindings generated from `wit/service.wit`: the `service` world
+//! every component serves, and `subscriber-service` for those that also
+//! receive events.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "corral:service/service",
     imports: {
         "corral:service/sqlite": async | trappable,
+        "corral:service/events": async | trappable,
         default: trappable,
     },
     exports: { default: async },
@@ -13,3 +16,20 @@ wasmtime::component::bindgen!({
         "corral:service/sqlite.error" => crate::capabilities::sqlite::SqliteError,
     },
 });
+
+/// The world of a component that exports `subscriber` too. Its imports are
+/// the ones above; only the exports are its own.
+pub mod subscriber {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "corral:service/subscriber-service",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "corral:service/types": super::corral::service::types,
+            "corral:service/sqlite": super::corral::service::sqlite,
+            "corral:service/log": super::corral::service::log,
+            "corral:service/events": super::corral::service::events,
+        },
+    });
+}

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use wasmtime::Engine;
 
 use super::peers::Dispatch;
@@ -19,6 +20,7 @@ use super::saved::{Origin, SavedCanary, SavedState, SavedVersion, VersionStore};
 use super::snapshot::{Canary, ComponentShared, Entry, Snapshot};
 use super::stats::ComponentStats;
 use super::version::{Compiler, Version, digest};
+use crate::capabilities::events::Publisher;
 use crate::capabilities::sqlite::{self, Conn, Database, DbLimits, SqlThreads};
 use crate::config::{ComponentConfig, Config};
 use crate::limits::gate::ConcurrencyGate;
@@ -69,6 +71,8 @@ pub struct Registry {
     max_rate_limit_clients: usize,
     /// Where every database's statements run.
     sql_threads: Arc<SqlThreads>,
+    /// Woken when an outbox has messages to send.
+    relay: Arc<Notify>,
     /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     /// Versions installed by changes, kept across restarts.
@@ -105,6 +109,7 @@ impl Registry {
         data_dir: PathBuf,
         max_rate_limit_clients: usize,
         sql_threads: Arc<SqlThreads>,
+        relay: Arc<Notify>,
         stats: Arc<ComponentStats>,
     ) -> anyhow::Result<Registry> {
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
@@ -118,6 +123,7 @@ impl Registry {
             data_dir,
             max_rate_limit_clients,
             sql_threads,
+            relay,
             shared: Mutex::new(HashMap::new()),
             current,
             changing: tokio::sync::Mutex::new(()),
@@ -131,6 +137,10 @@ impl Registry {
 
     pub fn compiler(&self) -> &Compiler {
         &self.compiler
+    }
+
+    pub fn sql_threads(&self) -> &Arc<SqlThreads> {
+        &self.sql_threads
     }
 
     /// What is being served right now.
@@ -193,7 +203,15 @@ impl Registry {
         let mut created = Vec::new();
         let mut failures = Vec::new();
         for component in &config.components {
-            match self.plan(component, before.get(&component.name)).await {
+            let planned = self.plan(component, before.get(&component.name)).await;
+            let planned = planned.and_then(|p| {
+                let versions = std::iter::once(&p.entry.current).chain(p.entry.canary.as_ref().map(|c| &c.version));
+                for version in versions {
+                    check_subscriber(component, version)?;
+                }
+                Ok(p)
+            });
+            match planned {
                 Ok(planned) => {
                     created.extend(planned.created);
                     fresh.extend(planned.fresh.into_iter().map(|v| (Arc::clone(&planned.entry), v)));
@@ -381,6 +399,7 @@ impl Registry {
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
         let version = self.compile_version(name, wasm, origin).await?;
+        check_subscriber(&entry.config, &version).map_err(ChangeError::Invalid)?;
         let mut next = Entry::clone(entry);
         match canary {
             Some(percent) => {
@@ -552,7 +571,7 @@ impl Registry {
     async fn compile_version(&self, name: &str, wasm: Vec<u8>, origin: Origin) -> Result<Arc<Version>, ChangeError> {
         let digest = digest(&wasm);
         let versions = VersionStore::new(&self.data_dir);
-        let (pre, peers) = self.compiler.compile(name, wasm.clone()).await.map_err(|e| {
+        let compiled = self.compiler.compile(name, wasm.clone()).await.map_err(|e| {
             self.stats.count_change(&name.into(), "load_failed");
             ChangeError::Invalid(e)
         })?;
@@ -567,8 +586,9 @@ impl Registry {
             digest,
             loaded_at: SystemTime::now(),
             origin,
-            pre,
-            peers,
+            pre: compiled.pre,
+            subscriber: compiled.subscriber,
+            peers: compiled.peers,
         }))
     }
 
@@ -608,6 +628,7 @@ impl Registry {
         if let Some(previous) = &previous
             && previous.limits == config.limits
             && previous.rate_config == config.rate_limits
+            && previous.events == config.events
         {
             return Ok((Arc::clone(previous), None));
         }
@@ -620,14 +641,15 @@ impl Registry {
                 let created = (!path.exists()).then(|| path.clone());
                 let db_limits = DbLimits::from(&config.limits);
                 let threads = Arc::clone(&self.sql_threads);
-                let db = tokio::task::spawn_blocking(move || Database::open(path, db_limits, threads)).await??;
+                let relay = Arc::clone(&self.relay);
+                let db = tokio::task::spawn_blocking(move || Database::open(path, db_limits, threads, relay)).await??;
                 (db, created)
             }
         };
         let name: Arc<str> = config.name.as_str().into();
         let shared = Arc::new(ComponentShared {
             sqlite_stats: self.stats.sqlite_stats(&name),
-            name,
+            name: Arc::clone(&name),
             db,
             gate: match &previous {
                 Some(previous) => Arc::clone(&previous.gate),
@@ -637,11 +659,28 @@ impl Registry {
                 Some(previous) if previous.rate_config == config.rate_limits => Arc::clone(&previous.rate_limits),
                 _ => Arc::new(RateLimits::new(&config.rate_limits, self.max_rate_limit_clients)),
             },
+            publisher: Arc::new(Publisher {
+                component: Arc::clone(&name),
+                events: config.events.clone(),
+                max_bytes: config.limits.max_event_bytes,
+            }),
             limits: config.limits.clone(),
             rate_config: config.rate_limits.clone(),
+            events: config.events.clone(),
         });
         Ok((shared, created))
     }
+}
+
+/// A component that subscribes must have code that can receive.
+fn check_subscriber(config: &ComponentConfig, version: &Version) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.events.subscription.is_none() || version.subscriber.is_some(),
+        "version {} does not export corral:service/subscriber, and components.{}.subscription needs it",
+        version.short,
+        config.name
+    );
+    Ok(())
 }
 
 /// Removes database files an abandoned change created, with their journals.

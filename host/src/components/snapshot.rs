@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use super::peers::PeerTable;
 use super::version::Version;
+use crate::capabilities::events::Publisher;
 use crate::capabilities::sqlite::{Database, SqliteStats};
 use crate::config::routes::owns;
-use crate::config::{ComponentConfig, ComponentLimits, RateLimitConfig};
+use crate::config::{ComponentConfig, ComponentLimits, EventsConfig, RateLimitConfig};
 use crate::limits::gate::ConcurrencyGate;
 use crate::limits::rates::RateLimits;
 use crate::wasm::invoke::Target;
@@ -69,9 +70,12 @@ pub struct ComponentShared {
     pub gate: Arc<ConcurrencyGate>,
     /// Kept unless the rate limits change, so clients keep their buckets.
     pub rate_limits: Arc<RateLimits>,
+    /// Who publishes for this component, and what it may publish.
+    pub publisher: Arc<Publisher>,
     /// What the above were built from, to tell whether a new config changes them.
     pub limits: ComponentLimits,
     pub rate_config: RateLimitConfig,
+    pub events: EventsConfig,
 }
 
 impl ComponentShared {
@@ -84,6 +88,7 @@ impl ComponentShared {
             limits,
             db: &self.db,
             sqlite_stats: &self.sqlite_stats,
+            publisher: &self.publisher,
         }
     }
 }

@@ -13,6 +13,7 @@ use wasmtime::component::{Component, Linker};
 use super::peers::{Dispatch, PeerInterfaces};
 use super::saved::Origin;
 use crate::capabilities::bindings::ServicePre;
+use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::wasm::state::RequestState;
 
 /// One version of a component's code, ready to instantiate.
@@ -25,7 +26,17 @@ pub struct Version {
     /// Where the code came from.
     pub origin: Origin,
     pub pre: ServicePre<RequestState>,
+    /// Present when it exports `corral:service/subscriber` and so can
+    /// receive events.
+    pub subscriber: Option<SubscriberServicePre<RequestState>>,
     /// The interfaces it offers other components and needs from them.
+    pub peers: PeerInterfaces,
+}
+
+/// What compiling a component gives.
+pub struct Compiled {
+    pub pre: ServicePre<RequestState>,
+    pub subscriber: Option<SubscriberServicePre<RequestState>>,
     pub peers: PeerInterfaces,
 }
 
@@ -54,11 +65,7 @@ impl Compiler {
     /// Checks that `wasm` is a component, compiles it off the async workers,
     /// and links it: the host's interfaces, its peers' interfaces (resolved
     /// when it is published), and the service exports present.
-    pub async fn compile(
-        &self,
-        name: &str,
-        wasm: Vec<u8>,
-    ) -> anyhow::Result<(ServicePre<RequestState>, PeerInterfaces)> {
+    pub async fn compile(&self, name: &str, wasm: Vec<u8>) -> anyhow::Result<Compiled> {
         check_header(&wasm)?;
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
@@ -76,11 +83,12 @@ impl Compiler {
         let instance_pre = instance_pre
             .map_err(anyhow::Error::from)
             .context("cannot link it: it imports something corral does not provide")?;
+        let subscriber = SubscriberServicePre::new(instance_pre.clone()).ok();
         let pre = ServicePre::new(instance_pre).map_err(anyhow::Error::from).context(
             "it does not export the corral:service/handler and corral:service/lifecycle interfaces \
              (build it against wit/service.wit)",
         )?;
-        Ok((pre, peers))
+        Ok(Compiled { pre, subscriber, peers })
     }
 }
 

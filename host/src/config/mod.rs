@@ -7,14 +7,17 @@
 //! - [`settings`]: every numeric setting, declared once.
 //! - [`routes`]: route prefixes and patterns.
 //! - [`rates`]: rate limits as written.
+//! - [`events`]: topics a component publishes, and its subscription.
 //! - [`tokens`]: where the admin token comes from.
 
+#[macro_use]
+pub mod settings;
+pub mod events;
 pub mod rates;
 mod raw;
-mod resolve;
-pub use resolve::check_name;
+pub(crate) mod resolve;
+pub use resolve::{check_name, unheard_topics};
 pub mod routes;
-pub mod settings;
 pub mod tokens;
 
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+pub use events::{EventsConfig, Subscription, TopicPattern};
 pub use rates::{Rate, RateLimit, RateLimitConfig, Scope};
 pub use routes::RoutePattern;
 pub use settings::{ComponentLimits, ServerSettings};
@@ -43,6 +47,9 @@ pub struct Config {
     /// The admin listener; none when the file has no `[admin]`.
     pub admin: Option<AdminConfig>,
     pub components: Vec<ComponentConfig>,
+    /// Things worth saying that do not stop the host, such as a
+    /// subscription no component publishes to.
+    pub warnings: Vec<String>,
 }
 
 /// Host-wide settings.
@@ -78,6 +85,7 @@ pub struct ComponentConfig {
     pub watch: bool,
     /// Which component provides an imported interface, where several export it.
     pub imports: BTreeMap<String, String>,
+    pub events: EventsConfig,
 }
 
 /// The networks whose `X-Forwarded-For` is believed.

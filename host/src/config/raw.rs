@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use super::events::RawSubscription;
 use super::settings::{RawLimits, RawServer};
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +44,10 @@ pub struct RawComponent {
     pub imports: BTreeMap<String, String>,
     pub limits: Option<RawLimits>,
     pub rate_limit: Option<RawRateLimit>,
+    /// Topics it may publish to.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+    pub subscription: Option<RawSubscription>,
 }
 
 #[derive(Debug, Deserialize)]

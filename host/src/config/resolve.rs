@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
+use super::events::{EventsConfig, Ordering, RawSubscription, Subscription, SubscriptionSettings, TopicPattern};
 use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit};
 use super::routes::{check_route, routes_overlap};
 use super::settings::RawServer;
@@ -122,6 +123,7 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         cache_dir,
         server,
         admin,
+        warnings: unheard_topics(&components),
         components,
     }
 }
@@ -246,6 +248,7 @@ fn component_config(
         Some(raw) => rate_limits(raw, &routes, &format!("{key}.rate_limit"), problems),
         None => RateLimitConfig::default(),
     };
+    let events = events_config(&raw.publishes, raw.subscription.as_ref(), &key, problems);
     ComponentConfig {
         name,
         wasm,
@@ -254,6 +257,7 @@ fn component_config(
         rate_limits,
         watch: raw.watch.unwrap_or(false) || watch_all,
         imports: raw.imports,
+        events,
     }
 }
 
@@ -341,6 +345,83 @@ fn rate_limit(
         burst,
         scope: scope?,
     })
+}
+
+fn topics(texts: &[String], key: &str, problems: &mut Problems) -> Vec<TopicPattern> {
+    let mut topics = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        match text.parse() {
+            Ok(topic) => topics.push(topic),
+            Err(message) => problems.add(format!("{key}[{i}]"), message),
+        }
+    }
+    topics
+}
+
+fn events_config(
+    publishes: &[String],
+    raw: Option<&RawSubscription>,
+    key: &str,
+    problems: &mut Problems,
+) -> EventsConfig {
+    let publishes = topics(publishes, &format!("{key}.publishes"), problems);
+    let subscription = raw.map(|raw| {
+        let key = format!("{key}.subscription");
+        if raw.topics.is_empty() {
+            problems.add(
+                format!("{key}.topics"),
+                "is required: the topics to receive, such as [\"orders.*\"]",
+            );
+        }
+        let settings = SubscriptionSettings::resolve(raw, &SubscriptionSettings::default(), &key, problems);
+        if settings.backoff_initial > settings.backoff_max {
+            problems.add(format!("{key}.backoff_max_ms"), "must be at least backoff_initial_ms");
+        }
+        let ordering = match raw.ordering.as_deref() {
+            None | Some("none") => Ordering::None,
+            Some("key") => Ordering::Key,
+            Some(other) => {
+                problems.add(
+                    format!("{key}.ordering"),
+                    format!("{other:?} is not \"none\" or \"key\""),
+                );
+                Ordering::None
+            }
+        };
+        Subscription {
+            topics: topics(&raw.topics, &format!("{key}.topics"), problems),
+            settings,
+            ordering,
+            exactly_once: raw.exactly_once.unwrap_or(false),
+        }
+    });
+    EventsConfig {
+        publishes,
+        subscription,
+    }
+}
+
+/// Subscriptions to topics no component may publish: allowed (a publisher
+/// may come later), but worth a warning.
+pub fn unheard_topics(components: &[ComponentConfig]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for component in components {
+        let Some(subscription) = &component.events.subscription else {
+            continue;
+        };
+        for topic in &subscription.topics {
+            let heard = components
+                .iter()
+                .any(|c| c.events.publishes.iter().any(|p| p.overlaps(topic)));
+            if !heard {
+                warnings.push(format!(
+                    "components.{}.subscription.topics: no component publishes to {topic}",
+                    component.name
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// Names become file names, log fields and metric labels, so they stay plain.
@@ -452,6 +533,37 @@ mod tests {
         let limits = &config.components[0].rate_limits;
         assert_eq!(limits.component.unwrap().to_string(), "10/minute, burst 10, per client");
         assert_eq!(limits.routes[0].1.to_string(), "1/second, burst 3, per global");
+    }
+
+    #[test]
+    fn subscriptions_resolve_and_bad_values_fail() {
+        let base = "data_dir = \"d\"\n[components.a]\nwasm = \"WASM\"\nroutes = [\"/a\"]\npublishes = [\"a.created\"]\n\
+                    [components.b]\nwasm = \"WASM\"\nroutes = [\"/b\"]\n[components.b.subscription]\n";
+        let config = parse(&format!(
+            "{base}topics = [\"a.*\", \"c.>\"]\nordering = \"key\"\nmax_attempts = 3\n"
+        ))
+        .unwrap();
+        let subscription = config.components[1].events.subscription.as_ref().unwrap();
+        assert!(subscription.matches("a.created") && subscription.matches("c.x.y") && !subscription.matches("b.x"));
+        assert_eq!(subscription.settings.max_attempts, 3);
+        assert_eq!(
+            unheard_topics(&config.components),
+            ["components.b.subscription.topics: no component publishes to c.>"]
+        );
+        let mut wrong = keys(
+            parse(&format!("{base}topics = [\"A\"]\nordering = \"random\"\nconcurrency = 0\nbackoff_initial_ms = 9000\nbackoff_max_ms = 10\n"))
+                .unwrap_err(),
+        );
+        wrong.sort();
+        assert_eq!(
+            wrong,
+            [
+                "components.b.subscription.backoff_max_ms",
+                "components.b.subscription.concurrency",
+                "components.b.subscription.ordering",
+                "components.b.subscription.topics[0]",
+            ]
+        );
     }
 
     #[test]

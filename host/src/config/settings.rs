@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+#[cfg(test)]
 use super::resolve::Problems;
 
 /// How a number in the file becomes the value the host uses.
@@ -80,12 +81,12 @@ macro_rules! settings {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq)]
         pub struct $name {
-            $( $(#[$field_doc])* pub $field: <$unit as Unit>::Value, )*
+            $( $(#[$field_doc])* pub $field: <$unit as $crate::config::settings::Unit>::Value, )*
         }
 
         impl Default for $name {
             fn default() -> Self {
-                $name { $( $field: <$unit as Unit>::value($default), )* }
+                $name { $( $field: <$unit as $crate::config::settings::Unit>::value($default), )* }
             }
         }
 
@@ -99,11 +100,11 @@ macro_rules! settings {
         impl $name {
             /// What `raw` sets, over `defaults`; a value out of range is a
             /// problem at `<key>.<setting>`.
-            pub fn resolve(raw: &$raw, defaults: &Self, key: &str, problems: &mut Problems) -> Self {
+            pub fn resolve(raw: &$raw, defaults: &Self, key: &str, problems: &mut $crate::config::resolve::Problems) -> Self {
                 let mut resolved = defaults.clone();
                 $(
                     if let Some(n) = problems.ranged(format!("{key}.{}", $key), raw.$field, $min, $max) {
-                        resolved.$field = <$unit as Unit>::value(n);
+                        resolved.$field = <$unit as $crate::config::settings::Unit>::value(n);
                     }
                 )*
                 resolved
@@ -112,7 +113,7 @@ macro_rules! settings {
             /// The settings under the names and in the units of the file.
             pub fn describe(&self) -> serde_json::Value {
                 let mut described = serde_json::Map::new();
-                $( described.insert($key.into(), <$unit as Unit>::number(&self.$field).into()); )*
+                $( described.insert($key.into(), <$unit as $crate::config::settings::Unit>::number(&self.$field).into()); )*
                 serde_json::Value::Object(described)
             }
         }
@@ -146,6 +147,8 @@ settings! {
         /// The most data a call from another component may pass it, and the
         /// most its answer may carry.
         max_call_bytes: Kib = "call_payload_kib", 1..=1_048_576, default 1024;
+        /// The largest event payload (and headers) it may publish.
+        max_event_bytes: Kib = "event_payload_kib", 1..=65_536, default 256;
         /// The database file may not grow past this; writes beyond fail with `database-full`.
         db_max_size_bytes: Mib = "db_size_mib", 1..=1_048_576, default 1024;
         /// One statement may run this long before it is interrupted.

@@ -19,6 +19,7 @@ use crate::components::registry::ChangeError;
 use crate::components::saved::Origin;
 use crate::components::snapshot::{Entry, Snapshot};
 use crate::components::version::Version;
+use crate::events::{EventLog, Selection};
 use crate::serving::body::{BodyPace, read_body, refuse};
 use crate::serving::problem;
 use crate::serving::server::Handler;
@@ -27,6 +28,7 @@ use crate::serving::server::Handler;
 pub struct Admin {
     pub control: Arc<Control>,
     metrics: Arc<Metrics>,
+    events: Arc<dyn EventLog>,
     token: String,
     max_upload_bytes: usize,
     body_pace: BodyPace,
@@ -36,6 +38,7 @@ impl Admin {
     pub fn new(
         control: Arc<Control>,
         metrics: Arc<Metrics>,
+        events: Arc<dyn EventLog>,
         token: String,
         max_upload_bytes: usize,
         body_pace: BodyPace,
@@ -43,6 +46,7 @@ impl Admin {
         Admin {
             control,
             metrics,
+            events,
             token,
             max_upload_bytes,
             body_pace,
@@ -81,6 +85,7 @@ impl Handler for Admin {
                 response
             }
             (&Method::PUT, ["components", name]) => return self.upload(name, &parts, body).await,
+            (method, ["events", ..]) => self.events(method, &segments[1..], parts.uri.query(), &path).await,
             (method, route) => self.act(method, route, &path).await,
         };
         // Only uploads read the body; every other route drops it unread.
@@ -150,6 +155,132 @@ impl Admin {
                 format!("no admin route {path}"),
             ),
         }
+    }
+
+    /// `GET /events`, `GET /events/dead-letters[?subscriber=S]`,
+    /// `POST /events/dead-letters/{redrive,purge}?subscriber=S[&id=..]`, and
+    /// `POST /events/pending/purge?subscriber=S`, which drops what still
+    /// waits for a subscriber too (one removed by a reload, say).
+    async fn events(&self, method: &Method, route: &[&str], query: Option<&str>, path: &str) -> Response<Full<Bytes>> {
+        let params: Vec<(&str, &str)> = query
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .collect();
+        let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        let ids: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| *k == "id")
+            .map(|(_, v)| v.to_string())
+            .collect();
+        let which = if ids.is_empty() {
+            Selection::All
+        } else {
+            Selection::Ids(ids)
+        };
+        let outcome = match (method, route) {
+            (&Method::GET, []) => self.describe_events().await,
+            (&Method::GET, ["dead-letters"]) => {
+                let limit = param("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(1000);
+                self.events
+                    .dead_letters(param("subscriber"), limit)
+                    .await
+                    .map(|d| json!({ "dead_letters": d }))
+            }
+            (&Method::POST, [kind @ ("dead-letters" | "pending"), action @ ("redrive" | "purge")]) => {
+                let Some(subscriber) = param("subscriber") else {
+                    return problem::response(
+                        StatusCode::BAD_REQUEST,
+                        "bad-request",
+                        "Bad request",
+                        "name the subscriber: ?subscriber=<component>",
+                    );
+                };
+                let done = match (*kind, *action) {
+                    ("dead-letters", "redrive") => self.events.redrive(subscriber.clone(), which).await,
+                    (kind, "purge") => self.events.purge(subscriber.clone(), which, kind == "pending").await,
+                    _ => {
+                        return problem::response(
+                            StatusCode::NOT_FOUND,
+                            "not-found",
+                            "Not found",
+                            "only dead letters are redriven",
+                        );
+                    }
+                };
+                if let Ok(n) = &done {
+                    tracing::info!(subscriber, count = n, "dead letters {action}d");
+                }
+                done.map(|n| json!({ "subscriber": subscriber, *action: n }))
+            }
+            _ => {
+                return problem::response(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "Not found",
+                    format!("no admin route {method} {path}"),
+                );
+            }
+        };
+        match outcome {
+            Ok(json) => json_response(StatusCode::OK, &json),
+            Err(e) => problem::response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "events-unavailable",
+                "The event log cannot answer",
+                format!("{e:#}"),
+            ),
+        }
+    }
+
+    /// Who publishes what, and each subscription with its backlog.
+    async fn describe_events(&self) -> anyhow::Result<Value> {
+        let snapshot = self.control.registry.snapshot();
+        let backlogs = self.events.backlogs().await?;
+        let publishers: Vec<Value> = snapshot
+            .entries
+            .iter()
+            .filter(|e| !e.config.events.publishes.is_empty())
+            .map(|e| json!({ "component": &*e.name, "topics": e.config.events.publishes.iter().map(ToString::to_string).collect::<Vec<_>>() }))
+            .collect();
+        let mut subscriptions: Vec<Value> = Vec::new();
+        for entry in &snapshot.entries {
+            let Some(subscription) = &entry.config.events.subscription else {
+                continue;
+            };
+            let backlog = backlogs
+                .iter()
+                .find(|b| b.subscriber == *entry.name)
+                .cloned()
+                .unwrap_or_default();
+            subscriptions.push(json!({
+                "subscriber": &*entry.name,
+                "topics": subscription.topics.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "ordering": match subscription.ordering { crate::config::events::Ordering::Key => "key", crate::config::events::Ordering::None => "none" },
+                "exactly_once": subscription.exactly_once,
+                "settings": subscription.settings.describe(),
+                "backlog": backlog.ready,
+                "retrying": backlog.retrying,
+                "in_flight": backlog.in_flight,
+                "dead": backlog.dead,
+                "oldest_age_ms": backlog.oldest_age_ms,
+            }));
+        }
+        // Deliveries waiting for a component no longer subscribed.
+        for backlog in backlogs.iter().filter(|b| {
+            snapshot
+                .get(&b.subscriber)
+                .is_none_or(|e| e.config.events.subscription.is_none())
+        }) {
+            subscriptions.push(json!({
+                "subscriber": backlog.subscriber,
+                "removed": true,
+                "backlog": backlog.ready,
+                "dead": backlog.dead,
+                "oldest_age_ms": backlog.oldest_age_ms,
+            }));
+        }
+        Ok(json!({ "publishers": publishers, "subscriptions": subscriptions }))
     }
 
     /// Ready once every component is loaded and initialized.
@@ -254,6 +385,9 @@ fn describe(entry: &Entry, snapshot: &Snapshot) -> Value {
         "watch": entry.config.watch,
         "imports": imports,
         "exports": exports,
+        "subscriber": entry.current.subscriber.is_some(),
+        "publishes": entry.config.events.publishes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "subscribes": entry.config.events.subscription.as_ref().map(|s| s.topics.iter().map(ToString::to_string).collect::<Vec<_>>()),
         "limits": entry.limits().describe(),
         "rate_limit": {
             "component": entry.config.rate_limits.component.map(|l| l.to_string()),

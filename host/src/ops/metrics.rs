@@ -1,5 +1,6 @@
 //! Every Prometheus metric, with prometheus-client: the families each layer
-//! counts in ([`ServingStats`], [`ComponentStats`]) registered once, and what
+//! counts in ([`ServingStats`], [`ComponentStats`], [`EventStats`])
+//! registered once, and what
 //! is read at scrape time (versions, instances in flight and queued, the
 //! process's memory and CPU) refreshed in [`Metrics::encode`]. Served on the
 //! admin listener's `/metrics`.
@@ -14,6 +15,7 @@ use prometheus_client::registry::Registry as Prometheus;
 
 use crate::components::snapshot::Snapshot;
 use crate::components::stats::{ComponentLabels, ComponentStats};
+use crate::events::stats::EventStats;
 use crate::serving::stats::ServingStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +67,7 @@ pub struct Metrics {
     prometheus: Prometheus,
     pub serving: Arc<ServingStats>,
     pub components: Arc<ComponentStats>,
+    pub events: Arc<EventStats>,
     scrape: ScrapeTime,
 }
 
@@ -77,18 +80,21 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut prometheus = Prometheus::with_prefix("corral");
-        let (serving, components, scrape) = (
+        let (serving, components, events, scrape) = (
             Arc::new(ServingStats::default()),
             Arc::new(ComponentStats::default()),
+            Arc::new(EventStats::default()),
             ScrapeTime::default(),
         );
         serving.register(&mut prometheus);
         components.register(&mut prometheus);
+        events.register(&mut prometheus);
         scrape.register(&mut prometheus);
         Metrics {
             prometheus,
             serving,
             components,
+            events,
             scrape,
         }
     }

@@ -97,6 +97,31 @@ impl AdminClient {
     pub fn reload(&self) -> anyhow::Result<Value> {
         self.send("POST", "/reload", Vec::new())
     }
+
+    pub fn events(&self) -> anyhow::Result<Value> {
+        self.send("GET", "/events", Vec::new())
+    }
+
+    pub fn dead_letters(&self, subscriber: Option<&str>, limit: usize) -> anyhow::Result<Value> {
+        let subscriber = subscriber.map(|s| format!("&subscriber={s}")).unwrap_or_default();
+        self.send(
+            "GET",
+            &format!("/events/dead-letters?limit={limit}{subscriber}"),
+            Vec::new(),
+        )
+    }
+
+    /// Redrives (or purges) `subscriber`'s dead letters, the given ones or
+    /// all; `pending` purges what still waits too.
+    pub fn settle_dead(&self, action: &str, subscriber: &str, ids: &[String], pending: bool) -> anyhow::Result<Value> {
+        let kind = if pending { "pending" } else { "dead-letters" };
+        let ids: String = ids.iter().map(|id| format!("&id={id}")).collect();
+        self.send(
+            "POST",
+            &format!("/events/{kind}/{action}?subscriber={subscriber}{ids}"),
+            Vec::new(),
+        )
+    }
 }
 
 /// `GET /components` as a table.

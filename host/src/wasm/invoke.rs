@@ -12,6 +12,9 @@ use wasmtime::{Store, Trap};
 use super::state::{RequestState, new_store};
 use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::corral::service::types::{Request, Response};
+use crate::capabilities::bindings::subscriber::SubscriberServicePre;
+use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
+use crate::capabilities::events::{Publisher, now_ms};
 use crate::capabilities::sqlite::{self, Conn, Database, SqliteStats};
 use crate::config::ComponentLimits;
 use crate::limits::store::LimitExceeded;
@@ -71,6 +74,7 @@ pub struct Target<'a> {
     pub limits: &'a ComponentLimits,
     pub db: &'a Arc<Database>,
     pub sqlite_stats: &'a SqliteStats,
+    pub publisher: &'a Arc<Publisher>,
 }
 
 /// Runs `call` in `store` within `target`'s wall-clock timeout, and tells
@@ -118,6 +122,67 @@ pub async fn call_export(
         func.call_async(store, params, results).await
     })
     .await
+}
+
+/// Why a delivery got no outcome from the subscriber.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error(transparent)]
+    Failed(#[from] InvokeError),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// Hands `delivery` to a fresh instance of `target`'s subscriber. With
+/// `exactly_once`, the handler runs in a transaction of the host's that
+/// also records the delivery's id, committed only if the handler acks; a
+/// delivery already recorded is acked without running the handler.
+pub async fn deliver(
+    target: Target<'_>,
+    pre: &SubscriberServicePre<RequestState>,
+    delivery: Delivery,
+    exactly_once: bool,
+) -> Result<Outcome, DeliverError> {
+    let mut store = new_store(&target, Arc::from(delivery.id.as_str()), 0);
+    if exactly_once {
+        let id = delivery.id.clone();
+        let first = store
+            .data_mut()
+            .sqlite
+            .with_conn(move |conn| {
+                conn.begin_host_transaction()?;
+                conn.first_processing(&id, now_ms())
+            })
+            .await
+            .map_err(|e| DeliverError::Database(format!("{e:?}")))?
+            .map_err(|e| DeliverError::Database(format!("{e:?}")))?;
+        if !first {
+            let conn = store.data_mut().sqlite.take_conn();
+            if let Some(conn) = conn {
+                let _ = sqlite::end_host_transaction(conn, false).await;
+            }
+            return Ok(Outcome::Ack);
+        }
+    }
+    let outcome = run(&target, &mut store, async |store| {
+        let subscriber = pre.instantiate_async(&mut *store).await?;
+        subscriber
+            .corral_service_subscriber()
+            .call_handle(store, &delivery)
+            .await
+    })
+    .await;
+    if exactly_once && let Some(conn) = store.data_mut().sqlite.take_conn() {
+        let commit = matches!(outcome, Ok(Outcome::Ack));
+        if let Err(e) = sqlite::end_host_transaction(conn, commit).await
+            && commit
+        {
+            return Err(DeliverError::Database(format!(
+                "cannot commit what the handler did: {e:?}"
+            )));
+        }
+    }
+    Ok(outcome?)
 }
 
 /// Why `init` failed.

@@ -12,6 +12,7 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 use super::engine::TICK;
 use super::invoke::Target;
 use crate::capabilities::bindings::corral::service::log::Level;
+use crate::capabilities::events::{Events, PublishView, Publisher};
 use crate::capabilities::log::GuestLog;
 use crate::capabilities::sqlite::SqliteCtx;
 use crate::limits::store::StoreLimiter;
@@ -22,6 +23,7 @@ pub struct RequestState {
     table: ResourceTable,
     pub sqlite: SqliteCtx,
     pub log: GuestLog,
+    publisher: Arc<Publisher>,
     limiter: StoreLimiter,
     /// Epoch ticks the guest may still compute for.
     cpu_ticks_left: u64,
@@ -61,6 +63,12 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     crate::capabilities::bindings::corral::service::log::add_to_linker::<_, HasSelf<GuestLog>>(&mut linker, |state| {
         &mut state.log
     })?;
+    crate::capabilities::bindings::corral::service::events::add_to_linker::<_, Events>(&mut linker, |state| {
+        PublishView {
+            sqlite: &mut state.sqlite,
+            publisher: &state.publisher,
+        }
+    })?;
     Ok(linker)
 }
 
@@ -86,6 +94,7 @@ pub fn new_store(target: &Target<'_>, request_id: Arc<str>, depth: u32) -> Store
         table: ResourceTable::new(),
         sqlite: SqliteCtx::new(Arc::clone(target.db), target.sqlite_stats.clone()),
         log,
+        publisher: Arc::clone(target.publisher),
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
         cpu_exhausted: false,

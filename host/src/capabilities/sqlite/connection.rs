@@ -138,6 +138,9 @@ pub struct Conn {
     /// that one request never sees another's counts.
     pub(super) changes: u64,
     pub(super) last_insert_rowid: i64,
+    /// A message was published in the open transaction: the relay is told
+    /// when it commits.
+    pub(super) published_in_txn: bool,
 }
 
 impl Conn {
@@ -148,6 +151,7 @@ impl Conn {
             txn: Txn::Idle,
             changes: 0,
             last_insert_rowid: 0,
+            published_in_txn: false,
         }
     }
 
@@ -203,7 +207,17 @@ impl Conn {
             // connection is clean, and report the failure.
             let _ = self.trusted("ROLLBACK");
         }
+        if next == Txn::Idle {
+            self.transaction_ended(commit && result.is_ok());
+        }
         result
+    }
+
+    /// Tells the relay about messages a committed transaction published.
+    fn transaction_ended(&mut self, committed: bool) {
+        if std::mem::take(&mut self.published_in_txn) && committed {
+            self.db.outbox.raise();
+        }
     }
 
     /// Opens the transaction `init` runs in.
@@ -219,23 +233,33 @@ impl Conn {
     pub fn end_host_transaction(&mut self, commit: bool) -> Result<(), Error> {
         let ending = self.txn.end_host(commit);
         self.txn = Txn::Idle;
-        let result = match ending? {
-            Some(sql) => self.trusted(&sql.text()),
-            None => Ok(()),
+        let result = match ending {
+            Ok(Some(sql)) => self.trusted(&sql.text()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         };
         if !self.is_autocommit() {
             let _ = self.trusted("ROLLBACK");
         }
+        self.transaction_ended(commit && result.is_ok());
         result
+    }
+
+    /// Runs `work` with the host's privileges on this connection.
+    pub(super) fn host<R>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, Error> {
+        let pooled = self.pooled();
+        pooled.guard.trusted.store(true, Ordering::Relaxed);
+        let result = work(&pooled.conn);
+        pooled.guard.trusted.store(false, Ordering::Relaxed);
+        result.map_err(|e| super::exec::guest_error(e, &pooled.guard, &self.db.limits))
     }
 
     /// Runs the host's own SQL, which the authorizer would deny to a guest.
     fn trusted(&mut self, sql: &str) -> Result<(), Error> {
-        let pooled = self.pooled();
-        pooled.guard.trusted.store(true, Ordering::Relaxed);
-        let result = pooled.conn.execute_batch(sql);
-        pooled.guard.trusted.store(false, Ordering::Relaxed);
-        result.map_err(|e| super::exec::guest_error(e, &pooled.guard, &self.db.limits))
+        self.host(|conn| conn.execute_batch(sql))
     }
 }
 

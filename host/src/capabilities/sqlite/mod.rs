@@ -5,13 +5,15 @@
 //! [`policy`] says what guest SQL may do; [`connection`] is one request's
 //! connection and the transaction state machine; [`exec`] runs a statement
 //! within the limits; [`threads`] is where statements run, off the async
-//! workers, and [`watchdog`] stops those that outlive their time.
+//! workers, and [`watchdog`] stops those that outlive their time; the
+//! host's own tables for events are in [`outbox`].
 //! [`SqliteCtx`] is one request's handle on its component's database, and
 //! `host_impl` implements the WIT interface on it.
 
 pub mod connection;
 mod exec;
 mod host_impl;
+pub mod outbox;
 pub mod policy;
 pub mod pool;
 #[cfg(test)]

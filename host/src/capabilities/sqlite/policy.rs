@@ -222,8 +222,40 @@ const SETTINGS: &[&str] = &[
     "journal_mode",
 ];
 
+/// Tables the host keeps in a component's database (its event outbox, the
+/// deliveries it has processed): a guest may not touch them.
+pub const HOST_TABLE_PREFIX: &str = "_corral_";
+
+/// The table an action touches, for those that name one.
+fn table_of<'a>(action: &AuthAction<'a>) -> Option<&'a str> {
+    match *action {
+        AuthAction::Read { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. }
+        | AuthAction::CreateVtable { table_name, .. }
+        | AuthAction::DropVtable { table_name, .. }
+        | AuthAction::Reindex { index_name: table_name }
+        | AuthAction::Analyze { table_name } => Some(table_name),
+        _ => None,
+    }
+}
+
 /// Whether a guest statement may do `action`; `Err` says why not.
 pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
+    if let Some(table) = table_of(action)
+        && table.len() >= HOST_TABLE_PREFIX.len()
+        && table[..HOST_TABLE_PREFIX.len()].eq_ignore_ascii_case(HOST_TABLE_PREFIX)
+    {
+        return Err(format!("{table} belongs to the host"));
+    }
     match action {
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => Err("ATTACH and DETACH are not allowed".into()),
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {

@@ -13,6 +13,7 @@ use rusqlite::OpenFlags;
 use rusqlite::hooks::{AuthContext, Authorization};
 
 use super::connection::Conn;
+use super::outbox::OutboxSignal;
 use super::policy;
 use super::threads::SqlThreads;
 use super::watchdog::Deadline;
@@ -68,6 +69,8 @@ pub struct Database {
     pub(super) limits: DbLimits,
     idle: Mutex<Vec<Pooled>>,
     threads: Arc<SqlThreads>,
+    /// Raised when the outbox has messages for the relay.
+    pub outbox: Arc<OutboxSignal>,
 }
 
 /// A connection and the state its authorizer and progress handler read.
@@ -88,16 +91,27 @@ pub(super) struct Guard {
 }
 
 impl Database {
-    /// Opens (creating it if needed) the database file at `path`; its
-    /// statements run on `threads`.
-    pub fn open(path: PathBuf, limits: DbLimits, threads: Arc<SqlThreads>) -> anyhow::Result<Arc<Database>> {
+    /// Opens (creating it if needed) the database file at `path`, with the
+    /// host's own tables; its statements run on `threads`, and its outbox
+    /// wakes `relay`.
+    pub fn open(
+        path: PathBuf,
+        limits: DbLimits,
+        threads: Arc<SqlThreads>,
+        relay: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<Arc<Database>> {
         let db = Arc::new(Database {
             path,
             limits,
             idle: Mutex::new(Vec::new()),
             threads,
+            outbox: OutboxSignal::new(relay),
         });
         let first = db.connect()?;
+        first.guard.trusted.store(true, Ordering::Relaxed);
+        let created = first.conn.execute_batch(super::outbox::SCHEMA);
+        first.guard.trusted.store(false, Ordering::Relaxed);
+        created.map_err(|e| anyhow::anyhow!("cannot create the host's tables in {}: {e}", db.path.display()))?;
         db.idle.lock().expect("pool lock").push(first);
         Ok(db)
     }

@@ -12,7 +12,7 @@ use crate::capabilities::bindings::corral::service::sqlite::{Error, Value};
 fn database(limits: DbLimits) -> (tempfile::TempDir, Arc<Database>) {
     let dir = tempfile::tempdir().unwrap();
     let threads = SqlThreads::start(1).unwrap();
-    let db = Database::open(dir.path().join("t.sqlite3"), limits, threads).unwrap();
+    let db = Database::open(dir.path().join("t.sqlite3"), limits, threads, Default::default()).unwrap();
     (dir, db)
 }
 

@@ -1,0 +1,120 @@
+//! `corral:service/events`: a guest publishes a message. It is checked
+//! (the topic is one this component may publish to, the payload within its
+//! limit) and written to the outbox in the component's own database, in the
+//! guest's open transaction if it has one. The relay (`events::relay`) sends
+//! it on once it is committed.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::HasData;
+
+use super::bindings::corral::service::events::{Error, Host, PublishOptions};
+use super::sqlite::SqliteCtx;
+use super::sqlite::outbox::Outgoing;
+use crate::config::EventsConfig;
+use crate::config::events::check_topic;
+
+/// Most headers one message may carry.
+const MAX_HEADERS: usize = 64;
+/// The longest ordering or idempotency key.
+const MAX_KEY_LEN: usize = 256;
+
+/// Who publishes, and what it may publish.
+pub struct Publisher {
+    pub component: Arc<str>,
+    pub events: EventsConfig,
+    /// Payload and headers together, at most.
+    pub max_bytes: usize,
+}
+
+/// What `publish` works with: the publisher's database handle in this store.
+pub struct PublishView<'a> {
+    pub sqlite: &'a mut SqliteCtx,
+    pub publisher: &'a Publisher,
+}
+
+/// [`HasData`] for the events interface, which borrows two parts of the store.
+pub struct Events;
+
+impl HasData for Events {
+    type Data<'a> = PublishView<'a>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A new message id: the time it was made, then randomness, so ids sort
+/// by time.
+pub fn new_id(now_ms: i64) -> String {
+    let mut random = [0u8; 8];
+    let _ = getrandom::fill(&mut random);
+    format!("{now_ms:012x}{:016x}", u64::from_le_bytes(random))
+}
+
+impl Publisher {
+    /// The message a guest asks to publish, checked.
+    fn message(&self, topic: String, payload: Vec<u8>, options: PublishOptions) -> Result<Outgoing, Error> {
+        check_topic(&topic).map_err(Error::Invalid)?;
+        if !self.events.may_publish(&topic) {
+            return Err(Error::NotAllowed(format!(
+                "{} may not publish to {topic}: add it to components.{}.publishes",
+                self.component, self.component
+            )));
+        }
+        if options.headers.len() > MAX_HEADERS {
+            return Err(Error::Invalid(format!("more than {MAX_HEADERS} headers")));
+        }
+        let keys = [&options.ordering_key, &options.idempotency_key];
+        if keys
+            .iter()
+            .any(|k| k.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN))
+        {
+            return Err(Error::Invalid(format!("keys are 1 to {MAX_KEY_LEN} bytes")));
+        }
+        let header_bytes: usize = options.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let size = payload.len() + header_bytes + options.content_type.as_ref().map_or(0, String::len);
+        if size > self.max_bytes {
+            return Err(Error::TooLarge(format!(
+                "the message is {size} bytes, more than the limit of {}",
+                self.max_bytes
+            )));
+        }
+        let published_at = now_ms();
+        Ok(Outgoing {
+            id: new_id(published_at),
+            topic,
+            payload,
+            content_type: options.content_type,
+            headers: options.headers,
+            ordering_key: options.ordering_key,
+            idempotency_key: options.idempotency_key,
+            published_at,
+        })
+    }
+}
+
+impl Host for PublishView<'_> {
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        options: PublishOptions,
+    ) -> wasmtime::Result<Result<String, Error>> {
+        let message = match self.publisher.message(topic, payload, options) {
+            Ok(message) => message,
+            Err(e) => return Ok(Err(e)),
+        };
+        let stored = self.sqlite.with_conn(move |conn| conn.publish(&message)).await;
+        Ok(match stored {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => Err(Error::Unavailable(format!("{e:?}"))),
+            Err(super::sqlite::SqliteError::Guest(e)) => Err(Error::Unavailable(format!("{e:?}"))),
+            Err(super::sqlite::SqliteError::Trap(e)) => return Err(e),
+        })
+    }
+}

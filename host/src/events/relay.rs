@@ -1,0 +1,150 @@
+//! The relay: moves committed messages from each publisher's outbox into the
+//! log, with a delivery for every subscriber whose topics match, then removes
+//! them from the outbox. A crash between the two sends a message again, and
+//! the log keeps it once (by id): nothing is lost and nothing doubles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::stats::{EventStats, PublishedLabels};
+use super::{EventLog, Message};
+use crate::capabilities::events::now_ms;
+use crate::capabilities::sqlite::Database;
+use crate::capabilities::sqlite::outbox::Stored;
+use crate::components::registry::Registry;
+use crate::components::snapshot::Snapshot;
+
+/// Messages moved in one batch.
+const BATCH: usize = 256;
+/// Outboxes are looked at this often even without a wake-up, for messages
+/// left from before a restart.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Old idempotency keys and processed deliveries are forgotten this often.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+
+/// Moves messages until the task is dropped.
+pub async fn run(
+    registry: Arc<Registry>,
+    log: Arc<dyn EventLog>,
+    wake: Arc<Notify>,
+    dispatch: Arc<Notify>,
+    stats: Arc<EventStats>,
+) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut forget = tokio::time::interval(FORGET_EVERY);
+    loop {
+        let all = tokio::select! {
+            () = wake.notified() => false,
+            _ = sweep.tick() => true,
+            _ = forget.tick() => {
+                forget_old(&registry.snapshot()).await;
+                continue;
+            }
+        };
+        let snapshot = registry.snapshot();
+        for entry in &snapshot.entries {
+            let db = &entry.shared.db;
+            if !db.outbox.take() && !all {
+                continue;
+            }
+            match drain(db, &entry.name, &snapshot, log.as_ref(), &stats).await {
+                Ok(0) => {}
+                Ok(_) => dispatch.notify_one(),
+                Err(e) => {
+                    tracing::warn!(component = %entry.name, "cannot move published messages yet: {e:#}");
+                    db.outbox.take();
+                }
+            }
+        }
+    }
+}
+
+/// Moves everything in `db`'s outbox; returns how many messages moved.
+async fn drain(
+    db: &Arc<Database>,
+    source: &Arc<str>,
+    snapshot: &Snapshot,
+    log: &dyn EventLog,
+    stats: &EventStats,
+) -> anyhow::Result<usize> {
+    let mut moved = 0;
+    loop {
+        let waiting = with_conn(db, |conn| conn.outbox(BATCH)).await?;
+        let Some(last) = waiting.last().map(|m| m.seq) else {
+            return Ok(moved);
+        };
+        let count = waiting.len();
+        let batch: Vec<(Message, Vec<Arc<str>>)> = waiting
+            .into_iter()
+            .map(|stored| {
+                let subscribers = subscribers_of(snapshot, &stored.topic);
+                (message(stored, source), subscribers)
+            })
+            .collect();
+        for (message, _) in &batch {
+            let labels = PublishedLabels {
+                topic: message.topic.clone(),
+                source: Arc::clone(source),
+            };
+            stats.published.get_or_create(&labels).inc();
+        }
+        log.append(batch).await?;
+        with_conn(db, move |conn| conn.sent(last)).await?;
+        moved += count;
+        if count < BATCH {
+            return Ok(moved);
+        }
+    }
+}
+
+/// The components subscribed to `topic` now.
+fn subscribers_of(snapshot: &Snapshot, topic: &str) -> Vec<Arc<str>> {
+    snapshot
+        .entries
+        .iter()
+        .filter(|e| e.config.events.subscription.as_ref().is_some_and(|s| s.matches(topic)))
+        .map(|e| Arc::clone(&e.name))
+        .collect()
+}
+
+fn message(stored: Stored, source: &str) -> Message {
+    Message {
+        id: stored.id,
+        topic: stored.topic,
+        source: source.to_string(),
+        payload: stored.payload,
+        content_type: stored.content_type,
+        headers: stored.headers,
+        ordering_key: stored.ordering_key,
+        published_at: stored.published_at,
+    }
+}
+
+/// Runs `work` on a connection of `db`, on an SQL thread.
+async fn with_conn<R: Send + 'static>(
+    db: &Arc<Database>,
+    work: impl FnOnce(
+        &mut crate::capabilities::sqlite::Conn,
+    ) -> Result<R, crate::capabilities::bindings::corral::service::sqlite::Error>
+    + Send
+    + 'static,
+) -> anyhow::Result<R> {
+    let owner = Arc::clone(db);
+    let done = db
+        .threads()
+        .run(move |_| owner.checkout().and_then(|mut conn| work(&mut conn)))
+        .await
+        .map_err(|_| anyhow::anyhow!("the SQL threads are busy"))?;
+    done.map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+async fn forget_old(snapshot: &Snapshot) {
+    for entry in &snapshot.entries {
+        let now = now_ms();
+        if let Err(e) = with_conn(&entry.shared.db, move |conn| conn.forget_old(now)).await {
+            tracing::warn!(component = %entry.name, "cannot forget old idempotency keys: {e:#}");
+        }
+    }
+}

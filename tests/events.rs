@@ -1,0 +1,341 @@
+//! Events end to end, through HTTP: published with the data or not at all,
+//! delivered at least once with retries, in key order where asked,
+//! dead-lettered and redriven, across swaps, reloads and `kill -9`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_TOKEN, TestHost, admin_toml, component_toml, eventually, host, run_corral, wasm};
+
+/// Fast retries, so tests do not wait on backoff.
+const FAST: &str = "backoff_initial_ms = 20\nbackoff_max_ms = 100\n";
+
+fn publish(host: &TestHost, query: &str, body: Value) -> Vec<String> {
+    let reply = host.post(&format!("/chaos/publish?{query}"), &body);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    serde_json::from_value(reply.json()["ids"].clone()).unwrap()
+}
+
+/// What the chaos component recorded: (id, attempt) in the order it handled them.
+fn chaos_received(host: &TestHost) -> Vec<(String, i64)> {
+    let reply = host.post_raw(
+        "/chaos/sql",
+        "text/plain",
+        b"SELECT id, attempt FROM received ORDER BY seq",
+    );
+    reply.json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row[0].as_str().unwrap().to_string(), row[1].as_i64().unwrap()))
+        .collect()
+}
+
+/// What an inbox component at `path` recorded.
+fn inbox(host: &TestHost, path: &str) -> Vec<Value> {
+    let reply = host.get(path);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json().as_array().unwrap().clone()
+}
+
+fn events_status(host: &TestHost) -> Value {
+    host.admin("GET", "/events", Vec::new()).json()
+}
+
+fn subscription<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subscriber"] == name)
+        .unwrap_or_else(|| panic!("no subscription of {name} in {status}"))
+}
+
+#[test]
+fn deleting_a_user_cancels_their_open_orders() {
+    let host = host()
+        .component("users", "users", &["/users"])
+        .component("orders", "orders", &["/orders"])
+        .toml("[components.orders.subscription]\ntopics = [\"users.deleted\"]\nexactly_once = true")
+        .toml(&admin_toml())
+        .start();
+    let user = |name: &str| {
+        host.post(
+            "/users",
+            &json!({ "name": name, "email": format!("{name}@example.com") }),
+        )
+        .json()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (ada, bob) = (user("ada"), user("bob"));
+    let order = |user_id: i64, statuses: &[&str]| {
+        let item = json!([{ "sku": "A", "quantity": 1, "unit_price_cents": 5 }]);
+        let id = host
+            .post("/orders", &json!({ "user_id": user_id, "items": item }))
+            .json()["id"]
+            .clone();
+        for status in statuses {
+            let reply = host.patch(&format!("/orders/{id}"), &json!({ "status": status }));
+            assert_eq!(reply.status, 200, "{}", reply.text());
+        }
+        id
+    };
+    let pending = order(ada, &[]);
+    let paid = order(ada, &["paid"]);
+    let shipped = order(ada, &["paid", "shipped"]);
+    let others = order(bob, &[]);
+    assert_eq!(host.delete(&format!("/users/{ada}")).status, 204);
+
+    let status_of = |id: &Value| host.get(&format!("/orders/{id}")).json()["status"].clone();
+    eventually("ada's open orders are cancelled", || {
+        status_of(&pending) == "cancelled" && status_of(&paid) == "cancelled"
+    });
+    assert_eq!(status_of(&shipped), "shipped", "a shipped order stays shipped");
+    assert_eq!(status_of(&others), "pending", "bob's orders are untouched");
+    eventually("the delivery is settled", || {
+        subscription(&events_status(&host), "orders")["backlog"] == 0
+    });
+    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    assert!(
+        metrics.contains("corral_events_published_total{topic=\"users.deleted\",source=\"users\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("corral_event_deliveries_total{subscriber=\"orders\",topic=\"users.deleted\",outcome=\"ack\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_publish_in_a_rolled_back_transaction_is_never_delivered() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .component("inbox", "inbox", &["/inbox"])
+        .toml("[components.inbox.subscription]\ntopics = [\"txn.*\"]\nconcurrency = 1")
+        .start();
+    let rolled_back = publish(&host, "topic=txn.a&txn=rollback", json!({}));
+    let committed = publish(&host, "topic=txn.b&txn=commit", json!({}));
+    eventually("the committed message arrives", || inbox(&host, "/inbox").len() == 1);
+    let received = inbox(&host, "/inbox");
+    assert_eq!(received[0]["id"], committed[0].as_str());
+    assert_eq!(received[0]["source"], "chaos");
+    assert_ne!(received[0]["id"], rolled_back[0].as_str());
+    // The rolled-back transaction's row is gone too.
+    let junk = host
+        .post_raw("/chaos/sql", "text/plain", b"SELECT count(*) FROM junk")
+        .json();
+    assert_eq!(junk["rows"], json!([[1]]));
+}
+
+#[test]
+fn a_failing_handler_is_retried_then_dead_lettered_then_redriven_after_a_fix() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml(&format!(
+            "[components.chaos.subscription]\ntopics = [\"work.*\"]\nmax_attempts = 3\n{FAST}"
+        ))
+        .toml(&admin_toml())
+        .start();
+    // Fails twice, then succeeds: attempts 1, 2 and 3.
+    let twice = publish(&host, "topic=work.twice", json!({ "fail": 2 }))[0].clone();
+    eventually("the third attempt is handled", || {
+        chaos_received(&host).iter().filter(|(id, _)| *id == twice).count() == 3
+    });
+    let attempts: Vec<i64> = chaos_received(&host)
+        .into_iter()
+        .filter(|(id, _)| *id == twice)
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+
+    // Always fails: a dead letter after its three attempts.
+    let doomed = publish(&host, "topic=work.doomed", json!({ "fail": "always" }))[0].clone();
+    let dead_letters = || {
+        host.admin("GET", "/events/dead-letters?subscriber=chaos", Vec::new())
+            .json()
+    };
+    eventually("it becomes a dead letter", || {
+        !dead_letters()["dead_letters"].as_array().unwrap().is_empty()
+    });
+    let dead = dead_letters()["dead_letters"][0].clone();
+    assert_eq!(
+        (dead["id"].as_str(), dead["attempts"].as_i64()),
+        (Some(doomed.as_str()), Some(3))
+    );
+    assert!(dead["reason"].as_str().unwrap().contains("3 attempts failed"), "{dead}");
+    assert_eq!(subscription(&events_status(&host), "chaos")["dead"], 1);
+
+    // The operator swaps in code that handles it (an inbox, here), then
+    // redrives it with the CLI: it is delivered again, as a first attempt.
+    let swapped = host.admin("PUT", "/components/chaos", std::fs::read(wasm("inbox")).unwrap());
+    assert_eq!(swapped.status, 200, "{}", swapped.text());
+    let admin = format!("http://{}", host.admin_addr.unwrap());
+    let corral = |args: &[&str]| {
+        let admin_args = ["--admin", admin.as_str()];
+        let args: Vec<&std::ffi::OsStr> = args.iter().chain(&admin_args).map(|a| a.as_ref()).collect();
+        run_corral(&args, &[("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)], Path::new("."))
+    };
+    let (ok, out) = corral(&["dead-letters", "--subscriber", "chaos"]);
+    assert!(ok && out.contains(&doomed), "{out}");
+    let (ok, out) = corral(&["redrive", "chaos"]);
+    assert!(ok && out.contains("\"redrive\": 1"), "{out}");
+    eventually("the new version handles it", || {
+        inbox(&host, "/chaos")
+            .iter()
+            .any(|r| r["id"] == doomed.as_str() && r["attempt"] == 1)
+    });
+    assert!(dead_letters()["dead_letters"].as_array().unwrap().is_empty());
+    let (ok, out) = corral(&["events"]);
+    assert!(ok && out.contains("\"subscriber\": \"chaos\""), "{out}");
+}
+
+#[test]
+fn ordering_keys_keep_per_key_order_under_concurrency() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .component("inbox", "inbox", &["/inbox"])
+        .toml("[components.inbox.subscription]\ntopics = [\"ordered.*\"]\nordering = \"key\"\nconcurrency = 8")
+        .start();
+    for round in 0..5 {
+        for key in ["a", "b", "c"] {
+            // Later messages are quicker to handle: out of order unless held back.
+            let sleep = 30 - round * 6;
+            publish(
+                &host,
+                &format!("topic=ordered.x&key={key}&n=2"),
+                json!({ "round": round, "sleep_ms": sleep }),
+            );
+        }
+    }
+    eventually("all 30 arrive", || inbox(&host, "/inbox").len() == 30);
+    let mut by_key: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for record in inbox(&host, "/inbox") {
+        let payload: Value = serde_json::from_str(record["payload"].as_str().unwrap()).unwrap();
+        by_key
+            .entry(record["ordering_key"].as_str().unwrap().to_string())
+            .or_default()
+            .push((payload["round"].as_i64().unwrap(), payload["i"].as_i64().unwrap()));
+    }
+    for (key, seen) in by_key {
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "key {key} out of order");
+    }
+}
+
+#[test]
+fn a_removed_subscriber_keeps_its_messages_until_purged() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml(&format!(
+            "[components.chaos.subscription]\ntopics = [\"later.*\"]\n{FAST}"
+        ))
+        .toml(&admin_toml())
+        .start();
+    // The first attempt asks to be retried in a minute: the message waits.
+    publish(&host, "topic=later.x", json!({ "retry_ms": 60000 }));
+    eventually("it is attempted once", || chaos_received(&host).len() == 1);
+    let config = std::fs::read_to_string(&host.config_path).unwrap();
+    let unsubscribed = config
+        .replace("[components.chaos.subscription]\ntopics = [\"later.*\"]", "")
+        .replace(FAST, "");
+    std::fs::write(&host.config_path, unsubscribed).unwrap();
+    assert_eq!(host.admin("POST", "/reload", Vec::new()).status, 200);
+    publish(&host, "topic=later.y", json!({}));
+    let removed = subscription(&events_status(&host), "chaos").clone();
+    assert_eq!(
+        (removed["removed"].clone(), removed["backlog"].clone()),
+        (json!(true), json!(1)),
+        "{removed}"
+    );
+    let purged = host.admin("POST", "/events/pending/purge?subscriber=chaos", Vec::new());
+    assert_eq!(purged.json()["purge"], 1, "{}", purged.text());
+    assert!(events_status(&host)["subscriptions"].as_array().unwrap().is_empty());
+    assert_eq!(chaos_received(&host).len(), 1, "nothing more was delivered");
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_publish() {
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        host()
+            .component("chaos", "chaos", &["/chaos"])
+            .component("inbox", "inbox", &["/inbox"])
+            .toml("[components.inbox.subscription]\ntopics = [\"burst.*\"]\nconcurrency = 4")
+            .toml("[components.inbox.limits]\ndb_max_rows = 1000000")
+            .toml("[server]\nmax_connections_per_client = 1000")
+            .data_dir(data.path())
+            .start()
+    };
+    let first = start();
+    let acknowledged = Mutex::new(BTreeSet::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let request = http::Request::post("/chaos/publish?topic=burst.x&n=10")
+                        .header("content-type", "application/json")
+                        .body(br#"{"sleep_ms": 2}"#.to_vec())
+                        .unwrap();
+                    let Some(reply) = first.try_request(request) else { break };
+                    if reply.status == 200 {
+                        let ids: Vec<String> = serde_json::from_value(reply.json()["ids"].clone()).unwrap();
+                        acknowledged.lock().unwrap().extend(ids);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        // Mid-burst, with publishes and deliveries in flight.
+        std::process::Command::new("kill")
+            .args(["-9", &first.pid().to_string()])
+            .status()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+    });
+    drop(first);
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(
+        acknowledged.len() >= 40,
+        "only {} publishes before the kill",
+        acknowledged.len()
+    );
+    let second = start();
+    eventually("every acknowledged publish is delivered", || {
+        let received: BTreeSet<String> = inbox(&second, "/inbox")
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        acknowledged.is_subset(&received)
+    });
+}
+
+#[test]
+fn subscriptions_are_checked_with_the_config() {
+    let users = component_toml("users", "users", &["/users"]);
+    let (ok, out) = crate::support::check_config(&format!(
+        "data_dir = \"d\"\n{users}[components.users.subscription]\ntopics = [\"nobody.*\"]\n"
+    ));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning:") && out.contains("no component publishes to nobody.*"),
+        "{out}"
+    );
+    let (ok, out) = crate::support::check_config(&format!(
+        "data_dir = \"d\"\n{users}[components.users.subscription]\ntopics = [\"Bad Topic\"]\nmax_attempts = 0\n"
+    ));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("subscription.topics[0]") && out.contains("subscription.max_attempts"),
+        "{out}"
+    );
+}
