@@ -126,3 +126,30 @@ fn a_runaway_statement_stops_within_its_timeout() {
     }
     assert_eq!(host.get("/users").status, 200);
 }
+
+#[test]
+fn the_hosts_tables_are_out_of_reach() {
+    let host = chaos("");
+    for statement in [
+        "SELECT * FROM _corral_outbox",
+        "SELECT count(*) FROM _CORRAL_PROCESSED",
+        "INSERT INTO _corral_outbox (id, topic, payload, headers, published_at) VALUES ('x', 'y', x'00', '[]', 0)",
+        "UPDATE _corral_published SET id = 'x'",
+        "DELETE FROM _corral_processed",
+        "DROP TABLE _corral_outbox",
+        "ALTER TABLE _corral_outbox RENAME TO mine",
+        "CREATE INDEX sneaky ON _corral_outbox (topic)",
+        "CREATE TRIGGER sneaky AFTER INSERT ON _corral_outbox BEGIN DELETE FROM junk; END",
+        "CREATE TABLE _corral_mine (x)",
+        "CREATE VIEW _corral_mine AS SELECT 1",
+    ] {
+        let reply = sql(&host, statement);
+        assert_eq!(reply["error"], "access-denied", "{statement}: {reply}");
+    }
+    // A view may name them, but reading through it is reading them.
+    sql(&host, "CREATE VIEW peek AS SELECT * FROM _corral_outbox");
+    assert_eq!(sql(&host, "SELECT * FROM peek")["error"], "access-denied");
+    // Publishing still works: the host writes there itself.
+    let published = host.post("/chaos/publish?topic=chaos.x", &json!({}));
+    assert_eq!(published.status, 200, "{}", published.text());
+}

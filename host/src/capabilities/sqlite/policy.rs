@@ -243,7 +243,9 @@ fn table_of<'a>(action: &AuthAction<'a>) -> Option<&'a str> {
         | AuthAction::CreateVtable { table_name, .. }
         | AuthAction::DropVtable { table_name, .. }
         | AuthAction::Reindex { index_name: table_name }
-        | AuthAction::Analyze { table_name } => Some(table_name),
+        | AuthAction::Analyze { table_name }
+        | AuthAction::CreateView { view_name: table_name }
+        | AuthAction::DropView { view_name: table_name } => Some(table_name),
         _ => None,
     }
 }
