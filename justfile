@@ -40,6 +40,7 @@ bench: build
     cargo build --release -p corral-bench
     cargo bench -p corral --bench invoke
     ./target/release/loadtest
+    ./target/release/eventbench
 
 # Validates config/corral.toml and the components it names.
 check-config: build

@@ -82,7 +82,11 @@ fn each_component_has_its_own_file() {
               AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
         )
         .json();
-    assert_eq!(tables["rows"], json!([["junk"], ["received"]]), "only chaos's own tables, and the host's");
+    assert_eq!(
+        tables["rows"],
+        json!([["junk"], ["received"]]),
+        "only chaos's own tables, and the host's"
+    );
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub async fn run(registry: Arc<Registry>, log: Arc<dyn EventLog>, wake: Arc<Noti
         Err(e) => tracing::warn!("cannot release old leases: {e:#}"),
     }
     let in_flight = InFlight::default();
+    // Finished deliveries, settled together at the top of each round.
+    let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut poll = tokio::time::interval(POLL_EVERY);
     let mut last_recover = Instant::now();
     let mut last_backlog = Instant::now() - BACKLOG_EVERY;
@@ -67,6 +69,16 @@ pub async fn run(registry: Arc<Registry>, log: Arc<dyn EventLog>, wake: Arc<Noti
         tokio::select! {
             () = wake.notified() => {}
             _ = poll.tick() => {}
+        }
+        let mut settled = Vec::new();
+        while let Ok(one) = settled_rx.try_recv() {
+            settled.push(one);
+        }
+        if !settled.is_empty()
+            && let Err(e) = log.settle(settled).await
+        {
+            // Their leases run out and they come again.
+            tracing::warn!("cannot settle deliveries: {e:#}");
         }
         if last_recover.elapsed() >= RECOVER_EVERY {
             last_recover = Instant::now();
@@ -107,14 +119,14 @@ pub async fn run(registry: Arc<Registry>, log: Arc<dyn EventLog>, wake: Arc<Noti
                 let guard = Running(Arc::clone(&running));
                 let job = Job {
                     entry: Arc::clone(entry),
-                    log: Arc::clone(&log),
                     stats: Arc::clone(&stats),
-                    wake: Arc::clone(&wake),
                 };
+                let (settled, wake) = (settled_tx.clone(), Arc::clone(&wake));
                 tokio::spawn(async move {
-                    job.deliver(claimed).await;
+                    let settlement = job.deliver(claimed).await;
+                    let _ = settled.send(settlement);
                     drop(guard);
-                    job.wake.notify_one();
+                    wake.notify_one();
                 });
             }
         }
@@ -124,15 +136,16 @@ pub async fn run(registry: Arc<Registry>, log: Arc<dyn EventLog>, wake: Arc<Noti
 /// One delivery's handling.
 struct Job {
     entry: Arc<Entry>,
-    log: Arc<dyn EventLog>,
     stats: Arc<EventStats>,
-    wake: Arc<Notify>,
 }
 
 impl Job {
-    async fn deliver(&self, claimed: Claimed) {
+    /// Handles the delivery; what to settle it with.
+    async fn deliver(&self, claimed: Claimed) -> (Arc<str>, String, Settlement) {
+        let name = Arc::clone(&self.entry.name);
         let Some(subscription) = self.entry.config.events.subscription.as_ref() else {
-            return;
+            let later = now_ms() + 1000;
+            return (name, claimed.message.id, Settlement::Requeue { at_ms: later });
         };
         let (id, topic) = (claimed.message.id.clone(), claimed.message.topic.clone());
         let started = Instant::now();
@@ -143,7 +156,6 @@ impl Job {
             Settlement::Requeue { .. } => "requeued",
             Settlement::Dead { .. } => "dead",
         };
-        let name = Arc::clone(&self.entry.name);
         if let Settlement::Dead { reason } = &settlement {
             tracing::warn!(subscriber = %name, topic, message = id, "a message became a dead letter: {reason}");
         }
@@ -161,10 +173,7 @@ impl Job {
                 outcome,
             })
             .inc();
-        if let Err(e) = self.log.settle(name.to_string(), id, settlement).await {
-            // The lease runs out and the delivery comes again.
-            tracing::warn!(subscriber = %name, "cannot settle a delivery: {e:#}");
-        }
+        (name, id, settlement)
     }
 
     /// Runs the handler once; what to do with the delivery after.

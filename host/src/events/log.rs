@@ -39,8 +39,9 @@ const SCHEMA: &str = "
         dead_at INTEGER,
         PRIMARY KEY (subscriber, message_seq)
     ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscriber, state, due_at);
-    CREATE INDEX IF NOT EXISTS deliveries_by_key ON deliveries (subscriber, ordering_key, message_seq);";
+    CREATE INDEX IF NOT EXISTS deliveries_in_order ON deliveries (subscriber, state, message_seq);
+    CREATE INDEX IF NOT EXISTS deliveries_by_key ON deliveries (subscriber, ordering_key, message_seq);
+    CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries (message_seq);";
 
 /// The embedded log.
 pub struct SqliteLog {
@@ -180,43 +181,45 @@ impl EventLog for SqliteLog {
         })
     }
 
-    fn settle(&self, subscriber: String, id: String, settlement: Settlement) -> LogFuture<'_, ()> {
+    fn settle(&self, settled: Vec<(Arc<str>, String, Settlement)>) -> LogFuture<'_, ()> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            let seq: Option<i64> = tx
-                .query_row("SELECT seq FROM messages WHERE id = ?", [&id], |row| row.get(0))
-                .optional()?;
-            let Some(seq) = seq else { return Ok(()) };
-            let key = params![subscriber, seq];
-            match settlement {
-                Settlement::Ack => {
-                    tx.execute("DELETE FROM deliveries WHERE subscriber = ? AND message_seq = ?", key)?;
-                    tx.execute(
-                        "DELETE FROM messages WHERE seq = ?1 AND NOT EXISTS
-                         (SELECT 1 FROM deliveries WHERE message_seq = ?1)",
-                        [seq],
-                    )?;
-                }
-                Settlement::Retry { at_ms, error } => {
-                    tx.execute(
-                        "UPDATE deliveries SET state = 'ready', due_at = ?, error = ?, lease_until = NULL
-                         WHERE subscriber = ? AND message_seq = ?",
-                        params![at_ms, error, subscriber, seq],
-                    )?;
-                }
-                Settlement::Requeue { at_ms } => {
-                    tx.execute(
-                        "UPDATE deliveries SET state = 'ready', due_at = ?, attempts = max(attempts - 1, 0),
-                         lease_until = NULL WHERE subscriber = ? AND message_seq = ?",
-                        params![at_ms, subscriber, seq],
-                    )?;
-                }
-                Settlement::Dead { reason } => {
-                    tx.execute(
-                        "UPDATE deliveries SET state = 'dead', error = ?, dead_at = ?, lease_until = NULL
-                         WHERE subscriber = ? AND message_seq = ?",
-                        params![reason, now_ms(), subscriber, seq],
-                    )?;
+            for (subscriber, id, settlement) in settled {
+                let seq: Option<i64> = tx
+                    .query_row("SELECT seq FROM messages WHERE id = ?", [&id], |row| row.get(0))
+                    .optional()?;
+                let Some(seq) = seq else { continue };
+                let key = params![&*subscriber, seq];
+                match settlement {
+                    Settlement::Ack => {
+                        tx.execute("DELETE FROM deliveries WHERE subscriber = ? AND message_seq = ?", key)?;
+                        tx.execute(
+                            "DELETE FROM messages WHERE seq = ?1 AND NOT EXISTS
+                             (SELECT 1 FROM deliveries WHERE message_seq = ?1)",
+                            [seq],
+                        )?;
+                    }
+                    Settlement::Retry { at_ms, error } => {
+                        tx.execute(
+                            "UPDATE deliveries SET state = 'ready', due_at = ?, error = ?, lease_until = NULL
+                             WHERE subscriber = ? AND message_seq = ?",
+                            params![at_ms, error, &*subscriber, seq],
+                        )?;
+                    }
+                    Settlement::Requeue { at_ms } => {
+                        tx.execute(
+                            "UPDATE deliveries SET state = 'ready', due_at = ?, attempts = max(attempts - 1, 0),
+                             lease_until = NULL WHERE subscriber = ? AND message_seq = ?",
+                            params![at_ms, &*subscriber, seq],
+                        )?;
+                    }
+                    Settlement::Dead { reason } => {
+                        tx.execute(
+                            "UPDATE deliveries SET state = 'dead', error = ?, dead_at = ?, lease_until = NULL
+                             WHERE subscriber = ? AND message_seq = ?",
+                            params![reason, now_ms(), &*subscriber, seq],
+                        )?;
+                    }
                 }
             }
             tx.commit()
@@ -363,23 +366,19 @@ mod tests {
             log.claim("a".into(), 10, false, lease).await.unwrap().is_empty(),
             "leased"
         );
-        log.settle("a".into(), "1".into(), Settlement::Ack).await.unwrap();
-        let soon = now_ms() - 1;
-        log.settle(
-            "a".into(),
-            "2".into(),
-            Settlement::Retry {
-                at_ms: soon,
-                error: "boom".into(),
-            },
-        )
-        .await
-        .unwrap();
-        let again = log.claim("a".into(), 10, false, lease).await.unwrap();
-        assert_eq!((ids(&again), again[0].attempt), (vec!["2"], 2));
-        log.settle("a".into(), "2".into(), Settlement::Dead { reason: "no".into() })
+        log.settle(vec![("a".into(), "1".into(), Settlement::Ack)])
             .await
             .unwrap();
+        let soon = now_ms() - 1;
+        let retry = Settlement::Retry {
+            at_ms: soon,
+            error: "boom".into(),
+        };
+        log.settle(vec![("a".into(), "2".into(), retry)]).await.unwrap();
+        let again = log.claim("a".into(), 10, false, lease).await.unwrap();
+        assert_eq!((ids(&again), again[0].attempt), (vec!["2"], 2));
+        let dead = Settlement::Dead { reason: "no".into() };
+        log.settle(vec![("a".into(), "2".into(), dead)]).await.unwrap();
         let dead = log.dead_letters(None, 10).await.unwrap();
         assert_eq!(
             (dead[0].id.as_str(), dead[0].attempts, dead[0].reason.as_str()),
@@ -410,7 +409,9 @@ mod tests {
         let first = log.claim("a".into(), 10, true, lease).await.unwrap();
         assert_eq!(ids(&first), ["1", "3", "4"]);
         assert!(log.claim("a".into(), 10, true, lease).await.unwrap().is_empty());
-        log.settle("a".into(), "1".into(), Settlement::Ack).await.unwrap();
+        log.settle(vec![("a".into(), "1".into(), Settlement::Ack)])
+            .await
+            .unwrap();
         assert_eq!(ids(&log.claim("a".into(), 10, true, lease).await.unwrap()), ["2"]);
     }
 }

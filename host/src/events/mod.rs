@@ -108,7 +108,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// `lease`. With `by_key`, a delivery waits while an earlier one with
     /// its ordering key is undelivered.
     fn claim(&self, subscriber: String, max: usize, by_key: bool, lease: Duration) -> LogFuture<'_, Vec<Claimed>>;
-    fn settle(&self, subscriber: String, id: String, settlement: Settlement) -> LogFuture<'_, ()>;
+    /// Settles deliveries (subscriber, message id, what became of it), in one go.
+    fn settle(&self, settled: Vec<(Arc<str>, String, Settlement)>) -> LogFuture<'_, ()>;
     /// Makes deliveries whose lease ran out due again; at start, all of
     /// them (their host is gone). Returns how many.
     fn recover(&self, all: bool) -> LogFuture<'_, u64>;
