@@ -25,8 +25,15 @@ run: build
     ./target/release/corral serve --config config/corral.toml
 
 # Runs every test: unit tests and the integration tests against a real host.
-test: build-components
+test: build-components toolchains
     cargo test --release --workspace
+
+# Installs the toolchains that build the Python and JavaScript components,
+# inside the repository: componentize-py in target/toolchains/python, and
+# componentize-js in components/js/node_modules.
+toolchains:
+    test -x target/toolchains/python/bin/componentize-py || { python3 -m venv target/toolchains/python && target/toolchains/python/bin/pip install --quiet --no-cache-dir --disable-pip-version-check componentize-py==0.25.1; }
+    test -x components/js/node_modules/.bin/componentize-js || npm ci --prefix components/js --no-audit --no-fund --cache target/toolchains/npm
 
 # Checks formatting and lints, host and components alike.
 lint:

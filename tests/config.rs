@@ -15,6 +15,51 @@ fn a_valid_config_passes() {
 }
 
 #[test]
+fn check_names_each_component_s_world_and_what_it_imports() {
+    let toml = format!(
+        "data_dir = \"data\"\n{}{}allowed_outbound_hosts = [\"https://api.example.com\", \"http://users.internal\"]\n",
+        component_toml("users", "users", &["/users"]),
+        component_toml("hello", "http-hello", &["/http"]),
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(ok, "{output}");
+    let line = |name: &str| {
+        output
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("users").contains("(corral:service/service)"), "{output}");
+    assert!(
+        line("users").contains("corral:service@0.2.0 {sqlite, log, events"),
+        "{output}"
+    );
+    assert!(line("hello").contains("(wasi:http/proxy)"), "{output}");
+    assert!(line("hello").contains("{types, outgoing-handler}"), "{output}");
+}
+
+#[test]
+fn outbound_destinations_are_validated() {
+    let toml = format!(
+        "data_dir = \"data\"\n{}allowed_outbound_hosts = [\"ftp://files.example.com\", \"https://api.example.com/v1\", \"api.example.com\"]\n",
+        component_toml("hello", "http-hello", &["/http"]),
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(!ok, "{output}");
+    for expected in [
+        "components.hello.allowed_outbound_hosts[0]: \"ftp://files.example.com\" is not a destination",
+        "the scheme is http, https or *",
+        "components.hello.allowed_outbound_hosts[1]",
+        "no path",
+        "components.hello.allowed_outbound_hosts[2]",
+        "it needs a scheme",
+    ] {
+        assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
+    }
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let toml = format!(
         r#"

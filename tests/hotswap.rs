@@ -4,12 +4,11 @@
 //! change. Broken versions are refused and change nothing.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Reply, Sample, TestHost, admin_toml, host, load, variant, wasm};
+use crate::support::{ADMIN_TOKEN, Reply, Sample, TestHost, admin_toml, assert_clean_switch, host, variant, wasm};
 
 const PATH: &str = "/users/1";
 
@@ -26,50 +25,9 @@ fn swap_host() -> TestHost {
     host
 }
 
-/// Sends requests to [`PATH`] from four clients while `change` runs; returns
-/// what they got, and the instants just before `change` began and just after
-/// it returned.
+/// Sends requests to [`PATH`] while `change` runs; see [`crate::support::under_load`].
 fn under_load(host: &TestHost, change: impl FnOnce() -> Reply) -> (Vec<Sample>, Instant, Instant, Reply) {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let clients = scope.spawn(|| load(host, PATH, 4, &stop));
-        std::thread::sleep(Duration::from_millis(300));
-        let before = Instant::now();
-        let reply = change();
-        let after = Instant::now();
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        (clients.join().unwrap(), before, after, reply)
-    })
-}
-
-/// No request failed; each response came from `old` or `new`; none from
-/// `new` before the change began, none from `old` sent after it returned.
-fn assert_clean_switch(samples: &[Sample], before: Instant, after: Instant, old: &str, new: &str) {
-    let failed: Vec<_> = samples.iter().filter(|s| s.status != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {failed:?}",
-        failed.len(),
-        samples.len()
-    );
-    for sample in samples {
-        let version = sample.version.as_deref().expect("every response names its version");
-        assert!(version == old || version == new, "unknown version {version}");
-        if sample.received < before {
-            assert_eq!(version, old, "served by the new version before the change began");
-        }
-        if sample.sent > after {
-            assert_eq!(version, new, "served by the old version after the change returned");
-        }
-    }
-    let count = |v: &str| samples.iter().filter(|s| s.version.as_deref() == Some(v)).count();
-    assert!(
-        count(old) > 0 && count(new) > 0,
-        "{} old, {} new",
-        count(old),
-        count(new)
-    );
+    crate::support::under_load(host, PATH, change)
 }
 
 fn short(reply: &Reply) -> String {
@@ -292,7 +250,13 @@ fn broken_uploads_are_refused_and_change_nothing() {
             "invalid-component",
             "core wasm module",
         ),
-        ("no handler", no_handler, 422, "invalid-component", "does not export"),
+        (
+            "no handler",
+            no_handler,
+            422,
+            "invalid-component",
+            "exports neither corral:service/handler",
+        ),
         (
             "an unknown import",
             unknown_import,

@@ -2,21 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestHost, admin_toml, host};
-
-/// The value of a sample of `name` whose labels include all of `labels`;
-/// zero when there is no such sample yet.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric_name, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let wanted = metric_name == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            wanted.then(|| value.parse::<f64>().unwrap())
-        })
-        .sum()
-}
+use crate::support::{TestHost, admin_toml, host, metric};
 
 fn scrape(host: &TestHost) -> String {
     let reply = host.admin("GET", "/metrics", Vec::new());

@@ -590,3 +590,67 @@ pub fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The value of a sample of `name` whose labels include all of `labels`;
+/// zero when there is no such sample yet.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let wanted = metric_name == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().unwrap())
+        })
+        .sum()
+}
+
+/// Sends GET `path` from four clients while `change` runs; returns
+/// what they got, and the instants just before `change` began and just after
+/// it returned.
+pub fn under_load(
+    host: &TestHost,
+    path: &str,
+    change: impl FnOnce() -> Reply,
+) -> (Vec<Sample>, Instant, Instant, Reply) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let clients = scope.spawn(|| load(host, path, 4, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let before = Instant::now();
+        let reply = change();
+        let after = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (clients.join().unwrap(), before, after, reply)
+    })
+}
+
+/// No request failed; each response came from `old` or `new`; none from
+/// `new` before the change began, none from `old` sent after it returned.
+pub fn assert_clean_switch(samples: &[Sample], before: Instant, after: Instant, old: &str, new: &str) {
+    let failed: Vec<_> = samples.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        samples.len()
+    );
+    for sample in samples {
+        let version = sample.version.as_deref().expect("every response names its version");
+        assert!(version == old || version == new, "unknown version {version}");
+        if sample.received < before {
+            assert_eq!(version, old, "served by the new version before the change began");
+        }
+        if sample.sent > after {
+            assert_eq!(version, new, "served by the old version after the change returned");
+        }
+    }
+    let count = |v: &str| samples.iter().filter(|s| s.version.as_deref() == Some(v)).count();
+    assert!(
+        count(old) > 0 && count(new) > 0,
+        "{} old, {} new",
+        count(old),
+        count(new)
+    );
+}

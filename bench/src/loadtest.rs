@@ -1,6 +1,7 @@
 //! The load benchmark: corral and the native baseline, one after the other on
 //! this machine, each seeded with the same data and driven by wrk through the
-//! same scenarios; then the empty component alone, for the host's own cost.
+//! same scenarios; then the empty component, taking turns with a `wasi:http`
+//! hello, for the host's own cost per world.
 //! Prints a table of requests/s, latency, errors and peak memory, with the
 //! ratio corral / native, and writes it to `target/bench/results.md`.
 //!
@@ -140,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         release.join("native-baseline"),
         wasm.join("users.wasm"),
         wasm.join("empty.wasm"),
+        wasm.join("http_hello.wasm"),
     ] {
         if !needed.is_file() {
             bail!("{} is missing: run `just bench`", needed.display());
@@ -171,15 +173,18 @@ fn main() -> anyhow::Result<()> {
     // The two servers take turns, round after round, so that whatever else
     // the machine does weighs on both alike; each figure is the median round.
     let mut results = Vec::new();
+    // The empty component has no native twin; it takes turns with a
+    // `wasi:http` hello instead, the smallest component of that world.
     for scenario in ["get_user", "post_user", "get_order", "empty"] {
-        let mut rounds: Vec<(&'static str, Vec<WrkSummary>)> = vec![("corral", Vec::new()), ("native", Vec::new())];
+        let contenders: Vec<(&'static str, &Server, &'static str)> = match scenario {
+            "empty" => vec![("corral", &corral, "empty"), (WASI_HTTP, &corral, "wasi_http")],
+            _ => vec![("corral", &corral, scenario), ("native", &native, scenario)],
+        };
+        let mut rounds: Vec<(&'static str, Vec<WrkSummary>)> =
+            contenders.iter().map(|(name, _, _)| (*name, Vec::new())).collect();
         for round in 0..options.rounds {
-            for (name, summaries) in &mut rounds {
-                let server = if *name == "corral" { &corral } else { &native };
-                if scenario == "empty" && *name == "native" {
-                    continue;
-                }
-                summaries.push(measure(&options, server, name, scenario, &format!("{run_id}r{round}"))?);
+            for ((name, server, requests), (_, summaries)) in contenders.iter().zip(&mut rounds) {
+                summaries.push(measure(&options, server, name, requests, &format!("{run_id}r{round}"))?);
             }
         }
         for (name, mut summaries) in rounds {
@@ -205,19 +210,24 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// users, orders and empty, with no rate limits.
+/// The `wasi:http` hello, as the report names it.
+const WASI_HTTP: &str = "corral, wasi:http hello";
+
+/// users, orders, empty and a `wasi:http` hello, with no rate limits.
 fn corral_config(wasm: &Path, data: &Path, root: &Path) -> String {
     let path = |name: &str| format!("{:?}", wasm.join(format!("{name}.wasm")).display().to_string());
     format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\ncache_dir = {:?}\n\n\
          [components.users]\nwasm = {}\nroutes = [\"/users\"]\n\n\
          [components.orders]\nwasm = {}\nroutes = [\"/orders\"]\n\n\
-         [components.empty]\nwasm = {}\nroutes = [\"/empty\"]\n",
+         [components.empty]\nwasm = {}\nroutes = [\"/empty\"]\n\n\
+         [components.hello]\nwasm = {}\nroutes = [\"/http\"]\n",
         data.display().to_string(),
         root.join("target/corral-cache").display().to_string(),
         path("users"),
         path("orders"),
         path("empty"),
+        path("http_hello"),
     )
 }
 
@@ -306,16 +316,20 @@ fn report(options: &Options, results: &[Measured], memory: &[(&str, f64)]) -> St
     let mut out = format!(
         "wrk, 1 thread, {} connections; per scenario, {} rounds of {} s (each after a 1 s warm-up) with the servers \
          taking turns, and the median round reported; {USERS} users, {ORDERS} orders.\n\n\
-         | scenario | server | requests/s | p50 | p99 | errors | corral / native |\n|---|---|---|---|---|---|---|\n",
+         The last column is corral / native, and for the wasi:http hello, wasi:http hello / empty.\n\n\
+         | scenario | server | requests/s | p50 | p99 | errors | ratio |\n|---|---|---|---|---|---|---|\n",
         options.connections, options.rounds, options.duration
     );
     for m in results {
-        let native = results
-            .iter()
-            .find(|n| n.server == "native" && n.scenario == m.scenario);
-        let ratio = match (m.server, native) {
-            ("corral", Some(native)) => format!("{:.2}", m.requests_per_second() / native.requests_per_second()),
-            _ => "-".into(),
+        let against = match m.server {
+            "corral" => "native",
+            WASI_HTTP => "corral",
+            _ => "",
+        };
+        let baseline = results.iter().find(|n| n.server == against && n.scenario == m.scenario);
+        let ratio = match baseline {
+            Some(baseline) => format!("{:.2}", m.requests_per_second() / baseline.requests_per_second()),
+            None => "-".into(),
         };
         out += &format!(
             "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {ratio} |\n",

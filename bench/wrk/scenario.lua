@@ -29,6 +29,8 @@ function request()
     local tag = run .. "-" .. tid .. "-" .. counter
     local body = '{"name":"Load ' .. counter .. '","email":"load-' .. tag .. '@example.com"}'
     return wrk.format("POST", "/users", { ["content-type"] = "application/json" }, body)
+  elseif scenario == "wasi_http" then
+    return wrk.format("GET", "/http/hello")
   else
     return wrk.format("GET", "/empty")
   end

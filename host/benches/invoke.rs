@@ -1,7 +1,8 @@
 //! Micro benchmarks of the host's hot path, in process: one instantiate-and-
 //! call of the empty component (pooling allocator, pre-instantiated), the
 //! same with one SQLite round trip through the host interface, and a request
-//! to a relay that answers itself or calls another component once. Run with
+//! to a relay that answers itself or calls another component once, and a
+//! `wasi:http` hello to read against the empty component. Run with
 //! `just bench` (or `cargo bench -p corral --bench invoke`).
 
 use std::path::Path;
@@ -11,9 +12,11 @@ use corral::capabilities::bindings::corral::service::types::Request;
 use corral::components::registry::Registry;
 use corral::components::snapshot::Entry;
 use corral::components::stats::ComponentStats;
+use corral::components::version::Entrypoint;
 use corral::config::{Config, Overrides};
-use corral::wasm::invoke;
+use corral::wasm::invoke::{self, OwnedTarget};
 use divan::Bencher;
+use http_body_util::BodyExt;
 
 fn main() {
     divan::main();
@@ -37,12 +40,14 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         "data_dir = {:?}\ncache_dir = {:?}\n\
          [components.empty]\nwasm = {}\nroutes = [\"/empty\"]\n\
          [components.relay-a]\nwasm = {}\nroutes = [\"/relay-a\"]\n\
-         [components.relay-b]\nwasm = {}\nroutes = [\"/relay-b\"]\n",
+         [components.relay-b]\nwasm = {}\nroutes = [\"/relay-b\"]\n\
+         [components.hello]\nwasm = {}\nroutes = [\"/http\"]\n",
         data.path().display().to_string(),
         workspace.join("target/corral-test-cache").display().to_string(),
         wasm("empty"),
         wasm("relay"),
         wasm("relay"),
+        wasm("http_hello"),
     );
     let config = Config::parse(&toml, &data.path().join("bench.toml"), &Overrides::default()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -80,10 +85,42 @@ fn serve(bencher: Bencher, name: &str, path: &str) {
     let version = Arc::clone(&entry.current);
     let id: Arc<str> = "bench".into();
     bencher.with_inputs(|| request(path)).bench_local_values(|request| {
-        let response = FIXTURE
-            .runtime
-            .block_on(invoke::handle(entry.target(&version), request, Arc::clone(&id)));
+        let Entrypoint::Service(pre) = &version.entrypoint else {
+            panic!("{name} is not of corral's world")
+        };
+        let response =
+            FIXTURE
+                .runtime
+                .block_on(invoke::handle(entry.target(&version), pre, request, Arc::clone(&id), 0));
         assert_eq!(response.unwrap().status, 200);
+    });
+}
+
+/// The same request as [`instantiate_and_call_empty`], to a `wasi:http`
+/// component that answers a short greeting: a task per request, the
+/// request and response as resources, and the body as a stream.
+#[divan::bench(sample_count = 200, sample_size = 50)]
+fn instantiate_and_call_wasi_http_hello(bencher: Bencher) {
+    let entry = entry("hello");
+    let version = Arc::clone(&entry.current);
+    let Entrypoint::Http(pre) = &version.entrypoint else {
+        panic!("hello is not a wasi:http component")
+    };
+    let id: Arc<str> = "bench".into();
+    let request = || {
+        http::Request::get("http://bench/http/hello")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    bencher.with_inputs(request).bench_local_values(|request| {
+        FIXTURE.runtime.block_on(async {
+            let owned = OwnedTarget::of(&entry.target(&version));
+            let streaming = invoke::handle_http(owned, pre.clone(), request, Arc::clone(&id), 0, ())
+                .await
+                .unwrap();
+            let body = streaming.response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello from wasi:http");
+        })
     });
 }
 

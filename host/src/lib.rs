@@ -45,7 +45,7 @@ use crate::config::{Config, Overrides, TrustedProxies};
 use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::serving::body::BodyPace;
-use crate::serving::gateway::Gateway;
+use crate::serving::gateway::{Gateway, Internal};
 use crate::wasm::engine::{self, EngineSettings, EpochTicker};
 
 /// The event log's file under `data_dir`; no component name starts with `_`.
@@ -236,6 +236,7 @@ async fn serve_public(
         stats: Arc::clone(&metrics.serving),
         body_pace: body_pace(config),
     });
+    registry.serve_internal(Arc::new(Internal(Arc::downgrade(&gateway))));
     let (stop_public, public_stopped) = tokio::sync::oneshot::channel::<()>();
     let public = serving::server::run(
         listener,
@@ -295,6 +296,30 @@ async fn evict_idle_clients(registry: Arc<Registry>) {
     }
 }
 
+/// The host interfaces a component imports, for `corral check`, by
+/// package: `wasi:io@0.2.6 {poll, error, streams}`.
+fn imports_list(imports: &[String]) -> String {
+    if imports.is_empty() {
+        return "nothing from the host".to_string();
+    }
+    let mut packages: indexmap::IndexMap<String, Vec<&str>> = indexmap::IndexMap::new();
+    for import in imports {
+        let (path, version) = import.split_once('@').unwrap_or((import, ""));
+        let (package, interface) = path.split_once('/').unwrap_or((path, path));
+        let key = if version.is_empty() {
+            package.to_string()
+        } else {
+            format!("{package}@{version}")
+        };
+        packages.entry(key).or_default().push(interface);
+    }
+    let groups: Vec<String> = packages
+        .iter()
+        .map(|(package, names)| format!("{package} {{{}}}", names.join(", ")))
+        .collect();
+    groups.join(", ")
+}
+
 /// Validates the components of `config`: each is a component that compiles
 /// and links, and every interface one imports from another has a provider
 /// with matching types. Nothing runs and no database is touched.
@@ -309,7 +334,16 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         let wasm = std::fs::read(&component.wasm)?;
         let short = digest(&wasm)[..12].to_string();
         match registry.compiler().compile(&component.name, wasm).await {
-            Ok(version) => compiled.push((component, short, version.peers)),
+            Ok(version) => {
+                println!(
+                    "{}: {} ({}), imports {}",
+                    component.name,
+                    short,
+                    version.entrypoint.world(),
+                    imports_list(&version.host_imports)
+                );
+                compiled.push((component, short, version.peers));
+            }
             Err(e) => failures.push(format!(
                 "{}: {} is not a component corral can serve: {e:#}",
                 component.name,

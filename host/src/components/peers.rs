@@ -30,7 +30,7 @@ pub const MAX_CALL_DEPTH: u32 = 8;
 const UNAVAILABLE: &str = "unavailable";
 
 /// Interfaces the host provides itself; the rest are resolved among components.
-fn host_provided(name: &str) -> bool {
+pub fn host_provided(name: &str) -> bool {
     name.starts_with("wasi:") || name.starts_with("corral:service/")
 }
 

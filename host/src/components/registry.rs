@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -19,8 +19,9 @@ use super::peers::Dispatch;
 use super::saved::{Origin, SavedCanary, SavedState, SavedVersion, VersionStore};
 use super::snapshot::{Canary, ComponentShared, Entry, Snapshot};
 use super::stats::ComponentStats;
-use super::version::{Compiler, Version, digest};
+use super::version::{Compiler, Entrypoint, Version, digest};
 use crate::capabilities::events::Publisher;
+use crate::capabilities::http::{InternalHttp, Outbound};
 use crate::capabilities::sqlite::{self, Conn, Database, DbLimits, SqlThreads};
 use crate::config::{ComponentConfig, Config};
 use crate::limits::gate::ConcurrencyGate;
@@ -73,6 +74,8 @@ pub struct Registry {
     sql_threads: Arc<SqlThreads>,
     /// Woken when an outbox has messages to send.
     relay: Arc<Notify>,
+    /// Serves requests to `<component>.internal`, once the serving layer is up.
+    internal: Arc<OnceLock<Arc<dyn InternalHttp>>>,
     /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     /// Versions installed by changes, kept across restarts.
@@ -124,6 +127,7 @@ impl Registry {
             max_rate_limit_clients,
             sql_threads,
             relay,
+            internal: Arc::default(),
             shared: Mutex::new(HashMap::new()),
             current,
             changing: tokio::sync::Mutex::new(()),
@@ -141,6 +145,11 @@ impl Registry {
 
     pub fn sql_threads(&self) -> &Arc<SqlThreads> {
         &self.sql_threads
+    }
+
+    /// Sets what serves requests to `http://<component>.internal`.
+    pub fn serve_internal(&self, internal: Arc<dyn InternalHttp>) {
+        let _ = self.internal.set(internal);
     }
 
     /// What is being served right now.
@@ -249,7 +258,9 @@ impl Registry {
             let conn = open.remove(&entry.name);
             match self.init(&entry.shared, &version, conn).await {
                 Ok(conn) => {
-                    open.insert(Arc::clone(&entry.name), conn);
+                    if let Some(conn) = conn {
+                        open.insert(Arc::clone(&entry.name), conn);
+                    }
                 }
                 Err(e) => {
                     prepared.inits.extend(open.into_values());
@@ -424,7 +435,7 @@ impl Registry {
         let prepared = Prepared {
             snapshot: published,
             shared: Vec::new(),
-            inits: vec![conn],
+            inits: conn.into_iter().collect(),
             created: Vec::new(),
         };
         self.publish_change(&snapshot, prepared, &next, kind).await
@@ -586,26 +597,32 @@ impl Registry {
             digest,
             loaded_at: SystemTime::now(),
             origin,
-            pre: compiled.pre,
+            entrypoint: compiled.entrypoint,
             subscriber: compiled.subscriber,
             peers: compiled.peers,
+            host_imports: compiled.host_imports,
         }))
     }
 
     /// Runs a new version's `init` against the component's database, in a
-    /// transaction left open for [`Registry::publish`] to commit.
+    /// transaction left open for [`Registry::publish`] to commit (the one on
+    /// `conn`, if given). A `wasi:http` component has no `init`.
     async fn init(
         &self,
         shared: &Arc<ComponentShared>,
         version: &Version,
         conn: Option<Conn>,
-    ) -> Result<Conn, ChangeError> {
+    ) -> Result<Option<Conn>, ChangeError> {
         let name = &shared.name;
         let target = shared.target(version, &shared.limits);
-        match invoke::init(target, conn).await {
+        let initialized = match &version.entrypoint {
+            Entrypoint::Service(pre) => invoke::init(target, pre, conn).await.map(Some),
+            Entrypoint::Http(_) => Ok(conn),
+        };
+        match initialized {
             Ok(conn) => {
                 self.stats.count_change(name, "load");
-                tracing::info!(component = %name, version = %version.short, "loaded");
+                tracing::info!(component = %name, version = %version.short, world = version.entrypoint.world(), "loaded");
                 Ok(conn)
             }
             Err(e) => {
@@ -629,6 +646,7 @@ impl Registry {
             && previous.limits == config.limits
             && previous.rate_config == config.rate_limits
             && previous.events == config.events
+            && previous.allowed_outbound_hosts == config.allowed_outbound_hosts
         {
             return Ok((Arc::clone(previous), None));
         }
@@ -664,9 +682,19 @@ impl Registry {
                 events: config.events.clone(),
                 max_bytes: config.limits.max_event_bytes,
             }),
+            outbound: Arc::new(Outbound {
+                component: Arc::clone(&name),
+                allowed: config.allowed_outbound_hosts.clone(),
+                connect_timeout: config.limits.outbound_connect_timeout,
+                timeout: config.limits.outbound_timeout,
+                max_response_bytes: config.limits.max_outbound_response_bytes,
+                internal: Arc::clone(&self.internal),
+                counts: self.stats.outbound.clone(),
+            }),
             limits: config.limits.clone(),
             rate_config: config.rate_limits.clone(),
             events: config.events.clone(),
+            allowed_outbound_hosts: config.allowed_outbound_hosts.clone(),
         });
         Ok((shared, created))
     }

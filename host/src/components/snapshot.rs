@@ -9,7 +9,9 @@ use std::sync::Arc;
 use super::peers::PeerTable;
 use super::version::Version;
 use crate::capabilities::events::Publisher;
+use crate::capabilities::http::Outbound;
 use crate::capabilities::sqlite::{Database, SqliteStats};
+use crate::config::outbound::HostPattern;
 use crate::config::routes::owns;
 use crate::config::{ComponentConfig, ComponentLimits, EventsConfig, RateLimitConfig};
 use crate::limits::gate::ConcurrencyGate;
@@ -72,10 +74,13 @@ pub struct ComponentShared {
     pub rate_limits: Arc<RateLimits>,
     /// Who publishes for this component, and what it may publish.
     pub publisher: Arc<Publisher>,
+    /// Where it may send HTTP requests.
+    pub outbound: Arc<Outbound>,
     /// What the above were built from, to tell whether a new config changes them.
     pub limits: ComponentLimits,
     pub rate_config: RateLimitConfig,
     pub events: EventsConfig,
+    pub allowed_outbound_hosts: Vec<HostPattern>,
 }
 
 impl ComponentShared {
@@ -84,11 +89,12 @@ impl ComponentShared {
         Target {
             component: &self.name,
             version: &version.short,
-            pre: &version.pre,
+            instance: version.instance_pre(),
             limits,
             db: &self.db,
             sqlite_stats: &self.sqlite_stats,
             publisher: &self.publisher,
+            outbound: &self.outbound,
         }
     }
 }

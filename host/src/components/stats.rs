@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as Prometheus;
 
+use crate::capabilities::http::OutboundLabels;
 use crate::capabilities::sqlite::SqliteStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +45,8 @@ pub struct ComponentLabels {
 
 pub struct ComponentStats {
     pub changes: Family<ChangeLabels, Counter>,
+    /// Outgoing HTTP requests, by component and outcome.
+    pub outbound: Family<OutboundLabels, Counter>,
     pub calls: Family<CallLabels, Counter>,
     pub call_duration: Family<CallLabels, Histogram>,
     sqlite_statements: Family<SqliteLabels, Counter>,
@@ -64,6 +67,7 @@ impl Default for ComponentStats {
     fn default() -> Self {
         ComponentStats {
             changes: Family::default(),
+            outbound: Family::default(),
             calls: Family::default(),
             call_duration: Family::new_with_constructor(latency_histogram),
             sqlite_statements: Family::default(),
@@ -80,6 +84,11 @@ impl ComponentStats {
             self.changes.clone(),
         );
         prometheus.register("calls", "Calls between components, by outcome", self.calls.clone());
+        prometheus.register(
+            "outbound_requests",
+            "Outgoing HTTP requests, by component and outcome",
+            self.outbound.clone(),
+        );
         prometheus.register(
             "call_duration_seconds",
             "Time of a call between components, as the caller sees it",

@@ -1,6 +1,7 @@
 //! One version of a component's code ([`Version`]): checked to be a
 //! component, compiled off the async workers, linked to the host and to its
-//! peers, pre-instantiated. The [`Compiler`] does that for every version.
+//! peers, pre-instantiated for the world it was built for (corral's, or
+//! `wasi:http/proxy`). The [`Compiler`] does that for every version.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -8,7 +9,8 @@ use std::time::SystemTime;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::peers::{Dispatch, PeerInterfaces};
 use super::saved::Origin;
@@ -25,19 +27,50 @@ pub struct Version {
     pub loaded_at: SystemTime,
     /// Where the code came from.
     pub origin: Origin,
-    pub pre: ServicePre<RequestState>,
+    pub entrypoint: Entrypoint,
     /// Present when it exports `corral:service/subscriber` and so can
     /// receive events.
     pub subscriber: Option<SubscriberServicePre<RequestState>>,
     /// The interfaces it offers other components and needs from them.
     pub peers: PeerInterfaces,
+    /// The interfaces it imports that the host provides.
+    pub host_imports: Vec<String>,
+}
+
+impl Version {
+    pub fn instance_pre(&self) -> &InstancePre<RequestState> {
+        match &self.entrypoint {
+            Entrypoint::Service(pre) => pre.instance_pre(),
+            Entrypoint::Http(pre) => pre.instance_pre(),
+        }
+    }
+}
+
+/// How requests enter a component: the world it was built for.
+#[derive(Clone)]
+pub enum Entrypoint {
+    /// corral's own world: `corral:service/handler` and `lifecycle`.
+    Service(ServicePre<RequestState>),
+    /// The `wasi:http/proxy` world: `wasi:http/incoming-handler`.
+    Http(ProxyPre<RequestState>),
+}
+
+impl Entrypoint {
+    /// The world's name, for operators.
+    pub fn world(&self) -> &'static str {
+        match self {
+            Entrypoint::Service(_) => "corral:service/service",
+            Entrypoint::Http(_) => "wasi:http/proxy",
+        }
+    }
 }
 
 /// What compiling a component gives.
 pub struct Compiled {
-    pub pre: ServicePre<RequestState>,
+    pub entrypoint: Entrypoint,
     pub subscriber: Option<SubscriberServicePre<RequestState>>,
     pub peers: PeerInterfaces,
+    pub host_imports: Vec<String>,
 }
 
 /// Turns `.wasm` bytes into versions.
@@ -84,11 +117,27 @@ impl Compiler {
             .map_err(anyhow::Error::from)
             .context("cannot link it: it imports something corral does not provide")?;
         let subscriber = SubscriberServicePre::new(instance_pre.clone()).ok();
-        let pre = ServicePre::new(instance_pre).map_err(anyhow::Error::from).context(
-            "it does not export the corral:service/handler and corral:service/lifecycle interfaces \
-             (build it against wit/service.wit)",
-        )?;
-        Ok(Compiled { pre, subscriber, peers })
+        let entrypoint = match ServicePre::new(instance_pre.clone()) {
+            Ok(pre) => Entrypoint::Service(pre),
+            Err(_) => Entrypoint::Http(ProxyPre::new(instance_pre).map_err(|_| {
+                anyhow::anyhow!(
+                    "it exports neither corral:service/handler (with lifecycle, as wit/service.wit's world) \
+                     nor wasi:http/incoming-handler (the wasi:http/proxy world)"
+                )
+            })?),
+        };
+        let host_imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| super::peers::host_provided(name))
+            .collect();
+        Ok(Compiled {
+            entrypoint,
+            subscriber,
+            peers,
+            host_imports,
+        })
     }
 }
 

@@ -8,11 +8,13 @@
 //! - [`routes`]: route prefixes and patterns.
 //! - [`rates`]: rate limits as written.
 //! - [`events`]: topics a component publishes, and its subscription.
+//! - [`outbound`]: where a component may send HTTP requests.
 //! - [`tokens`]: where the admin token comes from.
 
 #[macro_use]
 pub mod settings;
 pub mod events;
+pub mod outbound;
 pub mod rates;
 mod raw;
 pub(crate) mod resolve;
@@ -86,6 +88,8 @@ pub struct ComponentConfig {
     /// Which component provides an imported interface, where several export it.
     pub imports: BTreeMap<String, String>,
     pub events: EventsConfig,
+    /// Where it may send HTTP requests; nowhere when empty.
+    pub allowed_outbound_hosts: Vec<outbound::HostPattern>,
 }
 
 /// The networks whose `X-Forwarded-For` is believed.

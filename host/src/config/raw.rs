@@ -47,6 +47,9 @@ pub struct RawComponent {
     /// Topics it may publish to.
     #[serde(default)]
     pub publishes: Vec<String>,
+    /// Where it may send HTTP requests.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
     pub subscription: Option<RawSubscription>,
 }
 

@@ -249,6 +249,13 @@ fn component_config(
         None => RateLimitConfig::default(),
     };
     let events = events_config(&raw.publishes, raw.subscription.as_ref(), &key, problems);
+    let mut allowed_outbound_hosts = Vec::new();
+    for (i, text) in raw.allowed_outbound_hosts.iter().enumerate() {
+        match text.parse() {
+            Ok(pattern) => allowed_outbound_hosts.push(pattern),
+            Err(message) => problems.add(format!("{key}.allowed_outbound_hosts[{i}]"), message),
+        }
+    }
     ComponentConfig {
         name,
         wasm,
@@ -258,6 +265,7 @@ fn component_config(
         watch: raw.watch.unwrap_or(false) || watch_all,
         imports: raw.imports,
         events,
+        allowed_outbound_hosts,
     }
 }
 

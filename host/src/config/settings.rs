@@ -149,6 +149,12 @@ settings! {
         max_call_bytes: Kib = "call_payload_kib", 1..=1_048_576, default 1024;
         /// The largest event payload (and headers) it may publish.
         max_event_bytes: Kib = "event_payload_kib", 1..=65_536, default 256;
+        /// An outgoing HTTP request must connect within this time ...
+        outbound_connect_timeout: Millis = "outbound_connect_timeout_ms", 1..=600_000, default 5000;
+        /// ... and be answered in full within this one.
+        outbound_timeout: Millis = "outbound_timeout_ms", 1..=3_600_000, default 30_000;
+        /// The largest response body an outgoing request may bring back.
+        max_outbound_response_bytes: Kib = "outbound_response_kib", 1..=1_048_576, default 16_384;
         /// The database file may not grow past this; writes beyond fail with `database-full`.
         db_max_size_bytes: Mib = "db_size_mib", 1..=1_048_576, default 1024;
         /// One statement may run this long before it is interrupted.

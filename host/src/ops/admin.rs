@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -21,8 +19,8 @@ use crate::components::snapshot::{Entry, Snapshot};
 use crate::components::version::Version;
 use crate::events::{EventLog, Selection};
 use crate::serving::body::{BodyPace, read_body, refuse};
-use crate::serving::problem;
 use crate::serving::server::Handler;
+use crate::serving::{HttpResponse, full, problem};
 
 /// The admin listener's handler.
 pub struct Admin {
@@ -64,7 +62,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> HttpResponse {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_string();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -95,7 +93,7 @@ impl Handler for Admin {
 
 impl Admin {
     /// `PUT /components/{name}[?canary=N]` with a `.wasm` body.
-    async fn upload(&self, name: &str, parts: &http::request::Parts, body: Incoming) -> Response<Full<Bytes>> {
+    async fn upload(&self, name: &str, parts: &http::request::Parts, body: Incoming) -> HttpResponse {
         let canary = match canary_percent(parts.uri.query()) {
             Ok(canary) => canary,
             Err(detail) => {
@@ -117,7 +115,7 @@ impl Admin {
     }
 
     /// The routes without a body.
-    async fn act(&self, method: &Method, route: &[&str], path: &str) -> Response<Full<Bytes>> {
+    async fn act(&self, method: &Method, route: &[&str], path: &str) -> HttpResponse {
         let registry = &self.control.registry;
         match (method, route) {
             (&Method::GET, ["components"]) => {
@@ -132,7 +130,7 @@ impl Admin {
             (&Method::POST, ["reload"]) => respond(self.control.reload().await.map(|r| json!(r))),
             (&Method::GET, ["metrics"]) => {
                 let text = self.metrics.encode(&registry.snapshot());
-                let mut response = Response::new(Full::new(Bytes::from(text)));
+                let mut response = Response::new(full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -161,7 +159,7 @@ impl Admin {
     /// `POST /events/dead-letters/{redrive,purge}?subscriber=S[&id=..]`, and
     /// `POST /events/pending/purge?subscriber=S`, which drops what still
     /// waits for a subscriber too (one removed by a reload, say).
-    async fn events(&self, method: &Method, route: &[&str], query: Option<&str>, path: &str) -> Response<Full<Bytes>> {
+    async fn events(&self, method: &Method, route: &[&str], query: Option<&str>, path: &str) -> HttpResponse {
         let params: Vec<(&str, &str)> = query
             .unwrap_or_default()
             .split('&')
@@ -284,7 +282,7 @@ impl Admin {
     }
 
     /// Ready once every component is loaded and initialized.
-    fn readiness(&self) -> Response<Full<Bytes>> {
+    fn readiness(&self) -> HttpResponse {
         if self.control.registry.is_ready() {
             json_response(StatusCode::OK, &json!({ "status": "ready" }))
         } else {
@@ -298,7 +296,7 @@ impl Admin {
     }
 }
 
-fn respond(outcome: Result<Value, ChangeError>) -> Response<Full<Bytes>> {
+fn respond(outcome: Result<Value, ChangeError>) -> HttpResponse {
     match outcome {
         Ok(json) => json_response(StatusCode::OK, &json),
         Err(error) => change_refused(error),
@@ -327,7 +325,7 @@ fn canary_percent(query: Option<&str>) -> Result<Option<u8>, String> {
     }
 }
 
-fn change_refused(error: ChangeError) -> Response<Full<Bytes>> {
+fn change_refused(error: ChangeError) -> HttpResponse {
     let (status, kind, title) = match &error {
         ChangeError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
         ChangeError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
@@ -352,8 +350,8 @@ fn change_refused(error: ChangeError) -> Response<Full<Bytes>> {
     problem::response(status, kind, title, format!("nothing changed: {error}"))
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -402,6 +400,8 @@ fn describe_version(version: &Version) -> Value {
         "short": &*version.short,
         "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
         "origin": version.origin.to_string(),
+        "world": version.entrypoint.world(),
+        "host_imports": version.host_imports,
     })
 }
 

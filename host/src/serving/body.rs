@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::StatusCode;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::problem;
+use super::{HttpResponse, problem};
 
 /// How much of a refused body is read, so the client can read the refusal,
 /// before the connection is closed instead.
@@ -44,9 +44,9 @@ impl BodyPace {
 
 /// Why a body was not read.
 pub enum BodyRefusal {
-    TooLarge(Response<Full<Bytes>>),
-    TooSlow(Response<Full<Bytes>>),
-    Broken(Response<Full<Bytes>>),
+    TooLarge(HttpResponse),
+    TooSlow(HttpResponse),
+    Broken(HttpResponse),
 }
 
 impl BodyRefusal {
@@ -59,7 +59,7 @@ impl BodyRefusal {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> HttpResponse {
         match self {
             BodyRefusal::TooLarge(r) | BodyRefusal::TooSlow(r) | BodyRefusal::Broken(r) => r,
         }
@@ -135,7 +135,7 @@ pub async fn read_body(
 }
 
 /// `response`, with the connection closed after it.
-pub fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+pub fn closing(mut response: HttpResponse) -> HttpResponse {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -146,7 +146,7 @@ pub fn closing(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
 /// body is read and dropped first, up to [`MAX_DRAIN_BYTES`] and
 /// [`DRAIN_TIMEOUT`], so that a client still sending it gets to read the
 /// answer; past those bounds the connection is closed instead.
-pub async fn refuse(mut body: Incoming, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+pub async fn refuse(mut body: Incoming, response: HttpResponse) -> HttpResponse {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let mut seen = 0;
         while let Some(frame) = body.frame().await {

@@ -12,22 +12,29 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
+use tokio::sync::oneshot::error::TryRecvError;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 
 use super::body::{BodyPace, read_body, refuse};
 use super::client::client_addr;
-use super::problem;
 use super::server::Handler;
 use super::stats::{
     Method as MetricMethod, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels, status_class,
 };
+use super::{BoxError, HttpResponse, full, problem};
 use crate::capabilities::bindings::corral::service::types;
+use crate::capabilities::http::{BoxFuture, InternalHttp};
 use crate::components::registry::Registry;
 use crate::components::snapshot::Entry;
+use crate::components::version::Entrypoint;
+use crate::config::outbound::INTERNAL_SUFFIX;
 use crate::config::{ComponentLimits, TrustedProxies};
+use crate::limits::gate::{Overloaded, Slot};
 use crate::limits::rates::Verdict;
-use crate::wasm::invoke::{self, InvokeError, Target};
+use crate::wasm::invoke::{self, InvokeError, OwnedTarget, Streaming, Target};
 
 /// Most headers a component's response may carry.
 const MAX_RESPONSE_HEADERS: usize = 100;
@@ -36,6 +43,10 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Names the version of the component that served a response.
 const VERSION: HeaderName = HeaderName::from_static("corral-version");
+/// Tells a `wasi:http` component who sent the request.
+const CLIENT_ADDR: HeaderName = HeaderName::from_static("corral-client-addr");
+/// The route of requests between components, in metrics.
+const INTERNAL_ROUTE: &str = "(internal)";
 
 /// The public listener's handler.
 pub struct Gateway {
@@ -49,6 +60,8 @@ pub struct Gateway {
 /// What the gateway learned about one request, for its log line and metrics.
 struct Trace {
     client: IpAddr,
+    /// The component that sent it, for a request to `<component>.internal`.
+    caller: Option<Arc<str>>,
     component: Option<Arc<str>>,
     route: Option<Arc<str>>,
     version: Option<Arc<str>>,
@@ -59,26 +72,120 @@ struct Trace {
     failed: Option<&'static str>,
 }
 
-/// A request the gateway answers without calling a component.
-struct Refusal {
-    response: Response<Full<Bytes>>,
-    reason: Option<&'static str>,
-}
-
-impl Handler for Gateway {
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        let started = Instant::now();
-        let request_id = request_id(&request);
-        let (parts, body) = request.into_parts();
-        let mut trace = Trace {
-            client: client_addr(&self.trusted_proxies, peer.ip(), &parts.headers),
+impl Trace {
+    fn new(client: IpAddr, caller: Option<Arc<str>>) -> Self {
+        Trace {
+            client,
+            caller,
             component: None,
             route: None,
             version: None,
             bytes_in: 0,
             rejected: None,
             failed: None,
-        };
+        }
+    }
+}
+
+/// A request the gateway answers without calling a component.
+struct Refusal {
+    response: HttpResponse,
+    reason: Option<&'static str>,
+}
+
+/// A request on its way to a component, its body read.
+struct Call<'a> {
+    parts: &'a http::request::Parts,
+    body: Bytes,
+    /// Who sent it: the client's address, or `<component>.internal`.
+    client: String,
+    id: &'a Arc<str>,
+    /// How many calls between components led to it.
+    depth: u32,
+}
+
+impl Call<'_> {
+    /// The request as corral's world takes it.
+    fn for_service(self) -> types::Request {
+        let parts = self.parts;
+        types::Request {
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_string(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: self.body.to_vec(),
+            client_addr: self.client,
+            request_id: self.id.to_string(),
+        }
+    }
+
+    /// The request as `wasi:http` takes it: an absolute URI, and the
+    /// client's address and the request id in headers of the host's.
+    fn for_http(self) -> Request<Full<Bytes>> {
+        let parts = self.parts;
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .filter(|host| http::uri::Authority::try_from(*host).is_ok())
+            .unwrap_or("localhost");
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = http::Uri::try_from(format!("http://{authority}{path}"))
+            .unwrap_or_else(|_| http::Uri::from_static("http://localhost/"));
+        let mut request = Request::new(Full::new(self.body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        for (name, value) in &parts.headers {
+            if name != CLIENT_ADDR && name != REQUEST_ID {
+                headers.append(name, value.clone());
+            }
+        }
+        if let Ok(client) = HeaderValue::from_str(&self.client) {
+            headers.insert(CLIENT_ADDR, client);
+        }
+        if let Ok(id) = HeaderValue::from_str(self.id) {
+            headers.insert(REQUEST_ID, id);
+        }
+        request
+    }
+}
+
+/// Why a call gave no valid response.
+enum Failed {
+    Invoke(InvokeError),
+    /// It answered, but not with valid HTTP.
+    Invalid(String),
+}
+
+/// The sender of a request, for the access log.
+struct Client<'a>(&'a Trace);
+
+impl std::fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.caller {
+            Some(caller) => write!(f, "{caller}{INTERNAL_SUFFIX}"),
+            None => write!(f, "{}", self.0.client),
+        }
+    }
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+        let started = Instant::now();
+        let request_id = request_id(&request);
+        let (parts, body) = request.into_parts();
+        let mut trace = Trace::new(client_addr(&self.trusted_proxies, peer.ip(), &parts.headers), None);
         let mut response = self.respond(&parts, body, &request_id, &mut trace).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
@@ -97,7 +204,7 @@ impl Gateway {
         body: Incoming,
         request_id: &Arc<str>,
         trace: &mut Trace,
-    ) -> Response<Full<Bytes>> {
+    ) -> HttpResponse {
         let (entry, verdict) = match self.admit(parts, trace) {
             Ok(admitted) => admitted,
             Err(refusal) => {
@@ -124,19 +231,18 @@ impl Gateway {
         let slot = entry.shared.gate.enter().await;
         self.stats.observe_queue_wait(&entry.name, waiting.elapsed());
         let mut response = match slot {
-            Ok(_slot) => self.serve(&entry, parts, body, request_id, trace).await,
-            Err(overloaded) => {
-                trace.rejected = Some("concurrency");
-                let detail = format!("{} is at capacity: {overloaded}", entry.name);
-                let mut response = problem::response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "Service overloaded",
-                    detail,
-                );
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-                response
+            Ok(slot) => {
+                let client = trace.client.to_string();
+                let call = Call {
+                    parts,
+                    body,
+                    client,
+                    id: request_id,
+                    depth: 0,
+                };
+                self.serve(&entry, call, slot, trace).await
             }
+            Err(overloaded) => self.overloaded(&entry, overloaded, trace),
         };
         if let Some(verdict) = &verdict {
             rate_limit_headers(&mut response, verdict);
@@ -187,44 +293,40 @@ impl Gateway {
     }
 
     /// Calls a fresh instance of the version picked for this request and
-    /// turns what it answered into HTTP.
-    async fn serve(
-        &self,
-        entry: &Entry,
-        parts: &http::request::Parts,
-        body: Bytes,
-        request_id: &Arc<str>,
-        trace: &mut Trace,
-    ) -> Response<Full<Bytes>> {
-        let guest_request = types::Request {
-            method: parts.method.as_str().to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(name, value)| {
-                    (
-                        name.as_str().to_string(),
-                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: body.to_vec(),
-            client_addr: trace.client.to_string(),
-            request_id: request_id.to_string(),
-        };
+    /// turns what it answered into HTTP. The slot is held until the
+    /// instance is done: for a `wasi:http` component, until its body is.
+    async fn serve(&self, entry: &Entry, call: Call<'_>, slot: Slot, trace: &mut Trace) -> HttpResponse {
         // The version is chosen once and held to the end: a swap meanwhile
         // does not change what serves this request.
         let version = Arc::clone(entry.pick(crate::components::random::u64()));
         trace.version = Some(Arc::clone(&version.short));
         let target = entry.target(&version);
-        let mut response = match invoke::handle(target, guest_request, Arc::clone(request_id)).await {
-            Ok(response) => into_http(response, target.limits).unwrap_or_else(|detail| {
+        let (id, request_id, depth) = (Arc::clone(call.id), call.id, call.depth);
+        let served = match &version.entrypoint {
+            Entrypoint::Service(pre) => {
+                let answer = invoke::handle(target, pre, call.for_service(), id, depth).await;
+                drop(slot);
+                answer
+                    .map_err(Failed::Invoke)
+                    .and_then(|response| into_http(response, target.limits).map_err(Failed::Invalid))
+            }
+            Entrypoint::Http(pre) => {
+                let request = call.for_http();
+                let owned = OwnedTarget::of(&target);
+                let answer = invoke::handle_http(owned, pre.clone(), request, id, depth, slot).await;
+                let cut = self.cut_short(entry, &version.short, request_id);
+                answer
+                    .map_err(Failed::Invoke)
+                    .and_then(|streaming| streamed(streaming, target.limits, cut).map_err(Failed::Invalid))
+            }
+        };
+        let mut response = match served {
+            Ok(response) => response,
+            Err(Failed::Invalid(detail)) => {
                 trace.failed = Some("invalid-response");
                 invalid_response(target, request_id, detail)
-            }),
-            Err(error) => {
+            }
+            Err(Failed::Invoke(error)) => {
                 trace.failed = Some(error.cause());
                 failure(target, request_id, error)
             }
@@ -235,11 +337,119 @@ impl Gateway {
         response
     }
 
+    /// What reports a streamed body cut short, after its response's log
+    /// line was written: a log line of its own, and the failure counted.
+    fn cut_short(&self, entry: &Entry, version: &Arc<str>, request_id: &Arc<str>) -> CutShort {
+        let stats = Arc::clone(&self.stats);
+        let (component, version, id) = (Arc::clone(&entry.name), Arc::clone(version), Arc::clone(request_id));
+        Box::new(move |cause, detail| {
+            tracing::warn!(%component, %version, request_id = %id, cause, "response body cut short: {detail}");
+            let labels = TrapLabels {
+                component,
+                version,
+                cause,
+            };
+            stats.traps.get_or_create(&labels).inc();
+        })
+    }
+
+    /// Serves a request one component sent to `http://<component>.internal`:
+    /// like a public one, within the callee's body limit and concurrency
+    /// gate, but without the rate limits, which are for clients.
+    async fn internal(
+        &self,
+        component: &str,
+        request: Request<WasiBody>,
+        caller: Arc<str>,
+        depth: u32,
+        request_id: Arc<str>,
+    ) -> HttpResponse {
+        let started = Instant::now();
+        let (parts, body) = request.into_parts();
+        let mut trace = Trace::new(IpAddr::from([127, 0, 0, 1]), Some(caller));
+        let response = self
+            .serve_internal(component, &parts, body, depth, &request_id, &mut trace)
+            .await;
+        self.record(&parts, &response, &trace, started.elapsed(), &request_id);
+        response
+    }
+
+    async fn serve_internal(
+        &self,
+        component: &str,
+        parts: &http::request::Parts,
+        body: WasiBody,
+        depth: u32,
+        request_id: &Arc<str>,
+        trace: &mut Trace,
+    ) -> HttpResponse {
+        let snapshot = self.registry.snapshot();
+        let Some(entry) = snapshot.get(component) else {
+            let detail = format!("no component is named {component}");
+            return problem::response(StatusCode::NOT_FOUND, "no-component", "No such component", detail);
+        };
+        trace.component = Some(Arc::clone(&entry.name));
+        trace.route = Some(INTERNAL_ROUTE.into());
+        let limits = entry.limits();
+        let limited = http_body_util::Limited::new(body, limits.max_request_body_bytes);
+        let body = match tokio::time::timeout(limits.timeout, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => {
+                trace.rejected = Some("body_size");
+                let detail = format!("cannot read the request body: {e}");
+                return problem::response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "Request body too large",
+                    detail,
+                );
+            }
+            Err(_) => {
+                trace.rejected = Some("body_timeout");
+                let detail = "the request body did not arrive in time";
+                return problem::response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "Request body too slow",
+                    detail,
+                );
+            }
+        };
+        trace.bytes_in = body.len();
+        let slot = match entry.shared.gate.enter().await {
+            Ok(slot) => slot,
+            Err(overloaded) => return self.overloaded(entry, overloaded, trace),
+        };
+        let client = format!("{}{INTERNAL_SUFFIX}", trace.caller.as_deref().unwrap_or_default());
+        let call = Call {
+            parts,
+            body,
+            client,
+            id: request_id,
+            depth,
+        };
+        self.serve(entry, call, slot, trace).await
+    }
+
+    /// The answer to a request the component has no room for.
+    fn overloaded(&self, entry: &Entry, overloaded: Overloaded, trace: &mut Trace) -> HttpResponse {
+        trace.rejected = Some("concurrency");
+        let detail = format!("{} is at capacity: {overloaded}", entry.name);
+        let mut response = problem::response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Service overloaded",
+            detail,
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+        response
+    }
+
     /// One log line and the metrics of a finished request.
     fn record(
         &self,
         parts: &http::request::Parts,
-        response: &Response<Full<Bytes>>,
+        response: &HttpResponse,
         trace: &Trace,
         elapsed: Duration,
         request_id: &str,
@@ -250,7 +460,7 @@ impl Gateway {
         tracing::info!(
             target: "corral::access",
             request_id,
-            client = %trace.client,
+            client = %Client(trace),
             method = %parts.method,
             path = parts.uri.path(),
             component = trace.component.as_deref().unwrap_or(none),
@@ -301,7 +511,7 @@ impl Gateway {
 
 /// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, and
 /// `Retry-After` on a refusal.
-fn rate_limit_headers(response: &mut Response<Full<Bytes>>, verdict: &Verdict) {
+fn rate_limit_headers(response: &mut HttpResponse, verdict: &Verdict) {
     let headers = response.headers_mut();
     headers.insert("ratelimit-limit", HeaderValue::from(verdict.limit));
     headers.insert("ratelimit-remaining", HeaderValue::from(verdict.remaining));
@@ -345,7 +555,7 @@ fn reserved_header(name: &HeaderName) -> bool {
 }
 
 /// A component's response as HTTP, or why it is not a valid one.
-fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<Response<Full<Bytes>>, String> {
+fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<HttpResponse, String> {
     let status = match StatusCode::from_u16(response.status) {
         Ok(status) if status.as_u16() >= 200 => status,
         _ => return Err(format!("status {} is not a final HTTP status", response.status)),
@@ -363,7 +573,7 @@ fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<Resp
             response.headers.len()
         ));
     }
-    let mut http = Response::new(Full::new(Bytes::from(response.body)));
+    let mut http = Response::new(full(Bytes::from(response.body)));
     *http.status_mut() = status;
     for (name, value) in response.headers {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) else {
@@ -376,8 +586,110 @@ fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<Resp
     Ok(http)
 }
 
+/// A `wasi:http` component's response as HTTP, or why it is not a valid
+/// one. Its body streams on, capped at the response limit and ended with
+/// an error if the instance fails before finishing it.
+fn streamed(streaming: Streaming, limits: &ComponentLimits, cut_short: CutShort) -> Result<HttpResponse, String> {
+    let (mut parts, body) = streaming.response.into_parts();
+    if parts.status.as_u16() < 200 {
+        return Err(format!("status {} is not a final HTTP status", parts.status));
+    }
+    if parts.headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(format!(
+            "{} headers is more than {MAX_RESPONSE_HEADERS}",
+            parts.headers.len()
+        ));
+    }
+    let limit = limits.max_response_body_bytes;
+    let length = parts.headers.get(header::CONTENT_LENGTH);
+    if let Some(length) = length.map(|l| l.to_str().ok().and_then(|l| l.parse::<u64>().ok())) {
+        match length {
+            Some(n) if n <= limit as u64 => {}
+            Some(n) => {
+                return Err(format!(
+                    "the body of {n} bytes is larger than the limit of {limit} bytes"
+                ));
+            }
+            None => return Err("its content-length is not a number".to_string()),
+        }
+    }
+    let names: Vec<HeaderName> = parts.headers.keys().filter(|n| hop_by_hop(n)).cloned().collect();
+    for name in names {
+        parts.headers.remove(name);
+    }
+    let body = Streamed {
+        inner: body,
+        left: limit,
+        limit,
+        ended: streaming.ended,
+        cut_short: Some(cut_short),
+    };
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// Reports why a streamed body was cut short: a cause, as in metrics, and
+/// the detail.
+type CutShort = Box<dyn FnOnce(&'static str, String) + Send>;
+
+/// A component's streamed body, cut off past the response limit, and
+/// ended with an error if the instance failed before finishing it (its
+/// store is then gone, and the body would otherwise just end).
+struct Streamed {
+    inner: HyperOutgoingBody,
+    left: usize,
+    limit: usize,
+    ended: tokio::sync::oneshot::Receiver<Result<(), InvokeError>>,
+    cut_short: Option<CutShort>,
+}
+
+impl Streamed {
+    fn cut(&mut self, cause: &'static str, detail: String) -> Option<Result<hyper::body::Frame<Bytes>, BoxError>> {
+        if let Some(report) = self.cut_short.take() {
+            report(cause, detail.clone());
+        }
+        Some(Err(detail.into()))
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        std::task::Poll::Ready(match frame {
+            Some(Ok(frame)) => {
+                let size = frame.data_ref().map_or(0, Bytes::len);
+                if size > self.left {
+                    let detail = format!("the body is larger than the limit of {} bytes", self.limit);
+                    self.cut("response-size", detail)
+                } else {
+                    self.left -= size;
+                    Some(Ok(frame))
+                }
+            }
+            Some(Err(e)) => self.cut("trap", e.to_string()),
+            // Still running means it finished the body; ended means it
+            // finished the body or failed.
+            None => match self.ended.try_recv() {
+                Ok(Ok(())) | Err(TryRecvError::Empty) => None,
+                Ok(Err(e)) => self.cut(e.cause(), e.public()),
+                Err(TryRecvError::Closed) => self.cut("trap", "the instance ended without finishing its body".into()),
+            },
+        })
+    }
+}
+
+/// Headers about the connection, which belong to the host.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    reserved_header(name) && name != header::CONTENT_LENGTH
+}
+
 /// The response to a component's invalid response: 500, logged.
-fn invalid_response(target: Target<'_>, request_id: &str, detail: String) -> Response<Full<Bytes>> {
+fn invalid_response(target: Target<'_>, request_id: &str, detail: String) -> HttpResponse {
     tracing::warn!(component = %target.component, version = %target.version, request_id, "invalid response: {detail}");
     problem::response(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -388,7 +700,7 @@ fn invalid_response(target: Target<'_>, request_id: &str, detail: String) -> Res
 }
 
 /// The response to a call that failed; the host and other requests carry on.
-fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> Response<Full<Bytes>> {
+fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> HttpResponse {
     tracing::warn!(
         component = %target.component,
         version = %target.version,
@@ -402,4 +714,28 @@ fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> Response
     };
     let detail = format!("{} failed this request: {}", target.component, error.public());
     problem::response(status, error.cause(), title, detail)
+}
+
+/// Serves requests between components, for the `wasi:http` capability.
+pub struct Internal(pub std::sync::Weak<Gateway>);
+
+impl InternalHttp for Internal {
+    fn call(
+        &self,
+        component: String,
+        request: Request<WasiBody>,
+        caller: Arc<str>,
+        depth: u32,
+        request_id: Arc<str>,
+    ) -> BoxFuture<Result<Response<WasiBody>, WasiError>> {
+        let gateway = self.0.upgrade();
+        Box::pin(async move {
+            let gateway = gateway.ok_or(WasiError::DestinationUnavailable)?;
+            let response = gateway.internal(&component, request, caller, depth, request_id).await;
+            Ok(response.map(|body| {
+                body.map_err(|e| WasiError::InternalError(Some(e.to_string())))
+                    .boxed_unsync()
+            }))
+        })
+    }
 }

@@ -10,3 +10,18 @@ pub mod gateway;
 pub mod problem;
 pub mod server;
 pub mod stats;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+/// An error that ends a response body early.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the host sends: whole, or streamed from a
+/// `wasi:http` component.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpResponse = http::Response<ResponseBody>;
+
+/// A body of `bytes`, known in full.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,16 +23,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
+use super::HttpResponse;
 use crate::config::{ServerSettings, TrustedProxies};
 use crate::limits::rates::client_key;
 
 /// What serves the requests of one listener.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(
-        &self,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = HttpResponse> + Send;
 }
 
 /// Serves `listener` with `handler` until `shutdown` resolves, then stops

@@ -6,8 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{ComponentExportIndex, Val};
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::sync::oneshot;
+use wasmtime::component::{ComponentExportIndex, InstancePre, Val};
 use wasmtime::{Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::state::{RequestState, new_store};
 use crate::capabilities::bindings::ServicePre;
@@ -15,6 +22,7 @@ use crate::capabilities::bindings::corral::service::types::{Request, Response};
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
 use crate::capabilities::events::{Publisher, now_ms};
+use crate::capabilities::http::Outbound;
 use crate::capabilities::sqlite::{self, Conn, Database, SqliteStats};
 use crate::config::ComponentLimits;
 use crate::limits::store::LimitExceeded;
@@ -36,6 +44,10 @@ pub enum InvokeError {
     MemoryFault,
     #[error("the component trapped: {0:#}")]
     Trap(wasmtime::Error),
+    #[error("the component answered with an error: {0}")]
+    Answered(String),
+    #[error("the component returned without a response")]
+    NoResponse,
 }
 
 impl InvokeError {
@@ -59,22 +71,66 @@ impl InvokeError {
             InvokeError::Panic => "panic",
             InvokeError::MemoryFault => "memory-fault",
             InvokeError::Trap(_) => "trap",
+            InvokeError::Answered(_) => "error-code",
+            InvokeError::NoResponse => "no-response",
         }
     }
 }
 
 /// What one call needs: which code, under which names, within which
-/// limits, with which database.
+/// limits, with which database, publishing and sending where.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub component: &'a Arc<str>,
     /// The version's short digest, for logs.
     pub version: &'a Arc<str>,
-    pub pre: &'a ServicePre<RequestState>,
+    pub instance: &'a InstancePre<RequestState>,
     pub limits: &'a ComponentLimits,
     pub db: &'a Arc<Database>,
     pub sqlite_stats: &'a SqliteStats,
     pub publisher: &'a Arc<Publisher>,
+    pub outbound: &'a Arc<Outbound>,
+}
+
+/// A [`Target`] that owns what it names, for a call that outlives the
+/// request's future (a `wasi:http` response streams after it returns).
+pub struct OwnedTarget {
+    pub component: Arc<str>,
+    pub version: Arc<str>,
+    pub instance: InstancePre<RequestState>,
+    pub limits: ComponentLimits,
+    pub db: Arc<Database>,
+    pub sqlite_stats: SqliteStats,
+    pub publisher: Arc<Publisher>,
+    pub outbound: Arc<Outbound>,
+}
+
+impl OwnedTarget {
+    pub fn of(target: &Target<'_>) -> OwnedTarget {
+        OwnedTarget {
+            component: Arc::clone(target.component),
+            version: Arc::clone(target.version),
+            instance: target.instance.clone(),
+            limits: target.limits.clone(),
+            db: Arc::clone(target.db),
+            sqlite_stats: target.sqlite_stats.clone(),
+            publisher: Arc::clone(target.publisher),
+            outbound: Arc::clone(target.outbound),
+        }
+    }
+
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            component: &self.component,
+            version: &self.version,
+            instance: &self.instance,
+            limits: &self.limits,
+            db: &self.db,
+            sqlite_stats: &self.sqlite_stats,
+            publisher: &self.publisher,
+            outbound: &self.outbound,
+        }
+    }
 }
 
 /// Runs `call` in `store` within `target`'s wall-clock timeout, and tells
@@ -92,11 +148,18 @@ async fn run<R>(
     }
 }
 
-/// Handles one HTTP request in a fresh instance of `target`.
-pub async fn handle(target: Target<'_>, request: Request, request_id: Arc<str>) -> Result<Response, InvokeError> {
-    let mut store = new_store(&target, request_id, 0);
+/// Handles one HTTP request in a fresh instance of `target`, a component
+/// of corral's world.
+pub async fn handle(
+    target: Target<'_>,
+    pre: &ServicePre<RequestState>,
+    request: Request,
+    request_id: Arc<str>,
+    depth: u32,
+) -> Result<Response, InvokeError> {
+    let mut store = new_store(&target, request_id, depth);
     run(&target, &mut store, async |store| {
-        let service = target.pre.instantiate_async(&mut *store).await?;
+        let service = pre.instantiate_async(&mut *store).await?;
         service.corral_service_handler().call_handle(store, &request).await
     })
     .await
@@ -115,13 +178,68 @@ pub async fn call_export(
 ) -> Result<(), InvokeError> {
     let mut store = new_store(&target, request_id, depth);
     run(&target, &mut store, async |store| {
-        let instance = target.pre.instance_pre().instantiate_async(&mut *store).await?;
+        let instance = target.instance.instantiate_async(&mut *store).await?;
         let func = instance
             .get_func(&mut *store, export)
             .ok_or_else(|| wasmtime::Error::msg("the export is not a function"))?;
         func.call_async(store, params, results).await
     })
     .await
+}
+
+/// A `wasi:http` component's response, its body still streaming.
+pub struct Streaming {
+    pub response: http::Response<HyperOutgoingBody>,
+    /// How the instance ended, once it has.
+    pub ended: oneshot::Receiver<Result<(), InvokeError>>,
+}
+
+/// Handles one HTTP request in a fresh instance of a `wasi:http` component.
+/// The instance runs in a task of its own, holding `slot`, so that it can
+/// stream the response body after the response's head has been returned;
+/// the task ends with the instance, at the latest at the timeout.
+pub async fn handle_http<S: Send + 'static>(
+    owned: OwnedTarget,
+    pre: ProxyPre<RequestState>,
+    request: http::Request<Full<Bytes>>,
+    request_id: Arc<str>,
+    depth: u32,
+    slot: S,
+) -> Result<Streaming, InvokeError> {
+    let mut store = new_store(&owned.target(), request_id, depth);
+    let (sender, receiver) = oneshot::channel();
+    let (request, out) = {
+        let mut http = store.data_mut().http();
+        let request = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(InvokeError::Trap)?;
+        (request, http.new_response_outparam(sender).map_err(InvokeError::Trap)?)
+    };
+    let (done, mut ended) = oneshot::channel();
+    tokio::spawn(async move {
+        let target = owned.target();
+        let outcome = run(&target, &mut store, async |store| {
+            let proxy = pre.instantiate_async(&mut *store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(store, request, out)
+                .await
+        })
+        .await;
+        // Sent before the store is dropped, which ends the body: whoever
+        // sees the body end can tell whether the instance failed.
+        let _ = done.send(outcome);
+        drop((store, slot));
+    });
+    match receiver.await {
+        Ok(Ok(response)) => Ok(Streaming { response, ended }),
+        Ok(Err(code)) => Err(InvokeError::Answered(format!("{code:?}"))),
+        Err(_) => match (&mut ended).await {
+            Ok(Ok(())) => Err(InvokeError::NoResponse),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(InvokeError::NoResponse),
+        },
+    }
 }
 
 /// Why a delivery got no outcome from the subscriber.
@@ -202,7 +320,7 @@ pub enum InitError {
 /// returned, for the caller to commit once everything else that goes with
 /// it is ready; on failure it is rolled back, so a failed migration leaves
 /// the database as it was.
-pub async fn init(target: Target<'_>, conn: Option<Conn>) -> Result<Conn, InitError> {
+pub async fn init(target: Target<'_>, pre: &ServicePre<RequestState>, conn: Option<Conn>) -> Result<Conn, InitError> {
     let mut store = new_store(&target, Arc::from("init"), 0);
     let sqlite = &mut store.data_mut().sqlite;
     match conn {
@@ -214,7 +332,7 @@ pub async fn init(target: Target<'_>, conn: Option<Conn>) -> Result<Conn, InitEr
             .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?,
     }
     let outcome = run(&target, &mut store, async |store| {
-        let service = target.pre.instantiate_async(&mut *store).await?;
+        let service = pre.instantiate_async(&mut *store).await?;
         service.corral_service_lifecycle().call_init(store).await
     })
     .await;

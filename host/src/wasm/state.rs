@@ -8,11 +8,13 @@ use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::engine::TICK;
 use super::invoke::Target;
 use crate::capabilities::bindings::corral::service::log::Level;
 use crate::capabilities::events::{Events, PublishView, Publisher};
+use crate::capabilities::http::OutboundHooks;
 use crate::capabilities::log::GuestLog;
 use crate::capabilities::sqlite::SqliteCtx;
 use crate::limits::store::StoreLimiter;
@@ -24,6 +26,8 @@ pub struct RequestState {
     pub sqlite: SqliteCtx,
     pub log: GuestLog,
     publisher: Arc<Publisher>,
+    http: WasiHttpCtx,
+    outbound: OutboundHooks,
     limiter: StoreLimiter,
     /// Epoch ticks the guest may still compute for.
     cpu_ticks_left: u64,
@@ -45,6 +49,16 @@ impl RequestState {
     }
 }
 
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
 impl WasiView for RequestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -55,10 +69,12 @@ impl WasiView for RequestState {
 }
 
 /// Adds everything a guest may import: WASI (with nothing of the machine
-/// behind it; see [`new_store`]), its database and its log.
+/// behind it; see [`new_store`]), `wasi:http` (outgoing requests only where
+/// allowed), its database, its log and its events.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     let mut linker = Linker::<RequestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::capabilities::sqlite::add_to_linker(&mut linker, |state| &mut state.sqlite)?;
     crate::capabilities::bindings::corral::service::log::add_to_linker::<_, HasSelf<GuestLog>>(&mut linker, |state| {
         &mut state.log
@@ -95,13 +111,19 @@ pub fn new_store(target: &Target<'_>, request_id: Arc<str>, depth: u32) -> Store
         sqlite: SqliteCtx::new(Arc::clone(target.db), target.sqlite_stats.clone()),
         log,
         publisher: Arc::clone(target.publisher),
+        http: WasiHttpCtx::new(),
+        outbound: OutboundHooks {
+            outbound: Arc::clone(target.outbound),
+            depth,
+            request_id: Arc::clone(&request_id),
+        },
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
         cpu_exhausted: false,
         request_id,
         depth,
     };
-    let mut store = Store::new(target.pre.engine(), state);
+    let mut store = Store::new(target.instance.engine(), state);
     store.limiter(|state| &mut state.limiter);
     // Every tick the guest runs, it yields to other tasks and spends a tick
     // of its CPU budget; when none is left, it is interrupted.

@@ -1,0 +1,237 @@
+//! `wasi:http` for guests: a component may send HTTP requests only to the
+//! destinations its config allows (`allowed_outbound_hosts`), within a
+//! connect timeout, a total timeout and a response size cap; anything else
+//! fails in the guest with `HTTP-request-denied`, logged and counted. A
+//! request to `http://<component>.internal/...` is served in process by that
+//! component, through [`InternalHttp`], without touching the network.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::time::{Instant, Sleep};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::config::outbound::{HostPattern, INTERNAL_SUFFIX, default_port};
+
+/// How deep requests to `.internal` components may nest, so that loops end.
+pub const MAX_INTERNAL_DEPTH: u32 = 8;
+
+/// A future of the boxed kind `wasi:http` hooks return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Serves requests to `http://<component>.internal` in process: the
+/// serving layer implements it.
+pub trait InternalHttp: Send + Sync {
+    /// `request` for `component` from `caller`, `depth` requests deep, on
+    /// behalf of request `request_id`.
+    fn call(
+        &self,
+        component: String,
+        request: http::Request<WasiBody>,
+        caller: Arc<str>,
+        depth: u32,
+        request_id: Arc<str>,
+    ) -> BoxFuture<Result<http::Response<WasiBody>, Error>>;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    pub component: Arc<str>,
+    /// `ok`, `internal`, `denied`, `timeout` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Where one component may send requests, and within what.
+pub struct Outbound {
+    pub component: Arc<str>,
+    pub allowed: Vec<HostPattern>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    /// Set once the serving layer is up.
+    pub internal: Arc<OnceLock<Arc<dyn InternalHttp>>>,
+    pub counts: Family<OutboundLabels, Counter>,
+}
+
+impl Outbound {
+    fn count(&self, outcome: &'static str) {
+        let labels = OutboundLabels {
+            component: Arc::clone(&self.component),
+            outcome,
+        };
+        self.counts.get_or_create(&labels).inc();
+    }
+}
+
+/// The `wasi:http` hooks of one store.
+pub struct OutboundHooks {
+    pub outbound: Arc<Outbound>,
+    /// How many requests or calls led here.
+    pub depth: u32,
+    pub request_id: Arc<str>,
+}
+
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<dyn Future<Output = Sent> + Send> {
+        drop(fut);
+        let outbound = Arc::clone(&self.outbound);
+        let (depth, request_id) = (self.depth, Arc::clone(&self.request_id));
+        Box::new(async move { send(outbound, request, options, depth, request_id).await })
+    }
+}
+
+async fn send(
+    outbound: Arc<Outbound>,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    depth: u32,
+    request_id: Arc<str>,
+) -> Sent {
+    let uri = request.uri();
+    let scheme = uri.scheme_str().unwrap_or("https").to_string();
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
+    if !outbound.allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
+        outbound.count("denied");
+        tracing::warn!(
+            component = %outbound.component,
+            request_id = %request_id,
+            "an outgoing request to {scheme}://{host}:{port} was denied: not in allowed_outbound_hosts"
+        );
+        return Err(Error::HttpRequestDenied);
+    }
+    if let Some(component) = host.strip_suffix(INTERNAL_SUFFIX) {
+        if depth >= MAX_INTERNAL_DEPTH {
+            outbound.count("denied");
+            return Err(Error::LoopDetected);
+        }
+        let internal = outbound.internal.get().ok_or(Error::DestinationUnavailable)?;
+        let response = internal
+            .call(
+                component.to_string(),
+                request,
+                Arc::clone(&outbound.component),
+                depth + 1,
+                request_id,
+            )
+            .await?;
+        outbound.count("internal");
+        let done: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
+        return Ok((response, done));
+    }
+    let connect = options
+        .and_then(|o| o.connect_timeout)
+        .map_or(outbound.connect_timeout, |t| t.min(outbound.connect_timeout));
+    let options = RequestOptions {
+        connect_timeout: Some(connect),
+        first_byte_timeout: Some(outbound.timeout),
+        between_bytes_timeout: Some(outbound.timeout),
+    };
+    let deadline = Instant::now() + outbound.timeout;
+    let sent = tokio::time::timeout_at(
+        deadline,
+        wasmtime_wasi_http::default_send_request(request, Some(options)),
+    )
+    .await;
+    match sent {
+        Err(_) => {
+            outbound.count("timeout");
+            Err(Error::ConnectionTimeout)
+        }
+        Ok(Err(e)) => {
+            let timed_out = matches!(
+                e,
+                Error::DnsTimeout
+                    | Error::ConnectionTimeout
+                    | Error::ConnectionReadTimeout
+                    | Error::ConnectionWriteTimeout
+                    | Error::HttpResponseTimeout
+            );
+            outbound.count(if timed_out { "timeout" } else { "failed" });
+            tracing::info!(component = %outbound.component, request_id = %request_id, "an outgoing request failed: {e}");
+            Err(e)
+        }
+        Ok(Ok((response, io))) => {
+            outbound.count("ok");
+            let limit = outbound.max_response_bytes;
+            if response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n > limit as u64)
+            {
+                return Err(Error::HttpResponseBodySize(Some(limit as u64)));
+            }
+            let response = response.map(|body| Capped::new(body.boxed_unsync(), limit, deadline).boxed_unsync());
+            Ok((response, Box::new(io)))
+        }
+    }
+}
+
+/// A response body cut off past `limit` bytes or past `deadline`.
+struct Capped<B> {
+    inner: B,
+    left: usize,
+    limit: usize,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<B> Capped<B> {
+    fn new(inner: B, limit: usize, deadline: Instant) -> Self {
+        Capped {
+            inner,
+            left: limit,
+            limit,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Capped<B> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
+        }
+        match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let size = frame.data_ref().map_or(0, Bytes::len);
+                if size > self.left {
+                    let limit = self.limit as u64;
+                    return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(limit)))));
+                }
+                self.left -= size;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
