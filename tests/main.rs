@@ -22,3 +22,4 @@ mod sandbox;
 mod scaffold;
 mod users;
 mod wasi_http;
+mod writes;

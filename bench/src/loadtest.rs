@@ -5,8 +5,12 @@
 //! Prints a table of requests/s, latency, errors and peak memory, with the
 //! ratio corral / native, and writes it to `target/bench/results.md`.
 //!
-//! `loadtest [--duration SECONDS] [--connections N]` from the workspace root,
-//! after `just build` and `cargo build --release -p corral-bench`.
+//! Then, for the mixed load, a fixed-rate run at half of each server's peak.
+//!
+//! `loadtest [--duration SECONDS] [--connections N] [--compare CORRAL]` from
+//! the workspace root, after `just build` and `cargo build --release -p
+//! corral-bench`; `--compare` runs another corral binary (the one before a
+//! change) as a third server in the same rounds.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,8 +20,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use openloop::Latencies;
 use serde::Deserialize;
 use serde_json::json;
+
+mod openloop;
 
 const USERS: usize = 10_000;
 const ORDERS: usize = 1_000;
@@ -31,6 +40,7 @@ struct WrkSummary {
     http_errors: u64,
     p50_us: u64,
     p99_us: u64,
+    max_us: u64,
 }
 
 struct Measured {
@@ -114,14 +124,27 @@ struct Options {
     duration: u64,
     rounds: usize,
     connections: u64,
+    /// Connections for the mixed scenario, as a busier service sees.
+    mixed_connections: u64,
+    /// Seconds of each fixed-rate run.
+    rate_duration: u64,
+    /// Another corral binary to measure in the same run, as "before".
+    compare: Option<PathBuf>,
     root: PathBuf,
 }
+
+/// One server in a scenario: its name in the report, the server, and the
+/// requests wrk sends it.
+type Contender<'a> = (&'static str, &'a Server, &'static str);
 
 fn main() -> anyhow::Result<()> {
     let mut options = Options {
         duration: 5,
         rounds: 3,
         connections: 32,
+        mixed_connections: 64,
+        rate_duration: 10,
+        compare: None,
         root: std::env::current_dir()?,
     };
     let mut args = std::env::args().skip(1);
@@ -131,7 +154,12 @@ fn main() -> anyhow::Result<()> {
             "--duration" => options.duration = value("seconds")?.parse()?,
             "--rounds" => options.rounds = value("a number")?.parse()?,
             "--connections" => options.connections = value("a number")?.parse()?,
-            other => bail!("unknown argument {other}; use --duration SECONDS, --rounds N, --connections N"),
+            "--rate-duration" => options.rate_duration = value("seconds")?.parse()?,
+            "--compare" => options.compare = Some(value("a corral binary")?.into()),
+            other => bail!(
+                "unknown argument {other}; use --duration SECONDS, --rounds N, --connections N, \
+                 --rate-duration SECONDS, --compare CORRAL_BINARY"
+            ),
         }
     }
     let release = options.root.join("target/release");
@@ -150,47 +178,74 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let run_id = std::process::id().to_string();
 
-    let config = work.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        corral_config(&wasm, &work.path().join("corral-data"), &options.root),
-    )?;
-    let mut command = Command::new(release.join("corral"));
-    // Logs as usual but for the request lines, which the baseline does not write either.
-    command
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info,corral::access=warn");
-    let corral = Server::start(command)?;
+    let start_corral = |binary: &Path, name: &str| -> anyhow::Result<Server> {
+        let config = work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            corral_config(&wasm, &work.path().join(format!("{name}-data")), &options.root),
+        )?;
+        let mut command = Command::new(binary);
+        // Logs as usual but for the request lines, which the baseline does not write either.
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,corral::access=warn");
+        Server::start(command)
+    };
+    let corral = start_corral(&release.join("corral"), "corral")?;
+    let before = match &options.compare {
+        Some(binary) => Some(start_corral(binary, "before")?),
+        None => None,
+    };
     let mut command = Command::new(release.join("native-baseline"));
     command.arg("127.0.0.1:0").arg(work.path().join("native-data"));
     let native = Server::start(command)?;
-    for server in [&corral, &native] {
-        eprintln!("seeding {USERS} users and {ORDERS} orders at {}", server.addr);
+    let servers: Vec<(&str, &Server)> = [
+        ("corral", Some(&corral)),
+        (BEFORE, before.as_ref()),
+        ("native", Some(&native)),
+    ]
+    .into_iter()
+    .filter_map(|(name, server)| Some((name, server?)))
+    .collect();
+    for (name, server) in &servers {
+        eprintln!(
+            "seeding {name} with {USERS} users and {ORDERS} orders at {}",
+            server.addr
+        );
         seed(server.addr)?;
     }
 
-    // The two servers take turns, round after round, so that whatever else
-    // the machine does weighs on both alike; each figure is the median round.
+    // The servers take turns, round after round, so that whatever else the
+    // machine does weighs on all alike; each figure is the median round.
     let mut results = Vec::new();
-    // The empty component has no native twin; it takes turns with a
-    // `wasi:http` hello instead, the smallest component of that world.
-    for scenario in ["get_user", "post_user", "get_order", "empty"] {
-        let contenders: Vec<(&'static str, &Server, &'static str)> = match scenario {
-            "empty" => vec![("corral", &corral, "empty"), (WASI_HTTP, &corral, "wasi_http")],
-            _ => vec![("corral", &corral, scenario), ("native", &native, scenario)],
+    for scenario in ["get_user", "post_user", "get_order", "mixed", "empty"] {
+        // The empty component has no native twin; it takes turns with a
+        // `wasi:http` hello instead, the smallest component of that world.
+        let contenders: Vec<Contender<'_>> = match scenario {
+            "empty" => {
+                let mut them = vec![("corral", &corral, "empty"), (WASI_HTTP, &corral, "wasi_http")];
+                them.extend(before.as_ref().map(|b| (BEFORE, b, "empty")));
+                them
+            }
+            _ => servers
+                .iter()
+                .map(|(name, server)| (*name, *server, scenario))
+                .collect(),
         };
-        let mut rounds: Vec<(&'static str, Vec<WrkSummary>)> =
-            contenders.iter().map(|(name, _, _)| (*name, Vec::new())).collect();
+        let connections = if scenario == "mixed" {
+            options.mixed_connections
+        } else {
+            options.connections
+        };
+        let mut rounds: Vec<Vec<WrkSummary>> = contenders.iter().map(|_| Vec::new()).collect();
         for round in 0..options.rounds {
-            for ((name, server, requests), (_, summaries)) in contenders.iter().zip(&mut rounds) {
-                summaries.push(measure(&options, server, name, requests, &format!("{run_id}r{round}"))?);
+            for (contender, summaries) in contenders.iter().zip(&mut rounds) {
+                let run = format!("{run_id}r{round}");
+                summaries.push(measure(&options, connections, contender, &run)?);
             }
         }
-        for (name, mut summaries) in rounds {
-            if summaries.is_empty() {
-                continue;
-            }
+        for ((name, _, _), mut summaries) in contenders.into_iter().zip(rounds) {
             summaries.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
             let median = summaries.swap_remove(summaries.len() / 2);
             results.push(Measured {
@@ -200,8 +255,38 @@ fn main() -> anyhow::Result<()> {
             });
         }
     }
-    let memory = [("corral", corral.peak_rss_mib()), ("native", native.peak_rss_mib())];
-    let report = report(&options, &results, &memory);
+
+    // At half of each server's own peak on the mixed load: latency without
+    // the queueing a saturated server adds.
+    let mut fixed = Vec::new();
+    for (name, server) in &servers {
+        let peak = results
+            .iter()
+            .find(|m| m.scenario == "mixed" && m.server == *name)
+            .map_or(0.0, Measured::requests_per_second);
+        let rate = (peak / 2.0).max(100.0);
+        let latencies = openloop::run(
+            server.addr,
+            rate,
+            Duration::from_secs(options.rate_duration),
+            options.mixed_connections as usize,
+            mixed_request(format!("{run_id}-fixed-{name}")),
+        )?;
+        eprintln!(
+            "{name:>6} fixed rate {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, errors {}",
+            latencies.percentile_ms(50.0),
+            latencies.percentile_ms(99.0),
+            latencies.percentile_ms(99.9),
+            latencies.errors
+        );
+        fixed.push((*name, rate, latencies));
+    }
+
+    let memory: Vec<(&str, f64)> = servers
+        .iter()
+        .map(|(name, server)| (*name, server.peak_rss_mib()))
+        .collect();
+    let report = report(&options, &results, &fixed, &memory);
     println!("{report}");
     let out = options.root.join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -209,6 +294,43 @@ fn main() -> anyhow::Result<()> {
     eprintln!("written to {}", out.join("results.md").display());
     Ok(())
 }
+
+/// The mixed load's requests, as `bench/wrk/scenario.lua` makes them.
+fn mixed_request(run: String) -> impl Fn(u64) -> hyper::Request<Full<Bytes>> + Send + Sync + 'static {
+    move |i| {
+        // A multiplicative hash of the request number: random enough, and
+        // the same for every server.
+        let roll = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let user = 1 + roll % USERS as u64;
+        let (method, path, body) = match roll % 100 {
+            0..80 => ("GET", format!("/users/{user}"), String::new()),
+            80..90 => (
+                "POST",
+                "/users".to_string(),
+                json!({ "name": format!("Fixed {i}"), "email": format!("fixed-{run}-{i}@example.com") }).to_string(),
+            ),
+            _ => (
+                "POST",
+                "/orders".to_string(),
+                json!({ "user_id": user, "items": [
+                    { "sku": format!("SKU-{i}"), "quantity": 1 + i % 3, "unit_price_cents": 250 },
+                    { "sku": "GIFT-WRAP", "quantity": 1, "unit_price_cents": 99 },
+                ]})
+                .to_string(),
+            ),
+        };
+        hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request")
+    }
+}
+
+/// The other corral binary, as the report names it.
+const BEFORE: &str = "before";
 
 /// The `wasi:http` hello, as the report names it.
 const WASI_HTTP: &str = "corral, wasi:http hello";
@@ -270,13 +392,14 @@ fn seed(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// A short warm-up, then one measured wrk run.
-fn measure(options: &Options, server: &Server, name: &str, scenario: &str, run: &str) -> anyhow::Result<WrkSummary> {
+fn measure(options: &Options, connections: u64, contender: &Contender<'_>, run: &str) -> anyhow::Result<WrkSummary> {
+    let (name, server, scenario) = *contender;
     let script = options.root.join("bench/wrk/scenario.lua");
     let wrk = |seconds: u64, tag: &str| -> anyhow::Result<WrkSummary> {
         let output = Command::new("wrk")
             .args([
                 "-t1",
-                &format!("-c{}", options.connections),
+                &format!("-c{connections}"),
                 &format!("-d{seconds}s"),
                 "--latency",
                 "-s",
@@ -303,28 +426,30 @@ fn measure(options: &Options, server: &Server, name: &str, scenario: &str, run: 
     wrk(1, "warm")?;
     let summary = wrk(options.duration, "")?;
     eprintln!(
-        "{name:>6} {scenario:<9} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}",
+        "{name:>6} {scenario:<9} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  max {:>7} µs  errors {}",
         summary.requests_per_second(),
         summary.p50_us,
         summary.p99_us,
+        summary.max_us,
         summary.socket_errors + summary.http_errors
     );
     Ok(summary)
 }
 
-fn report(options: &Options, results: &[Measured], memory: &[(&str, f64)]) -> String {
+fn report(options: &Options, results: &[Measured], fixed: &[(&str, f64, Latencies)], memory: &[(&str, f64)]) -> String {
     let mut out = format!(
-        "wrk, 1 thread, {} connections; per scenario, {} rounds of {} s (each after a 1 s warm-up) with the servers \
-         taking turns, and the median round reported; {USERS} users, {ORDERS} orders.\n\n\
-         The last column is corral / native, and for the wasi:http hello, wasi:http hello / empty.\n\n\
-         | scenario | server | requests/s | p50 | p99 | errors | ratio |\n|---|---|---|---|---|---|---|\n",
-        options.connections, options.rounds, options.duration
+        "wrk, 1 thread, {} connections ({} for `mixed`: 80% `GET /users/{{id}}`, 10% `POST /users`, 10% \
+         `POST /orders`); per scenario, {} rounds of {} s (each after a 1 s warm-up) with the servers taking turns, \
+         and the median round reported; {USERS} users, {ORDERS} orders.\n\n\
+         The ratio is against native, and for the wasi:http hello, against the empty component.\n\n\
+         | scenario | server | requests/s | p50 | p99 | max | errors | ratio |\n|---|---|---|---|---|---|---|---|\n",
+        options.connections, options.mixed_connections, options.rounds, options.duration
     );
     for m in results {
         let against = match m.server {
-            "corral" => "native",
             WASI_HTTP => "corral",
-            _ => "",
+            "native" => "",
+            _ => "native",
         };
         let baseline = results.iter().find(|n| n.server == against && n.scenario == m.scenario);
         let ratio = match baseline {
@@ -332,13 +457,30 @@ fn report(options: &Options, results: &[Measured], memory: &[(&str, f64)]) -> St
             None => "-".into(),
         };
         out += &format!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {ratio} |\n",
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} ms | {} | {ratio} |\n",
             m.scenario,
             m.server,
             m.requests_per_second(),
             m.summary.p50_us as f64 / 1000.0,
             m.summary.p99_us as f64 / 1000.0,
+            m.summary.max_us as f64 / 1000.0,
             m.summary.socket_errors + m.summary.http_errors,
+        );
+    }
+    out += &format!(
+        "\nFixed rate, `mixed`, {} connections, {} s at half of each server's own peak above; latency from when each \
+         request was due:\n\n| server | rate (achieved) | p50 | p99 | p99.9 | max | errors |\n|---|---|---|---|---|---|---|\n",
+        options.mixed_connections, options.rate_duration
+    );
+    for (server, rate, latencies) in fixed {
+        out += &format!(
+            "| {server} | {rate:.0}/s ({:.0}) | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} |\n",
+            latencies.achieved_rate(),
+            latencies.percentile_ms(50.0),
+            latencies.percentile_ms(99.0),
+            latencies.percentile_ms(99.9),
+            latencies.percentile_ms(100.0),
+            latencies.errors
         );
     }
     out += "\n| server | peak RSS |\n|---|---|\n";

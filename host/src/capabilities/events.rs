@@ -109,7 +109,7 @@ impl Host for PublishView<'_> {
             Ok(message) => message,
             Err(e) => return Ok(Err(e)),
         };
-        let stored = self.sqlite.with_conn(move |conn| conn.publish(&message)).await;
+        let stored = self.sqlite.with_writer(move |conn| conn.publish(&message)).await;
         Ok(match stored {
             Ok(Ok(id)) => Ok(id),
             Ok(Err(e)) => Err(Error::Unavailable(format!("{e:?}"))),

@@ -122,7 +122,7 @@ fn message(stored: Stored, source: &str) -> Message {
     }
 }
 
-/// Runs `work` on a connection of `db`, on an SQL thread.
+/// Runs `work` on the writer of `db`, on an SQL thread.
 async fn with_conn<R: Send + 'static>(
     db: &Arc<Database>,
     work: impl FnOnce(
@@ -131,10 +131,10 @@ async fn with_conn<R: Send + 'static>(
     + Send
     + 'static,
 ) -> anyhow::Result<R> {
-    let owner = Arc::clone(db);
+    let mut writer = db.writer().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let done = db
         .threads()
-        .run(move |_| owner.checkout().and_then(|mut conn| work(&mut conn)))
+        .run(move |_| work(&mut writer))
         .await
         .map_err(|_| anyhow::anyhow!("the SQL threads are busy"))?;
     done.map_err(|e| anyhow::anyhow!("{e:?}"))

@@ -267,7 +267,7 @@ pub async fn deliver(
         let first = store
             .data_mut()
             .sqlite
-            .with_conn(move |conn| {
+            .with_writer(move |conn| {
                 conn.begin_host_transaction()?;
                 conn.first_processing(&id, now_ms())
             })
@@ -326,7 +326,7 @@ pub async fn init(target: Target<'_>, pre: &ServicePre<RequestState>, conn: Opti
     match conn {
         Some(conn) => sqlite.put_conn(conn),
         None => sqlite
-            .with_conn(|conn| conn.begin_host_transaction())
+            .with_writer(|conn| conn.begin_host_transaction())
             .await
             .map_err(|e| InitError::Database(format!("{e:?}")))?
             .map_err(|e| InitError::Database(format!("cannot begin the init transaction: {e:?}")))?,

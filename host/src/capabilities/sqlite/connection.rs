@@ -1,12 +1,13 @@
-//! A connection checked out for one request, and what it has open: the
-//! transaction state machine ([`Txn`]) behind the interface's `begin`,
-//! `commit` and `rollback`, and the host's own transaction around `init`.
-//! Dropping a connection rolls back whatever the request left open.
+//! A connection checked out for one request, a reader or the writer, and
+//! what it has open: the transaction state machine ([`Txn`]) behind the
+//! interface's `begin`, `commit` and `rollback`, and the host's own
+//! transaction around `init`. Dropping a connection rolls back whatever the
+//! request left open, and gives the writer to the next request.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::pool::{Database, Pooled};
+use super::pool::{Database, Pooled, WriterGuard};
 use super::threads::SqlThreads;
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 
@@ -129,36 +130,73 @@ impl Txn {
     }
 }
 
+/// What a statement that writes changed: `changes()`, and the rowid it
+/// inserted, if it inserted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effect {
+    pub changes: u64,
+    pub inserted: Option<i64>,
+}
+
 /// A connection checked out for one request.
 pub struct Conn {
     pub(super) db: Arc<Database>,
-    pub(super) pooled: Option<Pooled>,
+    handle: Option<Handle>,
     pub(super) txn: Txn,
-    /// Kept per checkout rather than read from the pooled connection, so
-    /// that one request never sees another's counts.
-    pub(super) changes: u64,
-    pub(super) last_insert_rowid: i64,
+    /// What the last statement changed, until taken: per checkout rather
+    /// than read from the connection, so that one request never sees
+    /// another's counts.
+    pub(super) effect: Option<Effect>,
     /// A message was published in the open transaction: the relay is told
     /// when it commits.
     pub(super) published_in_txn: bool,
 }
 
+/// What a [`Conn`] runs on.
+enum Handle {
+    /// A reader from the pool, which cannot write.
+    Reader(Pooled),
+    /// The writer, held until the `Conn` is dropped; its slot holds an open
+    /// connection for as long as it is held.
+    Writer(WriterGuard),
+}
+
 impl Conn {
-    pub(super) fn new(db: Arc<Database>, pooled: Pooled) -> Conn {
+    pub(super) fn reader(db: Arc<Database>, pooled: Pooled) -> Conn {
+        Conn::new(db, Handle::Reader(pooled))
+    }
+
+    pub(super) fn writer(db: Arc<Database>, slot: WriterGuard) -> Conn {
+        debug_assert!(slot.conn.is_some());
+        Conn::new(db, Handle::Writer(slot))
+    }
+
+    fn new(db: Arc<Database>, handle: Handle) -> Conn {
         Conn {
             db,
-            pooled: Some(pooled),
+            handle: Some(handle),
             txn: Txn::Idle,
-            changes: 0,
-            last_insert_rowid: 0,
+            effect: None,
             published_in_txn: false,
         }
     }
 
     pub(super) fn pooled(&self) -> &Pooled {
-        self.pooled
-            .as_ref()
-            .expect("a checked-out connection is present until drop")
+        match self.handle.as_ref() {
+            Some(Handle::Reader(pooled)) => pooled,
+            Some(Handle::Writer(slot)) => slot.conn.as_ref().expect("a held writer is open"),
+            None => unreachable!("a checked-out connection is present until drop"),
+        }
+    }
+
+    /// Whether this is the writer.
+    pub fn is_writer(&self) -> bool {
+        matches!(self.handle, Some(Handle::Writer(_)))
+    }
+
+    /// The transaction state.
+    pub fn txn(&self) -> Txn {
+        self.txn
     }
 
     /// The threads this connection's statements run on.
@@ -166,14 +204,9 @@ impl Conn {
         self.db.threads()
     }
 
-    /// Rows changed by this request's last INSERT, UPDATE or DELETE.
-    pub fn changes(&self) -> u64 {
-        self.changes
-    }
-
-    /// The rowid of this request's last INSERT.
-    pub fn last_insert_rowid(&self) -> i64 {
-        self.last_insert_rowid
+    /// What the last statement that wrote changed, once.
+    pub fn take_effect(&mut self) -> Option<Effect> {
+        self.effect.take()
     }
 
     /// Whether SQLite has no transaction open.
@@ -258,26 +291,36 @@ impl Conn {
     }
 
     /// Runs the host's own SQL, which the authorizer would deny to a guest.
-    fn trusted(&mut self, sql: &str) -> Result<(), Error> {
+    pub(super) fn trusted(&mut self, sql: &str) -> Result<(), Error> {
         self.host(|conn| conn.execute_batch(sql))
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let Some(pooled) = self.pooled.take() else {
+        let Some(handle) = self.handle.take() else {
             return;
         };
-        if !pooled.conn.is_autocommit() {
-            pooled.guard.trusted.store(true, Ordering::Relaxed);
-            let rolled_back = pooled.conn.execute_batch("ROLLBACK").is_ok();
-            pooled.guard.trusted.store(false, Ordering::Relaxed);
-            if !rolled_back {
-                // A connection in an unknown state is closed, not reused.
-                return;
+        let rolled_back = {
+            let pooled = match &handle {
+                Handle::Reader(pooled) => pooled,
+                Handle::Writer(slot) => slot.conn.as_ref().expect("a held writer is open"),
+            };
+            pooled.conn.is_autocommit() || {
+                pooled.guard.trusted.store(true, Ordering::Relaxed);
+                let ok = pooled.conn.execute_batch("ROLLBACK").is_ok();
+                pooled.guard.trusted.store(false, Ordering::Relaxed);
+                ok
             }
+        };
+        // A connection in an unknown state is closed, not reused: a reader
+        // is not taken back; the writer is opened again by its next holder.
+        match handle {
+            Handle::Reader(pooled) if rolled_back => self.db.checkin(pooled),
+            Handle::Reader(_) => {}
+            Handle::Writer(mut slot) if !rolled_back => slot.conn = None,
+            Handle::Writer(_) => {}
         }
-        self.db.checkin(pooled);
     }
 }
 

@@ -7,20 +7,28 @@ use std::time::Duration;
 use rusqlite::ErrorCode;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-use super::connection::Conn;
+use super::connection::{Conn, Effect};
 use super::pool::{BUSY_TIMEOUT, DbLimits, Guard};
 use crate::capabilities::bindings::corral::service::sqlite::{
     Constraint, ConstraintKind, Error, QueryResult, Row, Value,
 };
 
+/// What became of a statement tried on the async worker.
+pub enum Inline {
+    /// It ran, or failed for good.
+    Done(Result<QueryResult, Error>),
+    /// It reads, but could not finish within the budget without waiting:
+    /// run it again on an SQL thread.
+    Slow,
+    /// It writes: it needs the writer.
+    Writes,
+}
+
 impl Conn {
     /// Runs one guest statement and collects its rows within the limits.
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<QueryResult, Error> {
         let limits = &self.db.limits;
-        let pooled = self
-            .pooled
-            .as_ref()
-            .expect("a checked-out connection is present until drop");
+        let pooled = self.pooled();
         let (conn, guard) = (&pooled.conn, &pooled.guard);
         let (total_before, rowid_before) = (conn.total_changes(), conn.last_insert_rowid());
         let result = guard
@@ -30,60 +38,89 @@ impl Conn {
                 Failure::Sqlite(e) => guest_error(e, guard, limits),
                 Failure::Guest(e) => e,
             });
-        match &result {
-            Ok((_, true)) => {}
-            Ok((_, false)) => {
-                let changed = conn.total_changes() > total_before;
-                self.changes = if changed { conn.changes() } else { 0 };
-                if changed && conn.last_insert_rowid() != rowid_before {
-                    self.last_insert_rowid = conn.last_insert_rowid();
-                }
+        let autocommit = conn.is_autocommit();
+        let effect = match &result {
+            Ok((_, false)) if conn.total_changes() > total_before => {
+                let rowid = conn.last_insert_rowid();
+                Some(Effect {
+                    changes: conn.changes(),
+                    inserted: (rowid != rowid_before).then_some(rowid),
+                })
             }
-            Err(_) => self.txn = self.txn.statement_failed(conn.is_autocommit()),
+            Ok((_, false)) => Some(Effect {
+                changes: 0,
+                inserted: None,
+            }),
+            _ => None,
+        };
+        if effect.is_some() {
+            self.effect = effect;
+        }
+        if result.is_err() {
+            self.txn = self.txn.statement_failed(autocommit);
         }
         result.map(|(rows, _)| rows)
     }
 
+    /// Runs `sql` to the end of its time if it only reads (on an SQL
+    /// thread); says if it writes instead.
+    pub fn read(&mut self, sql: &str, params: &[Value]) -> Inline {
+        let limits = &self.db.limits;
+        let pooled = self.pooled();
+        let (conn, guard) = (&pooled.conn, &pooled.guard);
+        let mut statement = match conn.prepare_cached(sql) {
+            Ok(statement) => statement,
+            Err(e) => return Inline::Done(Err(guest_error(e, guard, limits))),
+        };
+        if !statement.readonly() {
+            return Inline::Writes;
+        }
+        let result = guard.deadline.within(limits.statement_timeout, || {
+            run_statement(&mut statement, params, limits)
+        });
+        Inline::Done(result.map(|(rows, _)| rows).map_err(|e| match e {
+            Failure::Sqlite(e) => guest_error(e, guard, limits),
+            Failure::Guest(e) => e,
+        }))
+    }
+
     /// Runs `sql` right here if it is a read outside any transaction and it
     /// finishes within `budget` without waiting for a lock: then nothing it
-    /// did needs undoing if it is stopped. `None` means it must run on a
-    /// blocking thread instead, with [`Conn::execute`].
-    pub fn try_read_inline(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        budget: Duration,
-    ) -> Option<Result<QueryResult, Error>> {
+    /// did needs undoing if it is stopped. Says when it must run on a
+    /// blocking thread instead, or on the writer.
+    pub fn try_read_inline(&mut self, sql: &str, params: &[Value], budget: Duration) -> Inline {
         if self.txn.is_open() {
-            return None;
+            return Inline::Slow;
         }
         let limits = &self.db.limits;
-        let pooled = self
-            .pooled
-            .as_ref()
-            .expect("a checked-out connection is present until drop");
+        let pooled = self.pooled();
         let (conn, guard) = (&pooled.conn, &pooled.guard);
-        let mut statement = conn
-            .prepare_cached(sql)
-            .ok()
-            .filter(|s| s.readonly() && conn.is_autocommit())?;
+        let mut statement = match conn.prepare_cached(sql) {
+            Ok(statement) => statement,
+            Err(e) => return Inline::Done(Err(guest_error(e, guard, limits))),
+        };
+        if !statement.readonly() {
+            return Inline::Writes;
+        }
+        if !conn.is_autocommit() || conn.busy_timeout(Duration::ZERO).is_err() {
+            return Inline::Slow;
+        }
         let final_budget = budget >= limits.statement_timeout;
-        conn.busy_timeout(Duration::ZERO).ok()?;
         let result = guard.deadline.within(budget.min(limits.statement_timeout), || {
             run_statement(&mut statement, params, limits)
         });
         drop(statement);
         if conn.busy_timeout(BUSY_TIMEOUT).is_err() {
-            return None;
+            return Inline::Slow;
         }
         match result {
-            Ok((rows, _)) => Some(Ok(rows)),
+            Ok((rows, _)) => Inline::Done(Ok(rows)),
             Err(Failure::Sqlite(e)) => match e.sqlite_error_code() {
-                Some(ErrorCode::OperationInterrupted) if !final_budget => None,
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => None,
-                _ => Some(Err(guest_error(e, guard, limits))),
+                Some(ErrorCode::OperationInterrupted) if !final_budget => Inline::Slow,
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Inline::Slow,
+                _ => Inline::Done(Err(guest_error(e, guard, limits))),
             },
-            Err(Failure::Guest(e)) => Some(Err(e)),
+            Err(Failure::Guest(e)) => Inline::Done(Err(e)),
         }
     }
 }

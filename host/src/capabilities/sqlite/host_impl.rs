@@ -8,13 +8,7 @@ use crate::capabilities::bindings::corral::service::sqlite::{Error, Host, QueryR
 impl Host for SqliteCtx {
     async fn execute(&mut self, statement: String, parameters: Vec<Value>) -> Result<QueryResult, SqliteError> {
         let started = Instant::now();
-        let result = match self.try_read_inline(&statement, &parameters) {
-            Some(result) => result,
-            None => {
-                self.with_conn(move |conn| conn.execute(&statement, &parameters))
-                    .await?
-            }
-        };
+        let result = self.run(statement, parameters).await?;
         self.stats.duration.observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => self.stats.ok.inc(),
@@ -24,23 +18,23 @@ impl Host for SqliteCtx {
     }
 
     async fn changes(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.conn.as_ref().map_or(0, |conn| conn.changes()))
+        Ok(self.changes)
     }
 
     async fn last_insert_rowid(&mut self) -> wasmtime::Result<i64> {
-        Ok(self.conn.as_ref().map_or(0, |conn| conn.last_insert_rowid()))
+        Ok(self.last_insert_rowid)
     }
 
     async fn begin(&mut self) -> Result<(), SqliteError> {
-        Ok(self.with_conn(|conn| conn.begin()).await??)
+        Ok(self.begin_transaction().await??)
     }
 
     async fn commit(&mut self) -> Result<(), SqliteError> {
-        Ok(self.with_conn(|conn| conn.commit()).await??)
+        Ok(self.end_transaction(true).await??)
     }
 
     async fn rollback(&mut self) -> Result<(), SqliteError> {
-        Ok(self.with_conn(|conn| conn.rollback()).await??)
+        Ok(self.end_transaction(false).await??)
     }
 
     fn convert_error(&mut self, err: SqliteError) -> wasmtime::Result<Error> {

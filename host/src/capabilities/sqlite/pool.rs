@@ -1,18 +1,24 @@
-//! A component's database file and its pool of connections, each opened
-//! hardened (WAL, `unix-excl`, foreign keys, temporary storage in memory,
-//! the size cap, [`policy`](super::policy)'s rules and limits, a deadline
-//! for its statements). Everything here blocks; callers run it off the
-//! async workers.
+//! A component's database file and its connections, each opened hardened
+//! (WAL, `unix-excl`, foreign keys, temporary storage in memory, the size
+//! cap, [`policy`](super::policy)'s rules and limits, a deadline for its
+//! statements): a pool of readers, which cannot write, and one writer per
+//! file, which requests take in turn from a first-come, first-served queue
+//! instead of waiting in SQLite's busy handler. Opening a connection
+//! blocks; callers run it off the async workers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
 
 use rusqlite::OpenFlags;
 use rusqlite::hooks::{AuthContext, Authorization};
 
 use super::connection::Conn;
+use super::group::Pending;
 use super::outbox::OutboxSignal;
 use super::policy;
 use super::threads::SqlThreads;
@@ -56,9 +62,12 @@ impl Default for DbLimits {
 
 /// SQLite's unix VFS in exclusive mode; see [`Database::connect`].
 const EXCLUSIVE_VFS: &std::ffi::CStr = c"unix-excl";
-/// How long a statement waits for another request's write lock.
+/// How long a request waits for the writer before its write fails with `busy`.
+pub(super) const WRITER_WAIT: Duration = Duration::from_secs(5);
+/// How long a reader waits for SQLite's own locks, which in WAL mode it
+/// meets only while the log is recovered or reset.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle connections kept per database; more are opened on demand and closed after use.
+/// Idle readers kept per database; more are opened on demand and closed after use.
 const MAX_IDLE_CONNECTIONS: usize = 32;
 /// SQLite calls the progress handler every this many virtual machine steps.
 const PROGRESS_STEPS: i32 = 1000;
@@ -67,10 +76,33 @@ const PROGRESS_STEPS: i32 = 1000;
 pub struct Database {
     path: PathBuf,
     pub(super) limits: DbLimits,
+    /// Idle readers.
     idle: Mutex<Vec<Pooled>>,
+    /// The file's one write connection, shared with any other `Database`
+    /// of the same file (a reload that changes its limits makes one).
+    writer: Arc<tokio::sync::Mutex<WriterSlot>>,
+    /// Writes outside a transaction, waiting to be committed together.
+    pub(super) pending: Mutex<Pending>,
     threads: Arc<SqlThreads>,
     /// Raised when the outbox has messages for the relay.
     pub outbox: Arc<OutboxSignal>,
+}
+
+/// The write connection, when open, and the limits it was opened with.
+#[derive(Default)]
+pub(super) struct WriterSlot {
+    pub conn: Option<Pooled>,
+    limits: Option<DbLimits>,
+}
+
+/// Whoever holds a file's writer.
+pub(super) type WriterGuard = OwnedMutexGuard<WriterSlot>;
+
+/// Whether a connection may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Reader,
+    Writer,
 }
 
 /// A connection and the state its authorizer and progress handler read.
@@ -101,18 +133,22 @@ impl Database {
         relay: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Arc<Database>> {
         let db = Arc::new(Database {
+            writer: writer_slot(&path),
             path,
             limits,
             idle: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             threads,
             outbox: OutboxSignal::new(relay),
         });
-        let first = db.connect()?;
+        let mut slot = db.writer.blocking_lock();
+        db.open_writer(&mut slot)?;
+        let first = slot.conn.as_ref().expect("just opened");
         first.guard.trusted.store(true, Ordering::Relaxed);
         let created = first.conn.execute_batch(super::outbox::SCHEMA);
         first.guard.trusted.store(false, Ordering::Relaxed);
         created.map_err(|e| anyhow::anyhow!("cannot create the host's tables in {}: {e}", db.path.display()))?;
-        db.idle.lock().expect("pool lock").push(first);
+        drop(slot);
         Ok(db)
     }
 
@@ -125,30 +161,66 @@ impl Database {
         &self.threads
     }
 
-    /// A connection for one request, from the pool or newly opened.
-    pub fn checkout(self: &Arc<Self>) -> Result<Conn, Error> {
-        match self.checkout_idle() {
+    /// A reader for one request, from the pool or newly opened (blocking).
+    pub fn reader(self: &Arc<Self>) -> Result<Conn, Error> {
+        match self.idle_reader() {
             Some(conn) => Ok(conn),
             None => {
                 let pooled = self
-                    .connect()
+                    .connect(Role::Reader)
                     .map_err(|e| Error::Io(format!("cannot open the database: {e:#}")))?;
-                Ok(self.conn(pooled))
+                Ok(Conn::reader(Arc::clone(self), pooled))
             }
         }
     }
 
-    /// A pooled connection, if one is idle; never blocks.
-    pub fn checkout_idle(self: &Arc<Self>) -> Option<Conn> {
+    /// A pooled reader, if one is idle; never blocks.
+    pub fn idle_reader(self: &Arc<Self>) -> Option<Conn> {
         let pooled = self.idle.lock().expect("pool lock").pop()?;
-        Some(self.conn(pooled))
+        Some(Conn::reader(Arc::clone(self), pooled))
     }
 
-    fn conn(self: &Arc<Self>, pooled: Pooled) -> Conn {
-        Conn::new(Arc::clone(self), pooled)
+    /// The writer, once the requests before this one are done with it, or
+    /// `busy` after [`WRITER_WAIT`]. Held until the returned connection is
+    /// dropped.
+    pub async fn writer(self: &Arc<Self>) -> Result<Conn, Error> {
+        let mut slot = tokio::time::timeout(WRITER_WAIT, Arc::clone(&self.writer).lock_owned())
+            .await
+            .map_err(|_| Error::Busy)?;
+        if !self.writer_ready(&slot) {
+            let db = Arc::clone(self);
+            slot = tokio::task::spawn_blocking(move || db.open_writer(&mut slot).map(|()| slot))
+                .await
+                .map_err(|e| Error::Io(format!("cannot open the database: {e}")))?
+                .map_err(|e| Error::Io(format!("cannot open the database: {e:#}")))?;
+        }
+        Ok(Conn::writer(Arc::clone(self), slot))
     }
 
-    fn connect(&self) -> anyhow::Result<Pooled> {
+    /// The writer, for code that may block (tests, the host's own jobs).
+    pub fn writer_blocking(self: &Arc<Self>) -> Result<Conn, Error> {
+        let mut slot = Arc::clone(&self.writer).blocking_lock_owned();
+        if !self.writer_ready(&slot) {
+            self.open_writer(&mut slot)
+                .map_err(|e| Error::Io(format!("cannot open the database: {e:#}")))?;
+        }
+        Ok(Conn::writer(Arc::clone(self), slot))
+    }
+
+    /// Whether the slot holds a writer opened with this database's limits.
+    fn writer_ready(&self, slot: &WriterSlot) -> bool {
+        slot.conn.is_some() && slot.limits.as_ref() == Some(&self.limits)
+    }
+
+    /// (Re)opens the writer with this database's limits.
+    fn open_writer(&self, slot: &mut WriterSlot) -> anyhow::Result<()> {
+        slot.conn = None;
+        slot.conn = Some(self.connect(Role::Writer)?);
+        slot.limits = Some(self.limits.clone());
+        Ok(())
+    }
+
+    fn connect(&self, role: Role) -> anyhow::Result<Pooled> {
         use anyhow::Context;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // The unix-excl VFS holds the file exclusively for this process and keeps
@@ -166,6 +238,10 @@ impl Database {
         // Temporary tables and sorts stay in memory, under SQLite's heap cap,
         // instead of in files a statement could grow without bound.
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;")?;
+        if role == Role::Reader {
+            // A reader that cannot write can never need the write lock.
+            conn.execute_batch("PRAGMA query_only = ON")?;
+        }
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
         conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
@@ -183,6 +259,7 @@ impl Database {
         Ok(Pooled { conn, guard })
     }
 
+    /// Takes back a reader.
     pub(super) fn checkin(&self, pooled: Pooled) {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE_CONNECTIONS {
@@ -202,4 +279,19 @@ fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
             Authorization::Deny
         }
     }
+}
+
+/// The writer slot of the file at `path`: one per file in the process, so
+/// that two `Database`s of one file (during a reload) never race for
+/// SQLite's write lock.
+fn writer_slot(path: &Path) -> Arc<tokio::sync::Mutex<WriterSlot>> {
+    static SLOTS: OnceLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<WriterSlot>>>>> = OnceLock::new();
+    let mut slots = SLOTS.get_or_init(Mutex::default).lock().expect("writer slots lock");
+    slots.retain(|_, slot| slot.strong_count() > 0);
+    if let Some(slot) = slots.get(path).and_then(Weak::upgrade) {
+        return slot;
+    }
+    let slot = Arc::new(tokio::sync::Mutex::new(WriterSlot::default()));
+    slots.insert(path.to_path_buf(), Arc::downgrade(&slot));
+    slot
 }

@@ -35,7 +35,7 @@ fn denied(conn: &mut Conn, sql: &str, params: &[Value]) -> String {
 #[test]
 fn functions_outside_the_allow_list_are_denied_even_with_bound_parameters() {
     let (_dir, db) = database(DbLimits::default());
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     let pointer = Value::Blob(vec![0x41; 8]);
     denied(&mut conn, "SELECT fts3_tokenizer(?)", &[Value::Text("simple".into())]);
     denied(&mut conn, "SELECT fts3_tokenizer('x', ?)", &[pointer]);
@@ -67,7 +67,7 @@ fn functions_outside_the_allow_list_are_denied_even_with_bound_parameters() {
 #[test]
 fn what_a_service_needs_stays_allowed() {
     let (_dir, db) = database(DbLimits::default());
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     for sql in [
         "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, at TEXT DEFAULT (strftime('%Y', 'now')))",
         "CREATE INDEX users_by_name ON users (lower(name))",
@@ -135,7 +135,7 @@ fn statements_with_quadratic_cost_end_quickly() {
         statement_timeout: Duration::from_millis(200),
         ..DbLimits::default()
     });
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     let a = |n: u32| format!("replace(hex(zeroblob({n})), '0', 'a')");
     for sql in [
         format!("SELECT instr({}, {} || 'b')", a(250_000), a(120_000)),
@@ -163,7 +163,7 @@ fn values_and_results_are_sized_before_they_are_copied() {
         max_value_bytes: 256 << 10,
         ..DbLimits::default()
     });
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     assert!(matches!(
         exec(&mut conn, "SELECT zeroblob(300000)", &[]),
         Err(Error::LimitExceeded(_))
@@ -186,7 +186,7 @@ fn a_long_statement_is_interrupted_at_its_deadline() {
         statement_timeout: Duration::from_millis(100),
         ..DbLimits::default()
     });
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     let started = Instant::now();
     let endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
     assert!(matches!(exec(&mut conn, endless, &[]), Err(Error::LimitExceeded(_))));
@@ -198,7 +198,7 @@ fn a_long_statement_is_interrupted_at_its_deadline() {
 #[test]
 fn transactions_and_temporary_objects_stay_the_hosts() {
     let (_dir, db) = database(DbLimits::default());
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     for sql in [
         "BEGIN",
         "COMMIT",
@@ -226,7 +226,7 @@ fn transactions_and_temporary_objects_stay_the_hosts() {
 fn constraint_violations_say_which_kind() {
     use crate::capabilities::bindings::corral::service::sqlite::ConstraintKind;
     let (_dir, db) = database(DbLimits::default());
-    let mut conn = db.checkout().unwrap();
+    let mut conn = db.writer_blocking().unwrap();
     exec(
         &mut conn,
         "CREATE TABLE p (id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INTEGER NOT NULL CHECK (n > 0))",
