@@ -130,6 +130,8 @@ struct Options {
     rate_duration: u64,
     /// Another corral binary to measure in the same run, as "before".
     compare: Option<PathBuf>,
+    /// The scenarios to run, all by default.
+    scenarios: Vec<String>,
     root: PathBuf,
 }
 
@@ -145,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         mixed_connections: 64,
         rate_duration: 10,
         compare: None,
+        scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
         root: std::env::current_dir()?,
     };
     let mut args = std::env::args().skip(1);
@@ -156,9 +159,15 @@ fn main() -> anyhow::Result<()> {
             "--connections" => options.connections = value("a number")?.parse()?,
             "--rate-duration" => options.rate_duration = value("seconds")?.parse()?,
             "--compare" => options.compare = Some(value("a corral binary")?.into()),
+            "--scenarios" => {
+                options.scenarios = value("a list of scenarios")?.split(',').map(str::to_string).collect();
+                if let Some(unknown) = options.scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    bail!("unknown scenario {unknown}; the scenarios are {}", SCENARIOS.join(", "));
+                }
+            }
             other => bail!(
                 "unknown argument {other}; use --duration SECONDS, --rounds N, --connections N, \
-                 --rate-duration SECONDS, --compare CORRAL_BINARY"
+                 --rate-duration SECONDS, --compare CORRAL_BINARY, --scenarios A,B"
             ),
         }
     }
@@ -219,7 +228,11 @@ fn main() -> anyhow::Result<()> {
     // The servers take turns, round after round, so that whatever else the
     // machine does weighs on all alike; each figure is the median round.
     let mut results = Vec::new();
-    for scenario in ["get_user", "post_user", "get_order", "mixed", "empty"] {
+    for scenario in SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| options.scenarios.iter().any(|o| o == s))
+    {
         // The empty component has no native twin; it takes turns with a
         // `wasi:http` hello instead, the smallest component of that world.
         let contenders: Vec<Contender<'_>> = match scenario {
@@ -259,7 +272,12 @@ fn main() -> anyhow::Result<()> {
     // At half of each server's own peak on the mixed load: latency without
     // the queueing a saturated server adds.
     let mut fixed = Vec::new();
-    for (name, server) in &servers {
+    let mixed = if options.scenarios.iter().any(|s| s == "mixed") {
+        servers.as_slice()
+    } else {
+        &[]
+    };
+    for (name, server) in mixed {
         let peak = results
             .iter()
             .find(|m| m.scenario == "mixed" && m.server == *name)
@@ -328,6 +346,9 @@ fn mixed_request(run: String) -> impl Fn(u64) -> hyper::Request<Full<Bytes>> + S
             .expect("a valid request")
     }
 }
+
+/// Every scenario, in the order they run.
+const SCENARIOS: [&str; 5] = ["get_user", "post_user", "get_order", "mixed", "empty"];
 
 /// The other corral binary, as the report names it.
 const BEFORE: &str = "before";

@@ -18,6 +18,10 @@ use corral::wasm::invoke::{self, OwnedTarget};
 use divan::Bencher;
 use http_body_util::BodyExt;
 
+/// The host binary's allocator, so that the figures are the host's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }
