@@ -279,19 +279,15 @@ fn attach_items(orders: &mut [Order]) -> Result<(), db::Error> {
         quantity: i64,
         unit_price_cents: i64,
     }
-    const COLUMNS: &str = "SELECT order_id, sku, quantity, unit_price_cents FROM order_items";
-    let lines: Vec<Line> = match orders {
-        [] => return Ok(()),
-        [order] => db::query(
-            &format!("{COLUMNS} WHERE order_id = ? ORDER BY line"),
-            &[order.id.into()],
-        )?,
-        _ => {
-            let ids: Vec<i64> = orders.iter().map(|o| o.id).collect();
-            let sql = format!("{COLUMNS} WHERE order_id IN (SELECT value FROM json_each(?)) ORDER BY order_id, line");
-            db::query(&sql, &[json!(ids).to_string().into()])?
-        }
-    };
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = orders.iter().map(|o| o.id).collect();
+    let lines: Vec<Line> = db::query(
+        "SELECT order_id, sku, quantity, unit_price_cents FROM order_items
+         WHERE order_id IN (SELECT value FROM json_each(?)) ORDER BY order_id, line",
+        &[json!(ids).to_string().into()],
+    )?;
     for line in lines {
         if let Some(order) = orders.iter_mut().find(|o| o.id == line.order_id) {
             order.items.push(Item {
