@@ -4,6 +4,7 @@
 mod support;
 
 mod capacity;
+mod cluster;
 mod config;
 mod containment;
 mod durable_changes;

@@ -196,12 +196,7 @@ impl TestHost {
                 sink.lock().unwrap().push(line);
             }
         });
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .allow_non_standard_methods(true)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = client();
         let mut host = TestHost {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -488,23 +483,34 @@ pub struct Sample {
     pub version: Option<String>,
 }
 
-/// Sends GET `path` from `clients` threads until `stop` is set; returns every
-/// request made.
-pub fn load(host: &TestHost, path: &str, clients: usize, stop: &std::sync::atomic::AtomicBool) -> Vec<Sample> {
+/// Sends GET `url` from `clients` threads, each with its own connection,
+/// until `stop` is set; returns every request made.
+pub fn load_url(url: &str, clients: usize, stop: &std::sync::atomic::AtomicBool) -> Vec<Sample> {
     use std::sync::atomic::Ordering;
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..clients)
             .map(|_| {
                 scope.spawn(|| {
+                    let agent = client();
                     let mut samples = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
-                        let reply = host.get(path);
+                        let (status, version) = match agent.get(url).call() {
+                            Ok(mut response) => {
+                                let _ = response.body_mut().read_to_vec();
+                                let version = response.headers().get("corral-version");
+                                (
+                                    response.status().as_u16(),
+                                    version.map(|v| v.to_str().unwrap().to_string()),
+                                )
+                            }
+                            Err(_) => (0, None),
+                        };
                         samples.push(Sample {
                             sent,
                             received: Instant::now(),
-                            status: reply.status,
-                            version: reply.header("corral-version").map(str::to_string),
+                            status,
+                            version,
                         });
                     }
                     samples
@@ -513,6 +519,16 @@ pub fn load(host: &TestHost, path: &str, clients: usize, stop: &std::sync::atomi
             .collect();
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
     })
+}
+
+/// An HTTP client that returns every status as a response.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .allow_non_standard_methods(true)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
 }
 
 /// The field names of a validation problem's errors.
@@ -613,9 +629,19 @@ pub fn under_load(
     path: &str,
     change: impl FnOnce() -> Reply,
 ) -> (Vec<Sample>, Instant, Instant, Reply) {
+    under_load_url(&host.url(path), 4, change)
+}
+
+/// Sends GET `url` from `clients` clients while `change` runs, as
+/// [`under_load`] does.
+pub fn under_load_url(
+    url: &str,
+    clients: usize,
+    change: impl FnOnce() -> Reply,
+) -> (Vec<Sample>, Instant, Instant, Reply) {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let clients = scope.spawn(|| load(host, path, 4, &stop));
+        let clients = scope.spawn(|| load_url(url, clients, &stop));
         std::thread::sleep(Duration::from_millis(300));
         let before = Instant::now();
         let reply = change();

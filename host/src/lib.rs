@@ -12,6 +12,8 @@
 //!   calls between components, the operator's reloads.
 //! - [`events`]: durable messages between components: the relay from
 //!   outboxes to the log, and the dispatcher to subscribers.
+//! - [`cluster`]: many hosts as one, on NATS JetStream: versions every host
+//!   converges to, and which host owns each database.
 //! - [`serving`]: the public listener and one request from arrival to
 //!   response.
 //! - [`ops`]: the admin API, its CLI client, metrics.
@@ -19,6 +21,7 @@
 //! This file starts it all: [`run`] and [`check`].
 
 pub mod capabilities;
+pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod events;
@@ -28,7 +31,7 @@ pub mod serving;
 pub mod wasm;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -36,15 +39,18 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::capabilities::sqlite::{self, SqlThreads};
+use crate::cluster::Cluster;
 use crate::components::control::Control;
 use crate::components::peers;
 use crate::components::registry::Registry;
 use crate::components::stats::ComponentStats;
 use crate::components::version::digest;
 use crate::config::{Config, Overrides, TrustedProxies};
+use crate::limits::shared::SharedLimits;
 use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::serving::body::BodyPace;
+use crate::serving::forward::Forwarder;
 use crate::serving::gateway::{Gateway, Internal};
 use crate::wasm::engine::{self, EngineSettings, EpochTicker};
 
@@ -108,6 +114,7 @@ pub async fn run(
     let _ticker = EpochTicker::start(registry.engine());
     let control = Arc::new(Control::new(Arc::clone(&registry), config.clone(), overrides));
     let (stop, stopped) = watch::channel(false);
+    let cluster: Arc<OnceLock<Arc<Cluster>>> = Arc::default();
 
     let mut background = Vec::new();
     if let Some(listener) = listeners.admin {
@@ -115,21 +122,58 @@ pub async fn run(
             &config,
             listener,
             &control,
+            &cluster,
             &metrics,
             &log,
             until(&stopped),
         )?);
     }
-    if let Err(e) = registry.load_all(&config).await {
-        let _ = stop.send(true);
-        return Err(e);
-    }
+    let joined = async {
+        registry.load_all(&config).await?;
+        match &config.cluster {
+            Some(settings) => {
+                let public = listeners.public.local_addr()?;
+                let joined = Cluster::join(&config, settings, public, Arc::clone(&registry)).await?;
+                let _ = cluster.set(Arc::clone(&joined));
+                anyhow::Ok(Some(joined))
+            }
+            None => Ok(None),
+        }
+    };
+    let joined = match joined.await {
+        Ok(joined) => joined,
+        Err(e) => {
+            let _ = stop.send(true);
+            return Err(e);
+        }
+    };
     background.extend(start_events(&registry, &metrics, log, relay_wake));
     background.push(tokio::spawn(evict_idle_clients(Arc::clone(&registry))));
     background.push(tokio::spawn(Arc::clone(&control).watch()));
     background.push(tokio::spawn(reload_on_hangup(Arc::clone(&control))));
 
-    serve_public(&config, listeners.public, &registry, &metrics, shutdown).await?;
+    let shared_limits = match &config.server.rate_limit_store {
+        Some(store) => {
+            let limits = SharedLimits::new(&store.url, config.server.settings.max_rate_limit_clients)?;
+            Some(Arc::new(limits))
+        }
+        None => None,
+    };
+    if let Some(limits) = &shared_limits {
+        background.push(tokio::spawn(evict_idle_fallbacks(Arc::clone(limits))));
+    }
+    let gateway = Gateway {
+        registry: Arc::clone(&registry),
+        trusted_proxies: config.server.trusted_proxies.clone(),
+        stats: Arc::clone(&metrics.serving),
+        body_pace: body_pace(&config),
+        cluster: joined.map(|c| {
+            let forwarder = Forwarder::new(c.forward_key().to_string(), c.node().to_string());
+            (c, forwarder)
+        }),
+        shared_limits,
+    };
+    serve_public(&config, listeners.public, gateway, &metrics, shutdown).await?;
     let _ = stop.send(true);
     for task in background {
         task.abort();
@@ -185,6 +229,7 @@ fn serve_admin(
     config: &Config,
     listener: TcpListener,
     control: &Arc<Control>,
+    cluster: &Arc<OnceLock<Arc<Cluster>>>,
     metrics: &Arc<Metrics>,
     log: &Arc<dyn events::EventLog>,
     stopped: impl Future<Output = ()> + Send + 'static,
@@ -204,6 +249,7 @@ fn serve_admin(
     tracing::info!("admin listening on http://{}", listener.local_addr()?);
     let handler = Arc::new(Admin::new(
         Arc::clone(control),
+        config.cluster.is_some().then(|| Arc::clone(cluster)),
         Arc::clone(metrics),
         Arc::clone(log),
         token,
@@ -225,18 +271,15 @@ fn serve_admin(
 async fn serve_public(
     config: &Config,
     listener: TcpListener,
-    registry: &Arc<Registry>,
+    gateway: Gateway,
     metrics: &Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    let gateway = Arc::new(Gateway {
-        registry: Arc::clone(registry),
-        trusted_proxies: config.server.trusted_proxies.clone(),
-        stats: Arc::clone(&metrics.serving),
-        body_pace: body_pace(config),
-    });
-    registry.serve_internal(Arc::new(Internal(Arc::downgrade(&gateway))));
+    let gateway = Arc::new(gateway);
+    gateway
+        .registry
+        .serve_internal(Arc::new(Internal(Arc::downgrade(&gateway))));
     let (stop_public, public_stopped) = tokio::sync::oneshot::channel::<()>();
     let public = serving::server::run(
         listener,
@@ -293,6 +336,15 @@ async fn evict_idle_clients(registry: Arc<Registry>) {
         for entry in &registry.snapshot().entries {
             entry.shared.rate_limits.evict_idle();
         }
+    }
+}
+
+/// Keeps the local stand-ins of shared rate limits bounded.
+async fn evict_idle_fallbacks(limits: Arc<SharedLimits>) {
+    let mut every = tokio::time::interval(EVICTION_INTERVAL);
+    loop {
+        every.tick().await;
+        limits.evict_idle();
     }
 }
 

@@ -1,11 +1,13 @@
 //! The components being served and their life: each [`version`] of their
 //! code, the [`snapshot`] requests read, the [`registry`] that changes it
 //! all at once or not at all, the versions [`saved`] across restarts, calls
-//! between components ([`peers`]), the operator's [`control`] (reloads and
+//! between components ([`peers`]) and, in a cluster, which of them another
+//! host owns ([`placement`]), the operator's [`control`] (reloads and
 //! watched files), and what it all counts ([`stats`]).
 
 pub mod control;
 pub mod peers;
+pub mod placement;
 pub mod random;
 pub mod registry;
 pub mod saved;

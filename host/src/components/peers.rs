@@ -17,6 +17,7 @@ use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, Linker, Val};
 
+use super::placement::Placement;
 use super::snapshot::{Entry, Snapshot};
 use super::stats::{CallLabels, ComponentStats};
 use crate::wasm::invoke;
@@ -274,6 +275,7 @@ fn holds_handles(ty: &Type) -> bool {
 pub struct Dispatch {
     /// Weak, because the snapshot holds the linker that holds this.
     pub snapshot: Weak<ArcSwap<Snapshot>>,
+    pub placement: Arc<Placement>,
     pub stats: Arc<ComponentStats>,
 }
 
@@ -381,6 +383,13 @@ impl Call {
             .provider(&self.importer, &self.interface)
             .ok_or("no component provides it now")?;
         let entry = snapshot.get(provider).ok_or("its provider is not serving")?;
+        if let Some(owner) = self.dispatch.placement.owner_elsewhere(&entry.name) {
+            return Err(format!(
+                "{} is served by host {owner}, which owns its database; \
+                 calls between components are served on one host",
+                entry.name
+            ));
+        }
         *callee = Arc::clone(&entry.name);
         let version = Arc::clone(entry.pick(super::random::u64()));
         *callee_version = Arc::clone(&version.short);

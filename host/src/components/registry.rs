@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use wasmtime::Engine;
 
 use super::peers::Dispatch;
+use super::placement::Placement;
 use super::saved::{Origin, SavedCanary, SavedState, SavedVersion, VersionStore};
 use super::snapshot::{Canary, ComponentShared, Entry, Snapshot};
 use super::stats::ComponentStats;
@@ -76,6 +77,8 @@ pub struct Registry {
     relay: Arc<Notify>,
     /// Serves requests to `<component>.internal`, once the serving layer is up.
     internal: Arc<OnceLock<Arc<dyn InternalHttp>>>,
+    /// In a cluster, the components another host owns.
+    pub placement: Arc<Placement>,
     /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     /// Versions installed by changes, kept across restarts.
@@ -116,8 +119,10 @@ impl Registry {
         stats: Arc<ComponentStats>,
     ) -> anyhow::Result<Registry> {
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let placement = Arc::new(Placement::default());
         let dispatch = Dispatch {
             snapshot: Arc::downgrade(&current),
+            placement: Arc::clone(&placement),
             stats: Arc::clone(&stats),
         };
         Ok(Registry {
@@ -128,6 +133,7 @@ impl Registry {
             sql_threads,
             relay,
             internal: Arc::default(),
+            placement,
             shared: Mutex::new(HashMap::new()),
             current,
             changing: tokio::sync::Mutex::new(()),
@@ -439,6 +445,112 @@ impl Registry {
             created: Vec::new(),
         };
         self.publish_change(&snapshot, prepared, &next, kind).await
+    }
+
+    /// The code of component `name`'s version `digest`, as kept on disk.
+    pub fn wasm_of(&self, name: &str, digest: &str) -> anyhow::Result<Vec<u8>> {
+        self.versions.read(name, digest)
+    }
+
+    /// Checks that `wasm` could become component `name`: it compiles, links,
+    /// exports what its config needs and breaks no peer. Nothing runs and
+    /// nothing changes; a cluster checks a version this way before any host
+    /// takes it.
+    pub async fn validate(&self, name: &str, wasm: Vec<u8>) -> Result<Arc<str>, ChangeError> {
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let compiled = self
+            .compiler
+            .compile(name, wasm.clone())
+            .await
+            .map_err(ChangeError::Invalid)?;
+        let version = Version {
+            digest: digest(&wasm),
+            short: digest(&wasm)[..12].into(),
+            loaded_at: SystemTime::now(),
+            origin: Origin::upload_now(),
+            entrypoint: compiled.entrypoint,
+            subscriber: compiled.subscriber,
+            peers: compiled.peers,
+            host_imports: compiled.host_imports,
+        };
+        check_subscriber(&entry.config, &version).map_err(ChangeError::Invalid)?;
+        let mut next = Entry::clone(entry);
+        next.current = Arc::new(version);
+        snapshot.with(next).map_err(ChangeError::peers)?;
+        Ok(digest(&wasm))
+    }
+
+    /// Makes component `name` serve version `current` (by digest), and
+    /// `canary` for its share of requests, fetching with `fetch` the code
+    /// of any version it does not have; `None` when it already does. The
+    /// same checks as a swap apply, and on any failure nothing changes.
+    pub async fn converge(
+        &self,
+        name: &str,
+        current: &str,
+        canary: Option<(&str, u8)>,
+        origin: &Origin,
+        fetch: impl Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<u8>>>,
+    ) -> Result<Option<Change>, ChangeError> {
+        let _changing = self.changing.lock().await;
+        let snapshot = self.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
+        let serving_canary = entry.canary.as_ref().map(|c| (&*c.version.digest, c.percent));
+        if &*entry.current.digest == current && serving_canary == canary {
+            return Ok(None);
+        }
+        let known = |digest: &str| {
+            [
+                Some(&entry.current),
+                entry.previous.as_ref(),
+                entry.canary.as_ref().map(|c| &c.version),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|v| &*v.digest == digest)
+            .cloned()
+        };
+        let mut fresh = Vec::new();
+        let mut version_of = async |digest: &str| -> Result<Arc<Version>, ChangeError> {
+            if let Some(version) = known(digest) {
+                return Ok(version);
+            }
+            let wasm = fetch(digest.to_string()).await.map_err(ChangeError::Storage)?;
+            let version = self.compile_version(name, wasm, origin.clone()).await?;
+            check_subscriber(&entry.config, &version).map_err(ChangeError::Invalid)?;
+            fresh.push(Arc::clone(&version));
+            Ok(version)
+        };
+        let current_version = version_of(current).await?;
+        let canary_version = match canary {
+            Some((digest, percent)) => Some(Canary {
+                version: version_of(digest).await?,
+                percent,
+            }),
+            None => None,
+        };
+        let mut next = Entry::clone(entry);
+        if entry.current.digest != current_version.digest {
+            next.previous = Some(Arc::clone(&entry.current));
+            next.current = current_version;
+        }
+        next.canary = canary_version;
+        let published = snapshot.with(next.clone()).map_err(ChangeError::peers)?;
+        // New versions' inits run in one transaction, committed on publish.
+        let mut conn = None;
+        for version in &fresh {
+            conn = self.init(&entry.shared, version, conn).await?;
+        }
+        let prepared = Prepared {
+            snapshot: published,
+            shared: Vec::new(),
+            inits: conn.into_iter().collect(),
+            created: Vec::new(),
+        };
+        self.publish_change(&snapshot, prepared, &next, "converge")
+            .await
+            .map(Some)
     }
 
     /// Back to the previous version, or, with a canary out, drops the canary.

@@ -19,6 +19,8 @@ pub enum Origin {
     File { path: PathBuf },
     /// An upload through the admin API, at an RFC 3339 time.
     Upload { at: String },
+    /// The cluster's object store, where host `node` put it.
+    Cluster { node: String },
 }
 
 impl Origin {
@@ -34,6 +36,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::File { path } => write!(f, "file:{}", path.display()),
             Origin::Upload { at } => write!(f, "upload:{at}"),
+            Origin::Cluster { node } => write!(f, "cluster:{node}"),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 #[macro_use]
 pub mod settings;
+pub mod cluster;
 pub mod events;
 pub mod outbound;
 pub mod rates;
@@ -48,6 +49,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The admin listener; none when the file has no `[admin]`.
     pub admin: Option<AdminConfig>,
+    /// Many hosts as one; none for a host on its own.
+    pub cluster: Option<cluster::ClusterConfig>,
     pub components: Vec<ComponentConfig>,
     /// Things worth saying that do not stop the host, such as a
     /// subscription no component publishes to.
@@ -59,6 +62,9 @@ pub struct Config {
 pub struct ServerConfig {
     pub settings: ServerSettings,
     pub trusted_proxies: TrustedProxies,
+    /// Where rate limits shared by every host are kept; each host counts
+    /// on its own when none.
+    pub rate_limit_store: Option<cluster::RateLimitStore>,
 }
 
 /// The admin listener.
@@ -90,6 +96,8 @@ pub struct ComponentConfig {
     pub events: EventsConfig,
     /// Where it may send HTTP requests; nowhere when empty.
     pub allowed_outbound_hosts: Vec<outbound::HostPattern>,
+    /// In a cluster, the host that owns its database, if the config says.
+    pub owner: Option<String>,
 }
 
 /// The networks whose `X-Forwarded-For` is believed.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use super::cluster::RawCluster;
 use super::events::RawSubscription;
 use super::settings::{RawLimits, RawServer};
 
@@ -17,6 +18,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
+    pub cluster: Option<RawCluster>,
     /// Defaults for every component.
     #[serde(default)]
     pub limits: RawLimits,
@@ -51,6 +53,8 @@ pub struct RawComponent {
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
     pub subscription: Option<RawSubscription>,
+    /// In a cluster, the host that owns its database.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

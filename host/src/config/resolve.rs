@@ -79,6 +79,10 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         .admin
         .as_ref()
         .map(|admin| admin_config(admin, base, &data_dir, problems));
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .map(|cluster| super::cluster::resolve_cluster(cluster, base, problems));
     let defaults = ComponentLimits::resolve(&raw.limits, &ComponentLimits::default(), "limits", problems);
 
     if raw.components.is_empty() {
@@ -96,6 +100,18 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         ));
     }
     check_overlaps(&components, problems);
+    for component in components.iter().filter(|c| c.owner.is_some()) {
+        let key = format!("components.{}.owner", component.name);
+        match (&cluster, &component.owner) {
+            (None, _) => problems.add(key, "only means something in a cluster: add a [cluster] section"),
+            (Some(_), Some(owner)) => {
+                if let Err(why) = check_name(owner) {
+                    problems.add(key, why.replace("component name", "node name"));
+                }
+            }
+            _ => {}
+        }
+    }
     for component in &components {
         for (interface, provider) in &component.imports {
             if !components.iter().any(|c| &c.name == provider) {
@@ -123,6 +139,7 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         cache_dir,
         server,
         admin,
+        cluster,
         warnings: unheard_topics(&components),
         components,
     }
@@ -188,9 +205,14 @@ fn server_config(raw: &RawServer, problems: &mut Problems) -> ServerConfig {
             ),
         }
     }
+    let rate_limit_store = raw
+        .rate_limit_store
+        .as_deref()
+        .and_then(|url| super::cluster::resolve_rate_limit_store(url, problems));
     ServerConfig {
         settings,
         trusted_proxies: TrustedProxies(proxies),
+        rate_limit_store,
     }
 }
 
@@ -266,6 +288,7 @@ fn component_config(
         imports: raw.imports,
         events,
         allowed_outbound_hosts,
+        owner: raw.owner,
     }
 }
 

@@ -175,6 +175,8 @@ settings! {
         /// Addresses or networks whose `X-Forwarded-For` is believed.
         #[serde(default)]
         pub trusted_proxies: Vec<String>,
+        /// A Redis URL: rate limits shared by every host.
+        pub rate_limit_store: Option<String>,
     } {
         /// Connections open at once; past it, the listener stops accepting
         /// until one closes.

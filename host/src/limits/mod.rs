@@ -4,4 +4,5 @@
 
 pub mod gate;
 pub mod rates;
+pub mod shared;
 pub mod store;

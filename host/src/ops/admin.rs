@@ -4,7 +4,7 @@
 //! reload the config. It never serves component traffic.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::metrics::Metrics;
+use crate::cluster::{Cluster, ClusterError};
 use crate::components::control::Control;
 use crate::components::registry::ChangeError;
 use crate::components::saved::Origin;
@@ -25,6 +26,9 @@ use crate::serving::{HttpResponse, full, problem};
 /// The admin listener's handler.
 pub struct Admin {
     pub control: Arc<Control>,
+    /// `Some` if the config has a `[cluster]`, set once the host has joined
+    /// it: changes then go to every host, and the host is not ready before.
+    cluster: Option<Arc<OnceLock<Arc<Cluster>>>>,
     metrics: Arc<Metrics>,
     events: Arc<dyn EventLog>,
     token: String,
@@ -35,6 +39,7 @@ pub struct Admin {
 impl Admin {
     pub fn new(
         control: Arc<Control>,
+        cluster: Option<Arc<OnceLock<Arc<Cluster>>>>,
         metrics: Arc<Metrics>,
         events: Arc<dyn EventLog>,
         token: String,
@@ -43,12 +48,17 @@ impl Admin {
     ) -> Self {
         Admin {
             control,
+            cluster,
             metrics,
             events,
             token,
             max_upload_bytes,
             body_pace,
         }
+    }
+
+    fn joined(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref().and_then(|c| c.get())
     }
 
     fn authorized(&self, headers: &http::HeaderMap) -> bool {
@@ -105,6 +115,9 @@ impl Admin {
             Ok(wasm) => wasm,
             Err(refusal) => return refusal.into_response(),
         };
+        if let Some(cluster) = self.joined() {
+            return cluster_respond(cluster.swap(name, wasm.to_vec(), canary).await);
+        }
         respond(
             self.control
                 .registry
@@ -117,11 +130,27 @@ impl Admin {
     /// The routes without a body.
     async fn act(&self, method: &Method, route: &[&str], path: &str) -> HttpResponse {
         let registry = &self.control.registry;
+        let cluster = self.joined();
         match (method, route) {
             (&Method::GET, ["components"]) => {
                 let snapshot = registry.snapshot();
                 let components: Vec<Value> = snapshot.entries.iter().map(|e| describe(e, &snapshot)).collect();
-                json_response(StatusCode::OK, &json!({ "components": components }))
+                let cluster = cluster.map(|c| c.describe());
+                json_response(StatusCode::OK, &json!({ "components": components, "cluster": cluster }))
+            }
+            (&Method::GET, ["cluster"]) => match cluster {
+                Some(cluster) => json_response(StatusCode::OK, &cluster.describe()),
+                None => not_in_a_cluster(),
+            },
+            (&Method::POST, ["cluster", "components", name, "owner", node]) => match cluster {
+                Some(cluster) => cluster_respond(cluster.set_owner(name, node).await),
+                None => not_in_a_cluster(),
+            },
+            (&Method::POST, ["components", name, "rollback"]) if cluster.is_some() => {
+                cluster_respond(cluster.expect("checked").rollback(name).await)
+            }
+            (&Method::POST, ["components", name, "promote"]) if cluster.is_some() => {
+                cluster_respond(cluster.expect("checked").promote(name).await)
             }
             (&Method::POST, ["components", name, "rollback"]) => {
                 respond(registry.rollback(name).await.map(|c| json!(c)))
@@ -281,9 +310,14 @@ impl Admin {
         Ok(json!({ "publishers": publishers, "subscriptions": subscriptions }))
     }
 
-    /// Ready once every component is loaded and initialized.
+    /// Ready once every component is loaded and initialized, and in a
+    /// cluster, once the host serves what the cluster wants.
     fn readiness(&self) -> HttpResponse {
-        if self.control.registry.is_ready() {
+        let clustered = match &self.cluster {
+            Some(joining) => joining.get().is_some_and(|c| c.is_converged()),
+            None => true,
+        };
+        if self.control.registry.is_ready() && clustered {
             json_response(StatusCode::OK, &json!({ "status": "ready" }))
         } else {
             problem::response(
@@ -348,6 +382,41 @@ fn change_refused(error: ChangeError) -> HttpResponse {
     };
     tracing::warn!("change refused: {error}");
     problem::response(status, kind, title, format!("nothing changed: {error}"))
+}
+
+fn cluster_respond(outcome: Result<Value, ClusterError>) -> HttpResponse {
+    let error = match outcome {
+        Ok(json) => return json_response(StatusCode::OK, &json),
+        Err(ClusterError::Local(error)) => return change_refused(error),
+        Err(error) => error,
+    };
+    let (status, kind, title) = match &error {
+        ClusterError::Local(_) => unreachable!("answered above"),
+        ClusterError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+        ClusterError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+        ClusterError::Refused { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "refused-by-host",
+            "A host refused the change",
+        ),
+        ClusterError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "cluster-timeout", "Hosts did not converge"),
+        ClusterError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster-unavailable",
+            "The cluster is unavailable",
+        ),
+    };
+    tracing::warn!("cluster change refused: {error}");
+    problem::response(status, kind, title, error.to_string())
+}
+
+fn not_in_a_cluster() -> HttpResponse {
+    problem::response(
+        StatusCode::NOT_FOUND,
+        "not-in-a-cluster",
+        "Not in a cluster",
+        "this host has no [cluster] section",
+    )
 }
 
 fn json_response(status: StatusCode, body: &Value) -> HttpResponse {

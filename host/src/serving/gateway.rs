@@ -20,20 +20,25 @@ use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 
 use super::body::{BodyPace, read_body, refuse};
 use super::client::client_addr;
+use super::forward::{Forwarder, unreachable_owner};
 use super::server::Handler;
 use super::stats::{
-    Method as MetricMethod, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels, status_class,
+    Method as MetricMethod, OwnerLabels, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels,
+    status_class,
 };
 use super::{BoxError, HttpResponse, full, problem};
 use crate::capabilities::bindings::corral::service::types;
 use crate::capabilities::http::{BoxFuture, InternalHttp};
+use crate::cluster::Cluster;
 use crate::components::registry::Registry;
 use crate::components::snapshot::Entry;
+use crate::components::stats::ComponentLabels;
 use crate::components::version::Entrypoint;
 use crate::config::outbound::INTERNAL_SUFFIX;
 use crate::config::{ComponentLimits, TrustedProxies};
 use crate::limits::gate::{Overloaded, Slot};
 use crate::limits::rates::Verdict;
+use crate::limits::shared::{Decided, SharedLimits};
 use crate::wasm::invoke::{self, InvokeError, OwnedTarget, Streaming, Target};
 
 /// Most headers a component's response may carry.
@@ -55,6 +60,11 @@ pub struct Gateway {
     pub stats: Arc<ServingStats>,
     /// How fast request bodies must arrive.
     pub body_pace: BodyPace,
+    /// The cluster this host is part of, if any, and how it forwards
+    /// requests to the owners of components.
+    pub cluster: Option<(Arc<Cluster>, Forwarder)>,
+    /// Rate limits shared by every host, when configured.
+    pub shared_limits: Option<Arc<SharedLimits>>,
 }
 
 /// What the gateway learned about one request, for its log line and metrics.
@@ -185,8 +195,18 @@ impl Handler for Gateway {
         let started = Instant::now();
         let request_id = request_id(&request);
         let (parts, body) = request.into_parts();
-        let mut trace = Trace::new(client_addr(&self.trusted_proxies, peer.ip(), &parts.headers), None);
-        let mut response = self.respond(&parts, body, &request_id, &mut trace).await;
+        // A request another host of the cluster forwarded was limited there,
+        // and says who its client is.
+        let forwarded = self
+            .cluster
+            .as_ref()
+            .is_some_and(|(_, f)| f.is_forwarded(&parts.headers));
+        let client = match forwarded {
+            true => Forwarder::forwarded_client(&parts.headers).unwrap_or(peer.ip()),
+            false => client_addr(&self.trusted_proxies, peer.ip(), &parts.headers),
+        };
+        let mut trace = Trace::new(client, None);
+        let mut response = self.respond(&parts, body, &request_id, forwarded, &mut trace).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -203,9 +223,10 @@ impl Gateway {
         parts: &http::request::Parts,
         body: Incoming,
         request_id: &Arc<str>,
+        forwarded: bool,
         trace: &mut Trace,
     ) -> HttpResponse {
-        let (entry, verdict) = match self.admit(parts, trace) {
+        let (entry, verdict) = match self.admit(parts, forwarded, trace).await {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 trace.rejected = refusal.reason;
@@ -227,6 +248,34 @@ impl Gateway {
             }
         };
         trace.bytes_in = body.len();
+        if let Some((cluster, forwarder)) = &self.cluster
+            && let Some(owner) = cluster.owner(&entry.name)
+        {
+            let url = match forwarded {
+                true => None,
+                false => cluster.url_of(&owner).await,
+            };
+            let mut response = match (forwarded, url) {
+                // Ownership moved while the request was on its way.
+                (true, _) => unreachable_owner(&owner, "it moved while this request was forwarded; retry"),
+                (false, None) => unreachable_owner(&owner, "it is not live"),
+                (false, Some(url)) => {
+                    let labels = OwnerLabels {
+                        component: Arc::clone(&entry.name),
+                        owner: owner.clone(),
+                    };
+                    self.stats.forwarded.get_or_create(&labels).inc();
+                    let timeout = entry.limits().timeout;
+                    forwarder
+                        .forward(&owner, &url, parts, body, trace.client, timeout)
+                        .await
+                }
+            };
+            if let Some(verdict) = &verdict {
+                rate_limit_headers(&mut response, verdict);
+            }
+            return response;
+        }
         let waiting = Instant::now();
         let slot = entry.shared.gate.enter().await;
         self.stats.observe_queue_wait(&entry.name, waiting.elapsed());
@@ -251,10 +300,12 @@ impl Gateway {
     }
 
     /// The component that owns the path, if the request is within its rate
-    /// limits; the verdict of the strictest limit that applies.
-    fn admit(
+    /// limits; the verdict of the strictest limit that applies. A request
+    /// another host forwarded was limited there.
+    async fn admit(
         &self,
         parts: &http::request::Parts,
+        forwarded: bool,
         trace: &mut Trace,
     ) -> Result<(Arc<Entry>, Option<Verdict>), Box<Refusal>> {
         let snapshot = self.registry.snapshot();
@@ -268,10 +319,23 @@ impl Gateway {
         trace.component = Some(Arc::clone(&entry.name));
         trace.route = Some(route.into());
         let client = trace.client;
-        let verdict = entry
-            .shared
-            .rate_limits
-            .check(parts.method.as_str(), parts.uri.path(), client);
+        let (method, path) = (parts.method.as_str(), parts.uri.path());
+        let verdict = match &self.shared_limits {
+            _ if forwarded => None,
+            Some(shared) => {
+                let hosts = self.cluster.as_ref().map_or(1, |(c, _)| c.live_hosts());
+                let limits = &entry.config.rate_limits;
+                let (verdict, decided) = shared.check(&entry.name, limits, method, path, client, hosts).await;
+                if decided == Decided::Local {
+                    let labels = ComponentLabels {
+                        component: Arc::clone(&entry.name),
+                    };
+                    self.stats.rate_limit_fallbacks.get_or_create(&labels).inc();
+                }
+                verdict
+            }
+            None => entry.shared.rate_limits.check(method, path, client),
+        };
         if let Some(verdict) = verdict.filter(|v| !v.allowed) {
             let detail = format!(
                 "{client} has made too many requests to {}; retry in {} s",
@@ -390,6 +454,18 @@ impl Gateway {
         };
         trace.component = Some(Arc::clone(&entry.name));
         trace.route = Some(INTERNAL_ROUTE.into());
+        if let Some(owner) = self.registry.placement.owner_elsewhere(&entry.name) {
+            let detail = format!(
+                "{component} is served by host {owner}, which owns its database; \
+                 calls between components are served on one host"
+            );
+            return problem::response(
+                StatusCode::BAD_GATEWAY,
+                "owned-elsewhere",
+                "Owned by another host",
+                detail,
+            );
+        }
         let limits = entry.limits();
         let limited = http_body_util::Limited::new(body, limits.max_request_body_bytes);
         let body = match tokio::time::timeout(limits.timeout, limited.collect()).await {

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod client;
+pub mod forward;
 pub mod gateway;
 pub mod problem;
 pub mod server;

@@ -85,6 +85,13 @@ pub struct TrapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    pub component: Arc<str>,
+    /// The host that owns it.
+    pub owner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     /// `public` or `admin`.
     pub listener: &'static str,
@@ -97,6 +104,10 @@ pub struct ServingStats {
     pub traps: Family<TrapLabels, Counter>,
     pub queue_wait: Family<ComponentLabels, Histogram>,
     pub open_connections: Family<ListenerLabels, Gauge>,
+    /// Requests sent on to the host that owns their component.
+    pub forwarded: Family<OwnerLabels, Counter>,
+    /// Requests limited by this host alone because the shared store failed.
+    pub rate_limit_fallbacks: Family<ComponentLabels, Counter>,
 }
 
 impl Default for ServingStats {
@@ -108,6 +119,8 @@ impl Default for ServingStats {
             traps: Family::default(),
             queue_wait: Family::new_with_constructor(latency_histogram),
             open_connections: Family::default(),
+            forwarded: Family::default(),
+            rate_limit_fallbacks: Family::default(),
         }
     }
 }
@@ -135,6 +148,16 @@ impl ServingStats {
             "open_connections",
             "Open client connections",
             self.open_connections.clone(),
+        );
+        prometheus.register(
+            "requests_forwarded",
+            "Requests sent on to the host that owns their component",
+            self.forwarded.clone(),
+        );
+        prometheus.register(
+            "rate_limit_fallbacks",
+            "Requests limited by this host alone because the shared rate limit store did not answer",
+            self.rate_limit_fallbacks.clone(),
         );
     }
 

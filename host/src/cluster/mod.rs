@@ -1,0 +1,686 @@
+//! Many hosts as one, on NATS JetStream. The versions each component
+//! should serve live in a key-value bucket and their code in an object
+//! store (see [`state`]); every host watches the bucket and converges by
+//! swapping locally, with every check of a local swap, and reports what it
+//! serves, so that any host can tell the state of all. A change made
+//! through any host's admin API is checked there first, then written to
+//! the bucket, and answered once every live host serves it; if one cannot,
+//! the change is undone everywhere.
+//!
+//! A component with a database has one owner host (see [`Cluster::owner`]);
+//! the serving layer forwards its requests there.
+
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+use crate::components::registry::{ChangeError, Registry};
+use crate::components::saved::Origin;
+use crate::config::cluster::{ClusterConfig, NatsAuth};
+use crate::config::tokens::{TokenFile, resolve_token};
+use crate::config::{ComponentConfig, Config};
+pub use state::{ComponentReport, ConvergeError, Desired, DesiredCanary, NodeReport};
+
+/// How long a change waits for every host to take it.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a host compares what it serves with the bucket, besides the watch.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// How often requests for an owner this host does not know may make it
+/// read the hosts' reports.
+const REFRESH_EVERY: Duration = Duration::from_millis(200);
+/// The interface whose import means a component has a database.
+const SQLITE_IMPORT: &str = "corral:service/sqlite";
+/// The key, in the desired bucket, of the secret that proves a forwarded
+/// request comes from a host of the cluster. No component name starts
+/// with `_`.
+const FORWARD_KEY: &str = "_forward_key";
+
+/// Why a change to the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Local(#[from] ChangeError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("host {node} refused it: {message}; the change was undone on every host")]
+    Refused { node: String, message: String },
+    #[error("hosts {0:?} did not take the change within the time allowed")]
+    Timeout(Vec<String>),
+    #[error("the cluster's store is unreachable: {0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// This host's view of the cluster, refreshed as it changes.
+#[derive(Default)]
+struct View {
+    desired: BTreeMap<String, Desired>,
+    nodes: BTreeMap<String, NodeReport>,
+}
+
+/// This host's membership of the cluster.
+pub struct Cluster {
+    node: String,
+    public_url: Option<String>,
+    forward_key: String,
+    ttl: Duration,
+    desired: kv::Store,
+    nodes: kv::Store,
+    versions: object_store::ObjectStore,
+    registry: Arc<Registry>,
+    /// The components this host's config serves.
+    components: Vec<ComponentConfig>,
+    view: RwLock<View>,
+    /// Why this host does not serve what the cluster wants, per component.
+    errors: Mutex<BTreeMap<String, ConvergeError>>,
+    /// Converged at least once: ready to serve.
+    converged: AtomicBool,
+    /// Something changed in the bucket.
+    changed: Notify,
+    /// When a request last made this host read the hosts' reports.
+    refreshed: Mutex<Option<Instant>>,
+}
+
+impl Cluster {
+    /// Joins the cluster: connects, makes the buckets if this is the first
+    /// host, publishes the components no host has published yet, and
+    /// converges to the cluster's state. The returned cluster keeps
+    /// converging and reporting until the process ends.
+    pub async fn join(
+        config: &Config,
+        cluster: &ClusterConfig,
+        public: std::net::SocketAddr,
+        registry: Arc<Registry>,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let client = connect(cluster).await?;
+        let js = jetstream::new(client);
+        let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO).await?;
+        let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl).await?;
+        let versions = match js.get_object_store(state::VERSIONS_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: state::VERSIONS_BUCKET.into(),
+                    ..Default::default()
+                })
+                .await
+                .or(js
+                    .get_object_store(state::VERSIONS_BUCKET)
+                    .await
+                    .map_err(anyhow::Error::from))
+                .context("cannot open the cluster's version store")?,
+        };
+        let public_url = cluster
+            .advertise
+            .clone()
+            .or_else(|| (!public.ip().is_unspecified()).then(|| format!("http://{public}")));
+        let forward_key = forward_key(&desired).await?;
+        let this = Arc::new(Cluster {
+            node: cluster.node.clone(),
+            public_url,
+            forward_key,
+            ttl: cluster.node_ttl,
+            desired,
+            nodes,
+            versions,
+            registry,
+            components: config.components.clone(),
+            view: RwLock::default(),
+            errors: Mutex::default(),
+            converged: AtomicBool::new(false),
+            changed: Notify::new(),
+            refreshed: Mutex::default(),
+        });
+        this.publish_unknown().await?;
+        this.converge_all().await?;
+        this.converged.store(true, Ordering::Release);
+        this.report().await;
+        tokio::spawn(Arc::clone(&this).watch());
+        tokio::spawn(Arc::clone(&this).keep_reporting());
+        tracing::info!(node = %this.node, "joined the cluster");
+        Ok(this)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The secret that marks requests forwarded between the cluster's hosts.
+    pub fn forward_key(&self) -> &str {
+        &self.forward_key
+    }
+
+    /// Whether this host has converged to the cluster's state.
+    pub fn is_converged(&self) -> bool {
+        self.converged.load(Ordering::Acquire)
+    }
+
+    /// Where requests for `component` are served: `None` here, or the
+    /// owner's name.
+    pub fn owner(&self, component: &str) -> Option<String> {
+        let view = self.view.read().expect("view lock");
+        let owner = view.desired.get(component)?.owner.as_ref()?;
+        (*owner != self.node).then(|| owner.clone())
+    }
+
+    /// The public URL of `owner`, reading the hosts' reports again if this
+    /// host has not seen it yet (it joined a moment ago, say), at most once
+    /// per [`REFRESH_EVERY`].
+    pub async fn url_of(&self, owner: &str) -> Option<String> {
+        let known = |view: &View| view.nodes.get(owner).and_then(|n| n.public_url.clone());
+        if let Some(url) = known(&self.view.read().expect("view lock")) {
+            return Some(url);
+        }
+        {
+            let mut refreshed = self.refreshed.lock().expect("refresh lock");
+            if refreshed.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return None;
+            }
+            *refreshed = Some(Instant::now());
+        }
+        self.refresh_nodes().await;
+        known(&self.view.read().expect("view lock"))
+    }
+
+    /// Reads every host's report again.
+    async fn refresh_nodes(&self) {
+        match self.read_nodes().await {
+            Ok(nodes) => {
+                self.view.write().expect("view lock").nodes = nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+            }
+            Err(e) => tracing::warn!("cannot read the cluster's hosts: {e:#}"),
+        }
+    }
+
+    /// How many hosts are live, this one included.
+    pub fn live_hosts(&self) -> usize {
+        let view = self.view.read().expect("view lock");
+        view.nodes.len().max(1)
+    }
+
+    /// The cluster's state as this host sees it, for the admin API.
+    pub fn describe(&self) -> serde_json::Value {
+        let view = self.view.read().expect("view lock");
+        serde_json::json!({
+            "node": self.node,
+            "converged": self.is_converged(),
+            "desired": view.desired,
+            "nodes": view.nodes.values().collect::<Vec<_>>(),
+        })
+    }
+
+    /// Installs new code for `name` on every host, for every request or
+    /// for `canary` percent of them.
+    pub async fn swap(&self, name: &str, wasm: Vec<u8>, canary: Option<u8>) -> Result<serde_json::Value, ClusterError> {
+        let digest = self.registry.validate(name, wasm.clone()).await?.to_string();
+        self.versions
+            .put(digest.as_str(), &mut wasm.as_slice())
+            .await
+            .map_err(|e| ClusterError::Unavailable(anyhow::Error::from(e)))?;
+        let node = self.node.clone();
+        self.change(name, |old| {
+            let mut next = old.clone();
+            match canary {
+                Some(percent) => {
+                    next.canary = Some(DesiredCanary {
+                        digest: digest.clone(),
+                        percent,
+                    })
+                }
+                None => {
+                    next.previous = Some(old.current.clone());
+                    next.current = digest.clone();
+                    next.canary = None;
+                }
+            }
+            next.changed_by = node.clone();
+            next.change = if canary.is_some() { "canary" } else { "swap" }.into();
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Back to the previous version on every host, or drops the canary.
+    pub async fn rollback(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
+        let node = self.node.clone();
+        self.change(name, |old| {
+            let mut next = old.clone();
+            if next.canary.take().is_none() {
+                let previous = old
+                    .previous
+                    .clone()
+                    .ok_or_else(|| ClusterError::Conflict(format!("{name} has no previous version to roll back to")))?;
+                next.previous = Some(old.current.clone());
+                next.current = previous;
+            }
+            next.changed_by = node.clone();
+            next.change = "rollback".into();
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Makes the canary the current version on every host.
+    pub async fn promote(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
+        let node = self.node.clone();
+        self.change(name, |old| {
+            let mut next = old.clone();
+            let canary = next
+                .canary
+                .take()
+                .ok_or_else(|| ClusterError::Conflict(format!("{name} has no canary to promote")))?;
+            next.previous = Some(old.current.clone());
+            next.current = canary.digest;
+            next.changed_by = node.clone();
+            next.change = "promote".into();
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Moves the ownership of `name` (a component with a database) to host
+    /// `owner`. The database does not move: see the README on failover.
+    pub async fn set_owner(&self, name: &str, owner: &str) -> Result<serde_json::Value, ClusterError> {
+        crate::config::check_name(owner).map_err(ClusterError::Conflict)?;
+        let node = self.node.clone();
+        self.change(name, |old| {
+            if old.owner.is_none() {
+                return Err(ClusterError::Conflict(format!(
+                    "{name} has no database, so no owner: every host serves it"
+                )));
+            }
+            let mut next = old.clone();
+            next.owner = Some(owner.to_string());
+            next.changed_by = node.clone();
+            next.change = "owner".into();
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Writes `make(old)` for `name` if nobody changed it meanwhile, waits
+    /// until every live host serves it, and undoes it if one refuses.
+    async fn change(
+        &self,
+        name: &str,
+        make: impl FnOnce(&Desired) -> Result<Desired, ClusterError>,
+    ) -> Result<serde_json::Value, ClusterError> {
+        let unavailable = |e: &dyn std::fmt::Display| ClusterError::Unavailable(anyhow::anyhow!("{e}"));
+        let entry = self
+            .desired
+            .entry(name)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .ok_or_else(|| ClusterError::NotFound(format!("no component named {name} in the cluster")))?;
+        let old: Desired = serde_json::from_slice(&entry.value).map_err(|e| unavailable(&e))?;
+        let next = make(&old)?;
+        let revision = self
+            .desired
+            .update(name, to_bytes(&next), entry.revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => {
+                    ClusterError::Conflict(format!("{name} changed meanwhile; try again"))
+                }
+                _ => unavailable(&e),
+            })?;
+        self.changed.notify_one();
+        match self.wait_for(name, &next).await {
+            Ok(nodes) => Ok(serde_json::json!({ "component": name, "desired": next, "nodes": nodes })),
+            Err(ClusterError::Refused { node, message }) => {
+                tracing::warn!(component = %name, %node, "a host refused a change; undoing it: {message}");
+                if self.desired.update(name, to_bytes(&old), revision).await.is_ok() {
+                    self.changed.notify_one();
+                    let _ = self.wait_for(name, &old).await;
+                }
+                Err(ClusterError::Refused { node, message })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until every live host serves `desired` for `name`, or one says
+    /// it cannot.
+    async fn wait_for(&self, name: &str, desired: &Desired) -> Result<Vec<NodeReport>, ClusterError> {
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let nodes = self.read_nodes().await.map_err(ClusterError::Unavailable)?;
+            let mut pending = Vec::new();
+            for report in &nodes {
+                match report.components.get(name) {
+                    Some(c) if c.serves(desired) => {}
+                    Some(c) => match c.refused(desired) {
+                        Some(message) => {
+                            return Err(ClusterError::Refused {
+                                node: report.node.clone(),
+                                message: message.to_string(),
+                            });
+                        }
+                        None => pending.push(report.node.clone()),
+                    },
+                    // A host that does not serve the component has nothing to take.
+                    None => {}
+                }
+            }
+            if pending.is_empty() {
+                return Ok(nodes);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout(pending));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes this host's version of each component no host has
+    /// published yet: the first host to start sets the cluster's state.
+    async fn publish_unknown(&self) -> anyhow::Result<()> {
+        let snapshot = self.registry.snapshot();
+        for config in &self.components {
+            if self.desired.get(&config.name).await?.is_some() {
+                continue;
+            }
+            let Some(entry) = snapshot.get(&config.name) else {
+                continue;
+            };
+            let version = &entry.current;
+            let wasm = self.registry.wasm_of(&config.name, &version.digest)?;
+            self.versions
+                .put(&*version.digest, &mut wasm.as_slice())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot store {} in the cluster: {e}", config.name))?;
+            let has_database = version.host_imports.iter().any(|i| i.starts_with(SQLITE_IMPORT));
+            let desired = Desired {
+                current: version.digest.to_string(),
+                previous: None,
+                canary: None,
+                owner: has_database.then(|| config.owner.clone().unwrap_or_else(|| self.node.clone())),
+                changed_by: self.node.clone(),
+                change: "start".into(),
+            };
+            match self.desired.create(&config.name, to_bytes(&desired)).await {
+                Ok(_) => tracing::info!(component = %config.name, version = %version.short, "published to the cluster"),
+                // Another host published it first: converge to theirs.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(anyhow::anyhow!("cannot publish {}: {e}", config.name)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every component serve what the cluster wants; records why not
+    /// where it cannot.
+    async fn converge_all(&self) -> anyhow::Result<()> {
+        let mut desired = BTreeMap::new();
+        for config in &self.components {
+            if let Some(value) = self.desired.get(&config.name).await? {
+                desired.insert(config.name.clone(), serde_json::from_slice::<Desired>(&value)?);
+            }
+        }
+        for (name, want) in &desired {
+            self.converge(name, want).await;
+        }
+        let nodes = self.read_nodes().await?;
+        let elsewhere = desired
+            .iter()
+            .filter_map(|(name, want)| Some((name.clone(), want.owner.clone()?)))
+            .filter(|(_, owner)| *owner != self.node)
+            .collect();
+        self.registry.placement.set(elsewhere);
+        let mut view = self.view.write().expect("view lock");
+        view.desired = desired;
+        view.nodes = nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+        Ok(())
+    }
+
+    async fn converge(&self, name: &str, want: &Desired) {
+        let origin = Origin::Cluster {
+            node: want.changed_by.clone(),
+        };
+        let versions = self.versions.clone();
+        let fetch = move |digest: String| {
+            let versions = versions.clone();
+            Box::pin(async move { fetch(&versions, &digest).await }) as futures::future::BoxFuture<'static, _>
+        };
+        let outcome = self
+            .registry
+            .converge(name, &want.current, want.canary(), &origin, fetch)
+            .await;
+        let mut errors = self.errors.lock().expect("errors lock");
+        match outcome {
+            Ok(changed) => {
+                if changed.is_some() {
+                    tracing::info!(component = %name, change = %want.change, by = %want.changed_by, "converged");
+                }
+                errors.remove(name);
+            }
+            Err(e) => {
+                tracing::warn!(component = %name, "cannot serve what the cluster wants: {e}");
+                errors.insert(
+                    name.to_string(),
+                    ConvergeError {
+                        wanted: want.current.clone(),
+                        wanted_canary: want.canary.as_ref().map(|c| c.digest.clone()),
+                        message: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every live host's last report.
+    async fn read_nodes(&self) -> anyhow::Result<Vec<NodeReport>> {
+        let mut keys = self.nodes.keys().await?;
+        let mut reports = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Some(value) = self.nodes.get(key?).await? {
+                reports.push(serde_json::from_slice(&value)?);
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Tells the cluster what this host serves.
+    async fn report(&self) {
+        let snapshot = self.registry.snapshot();
+        let errors = self.errors.lock().expect("errors lock").clone();
+        let components = self
+            .components
+            .iter()
+            .filter_map(|config| {
+                let entry = snapshot.get(&config.name)?;
+                let report = ComponentReport {
+                    current: entry.current.digest.to_string(),
+                    canary: entry.canary.as_ref().map(|c| DesiredCanary {
+                        digest: c.version.digest.to_string(),
+                        percent: c.percent,
+                    }),
+                    error: errors.get(&config.name).cloned(),
+                };
+                Some((config.name.clone(), report))
+            })
+            .collect();
+        let report = NodeReport {
+            node: self.node.clone(),
+            public_url: self.public_url.clone(),
+            ready: self.is_converged(),
+            updated_ms: now_ms(),
+            components,
+        };
+        if let Err(e) = self.nodes.put(&self.node, to_bytes(&report)).await {
+            tracing::warn!("cannot report to the cluster: {e}");
+        }
+        self.view
+            .write()
+            .expect("view lock")
+            .nodes
+            .insert(self.node.clone(), report);
+    }
+
+    /// Converges on every change to the bucket, and every few seconds in
+    /// case a change was missed.
+    async fn watch(self: Arc<Self>) {
+        loop {
+            let watch = self.desired.watch_all().await;
+            let mut watch = match watch {
+                Ok(watch) => watch,
+                Err(e) => {
+                    tracing::warn!("cannot watch the cluster's state: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    entry = watch.next() => match entry {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!("the cluster's watch failed: {e}");
+                            break;
+                        }
+                        None => break,
+                    },
+                    () = self.changed.notified() => {}
+                    () = tokio::time::sleep(RESYNC_EVERY) => {}
+                }
+                if let Err(e) = self.converge_all().await {
+                    tracing::warn!("cannot read the cluster's state: {e:#}");
+                }
+                self.report().await;
+            }
+        }
+    }
+
+    /// Reports this host, and refreshes its view of the others, well
+    /// within the time after which a silent host counts as gone.
+    async fn keep_reporting(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.ttl / 3).await;
+            self.report().await;
+            self.refresh_nodes().await;
+        }
+    }
+}
+
+/// Connects to NATS with the configured credentials, waiting for it to
+/// come up.
+async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
+    let options = match &cluster.auth {
+        NatsAuth::None => async_nats::ConnectOptions::new(),
+        NatsAuth::CredentialsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("cannot read the NATS credentials in {}", path.display()))?,
+        NatsAuth::Token(source) => async_nats::ConnectOptions::new().token(resolve_token(source, TokenFile::ReadOnly)?),
+    };
+    let options = options
+        .name(format!("corral-{}", cluster.node))
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect();
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .nats
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .context("a NATS server address does not parse")?;
+    let client = options.connect(servers).await.context("cannot connect to NATS")?;
+    // With retry on, connect returns before the first connection is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.connection_state() != async_nats::connection::State::Connected {
+        anyhow::ensure!(Instant::now() < deadline, "cannot reach NATS at {:?}", cluster.nats);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(client)
+}
+
+/// The code of version `digest`, checked against its digest.
+async fn fetch(versions: &object_store::ObjectStore, digest: &str) -> anyhow::Result<Vec<u8>> {
+    let mut object = versions
+        .get(digest)
+        .await
+        .with_context(|| format!("version {digest} is not in the cluster's store"))?;
+    let mut wasm = Vec::new();
+    object.read_to_end(&mut wasm).await?;
+    let got: String = Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    anyhow::ensure!(
+        got == digest,
+        "version {digest} in the cluster's store has the digest {got}"
+    );
+    Ok(wasm)
+}
+
+/// The cluster's forwarding secret, made by the first host to look.
+async fn forward_key(desired: &kv::Store) -> anyhow::Result<String> {
+    if let Some(key) = desired.get(FORWARD_KEY).await? {
+        return Ok(String::from_utf8_lossy(&key).into_owned());
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the cluster's key: {e}"))?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match desired.create(FORWARD_KEY, Bytes::from(key.clone())).await {
+        Ok(_) => Ok(key),
+        Err(_) => {
+            let key = desired.get(FORWARD_KEY).await?.context("the cluster's key vanished")?;
+            Ok(String::from_utf8_lossy(&key).into_owned())
+        }
+    }
+}
+
+/// The key-value bucket `bucket`, made if it does not exist yet. The
+/// bucket's stream is made here as the key-value convention lays it out,
+/// not through `create_key_value`, which first asks for account details
+/// that JetStream servers before 2.10 do not give.
+async fn key_value(
+    js: &jetstream::Context,
+    bucket: &str,
+    history: i64,
+    max_age: Duration,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history,
+            max_age,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(js.get_key_value(bucket).await?),
+        // Another host made it first.
+        Err(e) => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| anyhow::anyhow!("cannot make the cluster's {bucket} bucket: {e}")),
+    }
+}
+
+fn to_bytes(value: &impl serde::Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("cluster state serializes"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,90 @@
+//! What the cluster keeps in NATS JetStream: for each component, the
+//! versions every host should serve ([`Desired`], in the `corral_desired`
+//! key-value bucket); for each host, what it serves ([`NodeReport`], in
+//! `corral_nodes`, expiring when the host stops reporting); and the code
+//! of every version, by sha256, in the `corral_versions` object store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const DESIRED_BUCKET: &str = "corral_desired";
+pub const NODES_BUCKET: &str = "corral_nodes";
+pub const VERSIONS_BUCKET: &str = "corral_versions";
+
+/// What every host should serve for one component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The version every request gets, but the canary's share.
+    pub current: String,
+    /// The version before, for a rollback.
+    #[serde(default)]
+    pub previous: Option<String>,
+    #[serde(default)]
+    pub canary: Option<DesiredCanary>,
+    /// The host that owns the component's database, for a component that
+    /// has one; the others forward its requests there.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Which host made the last change, and which change it was.
+    pub changed_by: String,
+    pub change: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredCanary {
+    pub digest: String,
+    pub percent: u8,
+}
+
+impl Desired {
+    /// The canary as `(digest, percent)`.
+    pub fn canary(&self) -> Option<(&str, u8)> {
+        self.canary.as_ref().map(|c| (c.digest.as_str(), c.percent))
+    }
+}
+
+/// What one host serves, reported every few seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    /// Where other hosts forward requests for the components it owns.
+    pub public_url: Option<String>,
+    /// It has converged to the cluster's state at least once.
+    pub ready: bool,
+    /// Milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+    pub components: BTreeMap<String, ComponentReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentReport {
+    /// The version it serves.
+    pub current: String,
+    #[serde(default)]
+    pub canary: Option<DesiredCanary>,
+    /// Why it does not serve what the cluster wants, with what that was.
+    #[serde(default)]
+    pub error: Option<ConvergeError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvergeError {
+    pub wanted: String,
+    pub wanted_canary: Option<String>,
+    pub message: String,
+}
+
+impl ComponentReport {
+    /// Whether it serves what `desired` asks for.
+    pub fn serves(&self, desired: &Desired) -> bool {
+        self.current == desired.current && self.canary == desired.canary
+    }
+
+    /// Whether it tried `desired` and could not take it.
+    pub fn refused(&self, desired: &Desired) -> Option<&str> {
+        let error = self.error.as_ref()?;
+        let wanted_canary = desired.canary.as_ref().map(|c| &c.digest);
+        (error.wanted == desired.current && error.wanted_canary.as_ref() == wanted_canary).then_some(&error.message)
+    }
+}

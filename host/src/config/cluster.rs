@@ -1,0 +1,129 @@
+//! `[cluster]`: many hosts sharing their components' versions through NATS
+//! JetStream, and `server.rate_limit_store`: rate limits shared through
+//! Redis. Only the shape and its checks live here.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::resolve::Problems;
+use super::tokens::TokenSource;
+
+/// Many hosts as one: where the cluster's state is kept and who this host is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// NATS servers with JetStream, `nats://host:port`.
+    pub nats: Vec<String>,
+    /// This host's name in the cluster, unique among its hosts.
+    pub node: String,
+    pub auth: NatsAuth,
+    /// The URL other hosts reach this host's public listener at, to
+    /// forward requests for the components it owns.
+    pub advertise: Option<String>,
+    /// How long a host that stops reporting is still counted as live.
+    pub node_ttl: std::time::Duration,
+}
+
+/// How this host authenticates to NATS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    None,
+    /// A `.creds` file (a JWT and an nkey seed).
+    CredentialsFile(PathBuf),
+    /// A token, from the config, the environment or a file.
+    Token(TokenSource),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCluster {
+    #[serde(default)]
+    pub nats: Vec<String>,
+    pub node: Option<String>,
+    pub credentials_file: Option<String>,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    pub advertise: Option<String>,
+    pub node_ttl_ms: Option<u64>,
+}
+
+/// Where shared rate limits are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitStore {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...`.
+    pub url: String,
+}
+
+pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -> ClusterConfig {
+    if raw.nats.is_empty() {
+        problems.add(
+            "cluster.nats",
+            "is required: the NATS servers, such as [\"nats://127.0.0.1:4222\"]",
+        );
+    }
+    for (i, url) in raw.nats.iter().enumerate() {
+        let scheme_ok = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+        if !scheme_ok || url.len() <= "nats://".len() {
+            problems.add(
+                format!("cluster.nats[{i}]"),
+                format!("{url:?} is not a NATS server such as \"nats://127.0.0.1:4222\""),
+            );
+        }
+    }
+    let node = match &raw.node {
+        Some(node) => {
+            if let Err(why) = super::check_name(node) {
+                problems.add("cluster.node", why.replace("component name", "node name"));
+            }
+            node.clone()
+        }
+        None => {
+            problems.add("cluster.node", "is required: this host's name in the cluster");
+            String::new()
+        }
+    };
+    let auth = match (&raw.credentials_file, &raw.token, &raw.token_env, &raw.token_file) {
+        (None, None, None, None) => NatsAuth::None,
+        (Some(file), None, None, None) => NatsAuth::CredentialsFile(base.join(file)),
+        (None, Some(token), None, None) => NatsAuth::Token(TokenSource::Literal(token.clone())),
+        (None, None, Some(var), None) => NatsAuth::Token(TokenSource::Env(var.clone())),
+        (None, None, None, Some(file)) => NatsAuth::Token(TokenSource::File(base.join(file))),
+        _ => {
+            problems.add(
+                "cluster",
+                "give at most one of credentials_file, token, token_env and token_file",
+            );
+            NatsAuth::None
+        }
+    };
+    if let Some(advertise) = &raw.advertise
+        && (!advertise.starts_with("http://") || advertise.parse::<http::Uri>().is_err())
+    {
+        problems.add(
+            "cluster.advertise",
+            format!("{advertise:?} is not a URL such as \"http://10.0.0.5:8080\""),
+        );
+    }
+    let ttl_ms = problems
+        .ranged("cluster.node_ttl_ms", raw.node_ttl_ms, 1_000, 600_000)
+        .unwrap_or(15_000);
+    ClusterConfig {
+        nats: raw.nats.clone(),
+        node,
+        auth,
+        advertise: raw.advertise.clone(),
+        node_ttl: std::time::Duration::from_millis(ttl_ms),
+    }
+}
+
+pub fn resolve_rate_limit_store(url: &str, problems: &mut Problems) -> Option<RateLimitStore> {
+    let valid = ["redis://", "rediss://"].iter().any(|s| url.starts_with(s)) && url.len() > "redis://".len();
+    if !valid {
+        problems.add(
+            "server.rate_limit_store",
+            format!("{url:?} is not a Redis URL such as \"redis://127.0.0.1:6379\""),
+        );
+        return None;
+    }
+    Some(RateLimitStore { url: url.to_string() })
+}

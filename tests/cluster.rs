@@ -1,0 +1,433 @@
+//! Many hosts as one: three real `corral` processes sharing a real NATS
+//! JetStream server and a real Redis, behind a real HAProxy, all on
+//! loopback ports of their own.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    Reply, TestHost, admin_toml, assert_clean_switch, client, eventually, host, metric, under_load_url, variant, wasm,
+};
+
+/// A server the tests start and stop: NATS, Redis or HAProxy.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `program` and waits until `addr` takes connections.
+    fn start(program: &str, args: &[&str], addr: SocketAddr, dir: tempfile::TempDir) -> Daemon {
+        let mut child = Command::new(find(program))
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} (.ci/run installs it): {e}"));
+        let started = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "{program} exited");
+            assert!(started.elapsed() < Duration::from_secs(20), "{program} does not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, addr, _dir: dir }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `program` on the path, or where Debian puts servers.
+fn find(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A NATS server with JetStream, its store in a temporary directory.
+fn nats() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let store = dir.path().join("jetstream");
+    let port = addr.port().to_string();
+    let args = ["-js", "-sd", store.to_str().unwrap(), "-a", "127.0.0.1", "-p", &port];
+    Daemon::start("nats-server", &args, addr, dir)
+}
+
+/// A Redis server that keeps nothing on disk.
+fn redis() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let port = addr.port().to_string();
+    let args = [
+        "--port",
+        &port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    Daemon::start("redis-server", &args, addr, dir)
+}
+
+/// HAProxy with `deploy/haproxy/haproxy.cfg`, balancing `hosts` round-robin.
+fn haproxy(hosts: &[&TestHost]) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let config = crate::support::workspace().join("deploy/haproxy/haproxy.cfg");
+    let mut command = Command::new(find("haproxy"));
+    command.env("CORRAL_LISTEN", addr.to_string());
+    for (i, host) in hosts.iter().enumerate() {
+        command.env(format!("CORRAL_{}", i + 1), host.addr.to_string());
+        command.env(
+            format!("CORRAL_{}_ADMIN", i + 1),
+            host.admin_addr.unwrap().port().to_string(),
+        );
+    }
+    let child = command
+        .args(["-db", "-f"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting haproxy (.ci/run installs it)");
+    let mut daemon = Daemon { child, addr, _dir: dir };
+    let started = Instant::now();
+    // Up, and every host passed its health check: no component serves
+    // this path, so a host answers 404 where HAProxy would answer 503.
+    while (0..6).any(|_| get(&daemon, "/no-such-route").map(|r| r.status) != Some(404)) {
+        assert!(daemon.child.try_wait().unwrap().is_none(), "haproxy exited");
+        assert!(started.elapsed() < Duration::from_secs(20), "haproxy does not serve");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.addr = addr;
+    daemon
+}
+
+fn get(daemon: &Daemon, path: &str) -> Option<Reply> {
+    send(daemon, "GET", path, None)
+}
+
+fn send(daemon: &Daemon, method: &str, path: &str, json: Option<&Value>) -> Option<Reply> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", daemon.addr));
+    let body = match json {
+        Some(json) => {
+            request = request.header("content-type", "application/json");
+            serde_json::to_vec(json).unwrap()
+        }
+        None => Vec::new(),
+    };
+    let response = client().run(request.body(body).unwrap()).ok()?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().read_to_vec().ok()?;
+    Some(Reply { status, headers, body })
+}
+
+/// A pair of relays without a database: relay-a calls relay-b.
+fn relays() -> String {
+    let relay = wasm("relay").display().to_string();
+    format!(
+        "[components.relay-a]\nwasm = {relay:?}\nroutes = [\"/relay-a\"]\n\
+         [components.relay-a.imports]\n\"corral:test/relay@0.1.0\" = \"relay-b\"\n\
+         [components.relay-b]\nwasm = {relay:?}\nroutes = [\"/relay-b\"]\n"
+    )
+}
+
+/// A host of the cluster on `nats` named `node`, serving the relays and `extra`.
+fn cluster_host(nats: &Daemon, node: &str, extra: &str, data_dir: Option<&Path>) -> TestHost {
+    cluster_host_of(nats, node, &format!("{}{extra}", relays()), data_dir)
+}
+
+/// A host of the cluster on `nats` named `node`, serving `components`.
+fn cluster_host_of(nats: &Daemon, node: &str, components: &str, data_dir: Option<&Path>) -> TestHost {
+    let toml = format!(
+        "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n{components}",
+        admin_toml(),
+        nats.addr,
+    );
+    let mut builder = host().toml(&toml);
+    if let Some(dir) = data_dir {
+        builder = builder.data_dir(dir);
+    }
+    builder.start()
+}
+
+/// Three hosts, started one after the other (the first publishes the
+/// cluster's state, the others converge to it).
+fn three_hosts(nats: &Daemon, extra: &str) -> Vec<TestHost> {
+    ["n1", "n2", "n3"]
+        .into_iter()
+        .map(|node| cluster_host(nats, node, extra, None))
+        .collect()
+}
+
+/// The cluster as host `host` sees it, with every host's report.
+fn cluster_of(host: &TestHost) -> Value {
+    let reply = host.admin("GET", "/cluster", Vec::new());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()
+}
+
+#[test]
+fn a_rollout_through_one_host_reaches_every_host_under_load() {
+    let nats = nats();
+    let hosts = three_hosts(&nats, "");
+    let proxy = haproxy(&hosts.iter().collect::<Vec<_>>());
+    let old = hosts[0].version_of("/relay-b/local");
+    for host in &hosts[1..] {
+        assert_eq!(
+            host.version_of("/relay-b/local"),
+            old,
+            "every host starts on the first's version"
+        );
+    }
+    let url = format!("http://{}/relay-b/local", proxy.addr);
+
+    // A swap through n2's admin API, while six clients go through HAProxy.
+    let new_wasm = variant("relay", "cluster-v2");
+    let (samples, before, after, reply) = under_load_url(&url, 6, || {
+        hosts[1].admin("PUT", "/components/relay-b", new_wasm.clone())
+    });
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let nodes = reply.json()["nodes"].as_array().unwrap().len();
+    assert_eq!(nodes, 3, "the change waited for every host: {}", reply.text());
+    let new = hosts[0].version_of("/relay-b/local");
+    assert_ne!(new, old);
+    assert_clean_switch(&samples, before, after, &old, &new);
+    for host in &hosts {
+        assert_eq!(host.version_of("/relay-b/local"), new);
+    }
+
+    // A rollback through n3 likewise.
+    let (samples, before, after, reply) = under_load_url(&url, 6, || {
+        hosts[2].admin("POST", "/components/relay-b/rollback", Vec::new())
+    });
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_clean_switch(&samples, before, after, &new, &old);
+    for host in &hosts {
+        assert_eq!(host.version_of("/relay-b/local"), old);
+    }
+
+    // A version that cannot serve relay-b's role (it lacks the export
+    // relay-a calls) is refused, and no host serves it.
+    let broken = std::fs::read(wasm("empty")).unwrap();
+    let reply = hosts[0].admin("PUT", "/components/relay-b", broken);
+    assert!(reply.status >= 400, "{}", reply.text());
+    for host in &hosts {
+        assert_eq!(host.version_of("/relay-b/local"), old);
+    }
+
+    // Every host shows every host.
+    let cluster = cluster_of(&hosts[2]);
+    let reported: Vec<&str> = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(reported, ["n1", "n2", "n3"], "{cluster}");
+}
+
+#[test]
+fn a_version_another_host_cannot_load_is_refused_and_undone_everywhere() {
+    let nats = nats();
+    // On n1, relay-b calls itself; on n2, relay-a calls it. A version of
+    // relay-b that neither calls nor answers relay calls passes n1's
+    // checks and fails n2's.
+    let relay_b = format!(
+        "[components.relay-b]\nwasm = {:?}\nroutes = [\"/relay-b\"]\n\
+         [components.relay-b.imports]\n\"corral:test/relay@0.1.0\" = \"relay-b\"\n",
+        wasm("relay").display().to_string()
+    );
+    let n1 = cluster_host_of(&nats, "n1", &relay_b, None);
+    let n2 = cluster_host(&nats, "n2", "", None);
+    let old = n1.version_of("/relay-b/local");
+    let reply = n1.admin("PUT", "/components/relay-b", std::fs::read(wasm("empty")).unwrap());
+    let problem = reply.assert_problem(422, "refused-by-host");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("n2") && detail.contains("relay-a"), "{problem}");
+    for host in [&n1, &n2] {
+        assert_eq!(host.version_of("/relay-b/local"), old, "undone everywhere");
+    }
+    let reply = n2.get("/relay-a/1");
+    assert_eq!(reply.status, 200, "relay-b still answers relay-a: {}", reply.text());
+}
+
+#[test]
+fn a_restarted_host_converges_before_it_serves() {
+    let nats = nats();
+    let data = tempfile::tempdir().unwrap();
+    let n1 = cluster_host(&nats, "n1", "", None);
+    let n2 = cluster_host(&nats, "n2", "", Some(data.path()));
+    let old = n2.version_of("/relay-b/local");
+    n2.kill();
+
+    // Changed while n2 is down: n1 does not wait for it once its report expires.
+    let reply = n1.admin("PUT", "/components/relay-b", variant("relay", "while-down"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let new = n1.version_of("/relay-b/local");
+    assert_ne!(new, old);
+
+    // n2 comes back with its old config and converges before it listens.
+    let n2 = cluster_host(&nats, "n2", "", Some(data.path()));
+    assert_eq!(n2.version_of("/relay-b/local"), new);
+    let ready = n2.admin("GET", "/readyz", Vec::new());
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    eventually("n1 sees n2 again", || {
+        let cluster = cluster_of(&n1);
+        cluster["nodes"].as_array().unwrap().iter().any(|n| {
+            n["node"] == "n2"
+                && n["components"]["relay-b"]["current"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&new)
+        })
+    });
+}
+
+/// The number of rows in `table` of the database of `component` under
+/// `data_dir`, zero when the file does not exist.
+fn rows(data_dir: &Path, component: &str, table: &str) -> i64 {
+    let path = data_dir.join(format!("{component}.sqlite3"));
+    if !path.exists() {
+        return 0;
+    }
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from {table}').fetchone()[0])"
+        ))
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn writes_land_in_the_owners_database_only() {
+    let nats = nats();
+    // users lives on n2, orders (which calls users) on n1.
+    let users = format!(
+        "[components.users]\nwasm = {:?}\nroutes = [\"/users\"]\npublishes = [\"users.deleted\"]\nowner = \"n2\"\n\
+         [components.orders]\nwasm = {:?}\nroutes = [\"/orders\"]\npublishes = [\"orders.status-changed\"]\nowner = \"n1\"\n",
+        wasm("users").display().to_string(),
+        wasm("orders").display().to_string()
+    );
+    let mut hosts = three_hosts(&nats, &users);
+    let proxy = haproxy(&hosts.iter().collect::<Vec<_>>());
+    let mut ids = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let reply = host.post(
+            "/users",
+            &json!({ "name": format!("user{i}"), "email": format!("u{i}@example.com") }),
+        );
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        ids.push(reply.json()["id"].clone());
+    }
+    for i in 3..9 {
+        let user = json!({ "name": format!("user{i}"), "email": format!("u{i}@example.com") });
+        let reply = send(&proxy, "POST", "/users", Some(&user)).unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        ids.push(reply.json()["id"].clone());
+    }
+    // Every host reads the same users.
+    for host in &hosts {
+        let listed = host.get("/users").json();
+        assert_eq!(listed["items"].as_array().map(Vec::len), Some(9), "{listed}");
+        for id in &ids {
+            assert_eq!(host.get(&format!("/users/{id}")).status, 200);
+        }
+    }
+    // The hosts that are not the owner counted what they forwarded.
+    let metrics = hosts[0].admin("GET", "/metrics", Vec::new()).text();
+    let forwarded = metric(&metrics, "corral_requests_forwarded_total", &[("owner", "n2")]);
+    assert!(forwarded >= 3.0, "{forwarded}");
+    // orders, on n1, cannot call users there: n1's copy of users'
+    // database is never read. The refusal says where users is.
+    let order = json!({ "user_id": 1, "items": [{ "sku": "TEA-1", "quantity": 1, "unit_price_cents": 450 }] });
+    for host in &hosts {
+        let problem = host
+            .post("/orders", &order)
+            .assert_problem(503, "dependency-unavailable");
+        assert!(problem["detail"].as_str().unwrap().contains("n2"), "{problem}");
+    }
+    for host in &mut hosts {
+        host.terminate();
+        host.wait();
+    }
+    assert_eq!(rows(&hosts[1].data_dir, "users", "users"), 9);
+    assert_eq!(rows(&hosts[0].data_dir, "users", "users"), 0);
+    assert_eq!(rows(&hosts[2].data_dir, "users", "users"), 0);
+}
+
+#[test]
+fn rate_limits_are_shared_through_redis_and_survive_its_loss() {
+    let nats = nats();
+    let mut redis = redis();
+    let extra = format!(
+        "[server]\nrate_limit_store = \"redis://{}\"\n\
+         [components.relay-a.rate_limit]\nrate = \"10/minute\"\n\
+         [components.relay-b.rate_limit]\nrate = \"30/minute\"\n",
+        redis.addr
+    );
+    let hosts = three_hosts(&nats, &extra);
+    let proxy = haproxy(&hosts.iter().collect::<Vec<_>>());
+    let (mut admitted, mut refused) = (0, 0);
+    for _ in 0..30 {
+        match get(&proxy, "/relay-a/local").unwrap().status {
+            200 => admitted += 1,
+            429 => refused += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!((admitted, refused), (10, 20), "the three hosts share one bucket");
+
+    // Without Redis, every host still answers, on a local share of the limit.
+    redis.stop();
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(&proxy, "/relay-b/local").unwrap().status);
+    }
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let fallbacks: f64 = hosts
+        .iter()
+        .map(|h| {
+            let text = h.admin("GET", "/metrics", Vec::new()).text();
+            metric(&text, "corral_rate_limit_fallbacks_total", &[])
+        })
+        .sum();
+    assert!(fallbacks >= 12.0, "{fallbacks}");
+    for host in &hosts {
+        host.wait_for_log(&["the rate limit store failed"]);
+    }
+}
