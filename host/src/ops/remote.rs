@@ -161,12 +161,102 @@ pub fn status_table(status: &Value) -> String {
             canary,
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+    let mut table = render(&rows);
+    if !status["cluster"].is_null() {
+        table.push_str("\n\n");
+        table.push_str(&cluster_table(&status["cluster"]));
+    }
+    table
+}
+
+/// The cluster part of `GET /components`: what each host serves of what
+/// the cluster wants.
+fn cluster_table(cluster: &Value) -> String {
+    let short = |digest: &Value| {
+        digest
+            .as_str()
+            .map_or("-".to_string(), |d| d[..d.len().min(12)].to_string())
+    };
+    let canary = |canary: &Value| match canary {
+        Value::Null => "-".to_string(),
+        canary => format!("{} at {}%", short(&canary["digest"]), canary["percent"]),
+    };
+    let converged = if cluster["converged"] == true {
+        "converged"
+    } else {
+        "converging"
+    };
+    let mut out = format!(
+        "cluster: this host is {}, {converged}\n",
+        cluster["node"].as_str().unwrap_or("?")
+    );
+    let mut wanted = vec![
+        ["COMPONENT", "WANTED", "CANARY", "OWNER", "LAST CHANGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (name, desired) in cluster["desired"].as_object().into_iter().flatten() {
+        wanted.push(vec![
+            name.clone(),
+            short(&desired["current"]),
+            canary(&desired["canary"]),
+            desired["owner"].as_str().unwrap_or("every host").to_string(),
+            format!(
+                "{} by {}",
+                desired["change"].as_str().unwrap_or("?"),
+                desired["changed_by"].as_str().unwrap_or("?")
+            ),
+        ]);
+    }
+    out.push_str(&render(&wanted));
+    let mut hosts = vec![
+        ["HOST", "READY", "COMPONENT", "SERVES", "CANARY", "STATE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for node in cluster["nodes"].as_array().into_iter().flatten() {
+        for (name, report) in node["components"].as_object().into_iter().flatten() {
+            let desired = &cluster["desired"][name];
+            let state = match &report["error"] {
+                Value::Null if report["current"] == desired["current"] && report["canary"] == desired["canary"] => {
+                    "ok".to_string()
+                }
+                Value::Null => "converging".to_string(),
+                error => format!(
+                    "refused {}: {}",
+                    short(&error["wanted"]),
+                    error["message"].as_str().unwrap_or("?")
+                ),
+            };
+            hosts.push(vec![
+                node["node"].as_str().unwrap_or("?").to_string(),
+                if node["ready"] == true { "yes" } else { "no" }.to_string(),
+                name.clone(),
+                short(&report["current"]),
+                canary(&report["canary"]),
+                state,
+            ]);
+        }
+    }
+    out.push_str("\n\n");
+    out.push_str(&render(&hosts));
+    out
+}
+
+/// Rows as columns aligned on their widest cell.
+fn render<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let columns = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r.as_ref()[i].len()).max().unwrap_or(0))
         .collect();
     rows.iter()
         .map(|row| {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            let cells: Vec<String> = row
+                .as_ref()
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
             cells.join("  ").trim_end().to_string()
         })
         .collect::<Vec<_>>()
