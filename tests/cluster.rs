@@ -3,14 +3,15 @@
 //! loopback ports of their own.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::{
-    Reply, TestHost, admin_toml, assert_clean_switch, client, eventually, host, metric, under_load_url, variant, wasm,
+    ADMIN_TOKEN, Reply, TestHost, admin_toml, assert_clean_switch, client, eventually, find_program, host, metric,
+    run_corral, under_load_url, variant, wasm,
 };
 
 /// A server the tests start and stop: NATS, Redis or HAProxy.
@@ -23,7 +24,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `program` and waits until `addr` takes connections.
     fn start(program: &str, args: &[&str], addr: SocketAddr, dir: tempfile::TempDir) -> Daemon {
-        let mut child = Command::new(find(program))
+        let mut child = Command::new(find_program(program))
             .args(args)
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -49,17 +50,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// `program` on the path, or where Debian puts servers.
-fn find(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
 }
 
 fn free_addr() -> SocketAddr {
@@ -99,7 +89,7 @@ fn haproxy(hosts: &[&TestHost]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let config = crate::support::workspace().join("deploy/haproxy/haproxy.cfg");
-    let mut command = Command::new(find("haproxy"));
+    let mut command = Command::new(find_program("haproxy"));
     command.env("CORRAL_LISTEN", addr.to_string());
     for (i, host) in hosts.iter().enumerate() {
         command.env(format!("CORRAL_{}", i + 1), host.addr.to_string());
@@ -224,6 +214,21 @@ fn a_rollout_through_one_host_reaches_every_host_under_load() {
     assert_clean_switch(&samples, before, after, &old, &new);
     for host in &hosts {
         assert_eq!(host.version_of("/relay-b/local"), new);
+    }
+    // `corral status` against any host shows every host serving it.
+    let admin = format!("http://{}", hosts[2].admin_addr.unwrap());
+    let (ok, out) = run_corral(
+        &["status".as_ref(), "--admin".as_ref(), admin.as_ref()],
+        &[("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)],
+        Path::new("."),
+    );
+    assert!(ok, "{out}");
+    for node in ["n1", "n2", "n3"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(node) && l.contains("relay-b"))
+            .unwrap_or_else(|| panic!("no line for {node}:\n{out}"));
+        assert!(line.contains(&new) && line.ends_with("ok"), "{line}");
     }
 
     // A rollback through n3 likewise.
@@ -369,7 +374,11 @@ fn writes_land_in_the_owners_database_only() {
     }
     // The hosts that are not the owner counted what they forwarded.
     let metrics = hosts[0].admin("GET", "/metrics", Vec::new()).text();
-    let forwarded = metric(&metrics, "corral_requests_forwarded_total", &[("owner", "n2")]);
+    let forwarded = metric(
+        &metrics,
+        "corral_requests_forwarded_total",
+        &[("to", "n2"), ("why", "owner")],
+    );
     assert!(forwarded >= 3.0, "{forwarded}");
     // orders, on n1, cannot call users there: n1's copy of users'
     // database is never read. The refusal says where users is.
@@ -430,4 +439,49 @@ fn rate_limits_are_shared_through_redis_and_survive_its_loss() {
     for host in &hosts {
         host.wait_for_log(&["the rate limit store failed"]);
     }
+}
+
+#[test]
+fn a_busy_host_sends_requests_to_one_with_free_slots() {
+    let nats = nats();
+    // One relay-b instance at a time per host, held by a sleeping request.
+    let limits = "[components.relay-b.limits]\nmax_concurrent = 1\ntimeout_ms = 3000\n";
+    let n1 = cluster_host(&nats, "n1", limits, None);
+    let n2 = cluster_host(&nats, "n2", limits, None);
+    assert_eq!(n1.get("/relay-b/local").header("corral-node"), Some("n1"));
+    eventually("n1 sees n2 ready", || {
+        let cluster = cluster_of(&n1);
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node"] == "n2" && n["ready"] == true)
+    });
+    std::thread::scope(|scope| {
+        let sleeper = scope.spawn(|| n1.get("/relay-b/0?behavior=sleep"));
+        eventually("the sleeper holds n1's slot", || {
+            let status = n1.admin("GET", "/components", Vec::new()).json();
+            status["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "relay-b" && c["in_flight"] == 1)
+        });
+        let reply = n1.get("/relay-b/local");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            reply.header("corral-node"),
+            Some("n2"),
+            "served by the host with a free slot"
+        );
+        assert_eq!(sleeper.join().unwrap().status, 504);
+    });
+    let metrics = n1.admin("GET", "/metrics", Vec::new()).text();
+    let spilled = metric(
+        &metrics,
+        "corral_requests_forwarded_total",
+        &[("to", "n2"), ("why", "busy")],
+    );
+    assert_eq!(spilled, 1.0);
+    let _ = n2;
 }

@@ -13,7 +13,7 @@
 pub mod state;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,9 +25,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
+use crate::components::random;
 use crate::components::registry::{ChangeError, Registry};
 use crate::components::saved::Origin;
-use crate::config::cluster::{ClusterConfig, NatsAuth};
+use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{ComponentConfig, Config};
 pub use state::{ComponentReport, ConvergeError, Desired, DesiredCanary, NodeReport};
@@ -76,6 +77,10 @@ pub struct Cluster {
     public_url: Option<String>,
     forward_key: String,
     ttl: Duration,
+    balance: Balance,
+    weight: u32,
+    /// The next turn, for round-robin.
+    turn: AtomicUsize,
     desired: kv::Store,
     nodes: kv::Store,
     versions: object_store::ObjectStore,
@@ -132,6 +137,9 @@ impl Cluster {
             public_url,
             forward_key,
             ttl: cluster.node_ttl,
+            balance: cluster.balance,
+            weight: cluster.weight,
+            turn: AtomicUsize::new(0),
             desired,
             nodes,
             versions,
@@ -202,6 +210,28 @@ impl Cluster {
             }
             Err(e) => tracing::warn!("cannot read the cluster's hosts: {e:#}"),
         }
+    }
+
+    /// Another ready host that serves `component` as this one does, picked
+    /// by the configured balance, with its public URL: where a request goes
+    /// when every slot here is busy.
+    pub fn pick_peer(&self, component: &str) -> Option<(String, String)> {
+        let view = self.view.read().expect("view lock");
+        let desired = view.desired.get(component)?;
+        let peers: Vec<(&NodeReport, &String)> = view
+            .nodes
+            .values()
+            .filter(|n| n.node != self.node && n.ready)
+            .filter(|n| n.components.get(component).is_some_and(|c| c.serves(desired)))
+            .filter_map(|n| Some((n, n.public_url.as_ref()?)))
+            .collect();
+        if peers.is_empty() {
+            return None;
+        }
+        let weights: Vec<u32> = peers.iter().map(|(n, _)| n.weight).collect();
+        let index = choose(self.balance, &weights, &self.turn, random::u64());
+        let (node, url) = peers[index];
+        Some((node.node.clone(), url.clone()))
     }
 
     /// How many hosts are live, this one included.
@@ -517,6 +547,7 @@ impl Cluster {
             node: self.node.clone(),
             public_url: self.public_url.clone(),
             ready: self.is_converged(),
+            weight: self.weight,
             updated_ms: now_ms(),
             components,
         };
@@ -571,6 +602,29 @@ impl Cluster {
             tokio::time::sleep(self.ttl / 3).await;
             self.report().await;
             self.refresh_nodes().await;
+        }
+    }
+}
+
+/// The index of the host `balance` picks among hosts of `weights`, with
+/// `turn` the round-robin counter and `dice` a random number.
+fn choose(balance: Balance, weights: &[u32], turn: &AtomicUsize, dice: u64) -> usize {
+    match balance {
+        Balance::RoundRobin => turn.fetch_add(1, Ordering::Relaxed) % weights.len(),
+        Balance::Random => (dice % weights.len() as u64) as usize,
+        Balance::WeightedRandom => {
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            let mut ticket = dice % total.max(1);
+            weights
+                .iter()
+                .position(|w| match ticket.checked_sub(u64::from(*w)) {
+                    Some(rest) => {
+                        ticket = rest;
+                        false
+                    }
+                    None => true,
+                })
+                .unwrap_or(weights.len() - 1)
         }
     }
 }
@@ -683,4 +737,37 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_takes_turns() {
+        let turn = AtomicUsize::new(0);
+        let picks: Vec<usize> = (0..6)
+            .map(|_| choose(Balance::RoundRobin, &[1, 1, 1], &turn, 0))
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn weighted_random_follows_the_weights() {
+        let turn = AtomicUsize::new(0);
+        let mut counts = [0u32; 3];
+        // Every ticket once: each host gets exactly its weight.
+        for dice in 0..400 {
+            counts[choose(Balance::WeightedRandom, &[100, 300, 0], &turn, dice)] += 1;
+        }
+        assert_eq!(counts, [100, 300, 0]);
+    }
+
+    #[test]
+    fn random_stays_in_range() {
+        let turn = AtomicUsize::new(0);
+        for dice in [0, 1, 2, u64::MAX] {
+            assert!(choose(Balance::Random, &[1, 1, 1], &turn, dice) < 3);
+        }
+    }
 }

@@ -52,9 +52,16 @@ pub struct NodeReport {
     pub public_url: Option<String>,
     /// It has converged to the cluster's state at least once.
     pub ready: bool,
+    /// Its share of requests sent on by others (`cluster.weight`).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// Milliseconds since the Unix epoch.
     pub updated_ms: u64,
     pub components: BTreeMap<String, ComponentReport>,
+}
+
+fn default_weight() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

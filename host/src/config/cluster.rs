@@ -22,6 +22,21 @@ pub struct ClusterConfig {
     pub advertise: Option<String>,
     /// How long a host that stops reporting is still counted as live.
     pub node_ttl: std::time::Duration,
+    /// How this host picks another when it sends a request on.
+    pub balance: Balance,
+    /// This host's share of the requests others send on, against the
+    /// other hosts' weights, with `balance = "weighted-random"`.
+    pub weight: u32,
+}
+
+/// How a host picks among the other hosts that serve a component, when
+/// all of its own slots for it are busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    WeightedRandom,
 }
 
 /// How this host authenticates to NATS.
@@ -45,6 +60,8 @@ pub struct RawCluster {
     pub token_file: Option<String>,
     pub advertise: Option<String>,
     pub node_ttl_ms: Option<u64>,
+    pub balance: Option<Balance>,
+    pub weight: Option<u64>,
 }
 
 /// Where shared rate limits are kept.
@@ -113,6 +130,8 @@ pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -
         auth,
         advertise: raw.advertise.clone(),
         node_ttl: std::time::Duration::from_millis(ttl_ms),
+        balance: raw.balance.unwrap_or(Balance::RoundRobin),
+        weight: problems.ranged("cluster.weight", raw.weight, 1, 1_000).unwrap_or(100) as u32,
     }
 }
 

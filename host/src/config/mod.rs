@@ -182,7 +182,12 @@ impl Config {
         })
         .map_err(shape_error)?;
         // Absolute, so that paths mean the same wherever they are used from.
-        let base = std::path::absolute(file.parent().unwrap_or(Path::new("."))).unwrap_or_default();
+        // A bare file name's parent is "": the current folder.
+        let parent = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_default();
         let config = resolve::config(raw, file, &base, overrides, &mut problems);
         match problems.is_empty() {
             true => Ok(config),

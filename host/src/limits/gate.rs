@@ -94,6 +94,16 @@ impl ConcurrencyGate {
         }
     }
 
+    /// A free slot now, if there is one.
+    pub fn try_enter(&self) -> Option<Slot> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        self.counts.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Slot {
+            _permit: permit,
+            counts: Arc::clone(&self.counts),
+        })
+    }
+
     /// Waits for a free slot.
     pub async fn enter(&self) -> Result<Slot, Overloaded> {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {

@@ -23,7 +23,7 @@ use super::client::client_addr;
 use super::forward::{Forwarder, unreachable_owner};
 use super::server::Handler;
 use super::stats::{
-    Method as MetricMethod, OwnerLabels, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels,
+    ForwardLabels, Method as MetricMethod, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels,
     status_class,
 };
 use super::{BoxError, HttpResponse, full, problem};
@@ -210,6 +210,13 @@ impl Handler for Gateway {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
+        // In a cluster, the host that answered, unless another host did.
+        if let Some((cluster, _)) = &self.cluster
+            && !response.headers().contains_key(NODE)
+            && let Ok(value) = HeaderValue::from_str(cluster.node())
+        {
+            response.headers_mut().insert(NODE, value);
+        }
         self.record(&parts, &response, &trace, started.elapsed(), &request_id);
         response
     }
@@ -248,55 +255,84 @@ impl Gateway {
             }
         };
         trace.bytes_in = body.len();
-        if let Some((cluster, forwarder)) = &self.cluster
-            && let Some(owner) = cluster.owner(&entry.name)
-        {
-            let url = match forwarded {
-                true => None,
-                false => cluster.url_of(&owner).await,
-            };
-            let mut response = match (forwarded, url) {
-                // Ownership moved while the request was on its way.
-                (true, _) => unreachable_owner(&owner, "it moved while this request was forwarded; retry"),
-                (false, None) => unreachable_owner(&owner, "it is not live"),
-                (false, Some(url)) => {
-                    let labels = OwnerLabels {
-                        component: Arc::clone(&entry.name),
-                        owner: owner.clone(),
-                    };
-                    self.stats.forwarded.get_or_create(&labels).inc();
-                    let timeout = entry.limits().timeout;
-                    forwarder
-                        .forward(&owner, &url, parts, body, trace.client, timeout)
-                        .await
-                }
-            };
-            if let Some(verdict) = &verdict {
-                rate_limit_headers(&mut response, verdict);
-            }
-            return response;
-        }
-        let waiting = Instant::now();
-        let slot = entry.shared.gate.enter().await;
-        self.stats.observe_queue_wait(&entry.name, waiting.elapsed());
-        let mut response = match slot {
-            Ok(slot) => {
-                let client = trace.client.to_string();
-                let call = Call {
-                    parts,
-                    body,
-                    client,
-                    id: request_id,
-                    depth: 0,
+        let mut response = match self.place(&entry, forwarded).await {
+            Placed::Here(slot) => {
+                let slot = match slot {
+                    Some(slot) => Ok(slot),
+                    None => {
+                        let waiting = Instant::now();
+                        let slot = entry.shared.gate.enter().await;
+                        self.stats.observe_queue_wait(&entry.name, waiting.elapsed());
+                        slot
+                    }
                 };
-                self.serve(&entry, call, slot, trace).await
+                match slot {
+                    Ok(slot) => {
+                        let client = trace.client.to_string();
+                        let call = Call {
+                            parts,
+                            body,
+                            client,
+                            id: request_id,
+                            depth: 0,
+                        };
+                        self.serve(&entry, call, slot, trace).await
+                    }
+                    Err(overloaded) => self.overloaded(&entry, overloaded, trace),
+                }
             }
-            Err(overloaded) => self.overloaded(&entry, overloaded, trace),
+            Placed::There { to, url, why } => {
+                let labels = ForwardLabels {
+                    component: Arc::clone(&entry.name),
+                    to: to.clone(),
+                    why,
+                };
+                self.stats.forwarded.get_or_create(&labels).inc();
+                let forwarder = &self.cluster.as_ref().expect("placed in a cluster").1;
+                let timeout = entry.limits().timeout;
+                forwarder.forward(&to, &url, parts, body, trace.client, timeout).await
+            }
+            Placed::Nowhere(response) => response,
         };
         if let Some(verdict) = &verdict {
             rate_limit_headers(&mut response, verdict);
         }
         response
+    }
+
+    /// Where a request for `entry` is served. In a cluster, a component
+    /// with a database is served by its owner only; one without is served
+    /// here while a slot is free, else by another host with a free one,
+    /// else here after a wait. A forwarded request is never sent on again.
+    async fn place(&self, entry: &Entry, forwarded: bool) -> Placed {
+        let Some((cluster, _)) = &self.cluster else {
+            return Placed::Here(None);
+        };
+        if let Some(owner) = cluster.owner(&entry.name) {
+            if forwarded {
+                // Ownership moved while the request was on its way.
+                let why = "it moved while this request was forwarded; retry";
+                return Placed::Nowhere(unreachable_owner(&owner, why));
+            }
+            return match cluster.url_of(&owner).await {
+                Some(url) => Placed::There {
+                    to: owner,
+                    url,
+                    why: "owner",
+                },
+                None => Placed::Nowhere(unreachable_owner(&owner, "it is not live")),
+            };
+        }
+        if forwarded {
+            return Placed::Here(None);
+        }
+        if let Some(slot) = entry.shared.gate.try_enter() {
+            return Placed::Here(Some(slot));
+        }
+        match cluster.pick_peer(&entry.name) {
+            Some((to, url)) => Placed::There { to, url, why: "busy" },
+            None => Placed::Here(None),
+        }
     }
 
     /// The component that owns the path, if the request is within its rate
@@ -790,6 +826,19 @@ fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> HttpResp
     };
     let detail = format!("{} failed this request: {}", target.component, error.public());
     problem::response(status, error.cause(), title, detail)
+}
+
+/// In a cluster, the host that answered a request.
+const NODE: http::HeaderName = http::HeaderName::from_static("corral-node");
+
+/// Where a request is served.
+enum Placed {
+    /// Here, in this slot, or in one to wait for.
+    Here(Option<Slot>),
+    /// On another host of the cluster.
+    There { to: String, url: String, why: &'static str },
+    /// Nowhere: the owner cannot be reached.
+    Nowhere(HttpResponse),
 }
 
 /// Serves requests between components, for the `wasi:http` capability.

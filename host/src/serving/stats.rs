@@ -85,10 +85,13 @@ pub struct TrapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OwnerLabels {
+pub struct ForwardLabels {
     pub component: Arc<str>,
-    /// The host that owns it.
-    pub owner: String,
+    /// The host it went to.
+    pub to: String,
+    /// `owner`: that host owns the component's database; `busy`: every
+    /// slot here was taken.
+    pub why: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,8 +107,8 @@ pub struct ServingStats {
     pub traps: Family<TrapLabels, Counter>,
     pub queue_wait: Family<ComponentLabels, Histogram>,
     pub open_connections: Family<ListenerLabels, Gauge>,
-    /// Requests sent on to the host that owns their component.
-    pub forwarded: Family<OwnerLabels, Counter>,
+    /// Requests sent on to another host of the cluster.
+    pub forwarded: Family<ForwardLabels, Counter>,
     /// Requests limited by this host alone because the shared store failed.
     pub rate_limit_fallbacks: Family<ComponentLabels, Counter>,
 }
@@ -151,7 +154,7 @@ impl ServingStats {
         );
         prometheus.register(
             "requests_forwarded",
-            "Requests sent on to the host that owns their component",
+            "Requests sent on to another host: the owner of their component's database, or one with free slots",
             self.forwarded.clone(),
         );
         prometheus.register(
