@@ -30,9 +30,11 @@ test: build-components toolchains
 
 # Installs the toolchains that build the Python and JavaScript components,
 # inside the repository: componentize-py in target/toolchains/python, and
-# componentize-js in components/js/node_modules.
+# componentize-js in components/js/node_modules. kubernetes-validate, which
+# the tests run on deploy/k8s/, goes into the same Python environment.
 toolchains:
     test -x target/toolchains/python/bin/componentize-py || { python3 -m venv target/toolchains/python && target/toolchains/python/bin/pip install --quiet --no-cache-dir --disable-pip-version-check componentize-py==0.25.1; }
+    test -x target/toolchains/python/bin/kubernetes-validate || target/toolchains/python/bin/pip install --quiet --no-cache-dir --disable-pip-version-check kubernetes-validate==1.37.0
     test -x components/js/node_modules/.bin/componentize-js || npm ci --prefix components/js --no-audit --no-fund --cache target/toolchains/npm
 
 # Checks formatting and lints, host and components alike.

@@ -7,6 +7,7 @@ mod capacity;
 mod cluster;
 mod config;
 mod containment;
+mod deploy;
 mod durable_changes;
 mod events;
 mod hostile_clients;

@@ -19,6 +19,17 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// `program` on the path, or where Debian puts servers.
+pub fn find_program(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
+}
+
 /// The built `.wasm` of a component crate.
 pub fn wasm(crate_name: &str) -> PathBuf {
     let file = crate_name.replace('-', "_");
