@@ -95,6 +95,11 @@ pub async fn run(registry: Arc<Registry>, log: Arc<dyn EventLog>, wake: Arc<Noti
             let Some(subscription) = &entry.config.events.subscription else {
                 continue;
             };
+            // In a cluster, a subscriber with its database on another host
+            // is never run here: its deliveries wait in this host's log.
+            if registry.placement.owner_elsewhere(&entry.name).is_some() {
+                continue;
+            }
             let running = in_flight.of(&entry.name);
             let free = subscription
                 .settings
