@@ -389,12 +389,20 @@ fn writes_land_in_the_owners_database_only() {
             .assert_problem(503, "dependency-unavailable");
         assert!(problem["detail"].as_str().unwrap().contains("n2"), "{problem}");
     }
+    // Ownership moves to n1 (here without copying the database, so n1
+    // starts from its own, empty one), and every host knows it at once.
+    let reply = hosts[2].admin("POST", "/cluster/components/users/owner/n1", Vec::new());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = hosts[1].post("/users", &json!({ "name": "moved", "email": "moved@example.com" }));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.header("corral-node"), Some("n1"));
+    assert_eq!(hosts[2].get("/users").json()["items"].as_array().map(Vec::len), Some(1));
     for host in &mut hosts {
         host.terminate();
         host.wait();
     }
     assert_eq!(rows(&hosts[1].data_dir, "users", "users"), 9);
-    assert_eq!(rows(&hosts[0].data_dir, "users", "users"), 0);
+    assert_eq!(rows(&hosts[0].data_dir, "users", "users"), 1);
     assert_eq!(rows(&hosts[2].data_dir, "users", "users"), 0);
 }
 

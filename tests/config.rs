@@ -209,3 +209,52 @@ fn check_resolves_imports_between_components() {
     let (ok, output) = check_config(&both);
     assert!(ok, "{output}");
 }
+
+#[test]
+fn cluster_settings_are_validated() {
+    let users = component_toml("users", "users", &["/users"]);
+    let toml = format!(
+        r#"
+data_dir = "data"
+
+[server]
+rate_limit_store = "http://redis:6379"
+
+[cluster]
+nats = ["redis://nats:4222"]
+node = "Node 1"
+token = "a-token-long-enough-0123"
+token_env = "NATS_TOKEN"
+node_ttl_ms = 10
+weight = 0
+
+{users}owner = "n2"
+"#
+    );
+    let (ok, output) = check_config(&toml);
+    assert!(!ok, "{output}");
+    for expected in [
+        "server.rate_limit_store: \"http://redis:6379\" is not a Redis URL",
+        "cluster.nats[0]: \"redis://nats:4222\" is not a NATS server",
+        "cluster.node: \"Node 1\" is not a valid node name",
+        "cluster: give at most one of credentials_file, token, token_env and token_file",
+        "cluster.node_ttl_ms",
+        "cluster.weight",
+    ] {
+        assert!(output.contains(expected), "missing {expected:?} in:\n{output}");
+    }
+    let (ok, output) = check_config(
+        "data_dir = \"data\"\n[cluster]\nnats = [\"nats://n:4222\"]\nnode = \"n1\"\nbalance = \"fastest\"\n",
+    );
+    assert!(!ok && output.contains("unknown variant `fastest`"), "{output}");
+    // A component may name an owner only in a cluster.
+    let (ok, output) = check_config(&format!("data_dir = \"data\"\n{users}owner = \"n2\"\n"));
+    assert!(!ok && output.contains("components.users.owner"), "{output}");
+    // The same settings, right, pass.
+    let (ok, output) = check_config(&format!(
+        "data_dir = \"data\"\n[server]\nrate_limit_store = \"redis://127.0.0.1:6379\"\n\
+         [cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nnode = \"n1\"\nbalance = \"weighted-random\"\nweight = 300\n\
+         {users}owner = \"n2\"\n"
+    ));
+    assert!(ok, "{output}");
+}

@@ -133,15 +133,19 @@ pub async fn run(
         match &config.cluster {
             Some(settings) => {
                 let public = listeners.public.local_addr()?;
-                let joined = Cluster::join(&config, settings, public, Arc::clone(&registry)).await?;
+                let (joined, tasks) = Cluster::join(&config, settings, public, Arc::clone(&registry)).await?;
                 let _ = cluster.set(Arc::clone(&joined));
-                anyhow::Ok(Some(joined))
+                anyhow::Ok(Some((joined, tasks)))
             }
             None => Ok(None),
         }
     };
     let joined = match joined.await {
-        Ok(joined) => joined,
+        Ok(Some((joined, tasks))) => {
+            background.extend(tasks);
+            Some(joined)
+        }
+        Ok(None) => None,
         Err(e) => {
             let _ = stop.send(true);
             return Err(e);
@@ -167,9 +171,9 @@ pub async fn run(
         trusted_proxies: config.server.trusted_proxies.clone(),
         stats: Arc::clone(&metrics.serving),
         body_pace: body_pace(&config),
-        cluster: joined.map(|c| {
+        cluster: joined.as_ref().map(|c| {
             let forwarder = Forwarder::new(c.forward_key().to_string(), c.node().to_string());
-            (c, forwarder)
+            (Arc::clone(c), forwarder)
         }),
         shared_limits,
     };
@@ -179,6 +183,10 @@ pub async fn run(
         task.abort();
         let _ = task.await;
     }
+    if let Some(cluster) = joined {
+        cluster.leave().await;
+    }
+    drop(cluster);
     drop(control);
     close(registry);
     Ok(())

@@ -101,14 +101,14 @@ pub struct Cluster {
 impl Cluster {
     /// Joins the cluster: connects, makes the buckets if this is the first
     /// host, publishes the components no host has published yet, and
-    /// converges to the cluster's state. The returned cluster keeps
-    /// converging and reporting until the process ends.
+    /// converges to the cluster's state. The returned tasks keep it
+    /// converging and reporting until they are stopped.
     pub async fn join(
         config: &Config,
         cluster: &ClusterConfig,
         public: std::net::SocketAddr,
         registry: Arc<Registry>,
-    ) -> anyhow::Result<Arc<Cluster>> {
+    ) -> anyhow::Result<(Arc<Cluster>, Vec<tokio::task::JoinHandle<()>>)> {
         let client = connect(cluster).await?;
         let js = jetstream::new(client);
         let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO).await?;
@@ -155,10 +155,21 @@ impl Cluster {
         this.converge_all().await?;
         this.converged.store(true, Ordering::Release);
         this.report().await;
-        tokio::spawn(Arc::clone(&this).watch());
-        tokio::spawn(Arc::clone(&this).keep_reporting());
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&this).watch()),
+            tokio::spawn(Arc::clone(&this).keep_reporting()),
+        ];
         tracing::info!(node = %this.node, "joined the cluster");
-        Ok(this)
+        Ok((this, tasks))
+    }
+
+    /// Takes this host out of the other hosts' view, so changes made while
+    /// it is stopped do not wait for it.
+    pub async fn leave(&self) {
+        match self.nodes.delete(&self.node).await {
+            Ok(()) => tracing::info!(node = %self.node, "left the cluster"),
+            Err(e) => tracing::warn!("cannot leave the cluster: {e}"),
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -527,6 +538,13 @@ impl Cluster {
     async fn report(&self) {
         let snapshot = self.registry.snapshot();
         let errors = self.errors.lock().expect("errors lock").clone();
+        let owners: BTreeMap<String, Option<String>> = {
+            let view = self.view.read().expect("view lock");
+            view.desired
+                .iter()
+                .map(|(name, d)| (name.clone(), d.owner.clone()))
+                .collect()
+        };
         let components = self
             .components
             .iter()
@@ -538,6 +556,7 @@ impl Cluster {
                         digest: c.version.digest.to_string(),
                         percent: c.percent,
                     }),
+                    owner: owners.get(&config.name).cloned().flatten(),
                     error: errors.get(&config.name).cloned(),
                 };
                 Some((config.name.clone(), report))

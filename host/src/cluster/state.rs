@@ -70,6 +70,10 @@ pub struct ComponentReport {
     pub current: String,
     #[serde(default)]
     pub canary: Option<DesiredCanary>,
+    /// The owner this host sends the component's requests to, if it has a
+    /// database.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Why it does not serve what the cluster wants, with what that was.
     #[serde(default)]
     pub error: Option<ConvergeError>,
@@ -85,7 +89,7 @@ pub struct ConvergeError {
 impl ComponentReport {
     /// Whether it serves what `desired` asks for.
     pub fn serves(&self, desired: &Desired) -> bool {
-        self.current == desired.current && self.canary == desired.canary
+        self.current == desired.current && self.canary == desired.canary && self.owner == desired.owner
     }
 
     /// Whether it tried `desired` and could not take it.
