@@ -22,13 +22,15 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// GCRA over several buckets at once: KEYS are the buckets, ARGV a pair
-/// (emission interval in ms, burst) per bucket. Refuses if any bucket is
+/// (emission interval in µs, burst) per bucket. Refuses if any bucket is
 /// empty, taking from none; else takes from all. Answers
-/// {allowed, limit, remaining, reset_ms, retry_after_ms} for the refusing
-/// bucket, or for the one with the fewest requests left.
+/// {allowed, limit, remaining, reset_us, retry_after_us} for the refusing
+/// bucket, or for the one with the fewest requests left. Times are in
+/// microseconds (exact in Lua's doubles until 2255) and stored with
+/// `%.0f`, since Lua writes numbers with 14 significant digits.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tats = {}
 local strictest = nil
 for i = 1, #KEYS do
@@ -48,7 +50,7 @@ for i = 1, #KEYS do
   end
 end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], tats[i], 'PX', math.max(1, tats[i] - now))
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.max(1, math.ceil((tats[i] - now) / 1000)))
 end
 return strictest
 "#;
@@ -134,7 +136,7 @@ impl SharedLimits {
             };
             // The limit itself is in the key: a changed limit starts afresh.
             invocation.key(format!("corral:rl:{component}:{pattern}:{limit}:{who}"));
-            let interval = limit.rate.period.as_millis() as u64 / u64::from(limit.rate.count.get());
+            let interval = limit.rate.period.as_micros() as u64 / u64::from(limit.rate.count.get());
             invocation.arg(interval.max(1)).arg(limit.burst.get());
         }
         let mut redis = self.redis.clone();
@@ -223,7 +225,7 @@ fn share(config: &RateLimitConfig, hosts: usize) -> RateLimitConfig {
 }
 
 fn verdict(values: &[i64]) -> Verdict {
-    let secs = |ms: i64| (ms.max(0) as u64).div_ceil(1000);
+    let secs = |us: i64| (us.max(0) as u64).div_ceil(1_000_000);
     Verdict {
         allowed: values[0] == 1,
         limit: values[1].clamp(0, i64::from(u32::MAX)) as u32,
