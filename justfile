@@ -51,6 +51,13 @@ bench: build
     ./target/release/loadtest
     ./target/release/eventbench
 
+# Measures a cluster (wrk): one host against three behind HAProxy, and the
+# cost of a rate limit kept in Redis against one kept by the host.
+bench-cluster: build
+    command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+    cargo build --release -p corral-bench
+    ./target/release/clusterbench
+
 # Validates config/corral.toml and the components it names.
 check-config: build
     ./target/release/corral check --config config/corral.toml
