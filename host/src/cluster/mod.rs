@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
@@ -35,6 +35,8 @@ pub use state::{ComponentReport, ConvergeError, Desired, DesiredCanary, NodeRepo
 
 /// How long a change waits for every host to take it.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long reading the hosts' reports may take.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a host compares what it serves with the bucket, besides the watch.
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How often requests for an owner this host does not know may make it
@@ -523,15 +525,34 @@ impl Cluster {
     }
 
     /// Every live host's last report.
+    ///
+    /// The keys come from the stream's subjects, one request, not from
+    /// `keys()`: its consumer waits for every entry it counted at the
+    /// start, and one that expires meanwhile never comes.
     async fn read_nodes(&self) -> anyhow::Result<Vec<NodeReport>> {
-        let mut keys = self.nodes.keys().await?;
-        let mut reports = Vec::new();
-        while let Some(key) = keys.next().await {
-            if let Some(value) = self.nodes.get(key?).await? {
-                reports.push(serde_json::from_slice(&value)?);
+        let read = async {
+            let prefix = format!("$KV.{}.", state::NODES_BUCKET);
+            let subjects: Vec<(String, usize)> = self
+                .nodes
+                .stream
+                .info_with_subjects(format!("{prefix}>"))
+                .await?
+                .try_collect()
+                .await?;
+            let mut reports = Vec::new();
+            for (subject, _) in subjects {
+                let Some(key) = subject.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if let Some(value) = self.nodes.get(key).await? {
+                    reports.push(serde_json::from_slice(&value)?);
+                }
             }
-        }
-        Ok(reports)
+            anyhow::Ok(reports)
+        };
+        tokio::time::timeout(NATS_TIMEOUT, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("the cluster's hosts were not read within {NATS_TIMEOUT:?}"))?
     }
 
     /// Tells the cluster what this host serves.
