@@ -250,6 +250,28 @@ fn a_rollout_through_one_host_reaches_every_host_under_load() {
         assert_eq!(host.version_of("/relay-b/local"), old);
     }
 
+    // A canary through n1 reaches every host; a promote through n2 makes
+    // it every host's version.
+    let reply = hosts[0].admin(
+        "PUT",
+        "/components/relay-b?canary=50",
+        variant("relay", "cluster-canary"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen: std::collections::BTreeSet<String> = (0..60).map(|i| hosts[i % 3].version_of("/relay-b/local")).collect();
+    assert_eq!(seen.len(), 2, "the old version and the canary: {seen:?}");
+    let canary = seen.iter().find(|v| **v != old).unwrap().clone();
+    for node in cluster_of(&hosts[1])["nodes"].as_array().unwrap() {
+        assert_eq!(node["components"]["relay-b"]["canary"]["percent"], 50, "{node}");
+    }
+    let reply = hosts[1].admin("POST", "/components/relay-b/promote", Vec::new());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    for host in &hosts {
+        for _ in 0..5 {
+            assert_eq!(host.version_of("/relay-b/local"), canary);
+        }
+    }
+
     // Every host shows every host.
     let cluster = cluster_of(&hosts[2]);
     let reported: Vec<&str> = cluster["nodes"]

@@ -254,7 +254,8 @@ impl Cluster {
     }
 
     /// The cluster's state as this host sees it, for the admin API.
-    pub fn describe(&self) -> serde_json::Value {
+    pub async fn describe(&self) -> serde_json::Value {
+        self.refresh_nodes().await;
         let view = self.view.read().expect("view lock");
         serde_json::json!({
             "node": self.node,

@@ -135,11 +135,14 @@ impl Admin {
             (&Method::GET, ["components"]) => {
                 let snapshot = registry.snapshot();
                 let components: Vec<Value> = snapshot.entries.iter().map(|e| describe(e, &snapshot)).collect();
-                let cluster = cluster.map(|c| c.describe());
+                let cluster = match cluster {
+                    Some(cluster) => Some(cluster.describe().await),
+                    None => None,
+                };
                 json_response(StatusCode::OK, &json!({ "components": components, "cluster": cluster }))
             }
             (&Method::GET, ["cluster"]) => match cluster {
-                Some(cluster) => json_response(StatusCode::OK, &cluster.describe()),
+                Some(cluster) => json_response(StatusCode::OK, &cluster.describe().await),
                 None => not_in_a_cluster(),
             },
             (&Method::POST, ["cluster", "components", name, "owner", node]) => match cluster {
