@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{check_config, find_program, wasm, workspace};
+use crate::support::{check_config, find_program, output_of, wasm, workspace};
 
 /// The Kubernetes versions the manifests must be valid for: an old one still
 /// in use, and the newest the validator knows.
@@ -90,13 +90,7 @@ fn validate(files: &[PathBuf]) -> (bool, String) {
     for version in KUBERNETES_VERSIONS {
         command.args(["--kubernetes-version", version]);
     }
-    let output = command.args(files).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    output_of(command.args(files))
 }
 
 #[test]
@@ -311,13 +305,7 @@ fn haproxy_check(env: &[(&str, &str)]) -> (bool, String) {
     for (var, _) in HAPROXY_ENV {
         command.env_remove(var);
     }
-    let output = command.envs(env.iter().copied()).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    output_of(command.envs(env.iter().copied()))
 }
 
 #[test]

@@ -555,12 +555,15 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
 /// Runs the `corral` binary to its end; returns whether it succeeded and
 /// everything it printed.
 pub fn run_corral(args: &[&std::ffi::OsStr], envs: &[(&str, &str)], dir: &Path) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command.args(args).envs(envs.iter().copied()).current_dir(dir);
+    output_of(&mut command)
+}
+
+/// Runs `command` to its end; returns whether it succeeded and everything
+/// it printed.
+pub fn output_of(command: &mut Command) -> (bool, String) {
+    let output = command.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
