@@ -66,6 +66,26 @@ fn nats() -> Daemon {
     Daemon::start("nats-server", &args, addr, dir)
 }
 
+/// A NATS server with JetStream that wants `token` from every client.
+fn nats_with_token(token: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let store = dir.path().join("jetstream");
+    let port = addr.port().to_string();
+    let args = [
+        "-js",
+        "-sd",
+        store.to_str().unwrap(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "--auth",
+        token,
+    ];
+    Daemon::start("nats-server", &args, addr, dir)
+}
+
 /// A Redis server that keeps nothing on disk.
 fn redis() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
@@ -514,4 +534,35 @@ fn a_busy_host_sends_requests_to_one_with_free_slots() {
     );
     assert_eq!(spilled, 1.0);
     let _ = n2;
+}
+
+#[test]
+fn a_host_joins_with_its_nats_token_and_says_so_when_it_is_refused() {
+    let nats = nats_with_token("cluster-token-0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("nats.token");
+    std::fs::write(&token_file, "cluster-token-0123456789\n").unwrap();
+    let auth = format!("token_file = {:?}\n", token_file.display().to_string());
+    let toml = |auth: &str| {
+        format!(
+            "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"n1\"\n{auth}\n{}",
+            admin_toml(),
+            nats.addr,
+            relays()
+        )
+    };
+    let n1 = host().toml(&toml(&auth)).start();
+    assert_eq!(cluster_of(&n1)["node"], "n1");
+    assert_eq!(n1.get("/relay-b/local").status, 200);
+
+    // A wrong token: the host stops at once and names the reason.
+    let (ok, output) = crate::support::with_config(
+        "serve",
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{}",
+            toml("token = \"wrong-token-0123456789\"\n")
+        ),
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("refused this host's credentials"), "{output}");
 }

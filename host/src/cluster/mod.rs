@@ -680,10 +680,25 @@ async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> 
             .with_context(|| format!("cannot read the NATS credentials in {}", path.display()))?,
         NatsAuth::Token(source) => async_nats::ConnectOptions::new().token(resolve_token(source, TokenFile::ReadOnly)?),
     };
+    // The last error NATS reported, for a start that fails to say why.
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let record = Arc::clone(&last_error);
     let options = options
         .name(format!("corral-{}", cluster.node))
         .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect();
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let record = Arc::clone(&record);
+            async move {
+                match &event {
+                    async_nats::Event::ClientError(_) | async_nats::Event::ServerError(_) => {
+                        tracing::warn!("NATS: {event}");
+                        *record.lock().expect("error lock") = Some(event.to_string());
+                    }
+                    _ => tracing::info!("NATS: {event}"),
+                }
+            }
+        });
     let servers: Vec<async_nats::ServerAddr> = cluster
         .nats
         .iter()
@@ -694,7 +709,16 @@ async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> 
     // With retry on, connect returns before the first connection is up.
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.connection_state() != async_nats::connection::State::Connected {
-        anyhow::ensure!(Instant::now() < deadline, "cannot reach NATS at {:?}", cluster.nats);
+        let error = last_error.lock().expect("error lock").clone();
+        if let Some(error) = &error
+            && error.contains("authorization violation")
+        {
+            anyhow::bail!("NATS at {:?} refused this host's credentials ({error})", cluster.nats);
+        }
+        if Instant::now() >= deadline {
+            let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+            anyhow::bail!("cannot reach NATS at {:?}{why}", cluster.nats);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(client)
