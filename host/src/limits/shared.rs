@@ -63,6 +63,9 @@ pub enum Decided {
     Local,
 }
 
+/// A local limiter, and the limits it was made for.
+type Fallback = (RateLimitConfig, Arc<RateLimits>);
+
 /// The rate limits of every component, kept in Redis.
 pub struct SharedLimits {
     redis: redis::aio::ConnectionManager,
@@ -74,8 +77,9 @@ pub struct SharedLimits {
     started: Instant,
     max_clients: usize,
     /// Local limiters at each component's share of its rates, by the
-    /// number of hosts sharing them.
-    fallback: Mutex<HashMap<(String, usize), Arc<RateLimits>>>,
+    /// number of hosts sharing them, with the limits they were made for
+    /// (a reload that changes them starts afresh, as Redis keys do).
+    fallback: Mutex<HashMap<(String, usize), Fallback>>,
 }
 
 impl SharedLimits {
@@ -190,17 +194,22 @@ impl SharedLimits {
         let limits = {
             let mut fallback = self.fallback.lock().expect("fallback lock");
             let key = (component.to_string(), hosts.max(1));
-            let limits = fallback
-                .entry(key)
-                .or_insert_with(|| Arc::new(RateLimits::new(&share(config, hosts), self.max_clients)));
-            Arc::clone(limits)
+            let made = fallback.get(&key).filter(|(made_for, _)| made_for == config);
+            match made {
+                Some((_, limits)) => Arc::clone(limits),
+                None => {
+                    let limits = Arc::new(RateLimits::new(&share(config, hosts), self.max_clients));
+                    fallback.insert(key, (config.clone(), Arc::clone(&limits)));
+                    limits
+                }
+            }
         };
         limits.check(method, path, client)
     }
 
     /// Forgets idle clients of the local limiters.
     pub fn evict_idle(&self) {
-        for limits in self.fallback.lock().expect("fallback lock").values() {
+        for (_, limits) in self.fallback.lock().expect("fallback lock").values() {
             limits.evict_idle();
         }
     }
