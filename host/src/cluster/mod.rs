@@ -115,20 +115,7 @@ impl Cluster {
         let js = jetstream::new(client);
         let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO).await?;
         let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl).await?;
-        let versions = match js.get_object_store(state::VERSIONS_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: state::VERSIONS_BUCKET.into(),
-                    ..Default::default()
-                })
-                .await
-                .or(js
-                    .get_object_store(state::VERSIONS_BUCKET)
-                    .await
-                    .map_err(anyhow::Error::from))
-                .context("cannot open the cluster's version store")?,
-        };
+        let versions = version_store(&js).await?;
         let public_url = cluster
             .advertise
             .clone()
@@ -186,14 +173,6 @@ impl Cluster {
     /// Whether this host has converged to the cluster's state.
     pub fn is_converged(&self) -> bool {
         self.converged.load(Ordering::Acquire)
-    }
-
-    /// Where requests for `component` are served: `None` here, or the
-    /// owner's name.
-    pub fn owner(&self, component: &str) -> Option<String> {
-        let view = self.view.read().expect("view lock");
-        let owner = view.desired.get(component)?.owner.as_ref()?;
-        (*owner != self.node).then(|| owner.clone())
     }
 
     /// The public URL of `owner`, reading the hosts' reports again if this
@@ -273,8 +252,8 @@ impl Cluster {
             .put(digest.as_str(), &mut wasm.as_slice())
             .await
             .map_err(|e| ClusterError::Unavailable(anyhow::Error::from(e)))?;
-        let node = self.node.clone();
-        self.change(name, |old| {
+        let change = if canary.is_some() { "canary" } else { "swap" };
+        self.change(name, change, |old| {
             let mut next = old.clone();
             match canary {
                 Some(percent) => {
@@ -289,8 +268,6 @@ impl Cluster {
                     next.canary = None;
                 }
             }
-            next.changed_by = node.clone();
-            next.change = if canary.is_some() { "canary" } else { "swap" }.into();
             Ok(next)
         })
         .await
@@ -298,8 +275,7 @@ impl Cluster {
 
     /// Back to the previous version on every host, or drops the canary.
     pub async fn rollback(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
-        let node = self.node.clone();
-        self.change(name, |old| {
+        self.change(name, "rollback", |old| {
             let mut next = old.clone();
             if next.canary.take().is_none() {
                 let previous = old
@@ -309,8 +285,6 @@ impl Cluster {
                 next.previous = Some(old.current.clone());
                 next.current = previous;
             }
-            next.changed_by = node.clone();
-            next.change = "rollback".into();
             Ok(next)
         })
         .await
@@ -318,8 +292,7 @@ impl Cluster {
 
     /// Makes the canary the current version on every host.
     pub async fn promote(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
-        let node = self.node.clone();
-        self.change(name, |old| {
+        self.change(name, "promote", |old| {
             let mut next = old.clone();
             let canary = next
                 .canary
@@ -327,8 +300,6 @@ impl Cluster {
                 .ok_or_else(|| ClusterError::Conflict(format!("{name} has no canary to promote")))?;
             next.previous = Some(old.current.clone());
             next.current = canary.digest;
-            next.changed_by = node.clone();
-            next.change = "promote".into();
             Ok(next)
         })
         .await
@@ -338,8 +309,7 @@ impl Cluster {
     /// `owner`. The database does not move: see the README on failover.
     pub async fn set_owner(&self, name: &str, owner: &str) -> Result<serde_json::Value, ClusterError> {
         crate::config::check_name(owner).map_err(ClusterError::Conflict)?;
-        let node = self.node.clone();
-        self.change(name, |old| {
+        self.change(name, "owner", |old| {
             if old.owner.is_none() {
                 return Err(ClusterError::Conflict(format!(
                     "{name} has no database, so no owner: every host serves it"
@@ -347,18 +317,18 @@ impl Cluster {
             }
             let mut next = old.clone();
             next.owner = Some(owner.to_string());
-            next.changed_by = node.clone();
-            next.change = "owner".into();
             Ok(next)
         })
         .await
     }
 
-    /// Writes `make(old)` for `name` if nobody changed it meanwhile, waits
-    /// until every live host serves it, and undoes it if one refuses.
+    /// Writes `make(old)` for `name`, as this host's `change`, if nobody
+    /// changed it meanwhile, waits until every live host serves it, and
+    /// undoes it if one refuses.
     async fn change(
         &self,
         name: &str,
+        change: &str,
         make: impl FnOnce(&Desired) -> Result<Desired, ClusterError>,
     ) -> Result<serde_json::Value, ClusterError> {
         let unavailable = |e: &dyn std::fmt::Display| ClusterError::Unavailable(anyhow::anyhow!("{e}"));
@@ -370,7 +340,11 @@ impl Cluster {
             .filter(|e| e.operation == kv::Operation::Put)
             .ok_or_else(|| ClusterError::NotFound(format!("no component named {name} in the cluster")))?;
         let old: Desired = serde_json::from_slice(&entry.value).map_err(|e| unavailable(&e))?;
-        let next = make(&old)?;
+        let next = Desired {
+            changed_by: self.node.clone(),
+            change: change.into(),
+            ..make(&old)?
+        };
         let revision = self
             .desired
             .update(name, to_bytes(&next), entry.revision)
@@ -477,16 +451,14 @@ impl Cluster {
         for (name, want) in &desired {
             self.converge(name, want).await;
         }
-        let nodes = self.read_nodes().await?;
         let elsewhere = desired
             .iter()
             .filter_map(|(name, want)| Some((name.clone(), want.owner.clone()?)))
             .filter(|(_, owner)| *owner != self.node)
             .collect();
         self.registry.placement.set(elsewhere);
-        let mut view = self.view.write().expect("view lock");
-        view.desired = desired;
-        view.nodes = nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+        self.view.write().expect("view lock").desired = desired;
+        self.refresh_nodes().await;
         Ok(())
     }
 
@@ -754,6 +726,25 @@ async fn forward_key(desired: &kv::Store) -> anyhow::Result<String> {
             let key = desired.get(FORWARD_KEY).await?.context("the cluster's key vanished")?;
             Ok(String::from_utf8_lossy(&key).into_owned())
         }
+    }
+}
+
+/// The object store of versions, made if it does not exist yet.
+async fn version_store(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {
+    if let Ok(store) = js.get_object_store(state::VERSIONS_BUCKET).await {
+        return Ok(store);
+    }
+    let config = object_store::Config {
+        bucket: state::VERSIONS_BUCKET.into(),
+        ..Default::default()
+    };
+    match js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        // Another host made it first.
+        Err(e) => js
+            .get_object_store(state::VERSIONS_BUCKET)
+            .await
+            .map_err(|_| anyhow::anyhow!("cannot make the cluster's version store: {e}")),
     }
 }
 

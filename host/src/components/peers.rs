@@ -383,12 +383,8 @@ impl Call {
             .provider(&self.importer, &self.interface)
             .ok_or("no component provides it now")?;
         let entry = snapshot.get(provider).ok_or("its provider is not serving")?;
-        if let Some(owner) = self.dispatch.placement.owner_elsewhere(&entry.name) {
-            return Err(format!(
-                "{} is served by host {owner}, which owns its database; \
-                 calls between components are served on one host",
-                entry.name
-            ));
+        if let Some(refusal) = self.dispatch.placement.refuse_call(&entry.name) {
+            return Err(refusal);
         }
         *callee = Arc::clone(&entry.name);
         let version = Arc::clone(entry.pick(super::random::u64()));

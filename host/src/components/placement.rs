@@ -18,6 +18,16 @@ impl Placement {
         self.0.load().get(component).cloned()
     }
 
+    /// Why a call to `component` from this host is refused, if it is owned
+    /// elsewhere.
+    pub fn refuse_call(&self, component: &str) -> Option<String> {
+        let owner = self.owner_elsewhere(component)?;
+        Some(format!(
+            "{component} is served by host {owner}, which owns its database; \
+             calls between components are served on one host"
+        ))
+    }
+
     pub fn set(&self, elsewhere: HashMap<String, String>) {
         if **self.0.load() != elsewhere {
             self.0.store(Arc::new(elsewhere));

@@ -259,12 +259,7 @@ impl Gateway {
             Placed::Here(slot) => {
                 let slot = match slot {
                     Some(slot) => Ok(slot),
-                    None => {
-                        let waiting = Instant::now();
-                        let slot = entry.shared.gate.enter().await;
-                        self.stats.observe_queue_wait(&entry.name, waiting.elapsed());
-                        slot
-                    }
+                    None => self.wait_for_slot(&entry).await,
                 };
                 match slot {
                     Ok(slot) => {
@@ -300,6 +295,14 @@ impl Gateway {
         response
     }
 
+    /// A slot of `entry`'s gate, once one is free; the wait is measured.
+    async fn wait_for_slot(&self, entry: &Entry) -> Result<Slot, Overloaded> {
+        let waiting = Instant::now();
+        let slot = entry.shared.gate.enter().await;
+        self.stats.observe_queue_wait(&entry.name, waiting.elapsed());
+        slot
+    }
+
     /// Where a request for `entry` is served. In a cluster, a component
     /// with a database is served by its owner only; one without is served
     /// here while a slot is free, else by another host with a free one,
@@ -308,7 +311,7 @@ impl Gateway {
         let Some((cluster, _)) = &self.cluster else {
             return Placed::Here(None);
         };
-        if let Some(owner) = cluster.owner(&entry.name) {
+        if let Some(owner) = self.registry.placement.owner_elsewhere(&entry.name) {
             if forwarded {
                 // Ownership moved while the request was on its way.
                 let why = "it moved while this request was forwarded; retry";
@@ -490,11 +493,7 @@ impl Gateway {
         };
         trace.component = Some(Arc::clone(&entry.name));
         trace.route = Some(INTERNAL_ROUTE.into());
-        if let Some(owner) = self.registry.placement.owner_elsewhere(&entry.name) {
-            let detail = format!(
-                "{component} is served by host {owner}, which owns its database; \
-                 calls between components are served on one host"
-            );
+        if let Some(detail) = self.registry.placement.refuse_call(&entry.name) {
             return problem::response(
                 StatusCode::BAD_GATEWAY,
                 "owned-elsewhere",
