@@ -26,11 +26,12 @@
 //! workspace root, after `just build` and `cargo build --release -p
 //! corral-bench`; nats-server, redis-server, haproxy and wrk installed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod announce;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -539,36 +540,17 @@ impl Host {
             .context("starting corral")?;
         let stderr = child.stderr.take().expect("piped");
         let process = Process { child, _dir: dir };
-        let (tx, rx) = mpsc::channel();
-        let tag = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let end = rest
-                        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                        .unwrap_or(rest.len());
-                    let _ = tx.send((line.contains("admin listening"), rest[..end].to_string()));
-                } else if line.contains("ERROR") || line.contains("WARN") {
-                    eprintln!("  {tag}: {line}");
-                }
-            }
-        });
-        let mut admin = None;
-        loop {
-            let (is_admin, addr) = rx
-                .recv_timeout(Duration::from_secs(120))
-                .with_context(|| format!("corral {name} did not start"))?;
-            if is_admin {
-                admin = Some(addr.parse()?);
-            } else {
-                return Ok(Host {
-                    name: name.to_string(),
-                    process,
-                    addr: addr.parse()?,
-                    admin: admin.context("the public listener started before the admin listener")?,
-                });
-            }
-        }
+        let listening = announce::listeners(stderr, name.to_string(), &["ERROR", "WARN"]);
+        let (addr, admin) = announce::addresses(&listening, Duration::from_secs(120))
+            .with_context(|| format!("corral {name} did not start"))?;
+        Ok(Host {
+            name: name.to_string(),
+            process,
+            addr: addr.parse()?,
+            admin: admin
+                .context("the public listener started before the admin listener")?
+                .parse()?,
+        })
     }
 
     fn url(&self, path: &str) -> String {

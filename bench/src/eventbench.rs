@@ -9,9 +9,9 @@
 //! `eventbench [--messages N] [--concurrency N]` from the workspace root,
 //! after `just build` and `cargo build --release -p corral-bench`.
 
-use std::io::{BufRead, BufReader};
+mod announce;
+
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -55,20 +55,8 @@ fn main() -> anyhow::Result<()> {
         .spawn()
         .context("starting corral: run `just build`")?;
     let stderr = child.stderr.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                    .unwrap_or(rest.len());
-                let _ = tx.send(rest[..end].to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .context("corral did not start")?;
+    let listening = announce::listeners(stderr, "corral".into(), &[]);
+    let (addr, _) = announce::addresses(&listening, Duration::from_secs(120)).context("corral did not start")?;
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let publish = |topic: &str, n: usize| -> anyhow::Result<()> {
         let reply = agent

@@ -12,11 +12,9 @@
 //! corral-bench`; `--compare` runs another corral binary (the one before a
 //! change) as a third server in the same rounds.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -26,6 +24,7 @@ use openloop::Latencies;
 use serde::Deserialize;
 use serde_json::json;
 
+mod announce;
 mod openloop;
 
 const USERS: usize = 10_000;
@@ -75,25 +74,13 @@ impl Server {
             .spawn()
             .context("starting a server")?;
         let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let end = rest
-                        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                        .unwrap_or(rest.len());
-                    let _ = tx.send(rest[..end].to_string());
-                } else if line.contains("ERROR") || line.contains("error") {
-                    eprintln!("  server: {line}");
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => Ok(Server {
+        let listening = announce::listeners(stderr, "server".into(), &["ERROR", "error"]);
+        match announce::addresses(&listening, Duration::from_secs(120)) {
+            Some((addr, _)) => Ok(Server {
                 child,
                 addr: addr.parse()?,
             }),
-            Err(_) => {
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("the server did not start")
