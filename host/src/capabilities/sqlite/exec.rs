@@ -8,7 +8,7 @@ use rusqlite::ErrorCode;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use super::connection::{Conn, Effect};
-use super::pool::{BUSY_TIMEOUT, DbLimits, Guard};
+use super::pool::{BUSY_TIMEOUT, DbLimits, Guard, Pooled};
 use crate::capabilities::bindings::corral::service::sqlite::{
     Constraint, ConstraintKind, Error, QueryResult, Row, Value,
 };
@@ -67,14 +67,11 @@ impl Conn {
     pub fn read(&mut self, sql: &str, params: &[Value]) -> Inline {
         let limits = &self.db.limits;
         let pooled = self.pooled();
-        let (conn, guard) = (&pooled.conn, &pooled.guard);
-        let mut statement = match conn.prepare_cached(sql) {
+        let guard = &pooled.guard;
+        let mut statement = match prepare_read(pooled, sql, limits) {
             Ok(statement) => statement,
-            Err(e) => return Inline::Done(Err(guest_error(e, guard, limits))),
+            Err(instead) => return instead,
         };
-        if !statement.readonly() {
-            return Inline::Writes;
-        }
         let result = guard.deadline.within(limits.statement_timeout, || {
             run_statement(&mut statement, params, limits)
         });
@@ -95,13 +92,10 @@ impl Conn {
         let limits = &self.db.limits;
         let pooled = self.pooled();
         let (conn, guard) = (&pooled.conn, &pooled.guard);
-        let mut statement = match conn.prepare_cached(sql) {
+        let mut statement = match prepare_read(pooled, sql, limits) {
             Ok(statement) => statement,
-            Err(e) => return Inline::Done(Err(guest_error(e, guard, limits))),
+            Err(instead) => return instead,
         };
-        if !statement.readonly() {
-            return Inline::Writes;
-        }
         if !conn.is_autocommit() || conn.busy_timeout(Duration::ZERO).is_err() {
             return Inline::Slow;
         }
@@ -123,6 +117,18 @@ impl Conn {
             Err(Failure::Guest(e)) => Inline::Done(Err(e)),
         }
     }
+}
+
+/// `sql` prepared on `pooled`, if it only reads; else what to do instead.
+fn prepare_read<'c>(pooled: &'c Pooled, sql: &str, limits: &DbLimits) -> Result<rusqlite::CachedStatement<'c>, Inline> {
+    let statement = pooled
+        .conn
+        .prepare_cached(sql)
+        .map_err(|e| Inline::Done(Err(guest_error(e, &pooled.guard, limits))))?;
+    if !statement.readonly() {
+        return Err(Inline::Writes);
+    }
+    Ok(statement)
 }
 
 enum Failure {
