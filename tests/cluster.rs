@@ -566,3 +566,29 @@ fn a_host_joins_with_its_nats_token_and_says_so_when_it_is_refused() {
     assert!(!ok, "{output}");
     assert!(output.contains("refused this host's credentials"), "{output}");
 }
+
+#[test]
+fn a_client_cannot_pass_for_another_host_of_the_cluster() {
+    let nats = nats();
+    let limit = "[components.relay-a.rate_limit]\nrate = \"1/minute\"\n";
+    let n1 = cluster_host(&nats, "n1", limit, None);
+    // Forwarded requests skip the limits (the sending host applied them)
+    // and name their client: a client that claims to be a host with a
+    // key of its own gets neither.
+    let spoofed = || {
+        let request = http::Request::get("/relay-a/local")
+            .header("corral-forward-key", "0123456789abcdef0123456789abcdef0123456789abcdef")
+            .header("corral-forwarded-by", "n2")
+            .header("x-forwarded-for", "10.9.9.9")
+            .body(Vec::new())
+            .unwrap();
+        n1.request(request)
+    };
+    assert_eq!(spoofed().status, 200);
+    let problem = spoofed().assert_problem(429, "rate-limited");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("127.0.0.1") && !detail.contains("10.9.9.9"),
+        "{problem}"
+    );
+}
