@@ -153,3 +153,185 @@ fn the_hosts_tables_are_out_of_reach() {
     let published = host.post("/chaos/publish?topic=chaos.x", &json!({}));
     assert_eq!(published.status, 200, "{}", published.text());
 }
+
+#[test]
+fn every_function_whose_cost_is_superlinear_ends_within_its_statement_timeout() {
+    // The default value cap (1 MiB); a 200 ms deadline that the progress
+    // handler and the watchdog enforce between steps, but not inside one
+    // call of a function.
+    let host = chaos("db_statement_timeout_ms = 200");
+    let a = |n: u32| format!("printf('%.*c', {n}, 'a')");
+    let z = |n: u32| format!("printf('%.*c', {n}, 'z')");
+    let keys = |n: u32| {
+        format!(
+            "(WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n}) \
+             SELECT json_group_object('k' || i, 1) FROM k)"
+        )
+    };
+    let pairs = |n: usize| vec!["'$[0]', 1"; n].join(", ");
+    let paths = |n: usize| vec!["'$[0]'"; n].join(", ");
+    let big_array = format!("json_array({})", a(1_000_000));
+    // (what, statement, what it must come to): the worst case past each
+    // guard, and the largest call each guard lets through.
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "instr past",
+            format!("SELECT instr({}, {} || 'b')", a(1_040_000), a(524_287)),
+            "limit-exceeded",
+        ),
+        (
+            "instr within",
+            format!("SELECT instr({}, {} || 'b')", a(1_040_000), a(2_000)),
+            "rows",
+        ),
+        (
+            "replace past",
+            format!("SELECT length(replace({}, {} || 'b', 'x'))", a(1_040_000), a(524_287)),
+            "limit-exceeded",
+        ),
+        (
+            "replace within",
+            format!("SELECT length(replace({}, {} || 'b', 'x'))", a(1_040_000), a(2_000)),
+            "rows",
+        ),
+        (
+            "ltrim past",
+            format!(
+                "SELECT length(ltrim({}, printf('%.*c', 87380, 'y') || 'z'))",
+                z(1_048_575)
+            ),
+            "limit-exceeded",
+        ),
+        (
+            "rtrim within",
+            format!("SELECT length(rtrim({}, 'yyyyyyyz'))", z(1_040_000)),
+            "rows",
+        ),
+        (
+            "trim within",
+            format!("SELECT length(trim({}, 'yyyyyyyz'))", z(1_040_000)),
+            "rows",
+        ),
+        (
+            "unhex past",
+            format!("SELECT length(unhex({}, {} || 'z'))", z(1_048_575), a(1_048_574)),
+            "limit-exceeded",
+        ),
+        (
+            "unhex (the reported case)",
+            format!("SELECT length(unhex({}, {} || 'z'))", z(100_000), a(99_999)),
+            "limit-exceeded",
+        ),
+        (
+            "unhex within",
+            format!("SELECT length(unhex({}, 'yyyyyyyyyyyyyyyz'))", z(1_040_000)),
+            "rows",
+        ),
+        (
+            "like past",
+            format!("SELECT {} LIKE '%' || {} || 'b'", a(1_040_000), a(998)),
+            "limit-exceeded",
+        ),
+        (
+            "like with escape past",
+            format!("SELECT {} LIKE '%' || {} || 'b' ESCAPE '!'", a(1_040_000), a(998)),
+            "limit-exceeded",
+        ),
+        (
+            "like within",
+            format!("SELECT {} LIKE '%' || {} || 'b'", a(1_040_000), a(14)),
+            "rows",
+        ),
+        (
+            "glob past",
+            format!("SELECT {} GLOB '*' || {} || 'b'", a(1_040_000), a(998)),
+            "limit-exceeded",
+        ),
+        (
+            "glob within",
+            format!("SELECT {} GLOB '*' || {} || 'b'", a(1_040_000), a(14)),
+            "rows",
+        ),
+        (
+            "json_patch past",
+            format!("SELECT length(json_patch('{{}}', {}))", keys(80_000)),
+            "limit-exceeded",
+        ),
+        (
+            "json_patch within",
+            format!("SELECT length(json_patch('{{}}', {}))", keys(1_200)),
+            "rows",
+        ),
+        (
+            "json_set past",
+            format!("SELECT length(json_set({big_array}, {}))", pairs(31)),
+            "limit-exceeded",
+        ),
+        (
+            "json_set within",
+            format!("SELECT length(json_set({big_array}, {}))", pairs(4)),
+            "rows",
+        ),
+        (
+            "json_remove past",
+            format!("SELECT length(json_remove({big_array}, {}))", paths(63)),
+            "limit-exceeded",
+        ),
+        (
+            "json_extract past",
+            format!("SELECT length(json_extract({big_array}, {}))", paths(63)),
+            "limit-exceeded",
+        ),
+        (
+            "json_pretty",
+            format!("SELECT length(json_pretty({big_array}, {}))", a(1_000_000)),
+            "access-denied",
+        ),
+        (
+            "full-text search",
+            "CREATE VIRTUAL TABLE f USING fts5(body)".into(),
+            "access-denied",
+        ),
+        // Linear, but their output is much larger than their input: the
+        // value cap holds before the work is done.
+        (
+            "concat",
+            format!("SELECT length(concat({}))", vec![a(1_040_000); 63].join(", ")),
+            "limit-exceeded",
+        ),
+        (
+            "printf width",
+            "SELECT length(printf('%2000000000d', 1))".into(),
+            "limit-exceeded",
+        ),
+        (
+            "zeroblob",
+            "SELECT length(zeroblob(2000000000))".into(),
+            "limit-exceeded",
+        ),
+        (
+            "json_group_array",
+            format!(
+                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 300) SELECT length(json_group_array({})) FROM k",
+                a(1_000_000)
+            ),
+            "limit-exceeded",
+        ),
+        (
+            "deep JSON",
+            "SELECT json_valid(printf('%.*c', 998, '[') || printf('%.*c', 998, ']'))".into(),
+            "rows",
+        ),
+    ];
+    for (what, statement, expected) in cases {
+        let started = Instant::now();
+        let reply = sql(&host, &statement);
+        let took = started.elapsed();
+        let outcome = reply["error"]
+            .as_str()
+            .unwrap_or(if reply["rows"].is_array() { "rows" } else { "?" });
+        assert_eq!(outcome, expected, "{what}: {reply}");
+        eprintln!("{what}: {outcome} in {took:?}");
+        assert!(took < Duration::from_millis(500), "{what} took {took:?}");
+    }
+}

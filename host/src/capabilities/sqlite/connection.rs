@@ -130,6 +130,36 @@ impl Txn {
     }
 }
 
+/// A connection as the host uses it for its own SQL, which the authorizer
+/// lets through: statements are prepared afresh every time, never kept in
+/// the connection's statement cache. Guest statements are looked up there
+/// by their text, so a statement the host compiled without the authorizer
+/// would be handed, unchecked, to a guest that sends the same text.
+pub struct HostSql<'c>(&'c rusqlite::Connection);
+
+impl HostSql<'_> {
+    pub fn execute(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.0.execute(sql, params)
+    }
+
+    pub fn execute_batch(&self, sql: &str) -> rusqlite::Result<()> {
+        self.0.execute_batch(sql)
+    }
+
+    pub fn query_row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.0.query_row(sql, params, row)
+    }
+
+    pub fn prepare(&self, sql: &str) -> rusqlite::Result<rusqlite::Statement<'_>> {
+        self.0.prepare(sql)
+    }
+}
+
 /// What a statement that writes changed: `changes()`, and the rowid it
 /// inserted, if it inserted one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,13 +309,10 @@ impl Conn {
     }
 
     /// Runs `work` with the host's privileges on this connection.
-    pub(super) fn host<R>(
-        &mut self,
-        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
-    ) -> Result<R, Error> {
+    pub(super) fn host<R>(&mut self, work: impl FnOnce(&HostSql<'_>) -> rusqlite::Result<R>) -> Result<R, Error> {
         let pooled = self.pooled();
         pooled.guard.trusted.store(true, Ordering::Relaxed);
-        let result = work(&pooled.conn);
+        let result = work(&HostSql(&pooled.conn));
         pooled.guard.trusted.store(false, Ordering::Relaxed);
         result.map_err(|e| super::exec::guest_error(e, &pooled.guard, &self.db.limits))
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::connection::{Conn, Txn};
+use super::connection::{Conn, HostSql, Txn};
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 
 /// How long an idempotency key or a processed delivery is remembered.
@@ -123,7 +123,7 @@ impl Conn {
     /// Up to `limit` messages waiting in the outbox, oldest first.
     pub fn outbox(&mut self, limit: usize) -> Result<Vec<Stored>, Error> {
         self.host(|conn| {
-            let mut statement = conn.prepare_cached(
+            let mut statement = conn.prepare(
                 "SELECT seq, id, topic, payload, content_type, headers, ordering_key, published_at
                  FROM _corral_outbox ORDER BY seq LIMIT ?",
             )?;
@@ -175,7 +175,7 @@ impl Conn {
     }
 }
 
-fn publish_in(conn: &rusqlite::Connection, message: &Outgoing) -> rusqlite::Result<String> {
+fn publish_in(conn: &HostSql<'_>, message: &Outgoing) -> rusqlite::Result<String> {
     if let Some(key) = &message.idempotency_key {
         let earlier: Option<String> = conn
             .query_row(

@@ -120,6 +120,9 @@ pub(super) struct Guard {
     pub deadline: Arc<Deadline>,
     /// Why the authorizer last said no, for the error the guest sees.
     pub denied: Mutex<Option<String>>,
+    /// The full-text search tables the file had when the connection
+    /// opened, which a guest may not read (see `policy::FULL_TEXT_TABLES`).
+    full_text: Vec<String>,
 }
 
 impl Database {
@@ -246,11 +249,16 @@ impl Database {
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
         conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
         policy::harden(&conn, &self.limits)?;
+        let full_text = conn
+            .prepare(policy::FULL_TEXT_TABLES)?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
 
         let guard = Arc::new(Guard {
             trusted: AtomicBool::new(false),
             deadline: Deadline::watch(&conn),
             denied: Mutex::new(None),
+            full_text,
         });
         let auth_guard = Arc::clone(&guard);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_guard, ctx)))?;
@@ -272,7 +280,7 @@ fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
     if guard.trusted.load(Ordering::Relaxed) {
         return Authorization::Allow;
     }
-    match policy::authorize(&ctx.action) {
+    match policy::authorize(&ctx.action, &guard.full_text) {
         Ok(()) => Authorization::Allow,
         Err(reason) => {
             *guard.denied.lock().expect("denial lock") = Some(reason);

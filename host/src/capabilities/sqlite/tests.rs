@@ -53,15 +53,42 @@ fn functions_outside_the_allow_list_are_denied_even_with_bound_parameters() {
     exec(&mut conn, "CREATE TABLE t (x)", &[]).unwrap();
     exec(&mut conn, "CREATE VIEW v AS SELECT sqlite_source_id() AS x", &[]).unwrap_or_default();
     assert!(exec(&mut conn, "SELECT * FROM v", &[]).is_err());
-    // The tokenizer a denied function would register is not there.
-    assert!(exec(&mut conn, "CREATE VIRTUAL TABLE f USING fts4(x, tokenize=x)", &[]).is_err());
-    exec(&mut conn, "CREATE VIRTUAL TABLE g USING fts4(x, tokenize=porter)", &[]).unwrap();
-    exec(&mut conn, "INSERT INTO g (x) VALUES ('running dogs')", &[]).unwrap();
-    assert_eq!(
-        one(&mut conn, "SELECT count(*) FROM g WHERE g MATCH 'run'"),
-        Value::Integer(1)
-    );
-    denied(&mut conn, "CREATE VIRTUAL TABLE h USING fts4aux(g)", &[]);
+    // Full-text search is refused: its queries run past any deadline.
+    for module in ["fts3", "fts4", "fts5", "fts4aux"] {
+        denied(&mut conn, &format!("CREATE VIRTUAL TABLE f USING {module}(x)"), &[]);
+    }
+    denied(&mut conn, "SELECT json_pretty('[1]')", &[]);
+}
+
+#[test]
+fn full_text_tables_made_before_full_text_search_was_refused_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sqlite3");
+    {
+        let earlier = rusqlite::Connection::open(&path).unwrap();
+        earlier
+            .execute_batch("CREATE VIRTUAL TABLE Notes USING fts5(body); INSERT INTO notes VALUES ('running dogs');")
+            .unwrap();
+    }
+    let db = Database::open(
+        path,
+        DbLimits::default(),
+        SqlThreads::start(1).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let mut conn = db.writer_blocking().unwrap();
+    for sql in [
+        "SELECT count(*) FROM notes WHERE notes MATCH 'dogs'",
+        "SELECT * FROM NOTES",
+        "SELECT * FROM notes('dogs')",
+        "SELECT rowid FROM notes WHERE notes = 'dogs'",
+    ] {
+        let why = denied(&mut conn, sql, &[]);
+        assert!(why.contains("full-text"), "{sql}: {why}");
+    }
+    // Dropping it is still allowed.
+    exec(&mut conn, "DROP TABLE notes", &[]).unwrap();
 }
 
 #[test]
@@ -77,7 +104,6 @@ fn what_a_service_needs_stays_allowed() {
         "ALTER TABLE users DROP COLUMN mail",
         "ALTER TABLE users RENAME TO people",
         "CREATE TRIGGER named AFTER INSERT ON people BEGIN UPDATE people SET name = trim(name) WHERE id = new.id; END",
-        "CREATE VIRTUAL TABLE docs USING fts5(body)",
         "CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1)",
         "PRAGMA user_version = 3",
     ] {
@@ -127,6 +153,32 @@ fn what_a_service_needs_stays_allowed() {
         ),
         Value::Text("{\"a\":1,\"c\":3}".into())
     );
+    assert_eq!(
+        one(&mut conn, "SELECT unhex('41-42', '-')"),
+        Value::Blob(b"AB".to_vec())
+    );
+    assert_eq!(
+        one(
+            &mut conn,
+            "SELECT json_set('{}', '$.a', 1, '$.b', 2) || json_remove('[1,2]', '$[0]')"
+        ),
+        Value::Text("{\"a\":1,\"b\":2}[2]".into())
+    );
+    assert_eq!(
+        one(&mut conn, "SELECT json_extract('{\"a\":1,\"b\":2}', '$.a', '$.b')"),
+        Value::Text("[1,2]".into())
+    );
+    // LIKE is case-insensitive for ASCII, takes an escape, and GLOB is not.
+    for (sql, expected) in [
+        ("SELECT 'Ada' LIKE 'a%'", 1),
+        ("SELECT '10%' LIKE '10!%' ESCAPE '!'", 1),
+        ("SELECT '100' LIKE '10!%' ESCAPE '!'", 0),
+        ("SELECT 'Ada' GLOB 'a*'", 0),
+        ("SELECT 'ada' GLOB '[a-c]d?'", 1),
+        ("SELECT like('a_', 'ab')", 1),
+    ] {
+        assert_eq!(one(&mut conn, sql), Value::Integer(expected), "{sql}");
+    }
 }
 
 #[test]
@@ -247,4 +299,21 @@ fn constraint_violations_say_which_kind() {
             other => panic!("{sql}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_statement_the_host_prepared_is_never_handed_to_a_guest() {
+    let (_dir, db) = database(DbLimits::default());
+    let mut conn = db.writer_blocking().unwrap();
+    // A statement of the host's, with no parameter whose value the plan
+    // depends on (SQLite recompiles those when their bindings are cleared).
+    let sql = "SELECT count(*) FROM _corral_outbox";
+    let counted = conn.host(|host| host.prepare(sql)?.query_row([], |row| row.get::<_, i64>(0)));
+    assert_eq!(counted.unwrap(), 0);
+    denied(&mut conn, sql, &[]);
+    // The outbox the relay reads, by its very text.
+    conn.outbox(10).unwrap();
+    let outbox = "SELECT seq, id, topic, payload, content_type, headers, ordering_key, published_at
+                 FROM _corral_outbox ORDER BY seq LIMIT ?";
+    denied(&mut conn, outbox, &[Value::Integer(10)]);
 }
