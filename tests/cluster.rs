@@ -592,3 +592,248 @@ fn a_client_cannot_pass_for_another_host_of_the_cluster() {
         "{problem}"
     );
 }
+
+/// A TCP proxy between hosts that copies what passes, as someone on the
+/// network between them could: what the client side sent is kept.
+struct Tap {
+    addr: SocketAddr,
+    to: std::sync::Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    fn start() -> Tap {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let to: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let sent: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let (target, copy) = (Arc::clone(&to), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Some(target) = *target.lock().unwrap() else {
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut client_in, mut server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let copy = Arc::clone(&copy);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = client_in.read(&mut buf) {
+                        if n == 0 || server_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        copy.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Tap { addr, to, sent }
+    }
+
+    /// The first whole request that went through (one without a body).
+    fn first_request(&self) -> Vec<u8> {
+        let sent = self.sent.lock().unwrap();
+        let end = sent
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a request went through")
+            + 4;
+        sent[..end].to_vec()
+    }
+}
+
+/// Sends raw bytes to `addr` and reads the answer until the server closes
+/// or stops sending.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The cluster's key ring, as a host with NATS access reads it.
+fn key_ring(nats: &Daemon) -> corral::cluster::trust::KeyRing {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.addr.to_string()).await.unwrap();
+        let kv = async_nats::jetstream::new(client)
+            .get_key_value("corral_desired")
+            .await
+            .unwrap();
+        let ring = kv.get("_forward_keys").await.unwrap().expect("a key ring");
+        serde_json::from_slice(&ring).unwrap()
+    })
+}
+
+/// `GET path` on `host`, signed with `ring` as if another host sent it on
+/// for `client`.
+fn signed_get(host: &TestHost, ring: &corral::cluster::trust::KeyRing, path: &str, client: &str) -> Reply {
+    use corral::cluster::trust::{Claim, Target, body_sha256, sign};
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let claim = Claim {
+        by: "n2".into(),
+        client: client.parse().unwrap(),
+        body_sha256: body_sha256(b""),
+    };
+    let header = sign(
+        ring,
+        &Target {
+            method: "GET",
+            target: path,
+        },
+        &claim,
+        now_ms,
+    )
+    .unwrap();
+    host.request(
+        http::Request::get(path)
+            .header("corral-forwarded", header)
+            .body(Vec::new())
+            .unwrap(),
+    )
+}
+
+#[test]
+fn hosts_trust_each_other_only_by_signature_and_guests_never_see_the_hosts_headers() {
+    let nats = nats();
+    let tap = Tap::start();
+    let chaos = format!(
+        "[components.chaos]\nwasm = {:?}\nroutes = [\"/chaos\"]\n[components.chaos.rate_limit]\nrate = \"100/minute\"\n\
+         [components.http]\nwasm = {:?}\nroutes = [\"/http\"]\n",
+        wasm("chaos").display().to_string(),
+        wasm("http-hello").display().to_string(),
+    );
+    // n1 owns chaos; n2 reaches it through the tap, as across a network.
+    let n1 = cluster_host_of(
+        &nats,
+        "n1",
+        &format!("advertise = \"http://{}\"\n{chaos}", tap.addr),
+        None,
+    );
+    *tap.to.lock().unwrap() = Some(n1.addr);
+    let n2 = cluster_host_of(&nats, "n2", &chaos, None);
+
+    // Whatever corral-* headers a client sends, the guest sees none, and
+    // the host that served it is the one that says so.
+    let echo = |host: &TestHost| {
+        let request = http::Request::get("/chaos/echo")
+            .header("corral-forward-key", "0123456789abcdef0123456789abcdef0123456789abcdef")
+            .header("corral-node", "n9")
+            .header("corral-client-addr", "10.9.9.9")
+            .header("corral-anything", "x")
+            .header("x-kept", "yes")
+            .body(Vec::new())
+            .unwrap();
+        let reply = host.request(request);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("corral-node"), Some("n1"));
+        reply.json()
+    };
+    for seen in [echo(&n2), echo(&n1)] {
+        let names: Vec<&str> = seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h[0].as_str().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with("corral-")), "{names:?}");
+        assert!(names.contains(&"x-kept"), "{names:?}");
+        assert_eq!(seen["client_addr"], "127.0.0.1");
+    }
+    // A guest cannot speak for the host either.
+    for host in [&n1, &n2] {
+        for path in [
+            "/chaos/answer-with?header=corral-node&value=n9",
+            "/http/answer-with?header=corral-node&value=n9",
+        ] {
+            let reply = host.get(path);
+            assert_eq!(reply.status, 204, "{path}: {}", reply.text());
+            assert_ne!(reply.header("corral-node"), Some("n9"), "{path}");
+        }
+        let reply = host.request(
+            http::Request::post("/http/echo")
+                .header("corral-forwarded", "v1;forged")
+                .header("corral-node", "n9")
+                .body(b"x".to_vec())
+                .unwrap(),
+        );
+        // n2 and n1 are in a cluster: a signature that does not hold is refused.
+        reply.assert_problem(403, "forward-refused");
+        let reply = host.request(
+            http::Request::post("/http/echo")
+                .header("corral-node", "n9")
+                .body(b"x".to_vec())
+                .unwrap(),
+        );
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("seen-client"), Some("127.0.0.1"));
+        let names = reply.header("seen-names").unwrap();
+        assert!(
+            names
+                .split(',')
+                .all(|n| !n.starts_with("corral-") || n == "corral-client-addr"),
+            "{names}"
+        );
+    }
+
+    // What went over the wire between the hosts proves nothing twice.
+    let captured = tap.first_request();
+    let text = String::from_utf8_lossy(&captured).to_string();
+    assert!(text.contains("corral-forwarded: v1;"), "{text}");
+    assert!(!text.contains("corral-forward-key"), "{text}");
+    let replayed = raw_exchange(n1.addr, &captured);
+    assert!(replayed.starts_with("HTTP/1.1 403"), "{replayed}");
+    assert!(replayed.contains("replay"), "{replayed}");
+    let forged = text.replace("client=127.0.0.1", "client=203.0.113.9");
+    let answer = raw_exchange(n1.addr, forged.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("signature does not match"), "{answer}");
+
+    // A request signed with the cluster's key is believed: the client it
+    // names is the client the guest sees and the limits count ...
+    let ring = key_ring(&nats);
+    let reply = signed_get(&n1, &ring, "/chaos/echo", "203.0.113.7");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["client_addr"], "203.0.113.7");
+    // ... until its key is rotated out: one rotation keeps it, two drop it.
+    for _ in 0..2 {
+        let reply = n2.admin("POST", "/cluster/rotate-key", Vec::new());
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // Every host learns of the rotation through the bucket's watch.
+    eventually("n1 refuses the rotated-out key", || {
+        signed_get(&n1, &ring, "/chaos/echo", "203.0.113.7").status == 403
+    });
+    let problem = signed_get(&n1, &ring, "/chaos/echo", "203.0.113.7").assert_problem(403, "forward-refused");
+    assert!(problem["detail"].as_str().unwrap().contains("rotated out"), "{problem}");
+    // The hosts keep sending requests on, with the new key.
+    assert_eq!(echo(&n2)["client_addr"], "127.0.0.1");
+}

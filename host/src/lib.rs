@@ -171,10 +171,7 @@ pub async fn run(
         trusted_proxies: config.server.trusted_proxies.clone(),
         stats: Arc::clone(&metrics.serving),
         body_pace: body_pace(&config),
-        cluster: joined.as_ref().map(|c| {
-            let forwarder = Forwarder::new(c.forward_key().to_string(), c.node().to_string());
-            (Arc::clone(c), forwarder)
-        }),
+        cluster: joined.as_ref().map(|c| (Arc::clone(c), Forwarder::default())),
         shared_limits,
     };
     serve_public(&config, listeners.public, gateway, &metrics, shutdown).await?;

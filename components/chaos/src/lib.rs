@@ -1,7 +1,7 @@
 //! A component that misbehaves on purpose, for tests only: it panics, loops,
 //! exhausts its memory, stack and database, returns huge bodies, runs any SQL
-//! it is sent (with bound parameters too), floods its output and probes its
-//! sandbox. Never part of a real configuration.
+//! it is sent (with bound parameters too), floods its output, probes its
+//! sandbox, echoes the headers it gets and sets any it is asked to. Never part of a real configuration.
 
 use std::hint::black_box;
 
@@ -51,6 +51,14 @@ impl Service for Chaos {
                 Ok(Response::empty(204))
             }
             ["chaos", "sandbox"] => Ok(Response::json(200, &sandbox())),
+            ["chaos", "echo"] => Ok(Response::json(
+                200,
+                &json!({ "headers": req.headers(), "client_addr": req.client_addr() }),
+            )),
+            ["chaos", "answer-with"] => {
+                let name = req.query("header").unwrap_or_default();
+                Ok(Response::empty(204).header(&name, req.query("value").unwrap_or_default()))
+            }
             ["chaos", "sql"] => run_sql(&req),
             ["chaos", "query"] => query(&req),
             ["chaos", "write"] => write_at_once(&req),

@@ -6,7 +6,9 @@
 //! Routes, under any prefix (`/http` below):
 //! - `GET /http/hello`: a greeting.
 //! - `POST /http/echo`: the body back, streamed through in chunks, with
-//!   what the component was told about the request in `seen-*` headers.
+//!   what the component was told about the request in `seen-*` headers
+//!   (`seen-names`: the name of every header it got).
+//! - `GET /http/answer-with?header=H&value=V`: an empty response with that header.
 //! - `GET /http/status/<code>`: an empty response with that status.
 //! - `GET /http/stream?chunks=N&size=M`: N chunks of M bytes, no length.
 //! - `GET /http/trailers`: a body followed by trailers.
@@ -76,6 +78,10 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpHello {
                 let text = format!("held {} bytes", held.iter().map(|b| *b as usize).sum::<usize>());
                 respond(out, 200, &[], text.as_bytes())
             }
+            "answer-with" => {
+                let (name, value) = (param("header").unwrap_or_default(), param("value").unwrap_or_default());
+                respond(out, 204, &[(&name, &value)], b"")
+            }
             "fetch" => fetch(out, &param("url").unwrap_or_default()),
             "visits" => visits(out),
             _ => match route.strip_prefix("status/").and_then(|code| code.parse().ok()) {
@@ -117,7 +123,9 @@ fn echo(request: IncomingRequest, out: ResponseOutparam) {
         let values = request.headers().get(name);
         String::from_utf8_lossy(values.first().map_or(&[][..], |v| v.as_slice())).into_owned()
     };
+    let names: Vec<String> = request.headers().entries().into_iter().map(|(name, _)| name).collect();
     let seen = [
+        ("seen-names", names.join(",")),
         ("seen-client", header("corral-client-addr")),
         ("seen-request-id", header("x-request-id")),
         ("seen-method", format!("{:?}", request.method())),

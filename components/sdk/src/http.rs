@@ -60,6 +60,11 @@ impl Request {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Every header, in the order the client sent them.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.inner.headers
+    }
+
     pub fn body(&self) -> &[u8] {
         &self.inner.body
     }

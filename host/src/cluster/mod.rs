@@ -11,6 +11,7 @@
 //! the serving layer forwards its requests there.
 
 pub mod state;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -32,6 +34,7 @@ use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{ComponentConfig, Config};
 pub use state::{ComponentReport, ConvergeError, Desired, DesiredCanary, NodeReport};
+use trust::{Claim, KeyRing, Nonces, Refused};
 
 /// How long a change waits for every host to take it.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,10 +47,12 @@ const RESYNC_EVERY: Duration = Duration::from_secs(10);
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 /// The interface whose import means a component has a database.
 const SQLITE_IMPORT: &str = "corral:service/sqlite";
-/// The key, in the desired bucket, of the secret that proves a forwarded
-/// request comes from a host of the cluster. No component name starts
-/// with `_`.
-const FORWARD_KEY: &str = "_forward_key";
+/// The key, in the desired bucket, of the keys that sign requests sent on
+/// between hosts ([`trust`]). No component name starts with `_`.
+const KEY_RING: &str = "_forward_keys";
+/// Where the single, never rotated key of earlier versions was kept; it is
+/// removed once a ring exists.
+const OLD_FORWARD_KEY: &str = "_forward_key";
 
 /// Why a change to the cluster failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +82,14 @@ struct View {
 pub struct Cluster {
     node: String,
     public_url: Option<String>,
-    forward_key: String,
+    /// The keys that sign and verify requests sent on between hosts.
+    ring: ArcSwap<KeyRing>,
+    /// Nonces of the signed requests this host has accepted.
+    nonces: Nonces,
+    /// How old the newest key may get before a host rotates it.
+    key_rotation: Duration,
+    /// When this host last read the ring because of a key it did not know.
+    ring_refreshed: Mutex<Option<Instant>>,
     ttl: Duration,
     balance: Balance,
     weight: u32,
@@ -120,11 +132,14 @@ impl Cluster {
             .advertise
             .clone()
             .or_else(|| (!public.ip().is_unspecified()).then(|| format!("http://{public}")));
-        let forward_key = forward_key(&desired).await?;
+        let ring = key_ring(&desired).await?;
         let this = Arc::new(Cluster {
             node: cluster.node.clone(),
             public_url,
-            forward_key,
+            ring: ArcSwap::from_pointee(ring),
+            nonces: Nonces::default(),
+            key_rotation: cluster.key_rotation,
+            ring_refreshed: Mutex::default(),
             ttl: cluster.node_ttl,
             balance: cluster.balance,
             weight: cluster.weight,
@@ -147,6 +162,7 @@ impl Cluster {
         let tasks = vec![
             tokio::spawn(Arc::clone(&this).watch()),
             tokio::spawn(Arc::clone(&this).keep_reporting()),
+            tokio::spawn(Arc::clone(&this).keep_rotating()),
         ];
         tracing::info!(node = %this.node, "joined the cluster");
         Ok((this, tasks))
@@ -165,9 +181,93 @@ impl Cluster {
         &self.node
     }
 
-    /// The secret that marks requests forwarded between the cluster's hosts.
-    pub fn forward_key(&self) -> &str {
-        &self.forward_key
+    /// The signature header for a request this host sends on to another.
+    pub fn sign(&self, target: &trust::Target<'_>, client: std::net::IpAddr, body: &[u8]) -> anyhow::Result<String> {
+        let claim = Claim {
+            by: self.node.clone(),
+            client,
+            body_sha256: trust::body_sha256(body),
+        };
+        trust::sign(&self.ring.load(), target, &claim, now_ms())
+    }
+
+    /// What a request signed by another host claims, if its signature holds
+    /// (see [`trust::verify`]). A key this host does not know makes it read
+    /// the ring again first, at most once per [`REFRESH_EVERY`]: another
+    /// host may have rotated it a moment ago.
+    pub async fn verify(&self, header: &str, target: &trust::Target<'_>) -> Result<Claim, Refused> {
+        let verified = trust::verify(&self.ring.load(), &self.nonces, header, target, now_ms());
+        if !matches!(verified, Err(Refused::UnknownKey(_))) {
+            return verified;
+        }
+        {
+            let mut refreshed = self.ring_refreshed.lock().expect("ring refresh lock");
+            if refreshed.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return verified;
+            }
+            *refreshed = Some(Instant::now());
+        }
+        self.read_ring().await;
+        trust::verify(&self.ring.load(), &self.nonces, header, target, now_ms())
+    }
+
+    /// Makes a new signing key now, for every host; the one before stays
+    /// valid until the next rotation, older ones are dropped.
+    pub async fn rotate_key(&self) -> Result<serde_json::Value, ClusterError> {
+        let unavailable = |e: &dyn std::fmt::Display| ClusterError::Unavailable(anyhow::anyhow!("{e}"));
+        let entry = self
+            .desired
+            .entry(KEY_RING)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .ok_or_else(|| ClusterError::NotFound("the cluster has no key ring".into()))?;
+        let old: KeyRing = serde_json::from_slice(&entry.value).map_err(|e| unavailable(&e))?;
+        let next = old.rotated(now_ms()).map_err(ClusterError::Unavailable)?;
+        self.desired
+            .update(KEY_RING, to_bytes(&next), entry.revision)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => {
+                    ClusterError::Conflict("another host rotated the key meanwhile; try again".into())
+                }
+                _ => unavailable(&e),
+            })?;
+        tracing::info!(key = %next.keys[0].id, "rotated the cluster's forwarding key");
+        let ids: Vec<&str> = next.keys.iter().map(|k| k.id.as_str()).collect();
+        self.ring.store(Arc::new(next.clone()));
+        Ok(serde_json::json!({ "keys": ids }))
+    }
+
+    /// Reads the ring from the bucket.
+    async fn read_ring(&self) {
+        match self.desired.get(KEY_RING).await {
+            Ok(Some(value)) => match serde_json::from_slice::<KeyRing>(&value) {
+                Ok(ring) if !ring.keys.is_empty() => self.ring.store(Arc::new(ring)),
+                Ok(_) => tracing::warn!("the cluster's key ring is empty; keeping the keys this host has"),
+                Err(e) => tracing::warn!("the cluster's key ring does not parse: {e}"),
+            },
+            Ok(None) => tracing::warn!("the cluster's key ring is gone; keeping the keys this host has"),
+            Err(e) => tracing::warn!("cannot read the cluster's key ring: {e}"),
+        }
+    }
+
+    /// Rotates the signing key once it is older than `key_rotation`. Every
+    /// host tries; the bucket's compare-and-set lets one win.
+    async fn keep_rotating(self: Arc<Self>) {
+        let every = (self.key_rotation / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(every).await;
+            self.read_ring().await;
+            let newest = self.ring.load().newest_ms().unwrap_or(0);
+            if now_ms().saturating_sub(newest) < self.key_rotation.as_millis() as u64 {
+                continue;
+            }
+            match self.rotate_key().await {
+                Ok(_) | Err(ClusterError::Conflict(_)) => {}
+                Err(e) => tracing::warn!("cannot rotate the cluster's forwarding key: {e}"),
+            }
+        }
     }
 
     /// Whether this host has converged to the cluster's state.
@@ -603,6 +703,7 @@ impl Cluster {
                 if let Err(e) = self.converge_all().await {
                     tracing::warn!("cannot read the cluster's state: {e:#}");
                 }
+                self.read_ring().await;
                 self.report().await;
             }
         }
@@ -712,21 +813,31 @@ async fn fetch(versions: &object_store::ObjectStore, digest: &str) -> anyhow::Re
     Ok(wasm)
 }
 
-/// The cluster's forwarding secret, made by the first host to look.
-async fn forward_key(desired: &kv::Store) -> anyhow::Result<String> {
-    if let Some(key) = desired.get(FORWARD_KEY).await? {
-        return Ok(String::from_utf8_lossy(&key).into_owned());
-    }
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the cluster's key: {e}"))?;
-    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match desired.create(FORWARD_KEY, Bytes::from(key.clone())).await {
-        Ok(_) => Ok(key),
-        Err(_) => {
-            let key = desired.get(FORWARD_KEY).await?.context("the cluster's key vanished")?;
-            Ok(String::from_utf8_lossy(&key).into_owned())
+/// The cluster's key ring, made by the first host to look; the single key
+/// of earlier versions, if any, is removed.
+async fn key_ring(desired: &kv::Store) -> anyhow::Result<KeyRing> {
+    let parse =
+        |value: &[u8]| serde_json::from_slice::<KeyRing>(value).context("the cluster's key ring does not parse");
+    let ring = match desired.get(KEY_RING).await? {
+        Some(ring) => parse(&ring)?,
+        None => {
+            let ring = KeyRing::first(now_ms())?;
+            match desired.create(KEY_RING, to_bytes(&ring)).await {
+                Ok(_) => ring,
+                // Another host made it first.
+                Err(_) => parse(
+                    &desired
+                        .get(KEY_RING)
+                        .await?
+                        .context("the cluster's key ring vanished")?,
+                )?,
+            }
         }
+    };
+    if desired.get(OLD_FORWARD_KEY).await?.is_some() {
+        desired.purge(OLD_FORWARD_KEY).await?;
     }
+    Ok(ring)
 }
 
 /// The object store of versions, made if it does not exist yet.

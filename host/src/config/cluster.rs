@@ -27,6 +27,9 @@ pub struct ClusterConfig {
     /// This host's share of the requests others send on, against the
     /// other hosts' weights, with `balance = "weighted-random"`.
     pub weight: u32,
+    /// How long a key that signs requests sent on between hosts is used
+    /// before a new one replaces it.
+    pub key_rotation: std::time::Duration,
 }
 
 /// How a host picks among the other hosts that serve a component, when
@@ -62,6 +65,7 @@ pub struct RawCluster {
     pub node_ttl_ms: Option<u64>,
     pub balance: Option<Balance>,
     pub weight: Option<u64>,
+    pub key_rotation_ms: Option<u64>,
 }
 
 /// Where shared rate limits are kept.
@@ -132,6 +136,16 @@ pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -
         node_ttl: std::time::Duration::from_millis(ttl_ms),
         balance: raw.balance.unwrap_or(Balance::RoundRobin),
         weight: problems.ranged("cluster.weight", raw.weight, 1, 1_000).unwrap_or(100) as u32,
+        key_rotation: std::time::Duration::from_millis(
+            problems
+                .ranged(
+                    "cluster.key_rotation_ms",
+                    raw.key_rotation_ms,
+                    10_000,
+                    30 * 24 * 3_600_000,
+                )
+                .unwrap_or(3_600_000),
+        ),
     }
 }
 

@@ -145,6 +145,10 @@ impl Admin {
                 Some(cluster) => json_response(StatusCode::OK, &cluster.describe().await),
                 None => not_in_a_cluster(),
             },
+            (&Method::POST, ["cluster", "rotate-key"]) => match cluster {
+                Some(cluster) => cluster_respond(cluster.rotate_key().await),
+                None => not_in_a_cluster(),
+            },
             (&Method::POST, ["cluster", "components", name, "owner", node]) => match cluster {
                 Some(cluster) => cluster_respond(cluster.set_owner(name, node).await),
                 None => not_in_a_cluster(),

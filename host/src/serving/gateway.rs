@@ -20,7 +20,8 @@ use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 
 use super::body::{BodyPace, read_body, refuse};
 use super::client::client_addr;
-use super::forward::{Forwarder, unreachable_owner};
+use super::forward::{Forwarder, SIGNATURE, unreachable_owner};
+use super::headers::{self, CLIENT_ADDR, NODE, REQUEST_ID, VERSION};
 use super::server::Handler;
 use super::stats::{
     ForwardLabels, Method as MetricMethod, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels,
@@ -30,6 +31,7 @@ use super::{BoxError, HttpResponse, full, problem};
 use crate::capabilities::bindings::corral::service::types;
 use crate::capabilities::http::{BoxFuture, InternalHttp};
 use crate::cluster::Cluster;
+use crate::cluster::trust::{self, Claim, Refused};
 use crate::components::registry::Registry;
 use crate::components::snapshot::Entry;
 use crate::components::stats::ComponentLabels;
@@ -45,11 +47,6 @@ use crate::wasm::invoke::{self, InvokeError, OwnedTarget, Streaming, Target};
 const MAX_RESPONSE_HEADERS: usize = 100;
 /// The longest request id accepted from a client.
 const MAX_REQUEST_ID_LEN: usize = 128;
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// Names the version of the component that served a response.
-const VERSION: HeaderName = HeaderName::from_static("corral-version");
-/// Tells a `wasi:http` component who sent the request.
-const CLIENT_ADDR: HeaderName = HeaderName::from_static("corral-client-addr");
 /// The route of requests between components, in metrics.
 const INTERNAL_ROUTE: &str = "(internal)";
 
@@ -125,6 +122,7 @@ impl Call<'_> {
             headers: parts
                 .headers
                 .iter()
+                .filter(|(name, _)| !headers::is_hosts(name))
                 .map(|(name, value)| {
                     (
                         name.as_str().to_string(),
@@ -155,17 +153,17 @@ impl Call<'_> {
         let mut request = Request::new(Full::new(self.body));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
-        let headers = request.headers_mut();
+        let out = request.headers_mut();
         for (name, value) in &parts.headers {
-            if name != CLIENT_ADDR && name != REQUEST_ID {
-                headers.append(name, value.clone());
+            if !headers::is_hosts(name) && name != REQUEST_ID {
+                out.append(name, value.clone());
             }
         }
         if let Ok(client) = HeaderValue::from_str(&self.client) {
-            headers.insert(CLIENT_ADDR, client);
+            out.insert(CLIENT_ADDR, client);
         }
         if let Ok(id) = HeaderValue::from_str(self.id) {
-            headers.insert(REQUEST_ID, id);
+            out.insert(REQUEST_ID, id);
         }
         request
     }
@@ -195,18 +193,26 @@ impl Handler for Gateway {
         let started = Instant::now();
         let request_id = request_id(&request);
         let (parts, body) = request.into_parts();
-        // A request another host of the cluster forwarded was limited there,
-        // and says who its client is.
-        let forwarded = self
-            .cluster
-            .as_ref()
-            .is_some_and(|(_, f)| f.is_forwarded(&parts.headers));
-        let client = match forwarded {
-            true => Forwarder::forwarded_client(&parts.headers).unwrap_or(peer.ip()),
-            false => client_addr(&self.trusted_proxies, peer.ip(), &parts.headers),
+        // A request another host of the cluster sent on was limited there,
+        // and says who its client is, if its signature holds.
+        let forwarded = match self.forwarded(&parts).await {
+            Ok(claim) => claim,
+            Err(refused) => {
+                let mut trace = Trace::new(peer.ip(), None);
+                trace.rejected = Some("forward_signature");
+                let response = refuse(body, forward_refused(&refused)).await;
+                self.record(&parts, &response, &trace, started.elapsed(), &request_id);
+                return response;
+            }
+        };
+        let client = match &forwarded {
+            Some(claim) => claim.client,
+            None => client_addr(&self.trusted_proxies, peer.ip(), &parts.headers),
         };
         let mut trace = Trace::new(client, None);
-        let mut response = self.respond(&parts, body, &request_id, forwarded, &mut trace).await;
+        let mut response = self
+            .respond(&parts, body, &request_id, forwarded.as_ref(), &mut trace)
+            .await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -223,6 +229,21 @@ impl Handler for Gateway {
 }
 
 impl Gateway {
+    /// What a request another host of the cluster sent on claims, if it
+    /// carries a signature; an error if the signature does not hold. Off a
+    /// cluster, the header means nothing (and never reaches a component).
+    async fn forwarded(&self, parts: &http::request::Parts) -> Result<Option<Claim>, Refused> {
+        let (Some((cluster, _)), Some(header)) = (&self.cluster, parts.headers.get(SIGNATURE)) else {
+            return Ok(None);
+        };
+        let header = header.to_str().map_err(|_| Refused::Malformed("not text"))?;
+        let target = trust::Target {
+            method: parts.method.as_str(),
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        };
+        cluster.verify(header, &target).await.map(Some)
+    }
+
     /// Admits the request, reads its body (before a slot is taken, so a
     /// slow client never holds one while it sends), takes a slot, serves.
     async fn respond(
@@ -230,10 +251,10 @@ impl Gateway {
         parts: &http::request::Parts,
         body: Incoming,
         request_id: &Arc<str>,
-        forwarded: bool,
+        forwarded: Option<&Claim>,
         trace: &mut Trace,
     ) -> HttpResponse {
-        let (entry, verdict) = match self.admit(parts, forwarded, trace).await {
+        let (entry, verdict) = match self.admit(parts, forwarded.is_some(), trace).await {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 trace.rejected = refusal.reason;
@@ -255,7 +276,13 @@ impl Gateway {
             }
         };
         trace.bytes_in = body.len();
-        let mut response = match self.place(&entry, forwarded).await {
+        if let Some(claim) = forwarded
+            && trust::body_sha256(&body) != claim.body_sha256
+        {
+            trace.rejected = Some("forward_signature");
+            return forward_refused(&Refused::BodyChanged);
+        }
+        let mut response = match self.place(&entry, forwarded.is_some()).await {
             Placed::Here(slot) => {
                 let slot = match slot {
                     Some(slot) => Ok(slot),
@@ -283,9 +310,11 @@ impl Gateway {
                     why,
                 };
                 self.stats.forwarded.get_or_create(&labels).inc();
-                let forwarder = &self.cluster.as_ref().expect("placed in a cluster").1;
+                let (cluster, forwarder) = self.cluster.as_ref().expect("placed in a cluster");
                 let timeout = entry.limits().timeout;
-                forwarder.forward(&to, &url, parts, body, trace.client, timeout).await
+                forwarder
+                    .forward(cluster, &to, &url, parts, body, trace.client, timeout)
+                    .await
             }
             Placed::Nowhere(response) => response,
         };
@@ -650,21 +679,6 @@ fn new_request_id() -> String {
     format!("{:016x}", crate::components::random::u64())
 }
 
-/// Hop-by-hop and framing headers belong to the host, not to a component.
-fn reserved_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "content-length"
-    )
-}
-
 /// A component's response as HTTP, or why it is not a valid one.
 fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<HttpResponse, String> {
     let status = match StatusCode::from_u16(response.status) {
@@ -690,7 +704,7 @@ fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<Http
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) else {
             return Err(format!("header {name:?} is not a valid HTTP header"));
         };
-        if !reserved_header(&name) {
+        if headers::component_may_set(&name) {
             http.headers_mut().append(name, value);
         }
     }
@@ -724,7 +738,13 @@ fn streamed(streaming: Streaming, limits: &ComponentLimits, cut_short: CutShort)
             None => return Err("its content-length is not a number".to_string()),
         }
     }
-    let names: Vec<HeaderName> = parts.headers.keys().filter(|n| hop_by_hop(n)).cloned().collect();
+    // The length, when given, frames the stream: it stays.
+    let names: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| headers::is_hosts(n) || headers::is_hop_by_hop(n))
+        .cloned()
+        .collect();
     for name in names {
         parts.headers.remove(name);
     }
@@ -794,9 +814,18 @@ impl hyper::body::Body for Streamed {
     }
 }
 
-/// Headers about the connection, which belong to the host.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    reserved_header(name) && name != header::CONTENT_LENGTH
+/// The answer to a request whose forwarding signature does not hold.
+fn forward_refused(refused: &Refused) -> HttpResponse {
+    tracing::warn!(
+        reason = refused.reason(),
+        "a request signed as sent on by another host was refused: {refused}"
+    );
+    problem::response(
+        StatusCode::FORBIDDEN,
+        "forward-refused",
+        "Not sent on by a host of this cluster",
+        format!("the request is refused: {refused}"),
+    )
 }
 
 /// The response to a component's invalid response: 500, logged.
@@ -827,9 +856,6 @@ fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> HttpResp
     problem::response(status, error.cause(), title, detail)
 }
 
-/// In a cluster, the host that answered a request.
-const NODE: http::HeaderName = http::HeaderName::from_static("corral-node");
-
 /// Where a request is served.
 enum Placed {
     /// Here, in this slot, or in one to wait for.
@@ -855,7 +881,9 @@ impl InternalHttp for Internal {
         let gateway = self.0.upgrade();
         Box::pin(async move {
             let gateway = gateway.ok_or(WasiError::DestinationUnavailable)?;
-            let response = gateway.internal(&component, request, caller, depth, request_id).await;
+            let mut response = gateway.internal(&component, request, caller, depth, request_id).await;
+            // The caller is a guest: the host's headers stay with the host.
+            headers::remove_hosts(response.headers_mut());
             Ok(response.map(|body| {
                 body.map_err(|e| WasiError::InternalError(Some(e.to_string())))
                     .boxed_unsync()

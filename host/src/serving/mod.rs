@@ -1,13 +1,16 @@
 //! The public front door, knowing components only through the registry's
 //! snapshot: the accept loop ([`server`]), one request from arrival to
 //! response ([`gateway`]), request bodies within their limits and deadlines
-//! ([`body`]), who the client is ([`client`]), host errors as problem+json
-//! ([`problem`]), and what is counted ([`stats`]).
+//! ([`body`]), who the client is ([`client`]), which headers are the
+//! host's ([`headers`]), requests sent on to another host of a cluster
+//! ([`forward`]), host errors as problem+json ([`problem`]), and what is
+//! counted ([`stats`]).
 
 pub mod body;
 pub mod client;
 pub mod forward;
 pub mod gateway;
+pub mod headers;
 pub mod problem;
 pub mod server;
 pub mod stats;
