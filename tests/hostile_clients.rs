@@ -168,6 +168,41 @@ fn a_response_the_client_never_reads_is_abandoned() {
 }
 
 #[test]
+fn a_response_read_too_slowly_is_abandoned_although_bytes_keep_moving() {
+    // The write timeout alone restarts with every byte; the pace does not.
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[components.chaos.limits]\nresponse_body_kib = 65536\nmemory_mib = 256")
+        .toml("[server]\nwrite_timeout_ms = 60000\nwrite_min_bytes_per_sec = 65536")
+        .start();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&host.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(b"GET /chaos/big-body?mib=32 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    // About 10 KiB a second, well under the 64 KiB required.
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let mut read = 0usize;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still sending after {read} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(read < 32 << 20, "the whole body was read");
+    eprintln!("cut off after {:?} and {read} bytes", started.elapsed());
+    assert_eq!(host.get("/chaos/sandbox").status, 200);
+}
+
+#[test]
 fn head_counts_against_get_limits() {
     let host = host()
         .component("users", "users", &["/users"])
@@ -179,4 +214,58 @@ fn head_counts_against_get_limits() {
     host.get("/users/1").assert_problem(429, "rate-limited");
     // Other routes of the component are not limited by the pattern.
     assert_eq!(host.send("HEAD", "/users", None).status, 200);
+}
+
+#[test]
+fn clients_that_do_not_read_cannot_hold_the_hosts_memory() {
+    // chaos answers 8 MiB; at most 4 of its instances run at once, so what
+    // is being made at any moment is bounded by the concurrency limit, and
+    // what waits for clients by the response budget.
+    let host = host()
+        .component("users", "users", &["/users"])
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[components.chaos.limits]\nmax_concurrent = 4\nmax_queued = 200")
+        .toml("[server]\nresponse_buffer_mib = 32\nresponse_buffer_per_client_mib = 8\nwrite_timeout_ms = 60000")
+        .start();
+    let user = host
+        .post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
+        .json();
+    let before = crate::support::proc_status_kib(host.pid(), "VmRSS");
+    // 100 connections from 50 addresses ask for 8 MiB each and read nothing.
+    let mut held: Vec<TcpStream> = (0..100)
+        .map(|i| {
+            let mut stream = connect_from(&format!("127.0.0.{}", 2 + i % 50), host.addr);
+            stream
+                .write_all(b"GET /chaos/big-body?mib=8 HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    eventually("every request was answered or refused", || {
+        host.logs().matches("path=\"/chaos/big-body\"").count() >= 100
+    });
+    // Other components answer as usual.
+    for _ in 0..20 {
+        assert_eq!(host.get(&format!("/users/{}", user["id"])).status, 200);
+    }
+    let peak = crate::support::proc_status_kib(host.pid(), "VmHWM");
+    let grown_mib = peak.saturating_sub(before) >> 10;
+    let refused = host.logs().matches("status=503").count();
+    eprintln!(
+        "resident memory: {} MiB before, peak {} MiB; {refused} of 100 refused",
+        before >> 10,
+        peak >> 10
+    );
+    // The budget (32 MiB), what 4 running instances make (4 × 8 MiB, and
+    // their copy in the guest), and the allocator's slack.
+    assert!(
+        grown_mib < 32 + 2 * 4 * 8 + 64,
+        "resident memory grew by {grown_mib} MiB"
+    );
+    assert!(refused >= 50, "{refused} refused");
+    // The unread responses go once their clients do.
+    held.clear();
+    eventually("the budget is free again", || {
+        host.get("/chaos/big-body?mib=1").status == 200
+    });
 }

@@ -789,6 +789,9 @@ impl Registry {
                 Some(previous) if previous.rate_config == config.rate_limits => Arc::clone(&previous.rate_limits),
                 _ => Arc::new(RateLimits::new(&config.rate_limits, self.max_rate_limit_clients)),
             },
+            response_size: previous
+                .as_ref()
+                .map_or_else(Arc::default, |previous| Arc::clone(&previous.response_size)),
             publisher: Arc::new(Publisher {
                 component: Arc::clone(&name),
                 events: config.events.clone(),

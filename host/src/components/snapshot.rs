@@ -16,6 +16,7 @@ use crate::config::routes::owns;
 use crate::config::{ComponentConfig, ComponentLimits, EventsConfig, RateLimitConfig};
 use crate::limits::gate::ConcurrencyGate;
 use crate::limits::rates::RateLimits;
+use crate::limits::responses::ResponseSize;
 use crate::wasm::invoke::Target;
 
 /// A version serving a share of a component's requests.
@@ -72,6 +73,9 @@ pub struct ComponentShared {
     pub gate: Arc<ConcurrencyGate>,
     /// Kept unless the rate limits change, so clients keep their buckets.
     pub rate_limits: Arc<RateLimits>,
+    /// How large its responses have been lately, kept across every change:
+    /// what a request is expected to add to the bytes clients leave unread.
+    pub response_size: Arc<ResponseSize>,
     /// Who publishes for this component, and what it may publish.
     pub publisher: Arc<Publisher>,
     /// Where it may send HTTP requests.

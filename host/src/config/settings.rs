@@ -196,8 +196,16 @@ settings! {
         /// fails with 408 and the connection closes.
         body_min_bytes_per_sec: Count = "body_min_bytes_per_sec", 0..=1_073_741_824, default 1024;
         /// A response the client does not read within this time is
-        /// abandoned, and its connection closed.
+        /// abandoned, and its connection closed ...
         write_timeout: Millis = "write_timeout_ms", 1..=3_600_000, default 30_000;
+        /// ... and, after a short grace, one it reads slower than this.
+        write_min_bytes_per_sec: Count = "write_min_bytes_per_sec", 0..=1_073_741_824, default 1024;
+        /// Response bytes the host may hold for clients that have not read
+        /// them yet; past it, requests are refused with 503 before they run.
+        response_buffer_bytes: Mib = "response_buffer_mib", 1..=1_048_576, default 128;
+        /// The share of that one client address may hold; trusted proxies
+        /// are held to the host's budget only.
+        response_buffer_per_client_bytes: Mib = "response_buffer_per_client_mib", 1..=1_048_576, default 16;
         /// How long requests in flight may take to finish once shutdown begins.
         shutdown_grace: Millis = "shutdown_grace_ms", 0..=3_600_000, default 30_000;
         /// Component instances alive at once across the host: the pooling

@@ -3,7 +3,6 @@
 //! they serve: upload a new version (or a canary), roll back, promote,
 //! reload the config. It never serves component traffic.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -20,7 +19,7 @@ use crate::components::snapshot::{Entry, Snapshot};
 use crate::components::version::Version;
 use crate::events::{EventLog, Selection};
 use crate::serving::body::{BodyPace, read_body, refuse};
-use crate::serving::server::Handler;
+use crate::serving::server::{Connection, Handler};
 use crate::serving::{HttpResponse, full, problem};
 
 /// The admin listener's handler.
@@ -72,7 +71,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> HttpResponse {
+    async fn handle(&self, request: Request<Incoming>, _connection: &Connection) -> HttpResponse {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_string();
         let segments: Vec<&str> = path.split('/').skip(1).collect();

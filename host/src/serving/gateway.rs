@@ -5,7 +5,7 @@
 //! [`Gateway::serve`] calls a fresh instance and turns its response, or its
 //! failure, into HTTP. Every request ends in one log line and its metrics.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,11 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 
 use super::body::{BodyPace, read_body, refuse};
+use super::charged::{Charged, Held};
 use super::client::client_addr;
 use super::forward::{Forwarder, SIGNATURE, unreachable_owner};
 use super::headers::{self, CLIENT_ADDR, NODE, REQUEST_ID, VERSION};
-use super::server::Handler;
+use super::server::{Connection, Handler};
 use super::stats::{
     ForwardLabels, Method as MetricMethod, RejectionLabels, RequestLabels, ServingStats, TrapLabels, VersionLabels,
     status_class,
@@ -77,6 +78,8 @@ struct Trace {
     rejected: Option<&'static str>,
     /// Why the component failed it.
     failed: Option<&'static str>,
+    /// Its share of the budget for responses clients have not read.
+    held: Option<Held>,
 }
 
 impl Trace {
@@ -90,6 +93,7 @@ impl Trace {
             bytes_in: 0,
             rejected: None,
             failed: None,
+            held: None,
         }
     }
 }
@@ -189,7 +193,8 @@ impl std::fmt::Display for Client<'_> {
 }
 
 impl Handler for Gateway {
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    async fn handle(&self, request: Request<Incoming>, connection: &Connection) -> HttpResponse {
+        let peer = connection.peer;
         let started = Instant::now();
         let request_id = request_id(&request);
         let (parts, body) = request.into_parts();
@@ -211,7 +216,7 @@ impl Handler for Gateway {
         };
         let mut trace = Trace::new(client, None);
         let mut response = self
-            .respond(&parts, body, &request_id, forwarded.as_ref(), &mut trace)
+            .respond(&parts, body, &request_id, forwarded.as_ref(), connection, &mut trace)
             .await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
@@ -224,7 +229,8 @@ impl Handler for Gateway {
             response.headers_mut().insert(NODE, value);
         }
         self.record(&parts, &response, &trace, started.elapsed(), &request_id);
-        response
+        let (owed, held) = (Arc::clone(&connection.owed), trace.held.take());
+        response.map(|body| Charged::new(body, owed, held).boxed_unsync())
     }
 }
 
@@ -252,6 +258,7 @@ impl Gateway {
         body: Incoming,
         request_id: &Arc<str>,
         forwarded: Option<&Claim>,
+        connection: &Connection,
         trace: &mut Trace,
     ) -> HttpResponse {
         let (entry, verdict) = match self.admit(parts, forwarded.is_some(), trace).await {
@@ -261,6 +268,19 @@ impl Gateway {
                 return refuse(body, refusal.response).await;
             }
         };
+        let size = &entry.shared.response_size;
+        match connection.owed.admit(size.expected()) {
+            Ok(reservation) => {
+                trace.held = Some(Held {
+                    reservation,
+                    size: Arc::clone(size),
+                })
+            }
+            Err(full) => {
+                trace.rejected = Some("response_budget");
+                return refuse(body, unread_responses(&entry.name, &full)).await;
+            }
+        }
         let body = match read_body(
             body,
             &parts.headers,
@@ -812,6 +832,19 @@ impl hyper::body::Body for Streamed {
             },
         })
     }
+}
+
+/// The answer to a request refused because its response would not fit in
+/// the budget for responses clients have not read.
+fn unread_responses(component: &str, full: &crate::limits::responses::Full) -> HttpResponse {
+    let mut response = problem::response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "responses-unread",
+        "Too many responses unread",
+        format!("{component} is not called now: {full}; retry once they are read"),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
 }
 
 /// The answer to a request whose forwarding signature does not hold.

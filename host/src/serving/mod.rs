@@ -7,6 +7,7 @@
 //! counted ([`stats`]).
 
 pub mod body;
+pub mod charged;
 pub mod client;
 pub mod forward;
 pub mod gateway;

@@ -1,7 +1,8 @@
 //! The accept loop: HTTP/1.1 with keep-alive on hyper, one task per
-//! connection, connections capped in all and per client, writes that give
-//! up on a client that stops reading, and a graceful shutdown that lets
-//! requests in flight finish.
+//! connection, connections capped in all and per client, response bytes
+//! counted until the socket takes them (`limits::responses`), writes that
+//! give up on a client that stops reading or reads too slowly, and a
+//! graceful shutdown that lets requests in flight finish.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -19,17 +20,25 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
 use super::HttpResponse;
 use crate::config::{ServerSettings, TrustedProxies};
 use crate::limits::rates::client_key;
+use crate::limits::responses::{ClientOwed, Owed, ResponseBudget};
 
 /// What serves the requests of one listener.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> impl Future<Output = HttpResponse> + Send;
+    fn handle(&self, request: Request<Incoming>, connection: &Connection) -> impl Future<Output = HttpResponse> + Send;
+}
+
+/// The connection a request came on.
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// The response bytes it holds for its client.
+    pub owed: Arc<Owed>,
 }
 
 /// Serves `listener` with `handler` until `shutdown` resolves, then stops
@@ -47,6 +56,10 @@ pub async fn run<H: Handler>(
         open: Mutex::new(HashMap::new()),
         max: settings.max_connections_per_client,
     });
+    let budget = ResponseBudget::new(
+        settings.response_buffer_bytes,
+        settings.response_buffer_per_client_bytes,
+    );
     let mut http = http1::Builder::new();
     http.keep_alive(true)
         .timer(TokioTimer::new())
@@ -88,11 +101,20 @@ pub async fn run<H: Handler>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let stream = WriteDeadline::new(stream, settings.write_timeout);
+        let connection = Arc::new(Connection {
+            peer,
+            owed: Owed::new(Arc::clone(&budget), client.owed()),
+        });
+        let stream = Paced::new(
+            stream,
+            settings.write_timeout,
+            settings.write_min_bytes_per_sec as u64,
+            Arc::clone(&connection.owed),
+        );
         let handler = Arc::clone(&handler);
         let service = service_fn(move |request| {
-            let handler = Arc::clone(&handler);
-            async move { Ok::<_, std::convert::Infallible>(handler.handle(request, peer).await) }
+            let (handler, connection) = (Arc::clone(&handler), Arc::clone(&connection));
+            async move { Ok::<_, std::convert::Infallible>(handler.handle(request, &connection).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let open = Open::new(open_connections.clone());
@@ -130,17 +152,24 @@ impl Drop for Open {
 }
 
 /// Connections open per client address, so that one client cannot take
-/// every connection the host allows.
+/// every connection the host allows, and the response bytes each address
+/// holds across its connections.
 struct PerClient {
     /// Only clients with a connection open have an entry, so the map is
     /// bounded by the connection limit.
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<HashMap<IpAddr, Client>>,
     max: usize,
+}
+
+/// One client address with connections open.
+struct Client {
+    connections: usize,
+    owed: Arc<ClientOwed>,
 }
 
 /// One client's open connection, counted until dropped; `None` for a
 /// trusted proxy, which many clients share.
-struct ClientConnection(Option<(Arc<PerClient>, IpAddr)>);
+struct ClientConnection(Option<(Arc<PerClient>, IpAddr, Arc<ClientOwed>)>);
 
 impl PerClient {
     fn enter(this: &Arc<PerClient>, peer: IpAddr, proxies: &TrustedProxies) -> Option<ClientConnection> {
@@ -149,24 +178,35 @@ impl PerClient {
         }
         let key = client_key(peer);
         let mut open = this.open.lock().expect("per-client lock");
-        let count = open.entry(key).or_insert(0);
-        if *count >= this.max {
+        let client = open.entry(key).or_insert_with(|| Client {
+            connections: 0,
+            owed: Arc::default(),
+        });
+        if client.connections >= this.max {
             return None;
         }
-        *count += 1;
-        Some(ClientConnection(Some((Arc::clone(this), key))))
+        client.connections += 1;
+        let owed = Arc::clone(&client.owed);
+        Some(ClientConnection(Some((Arc::clone(this), key, owed))))
+    }
+}
+
+impl ClientConnection {
+    /// What the client owes across its connections; `None` for a proxy.
+    fn owed(&self) -> Option<Arc<ClientOwed>> {
+        self.0.as_ref().map(|(_, _, owed)| Arc::clone(owed))
     }
 }
 
 impl Drop for ClientConnection {
     fn drop(&mut self) {
-        let Some((per_client, key)) = self.0.take() else {
+        let Some((per_client, key, _)) = self.0.take() else {
             return;
         };
         let mut open = per_client.open.lock().expect("per-client lock");
-        if let Some(count) = open.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(client) = open.get_mut(&key) {
+            client.connections -= 1;
+            if client.connections == 0 {
                 open.remove(&key);
             }
         }
@@ -192,54 +232,134 @@ fn too_many_connections() -> &'static [u8] {
     })
 }
 
-/// A stream whose writes fail once they have been stuck for `timeout`: a
-/// client that stops reading its response cannot hold the connection, and
-/// the request's memory, forever.
-struct WriteDeadline<S> {
-    inner: S,
+/// How long a client owing response bytes has to take each share of them:
+/// `min_bytes_per_sec` times this, or it is cut off. Counted in windows, so
+/// what its socket buffers took in a burst is no credit for later.
+const PACE_WINDOW: Duration = Duration::from_secs(2);
+
+/// A connection's socket that pays its [`Owed`] for what it takes, and
+/// whose writes fail once they have been stuck for `timeout`, or once the
+/// client, owing bytes, takes fewer than `min_bytes_per_sec` in a
+/// [`PACE_WINDOW`]: a client that stops reading, or trickles, cannot hold
+/// the connection, and the response's memory, for long. A connection given
+/// up on is reset, so what the kernel still buffers for it goes too.
+struct Paced {
+    inner: TcpStream,
     timeout: Duration,
-    /// Armed while a write is stuck.
-    stuck: Option<Pin<Box<Sleep>>>,
+    min_bytes_per_sec: u64,
+    owed: Arc<Owed>,
+    /// While the client owes bytes: when the current window began, and how
+    /// many bytes it has taken in it.
+    window: Option<(Instant, usize)>,
+    /// When a write stuck since then fails for being stuck.
+    stuck_until: Option<Instant>,
+    /// Fires at the earlier of the two deadlines while a write is stuck.
+    alarm: Option<Pin<Box<Sleep>>>,
+    gave_up: bool,
 }
 
-impl<S> WriteDeadline<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
-        WriteDeadline {
+impl Paced {
+    fn new(inner: TcpStream, timeout: Duration, min_bytes_per_sec: u64, owed: Arc<Owed>) -> Self {
+        Paced {
             inner,
             timeout,
-            stuck: None,
+            min_bytes_per_sec,
+            owed,
+            window: None,
+            stuck_until: None,
+            alarm: None,
+            gave_up: false,
         }
     }
 
-    /// After the inner stream answered `poll`: clears the deadline on
-    /// progress, or arms it and fails once it passes.
-    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        if poll.is_ready() {
-            self.stuck = None;
-            return poll;
+    /// When the current pace window ends, a new one begun if the last was
+    /// met; `Err` if the client took too little in it.
+    fn pace(&mut self, now: Instant) -> Result<Option<Instant>, &'static str> {
+        if self.min_bytes_per_sec == 0 || !self.owed.owes() {
+            self.window = None;
+            return Ok(None);
         }
-        let timeout = self.timeout;
-        let stuck = self.stuck.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stuck.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client did not read its response in time",
-            ))),
-            Poll::Pending => Poll::Pending,
+        let (start, taken) = *self.window.get_or_insert((now, 0));
+        let end = start + PACE_WINDOW;
+        if now < end {
+            return Ok(Some(end));
+        }
+        let required = self.min_bytes_per_sec.saturating_mul(PACE_WINDOW.as_secs()) as usize;
+        if taken < required {
+            return Err("the client reads its response too slowly");
+        }
+        self.window = Some((now, 0));
+        Ok(Some(now + PACE_WINDOW))
+    }
+
+    /// After the inner stream answered a write or flush that moved `moved`
+    /// bytes (if ready): pays for them and clears the stuck deadline on
+    /// progress; when still pending, arms the alarm and fails once the
+    /// write has been stuck too long or the client is too slow.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+        moved: impl Fn(&T) -> usize,
+    ) -> Poll<std::io::Result<T>> {
+        match &poll {
+            Poll::Ready(Ok(done)) => {
+                let n = moved(done);
+                self.owed.pay(n);
+                if let Some((_, taken)) = &mut self.window {
+                    *taken += n;
+                }
+                self.stuck_until = None;
+                self.alarm = None;
+                return poll;
+            }
+            Poll::Ready(Err(_)) => return poll,
+            Poll::Pending => {}
+        }
+        let now = Instant::now();
+        let stuck_until = *self.stuck_until.get_or_insert(now + self.timeout);
+        let fail = match self.pace(now) {
+            Err(why) => Some(why),
+            Ok(_) if now >= stuck_until => Some("the client did not read its response in time"),
+            Ok(window_end) => {
+                let wake_at = window_end.map_or(stuck_until, |end| end.min(stuck_until));
+                let alarm = self
+                    .alarm
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake_at.into())));
+                if alarm.deadline() != wake_at.into() {
+                    alarm.as_mut().reset(wake_at.into());
+                }
+                match alarm.as_mut().poll(cx) {
+                    // A deadline passed: look again at once.
+                    Poll::Ready(()) => {
+                        cx.waker().wake_by_ref();
+                        None
+                    }
+                    Poll::Pending => None,
+                }
+            }
+        };
+        match fail {
+            Some(why) => {
+                self.gave_up = true;
+                let _ = self.inner.set_zero_linger();
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+            }
+            None => Poll::Pending,
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+impl AsyncRead for Paced {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+impl AsyncWrite for Paced {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.check(cx, poll)
+        self.check(cx, poll, |n| *n)
     }
 
     fn poll_write_vectored(
@@ -248,7 +368,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.check(cx, poll)
+        self.check(cx, poll, |n| *n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -257,10 +377,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.check(cx, poll)
+        self.check(cx, poll, |()| 0)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A connection given up on is reset when dropped, not closed in turn
+        // behind what it still buffers.
+        if self.gave_up {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,0 +1,250 @@
+//! Response bytes the host holds for clients that have not read them yet.
+//! A response handed to the connection stays in memory until the socket
+//! takes it; a client that reads slowly, or not at all, would keep it there.
+//! So the host has a budget for such bytes ([`ResponseBudget`]), each client
+//! address a share of it, and each connection counts what it owes
+//! ([`Owed`]): charged as its response bodies are handed over, paid as its
+//! socket takes them. A request is admitted only if the response it is
+//! expected to make ([`ResponseSize`], learned from the component's recent
+//! responses) fits, and is otherwise refused before it runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The host's budget for response bytes written to connections but not yet
+/// taken by their sockets.
+#[derive(Debug)]
+pub struct ResponseBudget {
+    max: usize,
+    per_client: usize,
+    used: AtomicUsize,
+}
+
+/// What one client address owes, across its connections.
+#[derive(Debug, Default)]
+pub struct ClientOwed {
+    used: AtomicUsize,
+}
+
+/// Why a request's response does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    #[error("the host holds {used} bytes of responses its clients have not read, of {max} allowed")]
+    Host { used: usize, max: usize },
+    #[error("this client has {used} bytes of responses it has not read, of {max} allowed")]
+    Client { used: usize, max: usize },
+}
+
+impl ResponseBudget {
+    pub fn new(max: usize, per_client: usize) -> Arc<Self> {
+        Arc::new(ResponseBudget {
+            max,
+            per_client,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What one connection owes: charged as response bodies are handed to it,
+/// paid as its socket takes them. Dropping it (the connection closed) pays
+/// everything.
+#[derive(Debug)]
+pub struct Owed {
+    budget: Arc<ResponseBudget>,
+    /// `None` for a trusted proxy, which many clients share: it is held to
+    /// the host's budget only.
+    client: Option<Arc<ClientOwed>>,
+    owed: AtomicUsize,
+}
+
+/// Bytes set aside for a response that is being made, given back when the
+/// response's first bytes are charged or when it is dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    owed: Arc<Owed>,
+    bytes: usize,
+}
+
+impl Owed {
+    pub fn new(budget: Arc<ResponseBudget>, client: Option<Arc<ClientOwed>>) -> Arc<Self> {
+        Arc::new(Owed {
+            budget,
+            client,
+            owed: AtomicUsize::new(0),
+        })
+    }
+
+    /// Admits a request whose response is expected to be `expected` bytes,
+    /// setting them aside, if they fit. A response expected to be large
+    /// (past a sixteenth of the budget) may fill three quarters of it, so
+    /// slow readers of large responses leave room for everyone else's
+    /// small ones; whatever nothing is held for is admitted.
+    pub fn admit(self: &Arc<Self>, expected: usize) -> Result<Reservation, Full> {
+        let budget = &self.budget;
+        let used = budget.used();
+        let limit = if expected > budget.max / 16 {
+            budget.max / 4 * 3
+        } else {
+            budget.max
+        };
+        if used > 0 && used.saturating_add(expected) > limit {
+            return Err(Full::Host { used, max: budget.max });
+        }
+        if let Some(client) = &self.client {
+            let used = client.used.load(Ordering::Relaxed);
+            if used > 0 && used.saturating_add(expected) > budget.per_client {
+                return Err(Full::Client {
+                    used,
+                    max: budget.per_client,
+                });
+            }
+        }
+        self.add(expected);
+        Ok(Reservation {
+            owed: Arc::clone(self),
+            bytes: expected,
+        })
+    }
+
+    /// A response body handed `bytes` more to the connection.
+    pub fn charge(&self, bytes: usize) {
+        self.owed.fetch_add(bytes, Ordering::Relaxed);
+        self.add(bytes);
+    }
+
+    /// The socket took `bytes` (head and framing included, which were never
+    /// charged: what is paid never exceeds what is owed).
+    pub fn pay(&self, bytes: usize) {
+        let mut paid = 0;
+        let _ = self.owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
+            paid = owed.min(bytes);
+            Some(owed - paid)
+        });
+        self.remove(paid);
+    }
+
+    /// Whether this connection holds response bytes its client has not taken.
+    pub fn owes(&self) -> bool {
+        self.owed.load(Ordering::Relaxed) > 0
+    }
+
+    fn add(&self, bytes: usize) {
+        self.budget.used.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(client) = &self.client {
+            client.used.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.budget.used.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(client) = &self.client {
+            client.used.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        let owed = self.owed.swap(0, Ordering::Relaxed);
+        self.remove(owed);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.owed.remove(self.bytes);
+    }
+}
+
+/// How large a component's responses have been lately: the largest recent
+/// one, forgotten by an eighth with every response since.
+#[derive(Debug, Default)]
+pub struct ResponseSize {
+    bytes: AtomicUsize,
+}
+
+impl ResponseSize {
+    /// What the next response is expected to be.
+    pub fn expected(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// A response of `bytes` was made.
+    pub fn record(&self, bytes: usize) {
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(bytes.max(old - old / 8))
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn a_connection_owes_what_it_was_handed_until_its_socket_takes_it() {
+        let budget = ResponseBudget::new(64 * MIB, 8 * MIB);
+        let client = Arc::new(ClientOwed::default());
+        let owed = Owed::new(Arc::clone(&budget), Some(Arc::clone(&client)));
+        owed.charge(1000);
+        assert!(owed.owes());
+        owed.pay(300);
+        assert_eq!(budget.used(), 700);
+        // Head bytes were never charged: paying more than owed pays it all.
+        owed.pay(10_000);
+        assert_eq!((budget.used(), owed.owes()), (0, false));
+        owed.charge(5000);
+        drop(owed);
+        assert_eq!(budget.used(), 0, "a closed connection owes nothing");
+        assert_eq!(client.used.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn requests_are_refused_past_the_budget_and_past_a_clients_share() {
+        let budget = ResponseBudget::new(64 * MIB, 8 * MIB);
+        let (a, b) = (Arc::new(ClientOwed::default()), Arc::new(ClientOwed::default()));
+        let one = Owed::new(Arc::clone(&budget), Some(Arc::clone(&a)));
+        // Nothing held: even a response larger than a share is admitted.
+        let reserved = one.admit(10 * MIB).unwrap();
+        assert_eq!(budget.used(), 10 * MIB);
+        assert!(matches!(one.admit(1), Err(Full::Client { .. })));
+        drop(reserved);
+        assert_eq!(budget.used(), 0);
+        one.charge(4 * MIB);
+        assert!(one.admit(4 * MIB).is_ok());
+        assert!(matches!(one.admit(4 * MIB + 1), Err(Full::Client { .. })));
+        // Another client fills the host: large responses stop at three
+        // quarters, small ones go on to the end.
+        let two = Owed::new(Arc::clone(&budget), Some(b));
+        two.charge(43 * MIB);
+        assert!(matches!(two.admit(5 * MIB), Err(Full::Host { .. })));
+        let small = Owed::new(Arc::clone(&budget), None);
+        assert!(small.admit(64 * 1024).is_ok());
+        two.charge(17 * MIB);
+        assert!(matches!(small.admit(64 * 1024), Err(Full::Host { .. })));
+    }
+
+    #[test]
+    fn the_expected_size_follows_recent_responses() {
+        let size = ResponseSize::default();
+        assert_eq!(size.expected(), 0);
+        size.record(8 * MIB);
+        assert_eq!(size.expected(), 8 * MIB);
+        for _ in 0..40 {
+            size.record(100);
+        }
+        assert!(size.expected() < 64 * 1024, "{}", size.expected());
+        size.record(MIB);
+        assert_eq!(size.expected(), MIB);
+    }
+}
