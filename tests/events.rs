@@ -339,3 +339,53 @@ fn subscriptions_are_checked_with_the_config() {
         "{out}"
     );
 }
+
+#[test]
+fn a_publisher_cannot_outrun_its_subscribers_or_grow_the_metrics() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[components.chaos.limits]\nevent_backlog = 20")
+        .toml(&format!(
+            "[components.chaos.subscription]\ntopics = [\"slow.*\"]\n{FAST}"
+        ))
+        .toml(&admin_toml())
+        .start();
+    // Each delivery asks to be retried in a minute: nothing is settled.
+    let reply = host.post("/chaos/publish?topic=slow.x&n=50", &json!({ "retry_ms": 60000 }));
+    reply.assert_problem(422, "publish-failed");
+    let detail = reply.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("Unavailable") && detail.contains("event_backlog"),
+        "{detail}"
+    );
+    eventually("the 20 published were delivered once", || {
+        chaos_received(&host).len() == 20
+    });
+    let backlog = subscription(&events_status(&host), "chaos")["backlog"].clone();
+    assert_eq!(backlog, 20);
+    // Once the subscriber's backlog is gone, the publisher may go on.
+    let purged = host.admin("POST", "/events/pending/purge?subscriber=chaos", Vec::new());
+    assert_eq!(purged.json()["purge"], 20, "{}", purged.text());
+    eventually("publishing works again", || {
+        host.post("/chaos/publish?topic=other.x", &json!({})).status == 200
+    });
+
+    // Topics the guest makes up are counted under the pattern that allows
+    // them: 100 new topics add no series.
+    for i in 0..100 {
+        publish(&host, &format!("topic=made.up{i}"), json!({}));
+    }
+    eventually("every message is relayed", || {
+        let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+        crate::support::metric(&metrics, "corral_events_published_total", &[("source", "chaos")]) >= 121.0
+    });
+    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("corral_events_published_total{"))
+        .collect();
+    assert_eq!(
+        series,
+        ["corral_events_published_total{topic=\">\",source=\"chaos\"} 121"]
+    );
+}

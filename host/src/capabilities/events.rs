@@ -5,6 +5,7 @@
 //! it on once it is committed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::HasData;
@@ -26,6 +27,33 @@ pub struct Publisher {
     pub events: EventsConfig,
     /// Payload and headers together, at most.
     pub max_bytes: usize,
+    /// Messages not yet settled by every subscriber, at most: a publisher
+    /// cannot fill the disk faster than its subscribers drain it.
+    pub max_unsettled: u64,
+    /// Kept across changes to the component.
+    pub unsettled: Arc<Unsettled>,
+}
+
+/// How many of a component's messages subscribers have not settled yet:
+/// counted up as it publishes and set from the log by the relay when it
+/// nears the bound (`events::relay`). Never below the truth, so the bound
+/// holds; a message rolled back with its transaction counts until the next
+/// read of the log.
+#[derive(Debug, Default)]
+pub struct Unsettled(AtomicU64);
+
+impl Unsettled {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, count: u64) {
+        self.0.store(count, Ordering::Relaxed);
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What `publish` works with: the publisher's database handle in this store.
@@ -109,9 +137,20 @@ impl Host for PublishView<'_> {
             Ok(message) => message,
             Err(e) => return Ok(Err(e)),
         };
+        let publisher = self.publisher;
+        if publisher.unsettled.count() >= publisher.max_unsettled {
+            return Ok(Err(Error::Unavailable(format!(
+                "{} has {} messages its subscribers have not settled, the most allowed \
+                 (limits.event_backlog); publish again once they catch up",
+                publisher.component, publisher.max_unsettled
+            ))));
+        }
         let stored = self.sqlite.with_writer(move |conn| conn.publish(&message)).await;
         Ok(match stored {
-            Ok(Ok(id)) => Ok(id),
+            Ok(Ok(id)) => {
+                publisher.unsettled.add();
+                Ok(id)
+            }
             Ok(Err(e)) => Err(Error::Unavailable(format!("{e:?}"))),
             Err(super::sqlite::SqliteError::Guest(e)) => Err(Error::Unavailable(format!("{e:?}"))),
             Err(super::sqlite::SqliteError::Trap(e)) => return Err(e),

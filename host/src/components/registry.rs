@@ -796,6 +796,10 @@ impl Registry {
                 component: Arc::clone(&name),
                 events: config.events.clone(),
                 max_bytes: config.limits.max_event_bytes,
+                max_unsettled: config.limits.max_event_backlog as u64,
+                unsettled: previous
+                    .as_ref()
+                    .map_or_else(Arc::default, |previous| Arc::clone(&previous.publisher.unsettled)),
             }),
             outbound: Arc::new(Outbound {
                 component: Arc::clone(&name),

@@ -139,7 +139,12 @@ pub struct Subscription {
 
 impl Subscription {
     pub fn matches(&self, topic: &str) -> bool {
-        self.topics.iter().any(|p| p.matches(topic))
+        self.pattern_of(topic).is_some()
+    }
+
+    /// The first of its patterns that `topic` matches.
+    pub fn pattern_of(&self, topic: &str) -> Option<&TopicPattern> {
+        self.topics.iter().find(|p| p.matches(topic))
     }
 }
 
@@ -153,7 +158,14 @@ pub struct EventsConfig {
 
 impl EventsConfig {
     pub fn may_publish(&self, topic: &str) -> bool {
-        self.publishes.iter().any(|p| p.matches(topic))
+        self.published_pattern(topic).is_some()
+    }
+
+    /// The first of the patterns it may publish to that `topic` matches:
+    /// what metrics name a topic by, so that topics a guest makes up do
+    /// not grow them.
+    pub fn published_pattern(&self, topic: &str) -> Option<&TopicPattern> {
+        self.publishes.iter().find(|p| p.matches(topic))
     }
 }
 

@@ -149,6 +149,9 @@ settings! {
         max_call_bytes: Kib = "call_payload_kib", 1..=1_048_576, default 1024;
         /// The largest event payload (and headers) it may publish.
         max_event_bytes: Kib = "event_payload_kib", 1..=65_536, default 256;
+        /// Messages it has published that subscribers have not settled yet
+        /// (dead letters included); past it, `publish` answers `unavailable`.
+        max_event_backlog: Count = "event_backlog", 1..=100_000_000, default 100_000;
         /// An outgoing HTTP request must connect within this time ...
         outbound_connect_timeout: Millis = "outbound_connect_timeout_ms", 1..=600_000, default 5000;
         /// ... and be answered in full within this one.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::stats::{DeliveryLabels, EventStats, SubscriberLabels};
+use super::stats::{DeliveryLabels, EventStats, OTHER_TOPIC, SubscriberLabels};
 use super::{Claimed, EventLog, Settlement};
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
 use crate::capabilities::events::now_ms;
@@ -152,7 +152,9 @@ impl Job {
             let later = now_ms() + 1000;
             return (name, claimed.message.id, Settlement::Requeue { at_ms: later });
         };
-        let (id, topic) = (claimed.message.id.clone(), claimed.message.topic.clone());
+        let (id, claimed_topic) = (claimed.message.id.clone(), claimed.message.topic.clone());
+        let pattern = subscription.pattern_of(&claimed_topic);
+        let topic = pattern.map_or(OTHER_TOPIC, |p| p.as_str()).to_string();
         let started = Instant::now();
         let settlement = self.attempt(subscription, claimed).await;
         let outcome = match &settlement {
@@ -162,7 +164,7 @@ impl Job {
             Settlement::Dead { .. } => "dead",
         };
         if let Settlement::Dead { reason } = &settlement {
-            tracing::warn!(subscriber = %name, topic, message = id, "a message became a dead letter: {reason}");
+            tracing::warn!(subscriber = %name, topic = %claimed_topic, message = id, "a message became a dead letter: {reason}");
         }
         self.stats
             .handler_duration

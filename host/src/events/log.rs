@@ -41,7 +41,8 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS deliveries_in_order ON deliveries (subscriber, state, message_seq);
     CREATE INDEX IF NOT EXISTS deliveries_by_key ON deliveries (subscriber, ordering_key, message_seq);
-    CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries (message_seq);";
+    CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries (message_seq);
+    CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source);";
 
 /// The embedded log.
 pub struct SqliteLog {
@@ -260,6 +261,15 @@ impl EventLog for SqliteLog {
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    fn published_backlog(&self, source: String) -> LogFuture<'_, u64> {
+        self.run(move |conn| {
+            conn.query_row("SELECT count(*) FROM messages WHERE source = ?", [source], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
         })
     }
 

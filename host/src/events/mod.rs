@@ -114,6 +114,9 @@ pub trait EventLog: Send + Sync + 'static {
     /// them (their host is gone). Returns how many.
     fn recover(&self, all: bool) -> LogFuture<'_, u64>;
     fn backlogs(&self) -> LogFuture<'_, Vec<Backlog>>;
+    /// How many messages `source` published that some subscriber has not
+    /// settled yet (dead letters included: they are kept until purged).
+    fn published_backlog(&self, source: String) -> LogFuture<'_, u64>;
     fn dead_letters(&self, subscriber: Option<String>, limit: usize) -> LogFuture<'_, Vec<DeadLetter>>;
     /// Makes dead letters due again, with their attempts counted from zero.
     fn redrive(&self, subscriber: String, which: Selection) -> LogFuture<'_, u64>;

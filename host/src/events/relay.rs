@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::stats::{EventStats, PublishedLabels};
+use super::stats::{EventStats, OTHER_TOPIC, PublishedLabels};
 use super::{EventLog, Message};
 use crate::capabilities::events::now_ms;
 use crate::capabilities::sqlite::Database;
 use crate::capabilities::sqlite::outbox::Stored;
 use crate::components::registry::Registry;
-use crate::components::snapshot::Snapshot;
+use crate::components::snapshot::{Entry, Snapshot};
 
 /// Messages moved in one batch.
 const BATCH: usize = 256;
@@ -49,6 +49,7 @@ pub async fn run(
             if !db.outbox.take() && !all {
                 continue;
             }
+            let counted = entry.shared.publisher.unsettled.count();
             match drain(db, &entry.name, &snapshot, log.as_ref(), &stats).await {
                 Ok(0) => {}
                 Ok(_) => dispatch.notify_one(),
@@ -57,6 +58,7 @@ pub async fn run(
                     db.outbox.take();
                 }
             }
+            recount_unsettled(entry, log.as_ref(), counted).await;
         }
     }
 }
@@ -83,9 +85,11 @@ async fn drain(
                 (message(stored, source), subscribers)
             })
             .collect();
+        let publishes = snapshot.get(source).map(|e| &e.config.events);
         for (message, _) in &batch {
+            let pattern = publishes.and_then(|events| events.published_pattern(&message.topic));
             let labels = PublishedLabels {
-                topic: message.topic.clone(),
+                topic: pattern.map_or(OTHER_TOPIC, |p| p.as_str()).to_string(),
                 source: Arc::clone(source),
             };
             stats.published.get_or_create(&labels).inc();
@@ -96,6 +100,24 @@ async fn drain(
         if count < BATCH {
             return Ok(moved);
         }
+    }
+}
+
+/// Reads how many of `entry`'s messages are unsettled from the log, once
+/// the count kept in memory (which only grows between reads) nears the
+/// component's bound: then a publisher held back by it is let go as soon
+/// as its subscribers catch up, and the log is not counted otherwise.
+/// `counted` is the count before the outbox was drained: whatever was
+/// published since is counted again on top of the log's, so the count
+/// never falls below the truth.
+async fn recount_unsettled(entry: &Entry, log: &dyn EventLog, counted: u64) {
+    let unsettled = &entry.shared.publisher.unsettled;
+    if counted < entry.shared.publisher.max_unsettled / 2 {
+        return;
+    }
+    match log.published_backlog(entry.name.to_string()).await {
+        Ok(count) => unsettled.set(count + unsettled.count().saturating_sub(counted)),
+        Err(e) => tracing::warn!(component = %entry.name, "cannot count its unsettled messages: {e:#}"),
     }
 }
 

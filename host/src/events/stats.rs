@@ -1,6 +1,6 @@
 //! What the events layer counts: messages published (committed and taken
-//! from an outbox) by topic and source, deliveries by subscriber, topic and
-//! outcome, the time handlers take; and, refreshed from the log, each
+//! from an outbox) by topic pattern and source, deliveries by subscriber,
+//! topic pattern and outcome, the time handlers take; and, refreshed from the log, each
 //! subscriber's backlog. `ops::metrics` registers these families.
 
 use std::sync::Arc;
@@ -15,6 +15,11 @@ use prometheus_client::registry::Registry as Prometheus;
 use super::Backlog;
 use crate::components::stats::latency_histogram;
 
+/// A topic is named by the config's pattern it matched (`orders.*`), not
+/// by itself, and one no pattern matches (the config changed meanwhile) by
+/// [`OTHER_TOPIC`]: a guest choosing topic names cannot add series.
+pub const OTHER_TOPIC: &str = "(other)";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishedLabels {
     pub topic: String,
@@ -24,6 +29,7 @@ pub struct PublishedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     pub subscriber: Arc<str>,
+    /// The subscription's pattern the topic matched.
     pub topic: String,
     /// `ack`, `retry`, `dead` or `requeued`.
     pub outcome: &'static str,
