@@ -185,3 +185,28 @@ fn a_restart_serves_the_versions_changes_installed() {
     assert!(users["canary"].is_null(), "{users}");
     third.wait_for_log(&["the config's file changed since the last run"]);
 }
+
+#[test]
+fn a_change_that_cannot_be_recorded_is_not_made() {
+    let files = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("users"), files.path().join("users.wasm")).unwrap();
+    let first = users_from(files.path(), data.path());
+    let v1 = first.version_of("/users");
+    // The state file cannot be replaced: a folder stands in its way (as
+    // root, permissions would not stop the host).
+    let state = data.path().join("versions/users/state.json");
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir_all(state.join("in-the-way")).unwrap();
+    let swapped = first.admin("PUT", "/components/users", variant("users", "unrecorded"));
+    let problem = swapped.assert_problem(507, "storage");
+    assert!(problem["detail"].as_str().unwrap().contains("not made"), "{problem}");
+    assert_eq!(first.version_of("/users"), v1, "the old version still serves");
+    let rolled_back = first.admin("POST", "/components/users/rollback", Vec::new());
+    assert_eq!(rolled_back.status, 409, "nothing to roll back: {}", rolled_back.text());
+    first.kill();
+    // Once the way is clear, the next host serves the config's file.
+    std::fs::remove_dir_all(&state).unwrap();
+    let second = users_from(files.path(), data.path());
+    assert_eq!(second.version_of("/users"), v1);
+}

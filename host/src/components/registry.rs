@@ -177,10 +177,14 @@ impl Registry {
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
         let prepared = self.prepare(config, &Snapshot::default()).await?;
-        let published = self.publish(prepared).await?;
-        for entry in &published.entries {
-            self.save_state(entry).await;
+        let after = prepared.snapshot.entries.clone();
+        let after: Vec<&Entry> = after.iter().map(|e| &**e).collect();
+        if let Err(e) = self.save_states(&after, None).await {
+            self.abandon(prepared).await;
+            return Err(e.into());
         }
+        self.publish(prepared).await?;
+        self.forget_unnamed(&after).await;
         Ok(())
     }
 
@@ -193,11 +197,24 @@ impl Registry {
         let _changing = self.changing.lock().await;
         let before = self.snapshot();
         let prepared = self.prepare(config, &before).await?;
-        let after = self.publish(prepared).await?;
+        let entries = prepared.snapshot.entries.clone();
+        let entries: Vec<&Entry> = entries.iter().map(|e| &**e).collect();
+        if let Err(e) = self.save_states(&entries, Some(&before)).await {
+            self.abandon(prepared).await;
+            return Err(e);
+        }
+        let after = match self.publish(prepared).await {
+            Ok(after) => after,
+            Err(e) => {
+                let old: Vec<&Entry> = before.entries.iter().map(|e| &**e).collect();
+                let _ = self.save_states(&old, None).await;
+                return Err(e);
+            }
+        };
+        self.forget_unnamed(&entries).await;
         let mut changes = Vec::new();
         for entry in &after.entries {
             self.stats.count_change(&entry.name, "reload");
-            self.save_state(entry).await;
             changes.push(Change {
                 name: entry.name.to_string(),
                 version: entry.current.digest.to_string(),
@@ -616,11 +633,20 @@ impl Registry {
             previous_version: before.get(&next.name).map(|e| e.current.digest.to_string()),
             canary_percent: next.canary.as_ref().map(|c| c.percent),
         };
-        self.publish(prepared).await?;
+        if let Err(e) = self.save_states(&[next], Some(before)).await {
+            self.abandon(prepared).await;
+            return Err(e);
+        }
+        if let Err(e) = self.publish(prepared).await {
+            if let Some(old) = before.get(&next.name) {
+                let _ = self.save_states(&[old], None).await;
+            }
+            return Err(e);
+        }
+        self.forget_unnamed(&[next]).await;
         let canary = next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent));
         tracing::info!(component = %next.name, version = %next.current.short, canary = ?canary, "{kind}");
         self.stats.count_change(&next.name, kind);
-        self.save_state(next).await;
         Ok(change)
     }
 
@@ -665,27 +691,44 @@ impl Registry {
         remove_databases(&created);
     }
 
-    /// Records what `entry` serves, so a restart serves it again. A failure
-    /// is logged: the change is live, but a restart would not bring it back.
-    async fn save_state(&self, entry: &Entry) {
-        let saved = |v: &Version| SavedVersion {
-            digest: v.digest.to_string(),
-            origin: v.origin.clone(),
-        };
-        let state = SavedState {
-            file_digest: entry.file_digest.to_string(),
-            current: saved(&entry.current),
-            previous: entry.previous.as_deref().map(saved),
-            canary: entry.canary.as_ref().map(|c| SavedCanary {
-                version: saved(&c.version),
-                percent: c.percent,
-            }),
-        };
-        let name = entry.name.to_string();
+    /// Records what each of `entries` will serve, so a restart serves it
+    /// again, before the change is published: a change that cannot be
+    /// recorded is not made. If one cannot be recorded, the states already
+    /// written are put back as `before` had them.
+    async fn save_states(&self, entries: &[&Entry], before: Option<&Snapshot>) -> Result<(), ChangeError> {
+        for (i, entry) in entries.iter().enumerate() {
+            if let Err(e) = self.write_state(entry).await {
+                for written in &entries[..i] {
+                    if let Some(old) = before.and_then(|b| b.get(&written.name)) {
+                        let _ = self.write_state(old).await;
+                    }
+                }
+                tracing::error!(component = %entry.name, "cannot record the versions it would serve: {e:#}");
+                return Err(ChangeError::Storage(e.context("the change was not made")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_state(&self, entry: &Entry) -> anyhow::Result<()> {
+        let (name, state) = (entry.name.to_string(), saved_state(entry));
         let versions = VersionStore::new(&self.data_dir);
-        let saved = tokio::task::spawn_blocking(move || versions.save(&name, &state)).await;
-        if let Err(e) = saved.map_err(anyhow::Error::from).and_then(|r| r) {
-            tracing::error!(component = %entry.name, "cannot record the versions it serves: {e:#}");
+        tokio::task::spawn_blocking(move || versions.save(&name, &state)).await?
+    }
+
+    /// Forgets the kept versions that nothing served names any more.
+    async fn forget_unnamed(&self, entries: &[&Entry]) {
+        let states: Vec<(String, SavedState)> = entries.iter().map(|e| (e.name.to_string(), saved_state(e))).collect();
+        let versions = VersionStore::new(&self.data_dir);
+        let forgotten = tokio::task::spawn_blocking(move || {
+            for (name, state) in &states {
+                versions.forget_unnamed(name, state)?;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        if let Err(e) = forgotten.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::warn!("cannot forget versions no longer served: {e:#}");
         }
     }
 
@@ -820,6 +863,23 @@ impl Registry {
 }
 
 /// A component that subscribes must have code that can receive.
+/// What `entry` serves, as kept under `data_dir`.
+fn saved_state(entry: &Entry) -> SavedState {
+    let saved = |v: &Version| SavedVersion {
+        digest: v.digest.to_string(),
+        origin: v.origin.clone(),
+    };
+    SavedState {
+        file_digest: entry.file_digest.to_string(),
+        current: saved(&entry.current),
+        previous: entry.previous.as_deref().map(saved),
+        canary: entry.canary.as_ref().map(|c| SavedCanary {
+            version: saved(&c.version),
+            percent: c.percent,
+        }),
+    }
+}
+
 fn check_subscriber(config: &ComponentConfig, version: &Version) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.events.subscription.is_none() || version.subscriber.is_some(),

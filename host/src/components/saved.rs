@@ -127,11 +127,17 @@ impl VersionStore {
         Ok(Some(state))
     }
 
-    /// Records what `name` serves now, and forgets versions nothing names.
+    /// Records what `name` serves now.
     pub fn save(&self, name: &str, state: &SavedState) -> anyhow::Result<()> {
-        let dir = self.component_dir(name);
+        let path = self.component_dir(name).join("state.json");
         let json = serde_json::to_vec_pretty(state)?;
-        write_atomically(&dir.join("state.json"), &json)?;
+        write_atomically(&path, &json).with_context(|| format!("cannot record {}", path.display()))
+    }
+
+    /// Forgets the versions of `name` that `state` does not name, once it
+    /// serves them no more.
+    pub fn forget_unnamed(&self, name: &str, state: &SavedState) -> anyhow::Result<()> {
+        let dir = self.component_dir(name);
         for file in std::fs::read_dir(&dir)?.flatten() {
             let file_name = file.file_name();
             let Some(digest) = file_name.to_str().and_then(|n| n.strip_suffix(".wasm")) else {
@@ -186,6 +192,8 @@ mod tests {
         store.save("users", &state).unwrap();
         let loaded = store.load("users").unwrap().unwrap();
         assert_eq!(loaded.current.digest, state.current.digest);
+        assert!(store.read("users", &digest(c)).is_ok(), "kept until forgotten");
+        store.forget_unnamed("users", &state).unwrap();
         assert_eq!(store.read("users", &digest(b)).unwrap(), b);
         assert!(store.read("users", &digest(c)).is_err(), "c is named by nothing");
         assert!(store.load("orders").unwrap().is_none());
