@@ -280,6 +280,9 @@ async fn serve_public(
     metrics: &Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Counted from before it is announced, so whoever reads the metrics
+    // once it is finds the gauge there.
+    let open_connections = metrics.serving.connections("public");
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let gateway = Arc::new(gateway);
     gateway
@@ -291,7 +294,7 @@ async fn serve_public(
         gateway,
         config.server.settings.clone(),
         config.server.trusted_proxies.clone(),
-        metrics.serving.connections("public"),
+        open_connections,
         async move {
             let _ = public_stopped.await;
         },

@@ -8,8 +8,9 @@
 //! expected to make ([`ResponseSize`], learned from the component's recent
 //! responses) fits, and is otherwise refused before it runs.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The host's budget for response bytes written to connections but not yet
 /// taken by their sockets.
@@ -51,15 +52,24 @@ impl ResponseBudget {
 }
 
 /// What one connection owes: charged as response bodies are handed to it,
-/// paid as its socket takes them. Dropping it (the connection closed) pays
-/// everything.
+/// paid as its socket takes them. A body's frame is one buffer, freed only
+/// once the socket has taken all of it, so it stays owed whole until then.
+/// Dropping it (the connection closed) pays everything.
 #[derive(Debug)]
 pub struct Owed {
     budget: Arc<ResponseBudget>,
     /// `None` for a trusted proxy, which many clients share: it is held to
     /// the host's budget only.
     client: Option<Arc<ClientOwed>>,
-    owed: AtomicUsize,
+    frames: Mutex<Frames>,
+}
+
+/// The frames a connection was handed and its socket has not taken whole.
+#[derive(Debug, Default)]
+struct Frames {
+    sizes: VecDeque<usize>,
+    /// What the socket took of the first of them.
+    taken: usize,
 }
 
 /// Bytes set aside for a response that is being made, given back when the
@@ -75,7 +85,7 @@ impl Owed {
         Arc::new(Owed {
             budget,
             client,
-            owed: AtomicUsize::new(0),
+            frames: Mutex::default(),
         })
     }
 
@@ -85,6 +95,17 @@ impl Owed {
     /// slow readers of large responses leave room for everyone else's
     /// small ones; whatever nothing is held for is admitted.
     pub fn admit(self: &Arc<Self>, expected: usize) -> Result<Reservation, Full> {
+        self.fits(expected)?;
+        self.add(expected);
+        Ok(Reservation {
+            owed: Arc::clone(self),
+            bytes: expected,
+        })
+    }
+
+    /// Whether a response expected to be `expected` bytes fits now (see
+    /// [`Owed::admit`]), setting nothing aside.
+    pub fn fits(&self, expected: usize) -> Result<(), Full> {
         let budget = &self.budget;
         let used = budget.used();
         let limit = if expected > budget.max / 16 {
@@ -104,33 +125,43 @@ impl Owed {
                 });
             }
         }
-        self.add(expected);
-        Ok(Reservation {
-            owed: Arc::clone(self),
-            bytes: expected,
-        })
+        Ok(())
     }
 
-    /// A response body handed `bytes` more to the connection.
+    /// A response body handed the connection a frame of `bytes`.
     pub fn charge(&self, bytes: usize) {
-        self.owed.fetch_add(bytes, Ordering::Relaxed);
+        if bytes == 0 {
+            return;
+        }
+        self.frames.lock().expect("frames lock").sizes.push_back(bytes);
         self.add(bytes);
     }
 
     /// The socket took `bytes` (head and framing included, which were never
-    /// charged: what is paid never exceeds what is owed).
+    /// charged: they count toward the frame being written).
     pub fn pay(&self, bytes: usize) {
         let mut paid = 0;
-        let _ = self.owed.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |owed| {
-            paid = owed.min(bytes);
-            Some(owed - paid)
-        });
+        {
+            let mut frames = self.frames.lock().expect("frames lock");
+            frames.taken += bytes;
+            while let Some(&first) = frames.sizes.front() {
+                if frames.taken < first {
+                    break;
+                }
+                frames.taken -= first;
+                frames.sizes.pop_front();
+                paid += first;
+            }
+            if frames.sizes.is_empty() {
+                frames.taken = 0;
+            }
+        }
         self.remove(paid);
     }
 
     /// Whether this connection holds response bytes its client has not taken.
     pub fn owes(&self) -> bool {
-        self.owed.load(Ordering::Relaxed) > 0
+        !self.frames.lock().expect("frames lock").sizes.is_empty()
     }
 
     fn add(&self, bytes: usize) {
@@ -153,8 +184,8 @@ impl Owed {
 
 impl Drop for Owed {
     fn drop(&mut self) {
-        let owed = self.owed.swap(0, Ordering::Relaxed);
-        self.remove(owed);
+        let frames = std::mem::take(&mut *self.frames.lock().expect("frames lock"));
+        self.remove(frames.sizes.iter().sum());
     }
 }
 
@@ -197,9 +228,13 @@ mod tests {
         let client = Arc::new(ClientOwed::default());
         let owed = Owed::new(Arc::clone(&budget), Some(Arc::clone(&client)));
         owed.charge(1000);
+        owed.charge(500);
         assert!(owed.owes());
+        // A frame is one buffer: owed whole until the socket took all of it.
         owed.pay(300);
-        assert_eq!(budget.used(), 700);
+        assert_eq!(budget.used(), 1500);
+        owed.pay(800);
+        assert_eq!(budget.used(), 500);
         // Head bytes were never charged: paying more than owed pays it all.
         owed.pay(10_000);
         assert_eq!((budget.used(), owed.owes()), (0, false));

@@ -205,6 +205,10 @@ impl Handler for Gateway {
             Err(refused) => {
                 let mut trace = Trace::new(peer.ip(), None);
                 trace.rejected = Some("forward_signature");
+                let snapshot = self.registry.snapshot();
+                trace.component = snapshot
+                    .route(parts.uri.path())
+                    .map(|(entry, _)| Arc::clone(&entry.name));
                 let response = refuse(body, forward_refused(&refused)).await;
                 self.record(&parts, &response, &trace, started.elapsed(), &request_id);
                 return response;
@@ -268,18 +272,11 @@ impl Gateway {
                 return refuse(body, refusal.response).await;
             }
         };
-        let size = &entry.shared.response_size;
-        match connection.owed.admit(size.expected()) {
-            Ok(reservation) => {
-                trace.held = Some(Held {
-                    reservation,
-                    size: Arc::clone(size),
-                })
-            }
-            Err(full) => {
-                trace.rejected = Some("response_budget");
-                return refuse(body, unread_responses(&entry.name, &full)).await;
-            }
+        // Refused early, before the body is read, if the response would
+        // not fit now; the room is set aside once it is about to be made.
+        if let Err(full) = connection.owed.fits(entry.shared.response_size.expected()) {
+            trace.rejected = Some("response_budget");
+            return refuse(body, unread_responses(&entry.name, &full)).await;
         }
         let body = match read_body(
             body,
@@ -310,6 +307,9 @@ impl Gateway {
                 };
                 match slot {
                     Ok(slot) => {
+                        if let Some(refused) = self.hold(&entry, connection, trace) {
+                            return refused;
+                        }
                         let client = trace.client.to_string();
                         let call = Call {
                             parts,
@@ -324,6 +324,9 @@ impl Gateway {
                 }
             }
             Placed::There { to, url, why } => {
+                if let Some(refused) = self.hold(&entry, connection, trace) {
+                    return refused;
+                }
                 let labels = ForwardLabels {
                     component: Arc::clone(&entry.name),
                     to: to.clone(),
@@ -342,6 +345,26 @@ impl Gateway {
             rate_limit_headers(&mut response, verdict);
         }
         response
+    }
+
+    /// Sets aside room in the budget for responses clients have not read,
+    /// for the response this request is about to get, as large as the
+    /// component's recent ones; the 503 to answer if it does not fit.
+    fn hold(&self, entry: &Entry, connection: &Connection, trace: &mut Trace) -> Option<HttpResponse> {
+        let size = &entry.shared.response_size;
+        match connection.owed.admit(size.expected()) {
+            Ok(reservation) => {
+                trace.held = Some(Held {
+                    reservation,
+                    size: Arc::clone(size),
+                });
+                None
+            }
+            Err(full) => {
+                trace.rejected = Some("response_budget");
+                Some(unread_responses(&entry.name, &full))
+            }
+        }
     }
 
     /// A slot of `entry`'s gate, once one is free; the wait is measured.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::pool::{Database, Pooled, WriterGuard};
+use super::pool::{Database, HOST_STATEMENT_TIMEOUT, Pooled, WriterGuard};
 use super::threads::SqlThreads;
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 
@@ -308,12 +308,11 @@ impl Conn {
         result
     }
 
-    /// Runs `work` with the host's privileges on this connection.
+    /// Runs `work` with the host's privileges on this connection, within
+    /// [`HOST_STATEMENT_TIMEOUT`].
     pub(super) fn host<R>(&mut self, work: impl FnOnce(&HostSql<'_>) -> rusqlite::Result<R>) -> Result<R, Error> {
         let pooled = self.pooled();
-        pooled.guard.trusted.store(true, Ordering::Relaxed);
-        let result = work(&HostSql(&pooled.conn));
-        pooled.guard.trusted.store(false, Ordering::Relaxed);
+        let result = as_host(pooled, || work(&HostSql(&pooled.conn)));
         result.map_err(|e| super::exec::guest_error(e, &pooled.guard, &self.db.limits))
     }
 
@@ -333,12 +332,7 @@ impl Drop for Conn {
                 Handle::Reader(pooled) => pooled,
                 Handle::Writer(slot) => slot.conn.as_ref().expect("a held writer is open"),
             };
-            pooled.conn.is_autocommit() || {
-                pooled.guard.trusted.store(true, Ordering::Relaxed);
-                let ok = pooled.conn.execute_batch("ROLLBACK").is_ok();
-                pooled.guard.trusted.store(false, Ordering::Relaxed);
-                ok
-            }
+            pooled.conn.is_autocommit() || as_host(pooled, || pooled.conn.execute_batch("ROLLBACK")).is_ok()
         };
         // A connection in an unknown state is closed, not reused: a reader
         // is not taken back; the writer is opened again by its next holder.
@@ -346,9 +340,21 @@ impl Drop for Conn {
             Handle::Reader(pooled) if rolled_back => self.db.checkin(pooled),
             Handle::Reader(_) => {}
             Handle::Writer(mut slot) if !rolled_back => slot.conn = None,
-            Handle::Writer(_) => {}
+            Handle::Writer(slot) => {
+                drop(slot);
+                self.db.checkpoint_if_due();
+            }
         }
     }
+}
+
+/// Runs the host's own SQL on `pooled`: the authorizer lets it through,
+/// and it ends within [`HOST_STATEMENT_TIMEOUT`].
+fn as_host<R>(pooled: &Pooled, work: impl FnOnce() -> R) -> R {
+    pooled.guard.trusted.store(true, Ordering::Relaxed);
+    let result = pooled.guard.deadline.within(HOST_STATEMENT_TIMEOUT, work);
+    pooled.guard.trusted.store(false, Ordering::Relaxed);
+    result
 }
 
 #[cfg(test)]

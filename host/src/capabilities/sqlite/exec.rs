@@ -153,6 +153,13 @@ fn run(
     run_statement(&mut statement, params, limits)
 }
 
+/// What one value of a result costs the host besides its bytes: the
+/// `Value` itself, which a string or blob also points from.
+const VALUE_BYTES: usize = std::mem::size_of::<Value>();
+/// What one row costs besides its values: the `Row`, and the allocation
+/// header of its values' `Vec`.
+const ROW_BYTES: usize = std::mem::size_of::<Row>() + 16;
+
 fn run_statement(
     stmt: &mut rusqlite::Statement<'_>,
     params: &[Value],
@@ -182,6 +189,7 @@ fn run_statement(
     let mut bytes = 0usize;
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
+        bytes += ROW_BYTES;
         if out.len() == limits.max_result_rows {
             return Err(Failure::Guest(Error::LimitExceeded(format!(
                 "the query returns more than {} rows",
@@ -192,10 +200,11 @@ fn run_statement(
         for i in 0..width {
             // Sized while still in SQLite's memory: nothing is copied past the limit.
             let value = row.get_ref(i)?;
-            bytes += 8 + match value {
-                ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
-                _ => 0,
-            };
+            bytes += VALUE_BYTES
+                + match value {
+                    ValueRef::Text(b) | ValueRef::Blob(b) => b.len(),
+                    _ => 0,
+                };
             if bytes > limits.max_result_bytes {
                 return Err(Failure::Guest(Error::LimitExceeded(format!(
                     "the query returns more than {} bytes",

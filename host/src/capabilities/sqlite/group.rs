@@ -7,6 +7,7 @@
 //! first-come, first-served queue.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -17,6 +18,10 @@ use crate::capabilities::bindings::corral::service::sqlite::{Error, QueryResult,
 
 /// Most writes committed in one group.
 const MAX_GROUP: usize = 128;
+/// No write starts in a group that has run this long: a group of fast
+/// writes is over long before, and one of slow writes gives the writer,
+/// and the thread it runs on, back after this and one statement timeout.
+const GROUP_TIME: Duration = Duration::from_millis(50);
 
 /// What one write came to.
 pub struct Written {
@@ -66,34 +71,38 @@ pub async fn write(db: &Arc<Database>, sql: String, params: Vec<Value>) -> Resul
         id
     };
     let _queued = Queued { db, id };
-    tokio::select! {
-        biased;
-        done = &mut written => return done.map_err(|_| lost()),
-        writer = db.writer() => {
-            // Another group may have taken this write while we waited.
-            if let Ok(done) = written.try_recv() {
-                return Ok(done);
-            }
-            let jobs = {
-                let mut pending = db.pending.lock().expect("pending lock");
-                let take = pending.jobs.len().min(MAX_GROUP);
-                pending.jobs.drain(..take).collect::<Vec<_>>()
-            };
-            let writer = match writer {
-                Ok(writer) => writer,
-                Err(e) => {
-                    for job in jobs {
-                        let _ = job.reply.send(failed(e.clone()));
-                    }
-                    return written.await.map_err(|_| lost());
+    // Until this write is answered: whoever holds the writer commits what
+    // is queued, and this write may be left for a later group (one is
+    // full, or ran out of time), which may have to be this request's again.
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut written => return done.map_err(|_| lost()),
+            writer = db.writer() => {
+                // Another group may have taken this write while we waited.
+                if let Ok(done) = written.try_recv() {
+                    return Ok(done);
                 }
-            };
-            // The writer goes back to the queue before the replies are read.
-            let (writer, ()) = on_conn(writer, move |conn| commit_group(conn, jobs)).await?;
-            drop(writer);
+                let jobs = {
+                    let mut pending = db.pending.lock().expect("pending lock");
+                    let take = pending.jobs.len().min(MAX_GROUP);
+                    pending.jobs.drain(..take).collect::<Vec<_>>()
+                };
+                let writer = match writer {
+                    Ok(writer) => writer,
+                    Err(e) => {
+                        for job in jobs {
+                            let _ = job.reply.send(failed(e.clone()));
+                        }
+                        continue;
+                    }
+                };
+                // The writer goes back to the queue before the replies are read.
+                let (writer, ()) = on_conn(writer, move |conn| commit_group(conn, jobs)).await?;
+                drop(writer);
+            }
         }
     }
-    written.await.map_err(|_| lost())
 }
 
 fn lost() -> SqliteError {
@@ -112,8 +121,12 @@ fn failed(error: Error) -> Written {
 /// Commits `jobs` in one transaction, each in a savepoint, and replies to
 /// each once the transaction has committed (or failed to). If a failing
 /// statement makes SQLite roll the whole transaction back, the writes
-/// before it are run again in a new one, without it.
+/// before it are run again in a new one, without it. No write starts once
+/// the group has run for [`GROUP_TIME`]: those left go back to the front
+/// of the queue for the next holder of the writer.
 fn commit_group(conn: &mut Conn, mut jobs: Vec<Job>) {
+    let deadline = Instant::now() + GROUP_TIME;
+    let mut started = 0;
     'group: loop {
         if jobs.is_empty() {
             return;
@@ -127,6 +140,12 @@ fn commit_group(conn: &mut Conn, mut jobs: Vec<Job>) {
         let mut done: Vec<(Job, Written)> = Vec::with_capacity(jobs.len());
         let mut queue = jobs.into_iter();
         while let Some(job) = queue.next() {
+            if started > 0 && Instant::now() >= deadline {
+                let mut pending = conn.db.pending.lock().expect("pending lock");
+                pending.jobs.splice(0..0, std::iter::once(job).chain(queue));
+                break;
+            }
+            started += 1;
             let savepoint = conn.trusted("SAVEPOINT corral_group");
             let result = savepoint.and_then(|()| conn.execute(&job.sql, &job.params));
             if let Err(e) = &result

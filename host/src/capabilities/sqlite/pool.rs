@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -71,6 +71,14 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_CONNECTIONS: usize = 32;
 /// SQLite calls the progress handler every this many virtual machine steps.
 const PROGRESS_STEPS: i32 = 1000;
+/// The host's own statements (transaction control, the outbox) run within
+/// this: they are small, but nothing runs unbounded.
+pub(super) const HOST_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A checkpoint is started once the write-ahead log holds this many pages
+/// (SQLite's own default for its automatic checkpoints) ...
+const CHECKPOINT_PAGES: i32 = 1000;
+/// ... and stopped after this long, to go on at the next one.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One component's database file.
 pub struct Database {
@@ -86,6 +94,10 @@ pub struct Database {
     threads: Arc<SqlThreads>,
     /// Raised when the outbox has messages for the relay.
     pub outbox: Arc<OutboxSignal>,
+    /// Pages in the write-ahead log, as of the last commit.
+    wal_pages: Arc<AtomicI32>,
+    /// A checkpoint is queued or running.
+    checkpointing: AtomicBool,
 }
 
 /// The write connection, when open, and the limits it was opened with.
@@ -143,6 +155,8 @@ impl Database {
             pending: Mutex::new(Pending::default()),
             threads,
             outbox: OutboxSignal::new(relay),
+            wal_pages: Arc::default(),
+            checkpointing: AtomicBool::new(false),
         });
         let mut slot = db.writer.blocking_lock();
         db.open_writer(&mut slot)?;
@@ -244,6 +258,16 @@ impl Database {
         if role == Role::Reader {
             // A reader that cannot write can never need the write lock.
             conn.execute_batch("PRAGMA query_only = ON")?;
+        } else {
+            // No checkpoint inside a commit, where it would hold the writer,
+            // run past the commit's deadline, or fail a commit that took
+            // place: the log's size is noted, and the host checkpoints off
+            // the writer (see `checkpoint_if_due`).
+            let pages = Arc::clone(&self.wal_pages);
+            conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: std::os::raw::c_int| {
+                pages.store(n, Ordering::Relaxed);
+                Ok(())
+            }))?;
         }
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
@@ -265,6 +289,42 @@ impl Database {
         let deadline = Arc::clone(&guard.deadline);
         conn.progress_handler(PROGRESS_STEPS, Some(move || deadline.passed()))?;
         Ok(Pooled { conn, guard })
+    }
+
+    /// Queues a checkpoint on an SQL thread if the write-ahead log has
+    /// grown past [`CHECKPOINT_PAGES`] and none is queued yet.
+    pub(super) fn checkpoint_if_due(self: &Arc<Self>) {
+        if self.wal_pages.load(Ordering::Relaxed) < CHECKPOINT_PAGES || self.checkpointing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let db = Arc::clone(self);
+        if self.threads.spawn(move || db.checkpoint()).is_err() {
+            self.checkpointing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Copies what it can of the write-ahead log into the file, on a
+    /// reader (a passive checkpoint waits for no one), within
+    /// [`CHECKPOINT_TIMEOUT`]; what is left goes at the next one.
+    fn checkpoint(self: &Arc<Self>) {
+        let checkpointed = self.reader().map(|conn| {
+            let pooled = conn.pooled();
+            pooled.guard.trusted.store(true, Ordering::Relaxed);
+            let done = pooled.guard.deadline.within(CHECKPOINT_TIMEOUT, || {
+                pooled
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(2))
+            });
+            pooled.guard.trusted.store(false, Ordering::Relaxed);
+            done
+        });
+        match checkpointed {
+            Ok(Ok(_)) => self.wal_pages.store(0, Ordering::Relaxed),
+            Ok(Err(e)) => tracing::debug!(db = %self.path.display(), "checkpoint stopped: {e}"),
+            Err(e) => tracing::warn!(db = %self.path.display(), "cannot checkpoint: {e:?}"),
+        }
+        self.checkpointing.store(false, Ordering::Release);
     }
 
     /// Takes back a reader.

@@ -212,6 +212,7 @@ fn statements_with_quadratic_cost_end_quickly() {
 fn values_and_results_are_sized_before_they_are_copied() {
     let (_dir, db) = database(DbLimits {
         max_result_bytes: 1 << 20,
+        max_result_rows: 100_000,
         max_value_bytes: 256 << 10,
         ..DbLimits::default()
     });
@@ -230,6 +231,16 @@ fn values_and_results_are_sized_before_they_are_copied() {
         Err(Error::LimitExceeded(_))
     ));
     assert_eq!(exec(&mut conn, "SELECT zeroblob(200000)", &[]).unwrap().len(), 1);
+    // Small values count at what they cost the host, not only their bytes:
+    // 20,000 rows of one integer take about 1.4 MiB, not 160 KB.
+    let rows = |n: u32| {
+        format!("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < {n}) SELECT x FROM n")
+    };
+    match exec(&mut conn, &rows(20_000), &[]) {
+        Err(Error::LimitExceeded(why)) => assert!(why.contains("bytes"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(exec(&mut conn, &rows(5_000), &[]).unwrap().len(), 5_000);
 }
 
 #[test]
@@ -316,4 +327,30 @@ fn a_statement_the_host_prepared_is_never_handed_to_a_guest() {
     let outbox = "SELECT seq, id, topic, payload, content_type, headers, ordering_key, published_at
                  FROM _corral_outbox ORDER BY seq LIMIT ?";
     denied(&mut conn, outbox, &[Value::Integer(10)]);
+}
+
+#[test]
+fn the_log_is_checkpointed_off_the_writer_once_it_grows() {
+    let (dir, db) = database(DbLimits::default());
+    let mut conn = db.writer_blocking().unwrap();
+    exec(&mut conn, "CREATE TABLE t (x BLOB)", &[]).unwrap();
+    // About 1,250 pages of 4 KiB in the log, committed by the writer, which
+    // checkpoints nothing itself: the file stays small until the host does.
+    for _ in 0..10 {
+        exec(&mut conn, "INSERT INTO t SELECT randomblob(4000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 125) SELECT i FROM n)", &[]).unwrap();
+    }
+    let file = dir.path().join("t.sqlite3");
+    let size = || std::fs::metadata(&file).unwrap().len();
+    assert!(size() < 1 << 20, "checkpointed in a commit: {} bytes", size());
+    // Giving the writer back queues a checkpoint on an SQL thread.
+    drop(conn);
+    let started = Instant::now();
+    while size() < 4 << 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never checkpointed: {} bytes",
+            size()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
