@@ -25,8 +25,32 @@ run: build
     ./target/release/corral serve --config config/corral.toml
 
 # Runs every test: unit tests and the integration tests against a real host.
-test: build-components toolchains
+test: build-components toolchains servers
     cargo test --release --workspace
+
+# The tests start real NATS, Redis and HAProxy servers: installs Debian's
+# packages of those missing, with apt-get (as root, or with sudo).
+servers:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    for program in nats-server redis-server haproxy; do
+        command -v "$program" >/dev/null || [ -x "/usr/sbin/$program" ] || missing+=("$program")
+    done
+    [ ${#missing[@]} -eq 0 ] && exit 0
+    how="install the Debian packages ${missing[*]} (apt-get install ${missing[*]}), then run this again"
+    command -v apt-get >/dev/null || { echo "the tests need ${missing[*]}, and this is no Debian system: $how" >&2; exit 1; }
+    if [ "$(id -u)" -eq 0 ]; then
+        as_root=()
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        as_root=(sudo)
+    else
+        echo "the tests need ${missing[*]}, and installing them needs root: $how" >&2
+        exit 1
+    fi
+    echo "installing ${missing[*]} for the tests"
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 
 # Installs the toolchains that build the Python and JavaScript components,
 # inside the repository: componentize-py in target/toolchains/python, and
@@ -57,6 +81,22 @@ bench-cluster: build
     command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
     cargo build --release -p corral-bench
     ./target/release/clusterbench
+
+# The fuzz targets under fuzz/ (see host/src/fuzzing.rs).
+fuzz_targets := "config sql guest_response http_request"
+
+# New inputs go to target/fuzz-corpus/<target>, crashes to
+# fuzz/artifacts/<target>; `cargo test` replays fuzz/corpus, where inputs
+# worth keeping (and each fixed crash) belong.
+# Fuzzes each target for `seconds` (cargo fuzz on nightly, installed if missing).
+fuzz seconds="600": build-components
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+    for target in {{fuzz_targets}}; do \
+        mkdir -p target/fuzz-corpus/$target; \
+        (cd fuzz && cargo +nightly fuzz run $target ../target/fuzz-corpus/$target corpus/$target -- \
+            -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
+    done
 
 # Validates config/corral.toml and the components it names.
 check-config: build

@@ -257,4 +257,11 @@ weight = 0
          {users}owner = \"n2\"\n"
     ));
     assert!(ok, "{output}");
+    // One server, as NATS clients take it, without a list.
+    let (ok, output) = check_config(&format!(
+        "data_dir = \"data\"\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"n1\"\n{users}"
+    ));
+    assert!(ok, "{output}");
+    let (ok, output) = check_config("data_dir = \"data\"\n[cluster]\nnats = 4222\nnode = \"n1\"\n");
+    assert!(!ok && output.contains("or a list of them"), "{output}");
 }

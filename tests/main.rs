@@ -10,6 +10,7 @@ mod containment;
 mod deploy;
 mod durable_changes;
 mod events;
+mod fuzz_corpus;
 mod hostile_clients;
 mod hostile_output;
 mod hostile_sql;

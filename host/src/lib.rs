@@ -25,6 +25,8 @@ pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod ops;
 pub mod serving;

@@ -54,7 +54,8 @@ pub enum NatsAuth {
 
 #[derive(Debug, Deserialize)]
 pub struct RawCluster {
-    #[serde(default)]
+    /// One URL, as NATS clients take, or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub nats: Vec<String>,
     pub node: Option<String>,
     pub credentials_file: Option<String>,
@@ -68,6 +69,23 @@ pub struct RawCluster {
     pub key_rotation_ms: Option<u64>,
 }
 
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let servers = OneOrMany::deserialize(deserializer).map_err(|_| {
+        serde::de::Error::custom("expected a NATS server URL, such as \"nats://127.0.0.1:4222\", or a list of them")
+    })?;
+    Ok(match servers {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
 /// Where shared rate limits are kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitStore {
@@ -79,7 +97,7 @@ pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -
     if raw.nats.is_empty() {
         problems.add(
             "cluster.nats",
-            "is required: the NATS servers, such as [\"nats://127.0.0.1:4222\"]",
+            "is required: the NATS servers, such as \"nats://127.0.0.1:4222\" or a list of them",
         );
     }
     for (i, url) in raw.nats.iter().enumerate() {

@@ -723,7 +723,7 @@ fn new_request_id() -> String {
 }
 
 /// A component's response as HTTP, or why it is not a valid one.
-fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<HttpResponse, String> {
+pub(crate) fn into_http(response: types::Response, limits: &ComponentLimits) -> Result<HttpResponse, String> {
     let status = match StatusCode::from_u16(response.status) {
         Ok(status) if status.as_u16() >= 200 => status,
         _ => return Err(format!("status {} is not a final HTTP status", response.status)),

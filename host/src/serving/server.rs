@@ -60,16 +60,7 @@ pub async fn run<H: Handler>(
         settings.response_buffer_bytes,
         settings.response_buffer_per_client_bytes,
     );
-    let mut http = http1::Builder::new();
-    http.keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_header_size(settings.max_header_bytes);
-    // hyper keeps up to 100 headers on the stack; another bound costs a heap
-    // allocation per request.
-    if settings.max_headers != 100 {
-        http.max_headers(settings.max_headers);
-    }
+    let http = http1(&settings);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -133,6 +124,22 @@ pub async fn run<H: Handler>(
             tracing::warn!(grace = ?settings.shutdown_grace, "requests still in flight after the grace period");
         }
     }
+}
+
+/// HTTP/1.1 as the listener serves it: keep-alive, and the header caps and
+/// timeout of `settings`.
+pub(crate) fn http1(settings: &ServerSettings) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_header_size(settings.max_header_bytes);
+    // hyper keeps up to 100 headers on the stack; another bound costs a heap
+    // allocation per request.
+    if settings.max_headers != 100 {
+        http.max_headers(settings.max_headers);
+    }
+    http
 }
 
 /// Counts an open connection in the gauge until dropped.

@@ -250,6 +250,12 @@ fn table_of<'a>(action: &AuthAction<'a>) -> Option<&'a str> {
     }
 }
 
+/// Whether a guest may call the SQL function `name`.
+pub fn allows_function(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name != "match" && FUNCTIONS.contains(&name.as_str())
+}
+
 /// Whether a guest statement may do `action`; `Err` says why not.
 /// `full_text` names (lowercase) the full-text tables the database has.
 pub fn authorize(action: &AuthAction<'_>, full_text: &[String]) -> Result<(), String> {
@@ -288,13 +294,9 @@ pub fn authorize(action: &AuthAction<'_>, full_text: &[String]) -> Result<(), St
         AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("match") => {
             Err("MATCH is full-text search, which is not allowed (a query could run past any deadline)".into())
         }
-        AuthAction::Function { function_name } => {
-            let name = function_name.to_ascii_lowercase();
-            FUNCTIONS
-                .contains(&name.as_str())
-                .then_some(())
-                .ok_or_else(|| format!("the SQL function {function_name} is not allowed"))
-        }
+        AuthAction::Function { function_name } => allows_function(function_name)
+            .then_some(())
+            .ok_or_else(|| format!("the SQL function {function_name} is not allowed")),
         AuthAction::CreateTempTable { .. }
         | AuthAction::CreateTempIndex { .. }
         | AuthAction::CreateTempTrigger { .. }

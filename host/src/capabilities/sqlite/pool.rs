@@ -26,6 +26,9 @@ use super::watchdog::Deadline;
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 use crate::config::ComponentLimits;
 
+/// What [`Database::open_hooked`] runs on each connection.
+pub type ConnectionHook = fn(&rusqlite::Connection) -> rusqlite::Result<()>;
+
 /// Bounds on what one component may do with its database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbLimits {
@@ -96,6 +99,9 @@ pub struct Database {
     pub outbox: Arc<OutboxSignal>,
     /// Pages in the write-ahead log, as of the last commit.
     wal_pages: Arc<AtomicI32>,
+    /// Run on every connection once it is hardened: nothing, but for the
+    /// fuzzer's oracle (`crate::fuzzing`).
+    hook: ConnectionHook,
     /// A checkpoint is queued or running.
     checkpointing: AtomicBool,
 }
@@ -147,7 +153,19 @@ impl Database {
         threads: Arc<SqlThreads>,
         relay: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Arc<Database>> {
+        Self::open_hooked(path, limits, threads, relay, |_| Ok(()))
+    }
+
+    /// [`Database::open`], with `hook` run on every connection it opens.
+    pub fn open_hooked(
+        path: PathBuf,
+        limits: DbLimits,
+        threads: Arc<SqlThreads>,
+        relay: Arc<tokio::sync::Notify>,
+        hook: ConnectionHook,
+    ) -> anyhow::Result<Arc<Database>> {
         let db = Arc::new(Database {
+            hook,
             writer: writer_slot(&path),
             path,
             limits,
@@ -273,6 +291,7 @@ impl Database {
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
         conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
         policy::harden(&conn, &self.limits)?;
+        (self.hook)(&conn)?;
         let full_text = conn
             .prepare(policy::FULL_TEXT_TABLES)?
             .query_map([], |row| row.get(0))?

@@ -1,0 +1,6 @@
+CREATE VIEW v AS SELECT * FROM _corral_outbox
+SELECT * FROM v
+CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO t2 SELECT payload FROM _corral_outbox; END
+WITH x AS (SELECT payload FROM main._corral_outbox) SELECT * FROM x
+SELECT * FROM "_CORRAL_OUTBOX"
+SELECT sql FROM sqlite_schema

@@ -1,0 +1,4 @@
+//! The `http_request` boundary: see `corral::fuzzing::http_request`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| corral::fuzzing::http_request(data));
