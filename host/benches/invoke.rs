@@ -86,7 +86,7 @@ fn entry(name: &str) -> Arc<Entry> {
 /// Handles one request to component `name` at `path`.
 fn serve(bencher: Bencher, name: &str, path: &str) {
     let entry = entry(name);
-    let version = Arc::clone(&entry.current);
+    let version = Arc::clone(entry.current());
     let id: Arc<str> = "bench".into();
     bencher.with_inputs(|| request(path)).bench_local_values(|request| {
         let Entrypoint::Service(pre) = &version.entrypoint else {
@@ -106,7 +106,7 @@ fn serve(bencher: Bencher, name: &str, path: &str) {
 #[divan::bench(sample_count = 200, sample_size = 50)]
 fn instantiate_and_call_wasi_http_hello(bencher: Bencher) {
     let entry = entry("hello");
-    let version = Arc::clone(&entry.current);
+    let version = Arc::clone(entry.current());
     let Entrypoint::Http(pre) = &version.entrypoint else {
         panic!("hello is not a wasi:http component")
     };

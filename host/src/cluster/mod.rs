@@ -30,10 +30,11 @@ use tokio::sync::Notify;
 use crate::components::random;
 use crate::components::registry::{ChangeError, Registry};
 use crate::components::saved::Origin;
+use crate::components::versions::Versions;
 use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{ComponentConfig, Config};
-pub use state::{ComponentReport, ConvergeError, Desired, DesiredCanary, NodeReport};
+pub use state::{ComponentReport, ConvergeError, Desired, NodeReport};
 use trust::{Claim, KeyRing, Nonces, Refused};
 
 /// How long a change waits for every host to take it.
@@ -354,21 +355,10 @@ impl Cluster {
             .map_err(|e| ClusterError::Unavailable(anyhow::Error::from(e)))?;
         let change = if canary.is_some() { "canary" } else { "swap" };
         self.change(name, change, |old| {
-            let mut next = old.clone();
-            match canary {
-                Some(percent) => {
-                    next.canary = Some(DesiredCanary {
-                        digest: digest.clone(),
-                        percent,
-                    })
-                }
-                None => {
-                    next.previous = Some(old.current.clone());
-                    next.current = digest.clone();
-                    next.canary = None;
-                }
-            }
-            Ok(next)
+            Ok(Desired {
+                versions: old.versions.swap(digest.clone(), canary),
+                ..old.clone()
+            })
         })
         .await
     }
@@ -376,16 +366,11 @@ impl Cluster {
     /// Back to the previous version on every host, or drops the canary.
     pub async fn rollback(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
         self.change(name, "rollback", |old| {
-            let mut next = old.clone();
-            if next.canary.take().is_none() {
-                let previous = old
-                    .previous
-                    .clone()
-                    .ok_or_else(|| ClusterError::Conflict(format!("{name} has no previous version to roll back to")))?;
-                next.previous = Some(old.current.clone());
-                next.current = previous;
-            }
-            Ok(next)
+            let versions = (old.versions.rollback()).map_err(|e| ClusterError::Conflict(format!("{name}: {e}")))?;
+            Ok(Desired {
+                versions,
+                ..old.clone()
+            })
         })
         .await
     }
@@ -393,14 +378,11 @@ impl Cluster {
     /// Makes the canary the current version on every host.
     pub async fn promote(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
         self.change(name, "promote", |old| {
-            let mut next = old.clone();
-            let canary = next
-                .canary
-                .take()
-                .ok_or_else(|| ClusterError::Conflict(format!("{name} has no canary to promote")))?;
-            next.previous = Some(old.current.clone());
-            next.current = canary.digest;
-            Ok(next)
+            let versions = (old.versions.promote()).map_err(|e| ClusterError::Conflict(format!("{name}: {e}")))?;
+            Ok(Desired {
+                versions,
+                ..old.clone()
+            })
         })
         .await
     }
@@ -514,7 +496,7 @@ impl Cluster {
             let Some(entry) = snapshot.get(&config.name) else {
                 continue;
             };
-            let version = &entry.current;
+            let version = entry.current();
             let wasm = self.registry.wasm_of(&config.name, &version.digest)?;
             self.versions
                 .put(&*version.digest, &mut wasm.as_slice())
@@ -522,9 +504,7 @@ impl Cluster {
                 .map_err(|e| anyhow::anyhow!("cannot store {} in the cluster: {e}", config.name))?;
             let has_database = version.host_imports.iter().any(|i| i.starts_with(SQLITE_IMPORT));
             let desired = Desired {
-                current: version.digest.to_string(),
-                previous: None,
-                canary: None,
+                versions: Versions::new(version.digest.to_string()),
                 owner: has_database.then(|| config.owner.clone().unwrap_or_else(|| self.node.clone())),
                 changed_by: self.node.clone(),
                 change: "start".into(),
@@ -571,10 +551,7 @@ impl Cluster {
             let versions = versions.clone();
             Box::pin(async move { fetch(&versions, &digest).await }) as futures::future::BoxFuture<'static, _>
         };
-        let outcome = self
-            .registry
-            .converge(name, &want.current, want.canary(), &origin, fetch)
-            .await;
+        let outcome = self.registry.converge(name, &want.versions, &origin, fetch).await;
         let mut errors = self.errors.lock().expect("errors lock");
         match outcome {
             Ok(changed) => {
@@ -588,8 +565,8 @@ impl Cluster {
                 errors.insert(
                     name.to_string(),
                     ConvergeError {
-                        wanted: want.current.clone(),
-                        wanted_canary: want.canary.as_ref().map(|c| c.digest.clone()),
+                        wanted: want.versions.current.clone(),
+                        wanted_canary: want.versions.canary.as_ref().map(|c| c.version.clone()),
                         message: e.to_string(),
                     },
                 );
@@ -644,12 +621,10 @@ impl Cluster {
             .iter()
             .filter_map(|config| {
                 let entry = snapshot.get(&config.name)?;
+                let served = entry.versions.map(|v| v.digest.to_string());
                 let report = ComponentReport {
-                    current: entry.current.digest.to_string(),
-                    canary: entry.canary.as_ref().map(|c| DesiredCanary {
-                        digest: c.version.digest.to_string(),
-                        percent: c.percent,
-                    }),
+                    current: served.current,
+                    canary: served.canary,
                     owner: owners.get(&config.name).cloned().flatten(),
                     error: errors.get(&config.name).cloned(),
                 };

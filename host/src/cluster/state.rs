@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::components::versions::{Canary, Versions};
+
 pub const DESIRED_BUCKET: &str = "corral_desired";
 pub const NODES_BUCKET: &str = "corral_nodes";
 pub const VERSIONS_BUCKET: &str = "corral_versions";
@@ -15,13 +17,9 @@ pub const VERSIONS_BUCKET: &str = "corral_versions";
 /// What every host should serve for one component.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
-    /// The version every request gets, but the canary's share.
-    pub current: String,
-    /// The version before, for a rollback.
-    #[serde(default)]
-    pub previous: Option<String>,
-    #[serde(default)]
-    pub canary: Option<DesiredCanary>,
+    /// The versions, by digest.
+    #[serde(flatten)]
+    pub versions: Versions<String>,
     /// The host that owns the component's database, for a component that
     /// has one; the others forward its requests there.
     #[serde(default)]
@@ -29,19 +27,6 @@ pub struct Desired {
     /// Which host made the last change, and which change it was.
     pub changed_by: String,
     pub change: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DesiredCanary {
-    pub digest: String,
-    pub percent: u8,
-}
-
-impl Desired {
-    /// The canary as `(digest, percent)`.
-    pub fn canary(&self) -> Option<(&str, u8)> {
-        self.canary.as_ref().map(|c| (c.digest.as_str(), c.percent))
-    }
 }
 
 /// What one host serves, reported every few seconds.
@@ -69,7 +54,7 @@ pub struct ComponentReport {
     /// The version it serves.
     pub current: String,
     #[serde(default)]
-    pub canary: Option<DesiredCanary>,
+    pub canary: Option<Canary<String>>,
     /// The owner this host sends the component's requests to, if it has a
     /// database.
     #[serde(default)]
@@ -89,13 +74,16 @@ pub struct ConvergeError {
 impl ComponentReport {
     /// Whether it serves what `desired` asks for.
     pub fn serves(&self, desired: &Desired) -> bool {
-        self.current == desired.current && self.canary == desired.canary && self.owner == desired.owner
+        self.current == desired.versions.current
+            && self.canary == desired.versions.canary
+            && self.owner == desired.owner
     }
 
     /// Whether it tried `desired` and could not take it.
     pub fn refused(&self, desired: &Desired) -> Option<&str> {
         let error = self.error.as_ref()?;
-        let wanted_canary = desired.canary.as_ref().map(|c| &c.digest);
-        (error.wanted == desired.current && error.wanted_canary.as_ref() == wanted_canary).then_some(&error.message)
+        let wanted_canary = desired.versions.canary.as_ref().map(|c| &c.version);
+        (error.wanted == desired.versions.current && error.wanted_canary.as_ref() == wanted_canary)
+            .then_some(&error.message)
     }
 }

@@ -1,6 +1,7 @@
 //! The components being served and their life: each [`version`] of their
 //! code, the [`snapshot`] requests read, the [`registry`] that changes it
-//! all at once or not at all, the versions [`saved`] across restarts, calls
+//! all at once or not at all, the state machine of the [`versions`] each
+//! serves, the versions [`saved`] across restarts, calls
 //! between components ([`peers`]) and, in a cluster, which of them another
 //! host owns ([`placement`]), the operator's [`control`] (reloads and
 //! watched files), and what it all counts ([`stats`]).
@@ -14,3 +15,4 @@ pub mod saved;
 pub mod snapshot;
 pub mod stats;
 pub mod version;
+pub mod versions;

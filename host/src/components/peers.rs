@@ -117,8 +117,8 @@ impl PeerTable {
             .map(|e| Node {
                 name: &e.name,
                 named: &e.config.imports,
-                versions: std::iter::once(&e.current)
-                    .chain(e.canary.as_ref().map(|c| &c.version))
+                versions: std::iter::once(e.current())
+                    .chain(e.versions.canary.as_ref().map(|c| &c.version))
                     .map(|v| (&*v.short, &v.peers))
                     .collect(),
             })

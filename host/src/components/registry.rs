@@ -17,10 +17,11 @@ use wasmtime::Engine;
 
 use super::peers::Dispatch;
 use super::placement::Placement;
-use super::saved::{Origin, SavedCanary, SavedState, SavedVersion, VersionStore};
-use super::snapshot::{Canary, ComponentShared, Entry, Snapshot};
+use super::saved::{Origin, SavedState, SavedVersion, VersionStore};
+use super::snapshot::{ComponentShared, Entry, Snapshot};
 use super::stats::ComponentStats;
 use super::version::{Compiler, Entrypoint, Version, digest};
+use super::versions::{Canary, Versions};
 use crate::capabilities::events::Publisher;
 use crate::capabilities::http::{InternalHttp, Outbound};
 use crate::capabilities::sqlite::{self, Conn, Database, DbLimits, SqlThreads};
@@ -217,9 +218,9 @@ impl Registry {
             self.stats.count_change(&entry.name, "reload");
             changes.push(Change {
                 name: entry.name.to_string(),
-                version: entry.current.digest.to_string(),
-                previous_version: before.get(&entry.name).map(|b| b.current.digest.to_string()),
-                canary_percent: entry.canary.as_ref().map(|c| c.percent),
+                version: entry.current().digest.to_string(),
+                previous_version: before.get(&entry.name).map(|b| b.current().digest.to_string()),
+                canary_percent: entry.versions.canary.as_ref().map(|c| c.percent),
             });
         }
         tracing::info!(components = config.components.len(), "reloaded the config");
@@ -237,8 +238,9 @@ impl Registry {
         for component in &config.components {
             let planned = self.plan(component, before.get(&component.name)).await;
             let planned = planned.and_then(|p| {
-                let versions = std::iter::once(&p.entry.current).chain(p.entry.canary.as_ref().map(|c| &c.version));
-                for version in versions {
+                let versions = &p.entry.versions;
+                let served = std::iter::once(&versions.current).chain(versions.canary.as_ref().map(|c| &c.version));
+                for version in served {
                     check_subscriber(component, version)?;
                 }
                 Ok(p)
@@ -302,13 +304,11 @@ impl Registry {
         let wasm = read_wasm(&config.wasm).await?;
         let file_digest = digest(&wasm);
         let (shared, created) = self.prepare_shared(config).await?;
-        let entry = |current, previous, canary, file_digest| Entry {
+        let entry = |versions, file_digest| Entry {
             name: config.name.as_str().into(),
             config: config.clone(),
             shared: Arc::clone(&shared),
-            current,
-            previous,
-            canary,
+            versions,
             file_digest,
         };
         if let Some(before) = before {
@@ -328,9 +328,7 @@ impl Registry {
             }
             let version = self.file_version(config, wasm).await?;
             let planned = entry(
-                Arc::clone(&version),
-                Some(Arc::clone(&before.current)),
-                None,
+                Versions::new(Arc::clone(before.current())).swap(Arc::clone(&version), None),
                 file_digest,
             );
             return Ok(Planned {
@@ -344,13 +342,13 @@ impl Registry {
             None
         });
         if let Some(saved) = saved.filter(|s| *s.file_digest == *file_digest)
-            && let Some((current, previous, canary)) = self.restore(&config.name, &saved).await
+            && let Some(versions) = self.restore(&config.name, &saved).await
         {
-            let mut fresh = vec![Arc::clone(&current)];
-            fresh.extend(canary.as_ref().map(|c| Arc::clone(&c.version)));
-            tracing::info!(component = %config.name, version = %current.short, "serving the version saved by the last change");
+            let mut fresh = vec![Arc::clone(&versions.current)];
+            fresh.extend(versions.canary.as_ref().map(|c| Arc::clone(&c.version)));
+            tracing::info!(component = %config.name, version = %versions.current.short, "serving the version saved by the last change");
             return Ok(Planned {
-                entry: Arc::new(entry(current, previous, canary, file_digest)),
+                entry: Arc::new(entry(versions, file_digest)),
                 fresh,
                 created,
             });
@@ -359,16 +357,20 @@ impl Registry {
             Some(saved) => {
                 tracing::info!(
                     component = %config.name,
-                    swapped = %saved.current.digest,
+                    swapped = %saved.versions.current.digest,
                     "the config's file changed since the last run; it replaces the version a change installed"
                 );
-                self.saved_version(&config.name, &saved.current).await.ok()
+                self.saved_version(&config.name, &saved.versions.current).await.ok()
             }
             None => None,
         };
         let version = self.file_version(config, wasm).await?;
+        let versions = Versions {
+            previous,
+            ..Versions::new(Arc::clone(&version))
+        };
         Ok(Planned {
-            entry: Arc::new(entry(Arc::clone(&version), previous, None, file_digest)),
+            entry: Arc::new(entry(versions, file_digest)),
             fresh: vec![version],
             created,
         })
@@ -376,11 +378,8 @@ impl Registry {
 
     /// The versions a saved state names, compiled; `None` if the current
     /// one cannot be restored (then the config's file serves).
-    async fn restore(
-        &self,
-        name: &str,
-        saved: &SavedState,
-    ) -> Option<(Arc<Version>, Option<Arc<Version>>, Option<Canary>)> {
+    async fn restore(&self, name: &str, saved: &SavedState) -> Option<Versions<Arc<Version>>> {
+        let saved = &saved.versions;
         let current = match self.saved_version(name, &saved.current).await {
             Ok(version) => version,
             Err(e) => {
@@ -403,7 +402,11 @@ impl Registry {
                 }),
             None => None,
         };
-        Some((current, previous, canary))
+        Some(Versions {
+            current,
+            previous,
+            canary,
+        })
     }
 
     async fn saved_version(&self, name: &str, saved: &SavedVersion) -> anyhow::Result<Arc<Version>> {
@@ -435,19 +438,7 @@ impl Registry {
         let version = self.compile_version(name, wasm, origin).await?;
         check_subscriber(&entry.config, &version).map_err(ChangeError::Invalid)?;
         let mut next = Entry::clone(entry);
-        match canary {
-            Some(percent) => {
-                next.canary = Some(Canary {
-                    version: Arc::clone(&version),
-                    percent,
-                })
-            }
-            None => {
-                next.previous = Some(Arc::clone(&entry.current));
-                next.current = Arc::clone(&version);
-                next.canary = None;
-            }
-        }
+        next.versions = entry.versions.swap(Arc::clone(&version), canary);
         if let Origin::File { .. } = version.origin {
             next.file_digest = Arc::clone(&version.digest);
         }
@@ -493,41 +484,30 @@ impl Registry {
         };
         check_subscriber(&entry.config, &version).map_err(ChangeError::Invalid)?;
         let mut next = Entry::clone(entry);
-        next.current = Arc::new(version);
+        next.versions.current = Arc::new(version);
         snapshot.with(next).map_err(ChangeError::peers)?;
         Ok(digest(&wasm))
     }
 
-    /// Makes component `name` serve version `current` (by digest), and
-    /// `canary` for its share of requests, fetching with `fetch` the code
+    /// Makes component `name` serve the versions `want` names by digest
+    /// (its current one, and its canary), fetching with `fetch` the code
     /// of any version it does not have; `None` when it already does. The
     /// same checks as a swap apply, and on any failure nothing changes.
     pub async fn converge(
         &self,
         name: &str,
-        current: &str,
-        canary: Option<(&str, u8)>,
+        want: &Versions<String>,
         origin: &Origin,
         fetch: impl Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<u8>>>,
     ) -> Result<Option<Change>, ChangeError> {
         let _changing = self.changing.lock().await;
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
-        let serving_canary = entry.canary.as_ref().map(|c| (&*c.version.digest, c.percent));
-        if &*entry.current.digest == current && serving_canary == canary {
+        let serving = entry.versions.map(|v| v.digest.to_string());
+        if serving.current == want.current && serving.canary == want.canary {
             return Ok(None);
         }
-        let known = |digest: &str| {
-            [
-                Some(&entry.current),
-                entry.previous.as_ref(),
-                entry.canary.as_ref().map(|c| &c.version),
-            ]
-            .into_iter()
-            .flatten()
-            .find(|v| &*v.digest == digest)
-            .cloned()
-        };
+        let known = |digest: &str| entry.versions.all().find(|v| &*v.digest == digest).cloned();
         let mut fresh = Vec::new();
         let mut version_of = async |digest: &str| -> Result<Arc<Version>, ChangeError> {
             if let Some(version) = known(digest) {
@@ -539,20 +519,16 @@ impl Registry {
             fresh.push(Arc::clone(&version));
             Ok(version)
         };
-        let current_version = version_of(current).await?;
-        let canary_version = match canary {
-            Some((digest, percent)) => Some(Canary {
-                version: version_of(digest).await?,
-                percent,
+        let current = version_of(&want.current).await?;
+        let canary = match &want.canary {
+            Some(canary) => Some(Canary {
+                version: version_of(&canary.version).await?,
+                percent: canary.percent,
             }),
             None => None,
         };
         let mut next = Entry::clone(entry);
-        if entry.current.digest != current_version.digest {
-            next.previous = Some(Arc::clone(&entry.current));
-            next.current = current_version;
-        }
-        next.canary = canary_version;
+        next.versions = entry.versions.converge(current, canary, |a, b| a.digest == b.digest);
         let published = snapshot.with(next.clone()).map_err(ChangeError::peers)?;
         // New versions' inits run in one transaction, committed on publish.
         let mut conn = None;
@@ -576,13 +552,10 @@ impl Registry {
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
         let mut next = Entry::clone(entry);
-        if next.canary.take().is_none() {
-            let previous = next
-                .previous
-                .replace(Arc::clone(&entry.current))
-                .ok_or_else(|| ChangeError::Conflict(format!("{name} has no previous version to roll back to")))?;
-            next.current = previous;
-        }
+        next.versions = entry
+            .versions
+            .rollback()
+            .map_err(|e| ChangeError::Conflict(format!("{name}: {e}")))?;
         let prepared = Prepared {
             snapshot: snapshot.with(next.clone()).map_err(ChangeError::peers)?,
             shared: Vec::new(),
@@ -598,12 +571,10 @@ impl Registry {
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
         let mut next = Entry::clone(entry);
-        let canary = next
-            .canary
-            .take()
-            .ok_or_else(|| ChangeError::Conflict(format!("{name} has no canary to promote")))?;
-        next.previous = Some(Arc::clone(&entry.current));
-        next.current = canary.version;
+        next.versions = entry
+            .versions
+            .promote()
+            .map_err(|e| ChangeError::Conflict(format!("{name}: {e}")))?;
         let prepared = Prepared {
             snapshot: snapshot.with(next.clone()).map_err(ChangeError::peers)?,
             shared: Vec::new(),
@@ -622,16 +593,17 @@ impl Registry {
         next: &Entry,
         kind: &'static str,
     ) -> Result<Change, ChangeError> {
+        let versions = &next.versions;
         let change = Change {
             name: next.name.to_string(),
-            version: next
+            version: versions
                 .canary
                 .as_ref()
-                .map_or(&next.current, |c| &c.version)
+                .map_or(&versions.current, |c| &c.version)
                 .digest
                 .to_string(),
-            previous_version: before.get(&next.name).map(|e| e.current.digest.to_string()),
-            canary_percent: next.canary.as_ref().map(|c| c.percent),
+            previous_version: before.get(&next.name).map(|e| e.current().digest.to_string()),
+            canary_percent: versions.canary.as_ref().map(|c| c.percent),
         };
         if let Err(e) = self.save_states(&[next], Some(before)).await {
             self.abandon(prepared).await;
@@ -644,8 +616,11 @@ impl Registry {
             return Err(e);
         }
         self.forget_unnamed(&[next]).await;
-        let canary = next.canary.as_ref().map(|c| (c.version.short.to_string(), c.percent));
-        tracing::info!(component = %next.name, version = %next.current.short, canary = ?canary, "{kind}");
+        let canary = versions
+            .canary
+            .as_ref()
+            .map(|c| (c.version.short.to_string(), c.percent));
+        tracing::info!(component = %next.name, version = %versions.current.short, canary = ?canary, "{kind}");
         self.stats.count_change(&next.name, kind);
         Ok(change)
     }
@@ -871,12 +846,7 @@ fn saved_state(entry: &Entry) -> SavedState {
     };
     SavedState {
         file_digest: entry.file_digest.to_string(),
-        current: saved(&entry.current),
-        previous: entry.previous.as_deref().map(saved),
-        canary: entry.canary.as_ref().map(|c| SavedCanary {
-            version: saved(&c.version),
-            percent: c.percent,
-        }),
+        versions: entry.versions.map(|v| saved(v)),
     }
 }
 

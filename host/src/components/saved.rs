@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::versions::Versions;
+
 /// Where a version's code came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -54,23 +56,13 @@ pub struct SavedState {
     /// The digest of the config's file at the time: when the file still
     /// has it, the saved versions win; when it changed, the file wins.
     pub file_digest: String,
-    pub current: SavedVersion,
-    pub previous: Option<SavedVersion>,
-    pub canary: Option<SavedCanary>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedCanary {
-    pub version: SavedVersion,
-    pub percent: u8,
+    #[serde(flatten)]
+    pub versions: Versions<SavedVersion>,
 }
 
 impl SavedState {
     fn digests(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .chain(self.canary.as_ref().map(|c| &c.version))
-            .map(|v| v.digest.as_str())
+        self.versions.all().map(|v| v.digest.as_str())
     }
 }
 
@@ -185,13 +177,11 @@ mod tests {
         };
         let state = SavedState {
             file_digest: digest(a),
-            current: version(b),
-            previous: Some(version(a)),
-            canary: None,
+            versions: Versions::new(version(a)).swap(version(b), None),
         };
         store.save("users", &state).unwrap();
         let loaded = store.load("users").unwrap().unwrap();
-        assert_eq!(loaded.current.digest, state.current.digest);
+        assert_eq!(loaded, state);
         assert!(store.read("users", &digest(c)).is_ok(), "kept until forgotten");
         store.forget_unnamed("users", &state).unwrap();
         assert_eq!(store.read("users", &digest(b)).unwrap(), b);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::peers::PeerTable;
 use super::version::Version;
+use super::versions::Versions;
 use crate::capabilities::events::Publisher;
 use crate::capabilities::http::Outbound;
 use crate::capabilities::sqlite::{Database, SqliteStats};
@@ -19,24 +20,13 @@ use crate::limits::rates::RateLimits;
 use crate::limits::responses::ResponseSize;
 use crate::wasm::invoke::Target;
 
-/// A version serving a share of a component's requests.
-#[derive(Clone)]
-pub struct Canary {
-    pub version: Arc<Version>,
-    /// Percent of requests, 1 to 99.
-    pub percent: u8,
-}
-
 /// A component as served by one snapshot.
 #[derive(Clone)]
 pub struct Entry {
     pub name: Arc<str>,
     pub config: ComponentConfig,
     pub shared: Arc<ComponentShared>,
-    pub current: Arc<Version>,
-    /// Where a rollback goes.
-    pub previous: Option<Arc<Version>>,
-    pub canary: Option<Canary>,
+    pub versions: Versions<Arc<Version>>,
     /// The digest of the config's `.wasm` when it was last loaded, so that a
     /// reload or a file watch only reloads code that changed on disk.
     pub file_digest: Arc<str>,
@@ -46,10 +36,12 @@ impl Entry {
     /// The version to serve a request: the canary for `percent` of the
     /// rolls, the current version otherwise.
     pub fn pick(&self, roll: u64) -> &Arc<Version> {
-        match &self.canary {
-            Some(canary) if roll % 100 < u64::from(canary.percent) => &canary.version,
-            _ => &self.current,
-        }
+        self.versions.pick(roll)
+    }
+
+    /// The version every request gets but the canary's share.
+    pub fn current(&self) -> &Arc<Version> {
+        &self.versions.current
     }
 
     pub fn limits(&self) -> &ComponentLimits {

@@ -437,7 +437,7 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 /// One component as `GET /components` shows it.
 fn describe(entry: &Entry, snapshot: &Snapshot) -> Value {
     let imports: serde_json::Map<String, Value> = entry
-        .current
+        .current()
         .peers
         .imports
         .keys()
@@ -446,19 +446,19 @@ fn describe(entry: &Entry, snapshot: &Snapshot) -> Value {
             (interface.clone(), json!(provider))
         })
         .collect();
-    let exports: Vec<&String> = entry.current.peers.exports.keys().collect();
+    let exports: Vec<&String> = entry.current().peers.exports.keys().collect();
     json!({
         "name": &*entry.name,
         "routes": entry.config.routes,
-        "version": describe_version(&entry.current),
-        "previous": entry.previous.as_deref().map(describe_version),
-        "canary": entry.canary.as_ref().map(|c| json!({ "percent": c.percent, "version": describe_version(&c.version) })),
+        "version": describe_version(entry.current()),
+        "previous": entry.versions.previous.as_deref().map(describe_version),
+        "canary": entry.versions.canary.as_ref().map(|c| json!({ "percent": c.percent, "version": describe_version(&c.version) })),
         "in_flight": entry.shared.gate.in_flight(),
         "queued": entry.shared.gate.waiting(),
         "watch": entry.config.watch,
         "imports": imports,
         "exports": exports,
-        "subscriber": entry.current.subscriber.is_some(),
+        "subscriber": entry.current().subscriber.is_some(),
         "publishes": entry.config.events.publishes.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "subscribes": entry.config.events.subscription.as_ref().map(|s| s.topics.iter().map(ToString::to_string).collect::<Vec<_>>()),
         "limits": entry.limits().describe(),

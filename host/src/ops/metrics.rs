@@ -117,11 +117,11 @@ impl Metrics {
                     })
                     .set(1);
             };
-            info(&entry.current.short, "current");
-            if let Some(canary) = &entry.canary {
+            info(&entry.current().short, "current");
+            if let Some(canary) = &entry.versions.canary {
                 info(&canary.version.short, "canary");
             }
-            if let Some(previous) = &entry.previous {
+            if let Some(previous) = &entry.versions.previous {
                 info(&previous.short, "previous");
             }
             let labels = ComponentLabels {

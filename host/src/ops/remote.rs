@@ -179,7 +179,7 @@ fn cluster_table(cluster: &Value) -> String {
     };
     let canary = |canary: &Value| match canary {
         Value::Null => "-".to_string(),
-        canary => format!("{} at {}%", short(&canary["digest"]), canary["percent"]),
+        canary => format!("{} at {}%", short(&canary["version"]), canary["percent"]),
     };
     let converged = if cluster["converged"] == true {
         "converged"
