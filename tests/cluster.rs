@@ -690,10 +690,11 @@ fn key_ring(nats: &Daemon) -> corral::cluster::trust::KeyRing {
     })
 }
 
-/// `GET path` on `host`, signed with `ring` as if another host sent it on
-/// for `client`.
-fn signed_get(host: &TestHost, ring: &corral::cluster::trust::KeyRing, path: &str, client: &str) -> Reply {
-    use corral::cluster::trust::{Claim, Target, body_sha256, sign};
+/// `GET path` on `host` (node `to`), signed with `ring` as if another
+/// host sent it on for `client`: sent as raw bytes, so that its headers are
+/// exactly the ones signed (none but the host's).
+fn signed_get(host: &TestHost, to: &str, ring: &corral::cluster::trust::KeyRing, path: &str, client: &str) -> Reply {
+    use corral::cluster::trust::{Claim, Target, body_sha256, headers_sha256, sign};
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -703,22 +704,30 @@ fn signed_get(host: &TestHost, ring: &corral::cluster::trust::KeyRing, path: &st
         client: client.parse().unwrap(),
         body_sha256: body_sha256(b""),
     };
-    let header = sign(
-        ring,
-        &Target {
-            method: "GET",
-            target: path,
-        },
-        &claim,
-        now_ms,
-    )
-    .unwrap();
-    host.request(
-        http::Request::get(path)
-            .header("corral-forwarded", header)
-            .body(Vec::new())
-            .unwrap(),
-    )
+    let target = Target {
+        method: "GET",
+        target: path,
+        to,
+        headers_sha256: headers_sha256(std::iter::empty()),
+    };
+    let header = sign(ring, &target, &claim, now_ms).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\ncorral-forwarded: {header}\r\nconnection: close\r\n\r\n");
+    let answer = raw_exchange(host.addr, request.as_bytes());
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.get(9..12)).unwrap_or("0").parse().unwrap();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in lines.filter_map(|l| l.split_once(": ")) {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    Reply {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    }
 }
 
 #[test]
@@ -812,15 +821,21 @@ fn hosts_trust_each_other_only_by_signature_and_guests_never_see_the_hosts_heade
     let replayed = raw_exchange(n1.addr, &captured);
     assert!(replayed.starts_with("HTTP/1.1 403"), "{replayed}");
     assert!(replayed.contains("replay"), "{replayed}");
-    let forged = text.replace("client=127.0.0.1", "client=203.0.113.9");
-    let answer = raw_exchange(n1.addr, forged.as_bytes());
-    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(answer.contains("signature does not match"), "{answer}");
+    // Nor does it, altered: another client, another header, another host.
+    for forged in [
+        text.replace("client=127.0.0.1", "client=203.0.113.9"),
+        text.replace("x-kept: yes", "x-kept: no"),
+    ] {
+        let answer = raw_exchange(n1.addr, forged.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+    let elsewhere = raw_exchange(n2.addr, &captured);
+    assert!(elsewhere.starts_with("HTTP/1.1 403"), "{elsewhere}");
 
     // A request signed with the cluster's key is believed: the client it
     // names is the client the guest sees and the limits count ...
     let ring = key_ring(&nats);
-    let reply = signed_get(&n1, &ring, "/chaos/echo", "203.0.113.7");
+    let reply = signed_get(&n1, "n1", &ring, "/chaos/echo", "203.0.113.7");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["client_addr"], "203.0.113.7");
     // ... until its key is rotated out: one rotation keeps it, two drop it.
@@ -830,9 +845,9 @@ fn hosts_trust_each_other_only_by_signature_and_guests_never_see_the_hosts_heade
     }
     // Every host learns of the rotation through the bucket's watch.
     eventually("n1 refuses the rotated-out key", || {
-        signed_get(&n1, &ring, "/chaos/echo", "203.0.113.7").status == 403
+        signed_get(&n1, "n1", &ring, "/chaos/echo", "203.0.113.7").status == 403
     });
-    let problem = signed_get(&n1, &ring, "/chaos/echo", "203.0.113.7").assert_problem(403, "forward-refused");
+    let problem = signed_get(&n1, "n1", &ring, "/chaos/echo", "203.0.113.7").assert_problem(403, "forward-refused");
     assert!(problem["detail"].as_str().unwrap().contains("rotated out"), "{problem}");
     // The hosts keep sending requests on, with the new key.
     assert_eq!(echo(&n2)["client_addr"], "127.0.0.1");

@@ -1,12 +1,14 @@
 //! Proof that a request comes from a host of the cluster. A host that sends
 //! a request on to another signs it: an HMAC-SHA256, under a key the hosts
 //! share through the cluster's bucket, over the method, the target, the
-//! client's address, the sending host, the time, a nonce and the body's
-//! SHA-256. The receiving host believes the client address only if the
-//! signature holds, the time is within [`WINDOW`] of its own clock, and it
-//! has not seen the nonce before. The key itself never travels with a
-//! request; keys are rotated (see [`KeyRing::rotated`]), and a request
-//! signed with a key the ring no longer holds is refused.
+//! host it is meant for, its headers, the client's address, the sending
+//! host, the time, a nonce and the body's SHA-256. The receiving host
+//! believes the client address only if the signature holds, the time is
+//! within [`WINDOW`] of its own clock, and it has not seen the nonce in the
+//! last two windows (a request is good for a window either side of its
+//! time). The key itself never travels with a request; keys are rotated
+//! (see [`KeyRing::rotated`]), and a request signed with a key the ring no
+//! longer holds is refused.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -114,16 +116,17 @@ pub struct Claim {
     pub body_sha256: [u8; 32],
 }
 
-/// Why a signed request is not believed.
+/// Why a signed request is not believed. What it says names no key and
+/// no clock: the log at debug level has those (`Debug`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     #[error("its signature header is malformed: {0}")]
     Malformed(&'static str),
-    #[error("it was signed with key {0}, which this cluster does not hold (rotated out, or never made)")]
+    #[error("it was signed with a key this cluster does not hold (rotated out, or never made)")]
     UnknownKey(String),
     #[error("its signature does not match")]
     BadSignature,
-    #[error("it was signed {0} ms away from this host's clock, more than the {window} ms allowed", window = WINDOW.as_millis())]
+    #[error("it was signed too far from this host's clock (the hosts' clocks must agree within {} s)", WINDOW.as_secs())]
     Stale(u64),
     #[error("it was seen before: a replay")]
     Replayed,
@@ -153,6 +156,26 @@ pub struct Target<'a> {
     pub method: &'a str,
     /// The path and query.
     pub target: &'a str,
+    /// The host the request is meant for: a request captured on its way to
+    /// one host is good at no other.
+    pub to: &'a str,
+    /// The SHA-256 of its end-to-end headers ([`headers_sha256`]).
+    pub headers_sha256: [u8; 32],
+}
+
+/// The SHA-256 of `headers` (name and value pairs, the names lowercase),
+/// ordered by name, each name's values in the order given.
+pub fn headers_sha256<'h>(headers: impl Iterator<Item = (&'h str, &'h [u8])>) -> [u8; 32] {
+    let mut sorted: Vec<(&str, &[u8])> = headers.collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    let mut hash = Sha256::new();
+    for (name, value) in sorted {
+        hash.update(name.as_bytes());
+        hash.update(b":");
+        hash.update(value);
+        hash.update(b"\n");
+    }
+    hash.finalize().into()
 }
 
 /// The header value that signs a request, with the ring's signing key.
@@ -270,9 +293,11 @@ fn mac(key: &ForwardKey, target: &Target<'_>, claim: &Claim, at: u64, nonce: &st
 /// the next.
 fn message(target: &Target<'_>, claim: &Claim, at: u64, nonce: &str) -> Vec<u8> {
     format!(
-        "corral-forwarded-v1\n{}\n{}\n{}\n{}\n{at}\n{nonce}\n{}",
+        "corral-forwarded-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{at}\n{nonce}\n{}",
         target.method,
         target.target,
+        target.to,
+        hex(&target.headers_sha256),
         claim.client,
         claim.by,
         hex(&claim.body_sha256)
@@ -285,8 +310,11 @@ pub fn body_sha256(body: &[u8]) -> [u8; 32] {
     Sha256::digest(body).into()
 }
 
-/// Nonces of signed requests seen within the last one or two [`WINDOW`]s:
-/// a request older than that is refused as stale anyway.
+/// Nonces of signed requests seen within the last two to three
+/// [`WINDOW`]s, in three generations of one window each: a request is good
+/// from a window before its time to a window after, so a nonce is kept for
+/// at least two windows after it is first seen; an older one is refused as
+/// stale anyway.
 #[derive(Default)]
 pub struct Nonces {
     seen: Mutex<Generations>,
@@ -297,18 +325,27 @@ struct Generations {
     /// When the current generation started, in ms since the Unix epoch.
     since_ms: u64,
     current: HashSet<u128>,
-    previous: HashSet<u128>,
+    older: [HashSet<u128>; 2],
 }
 
 impl Nonces {
     fn first_use(&self, nonce: &str, now_ms: u64) -> Result<(), Refused> {
         let nonce = u128::from_str_radix(nonce, 16).map_err(|_| Refused::Malformed("nonce"))?;
         let mut seen = self.seen.lock().expect("nonces lock");
-        if now_ms.saturating_sub(seen.since_ms) >= WINDOW.as_millis() as u64 {
-            seen.previous = std::mem::take(&mut seen.current);
-            seen.since_ms = now_ms;
+        let window = WINDOW.as_millis() as u64;
+        if seen.since_ms == 0 || now_ms.saturating_sub(seen.since_ms) >= 3 * window {
+            *seen = Generations {
+                since_ms: now_ms,
+                ..Generations::default()
+            };
         }
-        if seen.previous.contains(&nonce) || seen.current.contains(&nonce) {
+        while now_ms.saturating_sub(seen.since_ms) >= window {
+            let current = std::mem::take(&mut seen.current);
+            seen.older.swap(0, 1);
+            seen.older[0] = current;
+            seen.since_ms += window;
+        }
+        if seen.current.contains(&nonce) || seen.older.iter().any(|g| g.contains(&nonce)) {
             return Err(Refused::Replayed);
         }
         if seen.current.len() >= MAX_NONCES {
@@ -356,6 +393,8 @@ mod tests {
         Target {
             method: "POST",
             target: "/users?x=1",
+            to: "n1",
+            headers_sha256: headers_sha256([("content-type", b"application/json".as_slice())].into_iter()),
         }
     }
 
@@ -375,14 +414,22 @@ mod tests {
     fn anything_changed_breaks_the_signature() {
         let ring = KeyRing::first(NOW).unwrap();
         let header = sign(&ring, &target(), &claim(), NOW).unwrap();
-        let other = Target {
-            method: "GET",
-            target: "/users?x=1",
-        };
-        assert_eq!(
-            verify(&ring, &Nonces::default(), &header, &other, NOW),
-            Err(Refused::BadSignature)
-        );
+        for other in [
+            Target {
+                method: "GET",
+                ..target()
+            },
+            Target { to: "n3", ..target() },
+            Target {
+                headers_sha256: headers_sha256([("content-type", b"text/plain".as_slice())].into_iter()),
+                ..target()
+            },
+        ] {
+            assert_eq!(
+                verify(&ring, &Nonces::default(), &header, &other, NOW),
+                Err(Refused::BadSignature)
+            );
+        }
         let forged = header.replace("client=203.0.113.7", "client=203.0.113.8");
         assert_eq!(
             verify(&ring, &Nonces::default(), &forged, &target(), NOW),
@@ -412,6 +459,23 @@ mod tests {
             verify(&twice, &Nonces::default(), &header, &target(), NOW),
             Err(Refused::UnknownKey("k1".into()))
         );
+    }
+
+    #[test]
+    fn a_nonce_is_kept_as_long_as_its_request_is_good() {
+        let ring = KeyRing::first(NOW).unwrap();
+        let nonces = Nonces::default();
+        // Signed by a clock a window ahead: good until two windows on.
+        let window = WINDOW.as_millis() as u64;
+        let header = sign(&ring, &target(), &claim(), NOW + window).unwrap();
+        assert!(verify(&ring, &nonces, &header, &target(), NOW).is_ok());
+        for later in [window, 2 * window - 1] {
+            assert_eq!(
+                verify(&ring, &nonces, &header, &target(), NOW + later),
+                Err(Refused::Replayed),
+                "{later} ms on"
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! responses) fits, and is otherwise refused before it runs.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The host's budget for response bytes written to connections but not yet
 /// taken by their sockets.
@@ -90,13 +91,37 @@ impl Owed {
     }
 
     /// Admits a request whose response is expected to be `expected` bytes,
-    /// setting them aside, if they fit. A response expected to be large
-    /// (past a sixteenth of the budget) may fill three quarters of it, so
-    /// slow readers of large responses leave room for everyone else's
-    /// small ones; whatever nothing is held for is admitted.
-    pub fn admit(self: &Arc<Self>, expected: usize) -> Result<Reservation, Full> {
-        self.fits(expected)?;
-        self.add(expected);
+    /// setting them aside, if they fit; with `shared`, within the client's
+    /// share too (a request another host sent on was held to its client's
+    /// share there, and shares this connection with other clients). A
+    /// response expected to be large (past a sixteenth of the budget) may
+    /// fill three quarters of it, so slow readers of large responses leave
+    /// room for everyone else's small ones; whatever nothing is held for is
+    /// admitted. Checked and set aside at once: requests admitted together
+    /// cannot pass the budget together.
+    pub fn admit(self: &Arc<Self>, expected: usize, shared: bool) -> Result<Reservation, Full> {
+        let budget = &self.budget;
+        let client = self.client.as_ref().filter(|_| shared);
+        if let Some(client) = client {
+            reserve(&client.used, expected, budget.per_client).map_err(|used| Full::Client {
+                used,
+                max: budget.per_client,
+            })?;
+        }
+        let limit = if expected > budget.max / 16 {
+            budget.max / 4 * 3
+        } else {
+            budget.max
+        };
+        if let Err(used) = reserve(&budget.used, expected, limit) {
+            if let Some(client) = client {
+                client.used.fetch_sub(expected, Ordering::Relaxed);
+            }
+            return Err(Full::Host { used, max: budget.max });
+        }
+        if let (Some(client), None) = (&self.client, client) {
+            client.used.fetch_add(expected, Ordering::Relaxed);
+        }
         Ok(Reservation {
             owed: Arc::clone(self),
             bytes: expected,
@@ -105,7 +130,7 @@ impl Owed {
 
     /// Whether a response expected to be `expected` bytes fits now (see
     /// [`Owed::admit`]), setting nothing aside.
-    pub fn fits(&self, expected: usize) -> Result<(), Full> {
+    pub fn fits(&self, expected: usize, shared: bool) -> Result<(), Full> {
         let budget = &self.budget;
         let used = budget.used();
         let limit = if expected > budget.max / 16 {
@@ -116,7 +141,7 @@ impl Owed {
         if used > 0 && used.saturating_add(expected) > limit {
             return Err(Full::Host { used, max: budget.max });
         }
-        if let Some(client) = &self.client {
+        if let Some(client) = self.client.as_ref().filter(|_| shared) {
             let used = client.used.load(Ordering::Relaxed);
             if used > 0 && used.saturating_add(expected) > budget.per_client {
                 return Err(Full::Client {
@@ -182,6 +207,15 @@ impl Owed {
     }
 }
 
+/// Adds `bytes` to `used` if nothing is used yet or it stays within `max`;
+/// else says how much is used.
+fn reserve(used: &AtomicUsize, bytes: usize, max: usize) -> Result<(), usize> {
+    used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+        (now == 0 || now.saturating_add(bytes) <= max).then(|| now.saturating_add(bytes))
+    })
+    .map(drop)
+}
+
 impl Drop for Owed {
     fn drop(&mut self) {
         let frames = std::mem::take(&mut *self.frames.lock().expect("frames lock"));
@@ -195,25 +229,56 @@ impl Drop for Reservation {
     }
 }
 
-/// How large a component's responses have been lately: the largest recent
-/// one, forgotten by an eighth with every response since.
+/// How large a component's responses have been lately: the largest one
+/// that was sent whole in the last one or two [`SIZE_WINDOW`]s. Small
+/// responses do not lower it, only time does, so clients cannot talk it
+/// down with cheap requests before asking for large ones.
 #[derive(Debug, Default)]
 pub struct ResponseSize {
-    bytes: AtomicUsize,
+    /// When the current window began, in ms since the process's first one.
+    window_ms: AtomicU64,
+    current: AtomicUsize,
+    previous: AtomicUsize,
 }
+
+/// How long a response's size counts for.
+pub const SIZE_WINDOW: Duration = Duration::from_secs(30);
 
 impl ResponseSize {
     /// What the next response is expected to be.
     pub fn expected(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.turn(now_ms());
+        self.current.load(Ordering::Relaxed).max(self.previous.load(Ordering::Relaxed))
     }
 
-    /// A response of `bytes` was made.
+    /// A response of `bytes` was sent whole.
     pub fn record(&self, bytes: usize) {
-        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-            Some(bytes.max(old - old / 8))
-        });
+        self.turn(now_ms());
+        self.current.fetch_max(bytes, Ordering::Relaxed);
     }
+
+    /// Starts a new window if the current one is over.
+    fn turn(&self, now_ms: u64) {
+        let window = SIZE_WINDOW.as_millis() as u64;
+        let start = self.window_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(start) < window
+            || self
+                .window_ms
+                .compare_exchange(start, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let last = self.current.swap(0, Ordering::Relaxed);
+        let recent = if now_ms.saturating_sub(start) < 2 * window { last } else { 0 };
+        self.previous.store(recent, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the first time this was asked.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 #[cfg(test)]
@@ -250,36 +315,43 @@ mod tests {
         let (a, b) = (Arc::new(ClientOwed::default()), Arc::new(ClientOwed::default()));
         let one = Owed::new(Arc::clone(&budget), Some(Arc::clone(&a)));
         // Nothing held: even a response larger than a share is admitted.
-        let reserved = one.admit(10 * MIB).unwrap();
+        let reserved = one.admit(10 * MIB, true).unwrap();
         assert_eq!(budget.used(), 10 * MIB);
-        assert!(matches!(one.admit(1), Err(Full::Client { .. })));
+        assert!(matches!(one.admit(1, true), Err(Full::Client { .. })));
+        // Sent on by another host: held to the host's budget only.
+        assert!(one.admit(1, false).is_ok());
         drop(reserved);
         assert_eq!(budget.used(), 0);
         one.charge(4 * MIB);
-        assert!(one.admit(4 * MIB).is_ok());
-        assert!(matches!(one.admit(4 * MIB + 1), Err(Full::Client { .. })));
-        // Another client fills the host: large responses stop at three
+        assert!(one.admit(4 * MIB, true).is_ok());
+        assert!(matches!(one.admit(4 * MIB + 1, true), Err(Full::Client { .. })));
+        // A proxy's clients fill the host: large responses stop at three
         // quarters, small ones go on to the end.
-        let two = Owed::new(Arc::clone(&budget), Some(b));
+        let two = Owed::new(Arc::clone(&budget), None);
         two.charge(43 * MIB);
-        assert!(matches!(two.admit(5 * MIB), Err(Full::Host { .. })));
+        let three = Owed::new(Arc::clone(&budget), Some(Arc::clone(&b)));
+        assert!(matches!(three.admit(5 * MIB, true), Err(Full::Host { .. })));
+        assert_eq!(b.used.load(Ordering::Relaxed), 0, "a refusal keeps nothing");
         let small = Owed::new(Arc::clone(&budget), None);
-        assert!(small.admit(64 * 1024).is_ok());
+        assert!(small.admit(64 * 1024, true).is_ok());
         two.charge(17 * MIB);
-        assert!(matches!(small.admit(64 * 1024), Err(Full::Host { .. })));
+        assert!(matches!(small.admit(64 * 1024, true), Err(Full::Host { .. })));
     }
 
     #[test]
-    fn the_expected_size_follows_recent_responses() {
+    fn the_expected_size_is_the_largest_recent_one_and_only_time_lowers_it() {
         let size = ResponseSize::default();
         assert_eq!(size.expected(), 0);
         size.record(8 * MIB);
-        assert_eq!(size.expected(), 8 * MIB);
-        for _ in 0..40 {
+        for _ in 0..1000 {
             size.record(100);
         }
-        assert!(size.expected() < 64 * 1024, "{}", size.expected());
-        size.record(MIB);
-        assert_eq!(size.expected(), MIB);
+        assert_eq!(size.expected(), 8 * MIB, "small responses do not talk it down");
+        let window = SIZE_WINDOW.as_millis() as u64;
+        size.turn(window + 1);
+        assert_eq!(size.current.load(Ordering::Relaxed), 0);
+        assert_eq!(size.previous.load(Ordering::Relaxed), 8 * MIB, "one window on, still counted");
+        size.turn(3 * window + 2);
+        assert_eq!(size.previous.load(Ordering::Relaxed), 0, "two windows on, forgotten");
     }
 }

@@ -2,7 +2,9 @@
 //! from when hyper takes them until the socket does: charged frame by
 //! frame as the body is read, so a streamed body is counted as it flows.
 //! Until its first bytes, the request's reservation stands in for them;
-//! once it ends, its size tells the component's expected response size.
+//! once it has been sent whole, its size tells the component's expected
+//! response size (one cut short, or never sent, as for `HEAD`, tells
+//! nothing).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,12 +23,15 @@ pub struct Held {
     pub size: Arc<ResponseSize>,
 }
 
+/// A response body on its way to the client, charged to its connection.
 pub struct Charged {
     inner: ResponseBody,
     owed: Arc<Owed>,
     reservation: Option<Reservation>,
     size: Option<Arc<ResponseSize>>,
     bytes: usize,
+    /// It was read to its end.
+    whole: bool,
 }
 
 impl Charged {
@@ -38,6 +43,7 @@ impl Charged {
             reservation,
             size,
             bytes: 0,
+            whole: false,
         }
     }
 }
@@ -55,6 +61,12 @@ impl Body for Charged {
             self.bytes += data.len();
             self.reservation = None;
         }
+        // Ended: nothing more, or a last frame that says so.
+        self.whole = match &frame {
+            None => true,
+            Some(Ok(_)) => self.inner.is_end_stream(),
+            Some(Err(_)) => false,
+        };
         Poll::Ready(frame)
     }
 
@@ -69,7 +81,7 @@ impl Body for Charged {
 
 impl Drop for Charged {
     fn drop(&mut self) {
-        if let Some(size) = &self.size {
+        if let Some(size) = self.size.as_ref().filter(|_| self.whole) {
             size.record(self.bytes);
         }
     }

@@ -59,6 +59,8 @@ impl Forwarder {
         let target = Target {
             method: parts.method.as_str(),
             target: path,
+            to: owner,
+            headers_sha256: headers::end_to_end_sha256(&parts.headers),
         };
         let signature = match cluster.sign(&target, client, &body) {
             Ok(signature) => signature,
@@ -67,14 +69,14 @@ impl Forwarder {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
-        let headers = request.headers_mut();
+        let out = request.headers_mut();
         for (name, value) in &parts.headers {
-            if !hop_by_hop(name) {
-                headers.append(name, value.clone());
+            if headers::is_end_to_end(name) {
+                out.append(name, value.clone());
             }
         }
         match HeaderValue::from_str(&signature) {
-            Ok(value) => headers.insert(SIGNATURE, value),
+            Ok(value) => out.insert(SIGNATURE, value),
             Err(_) => return unreachable_owner(owner, "its signature is not a header value"),
         };
         match tokio::time::timeout(timeout, self.client.request(request)).await {
@@ -83,12 +85,6 @@ impl Forwarder {
             Err(_) => unreachable_owner(owner, &format!("no answer within {timeout:?}")),
         }
     }
-}
-
-/// Headers about one connection, and the host's own, which the client's
-/// request never carries on.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    headers::is_hop_by_hop(name) || headers::is_hosts(name) || *name == header::HOST || *name == header::CONTENT_LENGTH
 }
 
 /// The answer when the owner of a component cannot be reached.

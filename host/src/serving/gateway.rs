@@ -250,6 +250,8 @@ impl Gateway {
         let target = trust::Target {
             method: parts.method.as_str(),
             target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            to: cluster.node(),
+            headers_sha256: headers::end_to_end_sha256(&parts.headers),
         };
         cluster.verify(header, &target).await.map(Some)
     }
@@ -274,7 +276,9 @@ impl Gateway {
         };
         // Refused early, before the body is read, if the response would
         // not fit now; the room is set aside once it is about to be made.
-        if let Err(full) = connection.owed.fits(entry.shared.response_size.expected()) {
+        // A request another host sent on was held to its client's share there.
+        let shared = forwarded.is_none();
+        if let Err(full) = connection.owed.fits(entry.shared.response_size.expected(), shared) {
             trace.rejected = Some("response_budget");
             return refuse(body, unread_responses(&entry.name, &full)).await;
         }
@@ -307,7 +311,7 @@ impl Gateway {
                 };
                 match slot {
                     Ok(slot) => {
-                        if let Some(refused) = self.hold(&entry, connection, trace) {
+                        if let Some(refused) = self.hold(&entry, connection, shared, trace) {
                             return refused;
                         }
                         let client = trace.client.to_string();
@@ -324,7 +328,7 @@ impl Gateway {
                 }
             }
             Placed::There { to, url, why } => {
-                if let Some(refused) = self.hold(&entry, connection, trace) {
+                if let Some(refused) = self.hold(&entry, connection, shared, trace) {
                     return refused;
                 }
                 let labels = ForwardLabels {
@@ -350,9 +354,9 @@ impl Gateway {
     /// Sets aside room in the budget for responses clients have not read,
     /// for the response this request is about to get, as large as the
     /// component's recent ones; the 503 to answer if it does not fit.
-    fn hold(&self, entry: &Entry, connection: &Connection, trace: &mut Trace) -> Option<HttpResponse> {
+    fn hold(&self, entry: &Entry, connection: &Connection, shared: bool, trace: &mut Trace) -> Option<HttpResponse> {
         let size = &entry.shared.response_size;
-        match connection.owed.admit(size.expected()) {
+        match connection.owed.admit(size.expected(), shared) {
             Ok(reservation) => {
                 trace.held = Some(Held {
                     reservation,

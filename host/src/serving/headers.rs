@@ -40,6 +40,22 @@ pub fn component_may_set(name: &HeaderName) -> bool {
     !is_hosts(name) && !is_hop_by_hop(name) && *name != header::CONTENT_LENGTH
 }
 
+/// Whether `name` goes from a client to its component as sent: about
+/// neither the connection nor the body's framing, nor the host's own.
+pub fn is_end_to_end(name: &HeaderName) -> bool {
+    !is_hop_by_hop(name) && !is_hosts(name) && *name != header::HOST && *name != header::CONTENT_LENGTH
+}
+
+/// The SHA-256 of the end-to-end headers, which the signature of a request
+/// sent on to another host covers.
+pub fn end_to_end_sha256(headers: &HeaderMap) -> [u8; 32] {
+    let end_to_end = headers
+        .iter()
+        .filter(|(name, _)| is_end_to_end(name))
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    crate::cluster::trust::headers_sha256(end_to_end)
+}
+
 /// Removes the host's own headers from `headers`.
 pub fn remove_hosts(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers.keys().filter(|n| is_hosts(n)).cloned().collect();

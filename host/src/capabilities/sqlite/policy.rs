@@ -174,10 +174,26 @@ const FUNCTIONS: &[&str] = &[
 /// deadline stops (5,000 OR'd terms took 4.4 s, `bm25` over 500 took 175 s).
 const VIRTUAL_TABLE_MODULES: &[&str] = &["rtree"];
 
-/// Finds the full-text search tables a database already has (made before
-/// full-text search was refused): a guest may not read them either.
-pub const FULL_TEXT_TABLES: &str = "SELECT lower(name) FROM sqlite_schema WHERE type = 'table' \
-     AND lower(sql) GLOB 'create virtual table*using*fts[345]*'";
+/// The full-text search tables a database already has (made before
+/// full-text search was refused), which a guest may only drop. Run before
+/// the wrappers of [`bounded`] are installed, so SQLite's own `LIKE` picks
+/// the virtual tables (a prefix, cheap whatever the schema), and Rust the
+/// full-text ones among them.
+pub fn full_text_tables(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement =
+        conn.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql LIKE 'create virtual table%'")?;
+    let tables = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+    let mut full_text = Vec::new();
+    for table in tables {
+        let (name, sql) = table?;
+        let sql = sql.to_ascii_lowercase();
+        let module = sql.split("using").nth(1).unwrap_or_default().trim_start();
+        if ["fts3", "fts4", "fts5"].iter().any(|m| module.starts_with(m)) {
+            full_text.push(name);
+        }
+    }
+    Ok(full_text)
+}
 
 /// Eponymous virtual tables a guest may not read: `dbstat` exposes the
 /// file's page layout, and nothing needs it.
@@ -257,7 +273,7 @@ pub fn allows_function(name: &str) -> bool {
 }
 
 /// Whether a guest statement may do `action`; `Err` says why not.
-/// `full_text` names (lowercase) the full-text tables the database has.
+/// `full_text` names the full-text tables the database has.
 pub fn authorize(action: &AuthAction<'_>, full_text: &[String]) -> Result<(), String> {
     if let Some(table) = table_of(action)
         && table.len() >= HOST_TABLE_PREFIX.len()
@@ -265,11 +281,17 @@ pub fn authorize(action: &AuthAction<'_>, full_text: &[String]) -> Result<(), St
     {
         return Err(format!("{table} belongs to the host"));
     }
-    if let AuthAction::Read { table_name, .. } = action
-        && full_text.iter().any(|t| t.eq_ignore_ascii_case(table_name))
+    if let Some(table) = table_of(action)
+        && full_text.iter().any(|t| t.eq_ignore_ascii_case(table))
+        // Dropping one deletes its rows first, each in a step of its own.
+        && !matches!(
+            action,
+            AuthAction::DropTable { .. } | AuthAction::DropVtable { .. } | AuthAction::Delete { .. }
+        )
     {
         return Err(format!(
-            "{table_name} is a full-text search table: full-text search is not allowed (a query could run past any deadline)"
+            "{table} is a full-text search table: full-text search is not allowed (a query could run past any \
+             deadline); it may only be dropped"
         ));
     }
     match action {
@@ -327,6 +349,12 @@ pub fn harden(conn: &rusqlite::Connection, limits: &DbLimits) -> rusqlite::Resul
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, false)?;
     let value_bytes = i32::try_from(limits.max_value_bytes).unwrap_or(i32::MAX);
+    set_limits(conn, value_bytes)?;
+    bounded::install(conn, value_bytes)
+}
+
+/// SQLite's own limits, for values of at most `value_bytes`.
+fn set_limits(conn: &rusqlite::Connection, value_bytes: i32) -> rusqlite::Result<()> {
     for (limit, value) in [
         // No attached databases at all: this also stops `VACUUM INTO 'file'`.
         (Limit::SQLITE_LIMIT_ATTACHED, 0),
@@ -347,7 +375,7 @@ pub fn harden(conn: &rusqlite::Connection, limits: &DbLimits) -> rusqlite::Resul
     ] {
         conn.set_limit(limit, value)?;
     }
-    bounded::install(conn, value_bytes)
+    Ok(())
 }
 
 /// Built-in functions whose running time grows with the product of their
@@ -356,10 +384,14 @@ pub fn harden(conn: &rusqlite::Connection, limits: &DbLimits) -> rusqlite::Resul
 /// for seconds or minutes whatever the statement's deadline. Each is
 /// replaced by a wrapper that refuses a call whose inputs are too large
 /// together (`limit-exceeded`) and runs SQLite's own function on a private
-/// in-memory connection otherwise, so results stay exactly SQLite's.
-/// SECURITY.md lists the cost of every allowed function.
+/// in-memory connection otherwise, under the same limits, so results stay
+/// exactly SQLite's, JSON subtypes included (a JSON argument is passed on as
+/// JSON, and a JSON result comes back as JSON). SECURITY.md lists the cost
+/// of every allowed function.
 pub mod bounded {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
+
+    use rusqlite::functions::SubType;
 
     use super::*;
 
@@ -372,48 +404,56 @@ pub mod bounded {
         /// (first + second) × second: a merge that scans the first object
         /// for every key of the second, which also grows the first.
         Merge,
-        /// Paths × document: each path is a walk (and an edit) of the
-        /// document; `per_path` arguments follow the document for each.
+        /// Each path after the first × all the arguments: each path is a
+        /// walk (and an edit) of the document; `per_path` arguments follow
+        /// the document for each. One path is linear.
         Paths { per_path: usize },
     }
 
-    /// (name, number of arguments or -1 for any, cost, budget). Budgets keep
-    /// one call near 50 ms on a 2020s server core: `instr` and `replace`
-    /// compare with `memcmp` (~40 GB/s), LIKE and GLOB take ~2.5 ns a step,
-    /// `unhex` ~1.5 ns and the trims ~4 ns per character pair, `json_patch`
-    /// ~7 ns per key pair (a key is 5 bytes at least), and an edit of a
-    /// JSON document may rewrite every level's header (~17 ns per byte and
-    /// path when crafted for it).
-    const WRAPPED: &[(&str, i32, Cost, u64)] = &[
-        ("instr", 2, Cost::Product, 1 << 31),
-        ("replace", 3, Cost::Product, 1 << 31),
-        ("trim", 2, Cost::Product, 1 << 23),
-        ("ltrim", 2, Cost::Product, 1 << 23),
-        ("rtrim", 2, Cost::Product, 1 << 23),
-        ("unhex", 2, Cost::Product, 1 << 24),
+    /// (name, number of arguments or -1 for any, cost, budget, whether it
+    /// takes and makes JSON). Budgets keep one call near 50 ms on a 2020s
+    /// server core: `instr` and `replace` compare with `memcmp` (~40 GB/s),
+    /// LIKE and GLOB take ~2.5 ns a step, `unhex` ~1.5 ns and the trims ~4 ns
+    /// per character pair, `json_patch` ~7 ns per key pair (a key is 5 bytes
+    /// at least), and an edit of a JSON document may rewrite every level's
+    /// header (~17 ns per byte and path when crafted for it).
+    const WRAPPED: &[(&str, i32, Cost, u64, bool)] = &[
+        ("instr", 2, Cost::Product, 1 << 31, false),
+        ("replace", 3, Cost::Product, 1 << 31, false),
+        ("trim", 2, Cost::Product, 1 << 23, false),
+        ("ltrim", 2, Cost::Product, 1 << 23, false),
+        ("rtrim", 2, Cost::Product, 1 << 23, false),
+        ("unhex", 2, Cost::Product, 1 << 24, false),
         // `x LIKE p` is like(p, x); with ESCAPE, like(p, x, e).
-        ("like", 2, Cost::Product, 1 << 24),
-        ("like", 3, Cost::Product, 1 << 24),
-        ("glob", 2, Cost::Product, 1 << 24),
-        ("json_patch", 2, Cost::Merge, 1 << 27),
-        ("jsonb_patch", 2, Cost::Merge, 1 << 27),
-        ("json_set", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("jsonb_set", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("json_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("jsonb_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("json_replace", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("jsonb_replace", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("json_array_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("jsonb_array_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22),
-        ("json_remove", -1, Cost::Paths { per_path: 1 }, 1 << 22),
-        ("jsonb_remove", -1, Cost::Paths { per_path: 1 }, 1 << 22),
-        ("json_extract", -1, Cost::Paths { per_path: 1 }, 1 << 24),
-        ("jsonb_extract", -1, Cost::Paths { per_path: 1 }, 1 << 24),
+        ("like", 2, Cost::Product, 1 << 24, false),
+        ("like", 3, Cost::Product, 1 << 24, false),
+        ("glob", 2, Cost::Product, 1 << 24, false),
+        ("json_patch", 2, Cost::Merge, 1 << 27, true),
+        ("jsonb_patch", 2, Cost::Merge, 1 << 27, true),
+        ("json_set", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("jsonb_set", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("json_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("jsonb_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("json_replace", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("jsonb_replace", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("json_array_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("jsonb_array_insert", -1, Cost::Paths { per_path: 2 }, 1 << 22, true),
+        ("json_remove", -1, Cost::Paths { per_path: 1 }, 1 << 22, true),
+        ("jsonb_remove", -1, Cost::Paths { per_path: 1 }, 1 << 22, true),
+        ("json_extract", -1, Cost::Paths { per_path: 1 }, 1 << 24, true),
+        ("jsonb_extract", -1, Cost::Paths { per_path: 1 }, 1 << 24, true),
     ];
+
+    /// The subtype SQLite gives JSON text ('J').
+    const JSON_SUBTYPE: u32 = 74;
+    /// The function that reports the subtype of the built-in's result.
+    const SUBTYPE_OF: &str = "corral_subtype_of";
 
     thread_local! {
         /// SQLite's own functions, unwrapped, for this thread.
         static BUILTINS: RefCell<Option<rusqlite::Connection>> = const { RefCell::new(None) };
+        /// The subtype of the last built-in result, as `SUBTYPE_OF` saw it.
+        static RESULT_SUBTYPE: Cell<u32> = const { Cell::new(0) };
     }
 
     /// What a call with `sizes` (each argument's length in bytes) costs.
@@ -424,14 +464,19 @@ pub mod bounded {
             Cost::Merge => size(0).saturating_add(size(1)).saturating_mul(size(1)),
             Cost::Paths { per_path } => {
                 let paths = sizes.len().saturating_sub(1).div_ceil(per_path) as u64;
-                paths.saturating_mul(size(0))
+                let all = sizes.iter().fold(0u64, |sum, s| sum.saturating_add(*s));
+                paths.saturating_sub(1).saturating_mul(all)
             }
         }
     }
 
     pub(super) fn install(conn: &rusqlite::Connection, max_value_bytes: i32) -> rusqlite::Result<()> {
-        let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS;
-        for &(name, args, kind, budget) in WRAPPED {
+        let plain = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS;
+        for &(name, args, kind, budget, json) in WRAPPED {
+            let flags = match json {
+                true => plain | FunctionFlags::SQLITE_SUBTYPE | FunctionFlags::SQLITE_RESULT_SUBTYPE,
+                false => plain,
+            };
             conn.create_scalar_function(name, args, flags, move |ctx| {
                 let sizes: Vec<u64> = (0..ctx.len())
                     .map(|i| match ctx.get_raw(i) {
@@ -442,7 +487,9 @@ pub mod bounded {
                 if cost(kind, &sizes) > budget {
                     return Err(too_big());
                 }
-                let params: Vec<ValueRef<'_>> = (0..ctx.len()).map(|i| ctx.get_raw(i)).collect();
+                let params: Vec<(ValueRef<'_>, bool)> = (0..ctx.len())
+                    .map(|i| (ctx.get_raw(i), json && ctx.get_subtype(i) == JSON_SUBTYPE))
+                    .collect();
                 builtin(name, &params, max_value_bytes).map_err(|e| match e.sqlite_error_code() {
                     Some(rusqlite::ErrorCode::TooBig) => too_big(),
                     _ => e,
@@ -458,22 +505,49 @@ pub mod bounded {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG), None)
     }
 
-    /// Runs SQLite's own `name` on `params`, on this thread's plain connection.
-    fn builtin(name: &str, params: &[ValueRef<'_>], max_value_bytes: i32) -> rusqlite::Result<Value> {
+    /// Runs SQLite's own `name` on `params` (each with whether it is JSON),
+    /// on this thread's plain connection; its result, and its subtype.
+    fn builtin(name: &str, params: &[(ValueRef<'_>, bool)], max_value_bytes: i32) -> rusqlite::Result<(Value, SubType)> {
         BUILTINS.with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.is_none() {
-                let conn = rusqlite::Connection::open_in_memory()?;
-                conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, i32::MAX)?;
-                *cell = Some(conn);
+                *cell = Some(builtins()?);
             }
             let conn = cell.as_ref().expect("opened above");
             conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_value_bytes)?;
-            let placeholders: Vec<String> = (1..=params.len()).map(|i| format!("?{i}")).collect();
-            let mut statement = conn.prepare_cached(&format!("SELECT {name}({})", placeholders.join(", ")))?;
-            let params = params.iter().map(|v| ToSqlOutput::Borrowed(*v));
-            statement.query_row(rusqlite::params_from_iter(params), |row| row.get::<_, Value>(0))
+            let args: Vec<String> = params
+                .iter()
+                .enumerate()
+                .map(|(i, (_, json))| match json {
+                    true => format!("json(?{})", i + 1),
+                    false => format!("?{}", i + 1),
+                })
+                .collect();
+            let sql = format!("SELECT {SUBTYPE_OF}({name}({}))", args.join(", "));
+            let mut statement = conn.prepare_cached(&sql)?;
+            let values = params.iter().map(|(v, _)| ToSqlOutput::Borrowed(*v));
+            RESULT_SUBTYPE.set(0);
+            let value = statement.query_row(rusqlite::params_from_iter(values), |row| row.get::<_, Value>(0))?;
+            let subtype = RESULT_SUBTYPE.get();
+            Ok((value, (subtype != 0).then_some(subtype)))
         })
+    }
+
+    /// The plain connection built-ins run on: the guests' limits, and a
+    /// function that notes the subtype of what it is given.
+    fn builtins() -> rusqlite::Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open_in_memory()?;
+        set_limits(&conn, i32::MAX)?;
+        conn.create_scalar_function(
+            SUBTYPE_OF,
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_SUBTYPE,
+            |ctx| {
+                RESULT_SUBTYPE.set(ctx.get_subtype(0));
+                ctx.get::<Value>(0)
+            },
+        )?;
+        Ok(conn)
     }
 
     #[cfg(test)]
@@ -484,10 +558,11 @@ pub mod bounded {
         fn costs_grow_as_the_functions_do() {
             assert_eq!(cost(Cost::Product, &[1000, 1000]), 1_000_000);
             assert_eq!(cost(Cost::Merge, &[1000, 10]), 10_100);
-            // json_set(doc, path, value, path, value): two paths.
-            assert_eq!(cost(Cost::Paths { per_path: 2 }, &[1000, 4, 1, 4, 1]), 2000);
-            assert_eq!(cost(Cost::Paths { per_path: 2 }, &[1000, 4]), 1000);
-            assert_eq!(cost(Cost::Paths { per_path: 1 }, &[1000, 4, 4, 4]), 3000);
+            // json_set(doc, path, value, path, value): two paths, the
+            // second over every argument (values are copied in too).
+            assert_eq!(cost(Cost::Paths { per_path: 2 }, &[1000, 4, 1, 4, 1]), 1010);
+            assert_eq!(cost(Cost::Paths { per_path: 2 }, &[1000, 4]), 0, "one path is linear");
+            assert_eq!(cost(Cost::Paths { per_path: 1 }, &[1000, 4, 4, 4]), 2 * 1012);
             assert_eq!(cost(Cost::Paths { per_path: 1 }, &[1000]), 0);
             assert_eq!(cost(Cost::Product, &[u64::MAX, 2]), u64::MAX);
         }

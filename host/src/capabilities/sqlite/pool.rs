@@ -139,7 +139,7 @@ pub(super) struct Guard {
     /// Why the authorizer last said no, for the error the guest sees.
     pub denied: Mutex<Option<String>>,
     /// The full-text search tables the file had when the connection
-    /// opened, which a guest may not read (see `policy::FULL_TEXT_TABLES`).
+    /// opened, which a guest may only drop (see `policy::full_text_tables`).
     full_text: Vec<String>,
 }
 
@@ -290,12 +290,9 @@ impl Database {
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
         let max_pages = (self.limits.max_size_bytes / page_size.max(512) as u64).max(1);
         conn.query_row(&format!("PRAGMA max_page_count = {max_pages}"), [], |_| Ok(()))?;
+        let full_text = policy::full_text_tables(&conn)?;
         policy::harden(&conn, &self.limits)?;
         (self.hook)(&conn)?;
-        let full_text = conn
-            .prepare(policy::FULL_TEXT_TABLES)?
-            .query_map([], |row| row.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
 
         let guard = Arc::new(Guard {
             trusted: AtomicBool::new(false),

@@ -83,6 +83,8 @@ fn full_text_tables_made_before_full_text_search_was_refused_cannot_be_read() {
         "SELECT * FROM NOTES",
         "SELECT * FROM notes('dogs')",
         "SELECT rowid FROM notes WHERE notes = 'dogs'",
+        "INSERT INTO notes(notes) VALUES ('rebuild')",
+        "ALTER TABLE notes RENAME TO plain",
     ] {
         let why = denied(&mut conn, sql, &[]);
         assert!(why.contains("full-text"), "{sql}: {why}");
@@ -168,6 +170,18 @@ fn what_a_service_needs_stays_allowed() {
         one(&mut conn, "SELECT json_extract('{\"a\":1,\"b\":2}', '$.a', '$.b')"),
         Value::Text("[1,2]".into())
     );
+    // JSON in, JSON out: what a wrapped function takes and makes stays JSON,
+    // not a string, as SQLite's own would have it.
+    for (sql, expected) in [
+        ("SELECT json_set('{}', '$.a', json_array(1, 2))", r#"{"a":[1,2]}"#),
+        ("SELECT json_object('x', json_set('{}', '$.a', 1))", r#"{"x":{"a":1}}"#),
+        ("SELECT json_object('x', json_extract('{\"a\":[1]}', '$.a'))", r#"{"x":[1]}"#),
+        ("SELECT json_object('x', json_extract('{\"a\":\"s\"}', '$.a'))", r#"{"x":"s"}"#),
+        ("SELECT json_array(json_patch('{}', '{\"b\":2}'), json_remove('[1,2]', '$[0]'))", r#"[{"b":2},[2]]"#),
+        ("SELECT json_insert('[]', '$[#]', json('{\"k\":true}'))", r#"[{"k":true}]"#),
+    ] {
+        assert_eq!(one(&mut conn, sql), Value::Text(expected.into()), "{sql}");
+    }
     // LIKE is case-insensitive for ASCII, takes an escape, and GLOB is not.
     for (sql, expected) in [
         ("SELECT 'Ada' LIKE 'a%'", 1),
@@ -353,4 +367,18 @@ fn the_log_is_checkpointed_off_the_writer_once_it_grows() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_large_schema_never_keeps_the_database_from_opening() {
+    let (_dir, db) = database(DbLimits::default());
+    let mut conn = db.writer_blocking().unwrap();
+    // A table whose CREATE text is larger than the product LIKE and GLOB
+    // allow against a short pattern.
+    let default = "x".repeat(600_000);
+    exec(&mut conn, &format!("CREATE TABLE t (a TEXT DEFAULT '{default}')"), &[]).unwrap();
+    drop(conn);
+    // New connections (a reader, and the writer opened again) still open.
+    let mut reader = db.reader().unwrap();
+    assert_eq!(one(&mut reader, "SELECT count(*) FROM t"), Value::Integer(0));
 }
