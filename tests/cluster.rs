@@ -838,11 +838,29 @@ fn hosts_trust_each_other_only_by_signature_and_guests_never_see_the_hosts_heade
     let reply = signed_get(&n1, "n1", &ring, "/chaos/echo", "203.0.113.7");
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["client_addr"], "203.0.113.7");
-    // ... until its key is rotated out: one rotation keeps it, two drop it.
-    for _ in 0..2 {
+    // ... until its key is rotated out: one rotation keeps it, and so does a
+    // second before the new key signs (hosts still sign with the old one);
+    // one after that drops it.
+    let rotate = || {
         let reply = n2.admin("POST", "/cluster/rotate-key", Vec::new());
         assert_eq!(reply.status, 200, "{}", reply.text());
-    }
+    };
+    rotate();
+    let second = key_ring(&nats).keys[0].created_ms;
+    rotate();
+    let reply = signed_get(&n1, "n1", &ring, "/chaos/echo", "203.0.113.7");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The second key signs once it is 5 s old.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    std::thread::sleep(std::time::Duration::from_millis(
+        (second + 5_000).saturating_sub(now_ms()),
+    ));
+    rotate();
     // Every host learns of the rotation through the bucket's watch.
     eventually("n1 refuses the rotated-out key", || {
         signed_get(&n1, "n1", &ring, "/chaos/echo", "203.0.113.7").status == 403

@@ -264,4 +264,21 @@ weight = 0
     assert!(ok, "{output}");
     let (ok, output) = check_config("data_dir = \"data\"\n[cluster]\nnats = 4222\nnode = \"n1\"\n");
     assert!(!ok && output.contains("or a list of them"), "{output}");
+    // Requests go on to the advertised address with their own path: it has
+    // none of its own.
+    for advertise in [
+        "http://10.0.0.5:8080/api",
+        "http://10.0.0.5:8080?x=1",
+        "https://10.0.0.5",
+        "10.0.0.5:8080",
+    ] {
+        let (ok, output) = check_config(&format!(
+            "data_dir = \"data\"\n[cluster]\nnats = \"nats://n:4222\"\nnode = \"n1\"\nadvertise = \"{advertise}\"\n{users}"
+        ));
+        assert!(!ok && output.contains("cluster.advertise"), "{advertise}: {output}");
+    }
+    let (ok, output) = check_config(&format!(
+        "data_dir = \"data\"\n[cluster]\nnats = \"nats://n:4222\"\nnode = \"n1\"\nadvertise = \"http://10.0.0.5:8080/\"\n{users}"
+    ));
+    assert!(ok, "{output}");
 }

@@ -212,9 +212,11 @@ impl Cluster {
         trust::verify(&self.ring.load(), &self.nonces, header, target, now_ms())
     }
 
-    /// Makes a new signing key now, for every host; the one before stays
-    /// valid until the next rotation, older ones are dropped.
-    pub async fn rotate_key(&self) -> Result<serde_json::Value, ClusterError> {
+    /// Makes a new signing key now, for every host (see
+    /// [`KeyRing::rotated`] for the keys that stay valid). With `due_after`,
+    /// only if the ring's newest key, read afresh, is older than that: hosts
+    /// that all find the key due rotate it once.
+    pub async fn rotate_key(&self, due_after: Option<Duration>) -> Result<serde_json::Value, ClusterError> {
         let unavailable = |e: &dyn std::fmt::Display| ClusterError::Unavailable(anyhow::anyhow!("{e}"));
         let entry = self
             .desired
@@ -224,6 +226,12 @@ impl Cluster {
             .filter(|e| e.operation == kv::Operation::Put)
             .ok_or_else(|| ClusterError::NotFound("the cluster has no key ring".into()))?;
         let old: KeyRing = serde_json::from_slice(&entry.value).map_err(|e| unavailable(&e))?;
+        let ids = |ring: &KeyRing| serde_json::json!({ "keys": ring.keys.iter().map(|k| &k.id).collect::<Vec<_>>() });
+        if let Some(due_after) = due_after
+            && now_ms().saturating_sub(old.newest_ms().unwrap_or(0)) < due_after.as_millis() as u64
+        {
+            return Ok(ids(&old));
+        }
         let next = old.rotated(now_ms()).map_err(ClusterError::Unavailable)?;
         self.desired
             .update(KEY_RING, to_bytes(&next), entry.revision)
@@ -235,9 +243,9 @@ impl Cluster {
                 _ => unavailable(&e),
             })?;
         tracing::info!(key = %next.keys[0].id, "rotated the cluster's forwarding key");
-        let ids: Vec<&str> = next.keys.iter().map(|k| k.id.as_str()).collect();
-        self.ring.store(Arc::new(next.clone()));
-        Ok(serde_json::json!({ "keys": ids }))
+        let answer = ids(&next);
+        self.ring.store(Arc::new(next));
+        Ok(answer)
     }
 
     /// Reads the ring from the bucket.
@@ -264,7 +272,7 @@ impl Cluster {
             if now_ms().saturating_sub(newest) < self.key_rotation.as_millis() as u64 {
                 continue;
             }
-            match self.rotate_key().await {
+            match self.rotate_key(Some(self.key_rotation)).await {
                 Ok(_) | Err(ClusterError::Conflict(_)) => {}
                 Err(e) => tracing::warn!("cannot rotate the cluster's forwarding key: {e}"),
             }

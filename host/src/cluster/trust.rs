@@ -45,8 +45,9 @@ pub struct ForwardKey {
     pub created_ms: u64,
 }
 
-/// The keys hosts accept, newest first: the one they sign with and the one
-/// before it, so requests in flight across a rotation still verify.
+/// The keys hosts accept, newest first: every key too new to sign with yet,
+/// the one hosts sign with, and none older, so requests in flight across a
+/// rotation still verify, however quickly rotations follow each other.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRing {
     pub keys: Vec<ForwardKey>,
@@ -60,8 +61,9 @@ impl KeyRing {
         })
     }
 
-    /// The ring after a rotation: a new key first, the newest old one kept,
-    /// anything older dropped.
+    /// The ring after a rotation: a new key first, then the old keys down to
+    /// the first one old enough to sign with (the one hosts sign with until
+    /// the new key is), anything older dropped.
     pub fn rotated(&self, now_ms: u64) -> anyhow::Result<KeyRing> {
         let next_id = self
             .keys
@@ -71,7 +73,12 @@ impl KeyRing {
             .unwrap_or(0)
             + 1;
         let mut keys = vec![new_key(next_id, now_ms)?];
-        keys.extend(self.keys.first().cloned());
+        for key in &self.keys {
+            keys.push(key.clone());
+            if is_active(key, now_ms) {
+                break;
+            }
+        }
         Ok(KeyRing { keys })
     }
 
@@ -80,19 +87,19 @@ impl KeyRing {
         self.keys.first().map(|k| k.created_ms)
     }
 
-    /// The key to sign with at `now_ms`: the newest, once every host has
-    /// had time to learn it.
+    /// The key to sign with at `now_ms`: the newest one every host has had
+    /// time to learn (the oldest, if none is that old).
     fn signing(&self, now_ms: u64) -> Option<&ForwardKey> {
-        let newest = self.keys.first()?;
-        match self.keys.get(1) {
-            Some(previous) if now_ms.saturating_sub(newest.created_ms) < ACTIVATE_AFTER_MS => Some(previous),
-            _ => Some(newest),
-        }
+        self.keys.iter().find(|key| is_active(key, now_ms)).or(self.keys.last())
     }
 
     fn get(&self, id: &str) -> Option<&ForwardKey> {
         self.keys.iter().find(|k| k.id == id)
     }
+}
+
+fn is_active(key: &ForwardKey, now_ms: u64) -> bool {
+    now_ms.saturating_sub(key.created_ms) >= ACTIVATE_AFTER_MS
 }
 
 fn new_key(n: u64, now_ms: u64) -> anyhow::Result<ForwardKey> {
@@ -451,10 +458,11 @@ mod tests {
             verify(&ring, &Nonces::default(), &header, &target(), late),
             Err(Refused::Stale(_))
         ));
-        let once = ring.rotated(NOW).unwrap();
+        let later = NOW + ACTIVATE_AFTER_MS;
+        let once = ring.rotated(later).unwrap();
         assert_eq!(once.keys.len(), 2);
         assert!(verify(&once, &Nonces::default(), &header, &target(), NOW).is_ok());
-        let twice = once.rotated(NOW).unwrap();
+        let twice = once.rotated(later + ACTIVATE_AFTER_MS).unwrap();
         assert_eq!(
             verify(&twice, &Nonces::default(), &header, &target(), NOW),
             Err(Refused::UnknownKey("k1".into()))
@@ -483,6 +491,27 @@ mod tests {
         let ring = KeyRing::first(NOW).unwrap().rotated(NOW).unwrap();
         assert_eq!(ring.signing(NOW + 1).unwrap().id, "k1");
         assert_eq!(ring.signing(NOW + ACTIVATE_AFTER_MS).unwrap().id, "k2");
+    }
+
+    #[test]
+    fn rotations_in_quick_succession_keep_the_key_hosts_sign_with() {
+        let start = NOW - ACTIVATE_AFTER_MS;
+        let ring = KeyRing::first(start).unwrap();
+        let once = ring.rotated(NOW).unwrap();
+        let twice = once.rotated(NOW + 1).unwrap();
+        let ids = |ring: &KeyRing| ring.keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&twice), ["k3", "k2", "k1"]);
+        // Hosts that have not read either rotation still sign with k1, and
+        // hosts that have read both sign with it too until k2 is old enough.
+        let header = sign(&ring, &target(), &claim(), NOW + 2).unwrap();
+        assert!(verify(&twice, &Nonces::default(), &header, &target(), NOW + 2).is_ok());
+        assert_eq!(twice.signing(NOW + 2).unwrap().id, "k1");
+        assert_eq!(twice.signing(NOW + ACTIVATE_AFTER_MS).unwrap().id, "k2");
+        // A rotation keeps no key older than the one hosts sign with.
+        let settled = twice.rotated(NOW + ACTIVATE_AFTER_MS).unwrap();
+        assert_eq!(ids(&settled), ["k4", "k3", "k2"]);
+        let settled = twice.rotated(NOW + 1 + ACTIVATE_AFTER_MS).unwrap();
+        assert_eq!(ids(&settled), ["k4", "k3"]);
     }
 
     #[test]

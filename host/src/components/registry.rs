@@ -837,7 +837,6 @@ impl Registry {
     }
 }
 
-/// A component that subscribes must have code that can receive.
 /// What `entry` serves, as kept under `data_dir`.
 fn saved_state(entry: &Entry) -> SavedState {
     let saved = |v: &Version| SavedVersion {
@@ -850,6 +849,7 @@ fn saved_state(entry: &Entry) -> SavedState {
     }
 }
 
+/// A component that subscribes must have code that can receive.
 fn check_subscriber(config: &ComponentConfig, version: &Version) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.events.subscription.is_none() || version.subscriber.is_some(),

@@ -135,8 +135,18 @@ pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -
             NatsAuth::None
         }
     };
+    // Requests are sent on to the advertised address with their own path,
+    // so it is a scheme, host and port and nothing else.
+    let bare_origin = |url: &str| {
+        url.parse::<http::Uri>().is_ok_and(|uri| {
+            uri.scheme_str() == Some("http")
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && matches!(uri.path(), "" | "/")
+                && uri.query().is_none()
+        })
+    };
     if let Some(advertise) = &raw.advertise
-        && (!advertise.starts_with("http://") || advertise.parse::<http::Uri>().is_err())
+        && !bare_origin(advertise)
     {
         problems.add(
             "cluster.advertise",

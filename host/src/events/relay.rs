@@ -51,14 +51,19 @@ pub async fn run(
             }
             let counted = entry.shared.publisher.unsettled.count();
             match drain(db, &entry.name, &snapshot, log.as_ref(), &stats).await {
-                Ok(0) => {}
-                Ok(_) => dispatch.notify_one(),
+                Ok(moved) => {
+                    if moved > 0 {
+                        dispatch.notify_one();
+                    }
+                    recount_unsettled(entry, log.as_ref(), counted).await;
+                }
+                // What is left in the outbox is in neither count: the
+                // count in memory stands until the outbox is empty.
                 Err(e) => {
                     tracing::warn!(component = %entry.name, "cannot move published messages yet: {e:#}");
                     db.outbox.take();
                 }
             }
-            recount_unsettled(entry, log.as_ref(), counted).await;
         }
     }
 }
@@ -107,8 +112,8 @@ async fn drain(
 /// the count kept in memory (which only grows between reads) nears the
 /// component's bound: then a publisher held back by it is let go as soon
 /// as its subscribers catch up, and the log is not counted otherwise.
-/// `counted` is the count before the outbox was drained: whatever was
-/// published since is counted again on top of the log's, so the count
+/// `counted` is the count before the outbox was drained, all of it: whatever
+/// was published since is counted again on top of the log's, so the count
 /// never falls below the truth.
 async fn recount_unsettled(entry: &Entry, log: &dyn EventLog, counted: u64) {
     let unsettled = &entry.shared.publisher.unsettled;

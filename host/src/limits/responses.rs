@@ -248,7 +248,9 @@ impl ResponseSize {
     /// What the next response is expected to be.
     pub fn expected(&self) -> usize {
         self.turn(now_ms());
-        self.current.load(Ordering::Relaxed).max(self.previous.load(Ordering::Relaxed))
+        self.current
+            .load(Ordering::Relaxed)
+            .max(self.previous.load(Ordering::Relaxed))
     }
 
     /// A response of `bytes` was sent whole.
@@ -270,7 +272,11 @@ impl ResponseSize {
             return;
         }
         let last = self.current.swap(0, Ordering::Relaxed);
-        let recent = if now_ms.saturating_sub(start) < 2 * window { last } else { 0 };
+        let recent = if now_ms.saturating_sub(start) < 2 * window {
+            last
+        } else {
+            0
+        };
         self.previous.store(recent, Ordering::Relaxed);
     }
 }
@@ -350,7 +356,11 @@ mod tests {
         let window = SIZE_WINDOW.as_millis() as u64;
         size.turn(window + 1);
         assert_eq!(size.current.load(Ordering::Relaxed), 0);
-        assert_eq!(size.previous.load(Ordering::Relaxed), 8 * MIB, "one window on, still counted");
+        assert_eq!(
+            size.previous.load(Ordering::Relaxed),
+            8 * MIB,
+            "one window on, still counted"
+        );
         size.turn(3 * window + 2);
         assert_eq!(size.previous.load(Ordering::Relaxed), 0, "two windows on, forgotten");
     }

@@ -22,6 +22,17 @@ use crate::serving::body::{BodyPace, read_body, refuse};
 use crate::serving::server::{Connection, Handler};
 use crate::serving::{HttpResponse, full, problem};
 
+/// Runs a change to its end even if the client goes away meanwhile: a
+/// change dropped halfway through, its state saved but not published, is
+/// one no operator could reason about.
+async fn to_the_end<T: Send + 'static>(change: impl Future<Output = T> + Send + 'static) -> T {
+    match tokio::spawn(change).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a change was cancelled: {e}"),
+    }
+}
+
 /// The admin listener's handler.
 pub struct Admin {
     pub control: Arc<Control>,
@@ -114,13 +125,13 @@ impl Admin {
             Ok(wasm) => wasm,
             Err(refusal) => return refusal.into_response(),
         };
-        if let Some(cluster) = self.joined() {
-            return cluster_respond(cluster.swap(name, wasm.to_vec(), canary).await);
+        let name = name.to_string();
+        if let Some(cluster) = self.joined().cloned() {
+            return cluster_respond(to_the_end(async move { cluster.swap(&name, wasm.to_vec(), canary).await }).await);
         }
+        let registry = self.control.registry.clone();
         respond(
-            self.control
-                .registry
-                .swap(name, wasm.to_vec(), canary, Origin::upload_now())
+            to_the_end(async move { registry.swap(&name, wasm.to_vec(), canary, Origin::upload_now()).await })
                 .await
                 .map(|c| json!(c)),
         )
@@ -144,25 +155,49 @@ impl Admin {
                 Some(cluster) => json_response(StatusCode::OK, &cluster.describe().await),
                 None => not_in_a_cluster(),
             },
-            (&Method::POST, ["cluster", "rotate-key"]) => match cluster {
-                Some(cluster) => cluster_respond(cluster.rotate_key().await),
+            (&Method::POST, ["cluster", "rotate-key"]) => match cluster.cloned() {
+                Some(cluster) => cluster_respond(to_the_end(async move { cluster.rotate_key(None).await }).await),
                 None => not_in_a_cluster(),
             },
-            (&Method::POST, ["cluster", "components", name, "owner", node]) => match cluster {
-                Some(cluster) => cluster_respond(cluster.set_owner(name, node).await),
+            (&Method::POST, ["cluster", "components", name, "owner", node]) => match cluster.cloned() {
+                Some(cluster) => {
+                    let (name, node) = (name.to_string(), node.to_string());
+                    cluster_respond(to_the_end(async move { cluster.set_owner(&name, &node).await }).await)
+                }
                 None => not_in_a_cluster(),
             },
-            (&Method::POST, ["components", name, "rollback"]) if cluster.is_some() => {
-                cluster_respond(cluster.expect("checked").rollback(name).await)
+            (&Method::POST, ["components", name, change @ ("rollback" | "promote")]) => {
+                let (name, rollback) = (name.to_string(), *change == "rollback");
+                match cluster.cloned() {
+                    Some(cluster) => cluster_respond(
+                        to_the_end(async move {
+                            match rollback {
+                                true => cluster.rollback(&name).await,
+                                false => cluster.promote(&name).await,
+                            }
+                        })
+                        .await,
+                    ),
+                    None => {
+                        let registry = registry.clone();
+                        let changed = to_the_end(async move {
+                            match rollback {
+                                true => registry.rollback(&name).await,
+                                false => registry.promote(&name).await,
+                            }
+                        });
+                        respond(changed.await.map(|c| json!(c)))
+                    }
+                }
             }
-            (&Method::POST, ["components", name, "promote"]) if cluster.is_some() => {
-                cluster_respond(cluster.expect("checked").promote(name).await)
+            (&Method::POST, ["reload"]) => {
+                let control = self.control.clone();
+                respond(
+                    to_the_end(async move { control.reload().await })
+                        .await
+                        .map(|r| json!(r)),
+                )
             }
-            (&Method::POST, ["components", name, "rollback"]) => {
-                respond(registry.rollback(name).await.map(|c| json!(c)))
-            }
-            (&Method::POST, ["components", name, "promote"]) => respond(registry.promote(name).await.map(|c| json!(c))),
-            (&Method::POST, ["reload"]) => respond(self.control.reload().await.map(|r| json!(r))),
             (&Method::GET, ["metrics"]) => {
                 let text = self.metrics.encode(&registry.snapshot());
                 let mut response = Response::new(full(text));

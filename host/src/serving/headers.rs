@@ -18,6 +18,8 @@ pub const CLIENT_ADDR: HeaderName = HeaderName::from_static("corral-client-addr"
 pub const VERSION: HeaderName = HeaderName::from_static("corral-version");
 /// In a cluster, the host that answered a request.
 pub const NODE: HeaderName = HeaderName::from_static("corral-node");
+/// The request's id, in every response and log line: the client's own if
+/// it sent a well-formed one, else one the host makes.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Whether `name` is one of the host's own headers.

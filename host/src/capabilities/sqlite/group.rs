@@ -123,7 +123,8 @@ fn failed(error: Error) -> Written {
 /// statement makes SQLite roll the whole transaction back, the writes
 /// before it are run again in a new one, without it. No write starts once
 /// the group has run for [`GROUP_TIME`]: those left go back to the front
-/// of the queue for the next holder of the writer.
+/// of the queue for the next holder of the writer. A write whose request
+/// has ended by its turn is dropped unrun.
 fn commit_group(conn: &mut Conn, mut jobs: Vec<Job>) {
     let deadline = Instant::now() + GROUP_TIME;
     let mut started = 0;
@@ -141,9 +142,14 @@ fn commit_group(conn: &mut Conn, mut jobs: Vec<Job>) {
         let mut queue = jobs.into_iter();
         while let Some(job) = queue.next() {
             if started > 0 && Instant::now() >= deadline {
+                let left = std::iter::once(job).chain(queue).filter(|job| !job.reply.is_closed());
                 let mut pending = conn.db.pending.lock().expect("pending lock");
-                pending.jobs.splice(0..0, std::iter::once(job).chain(queue));
+                pending.jobs.splice(0..0, left);
                 break;
+            }
+            // Its request ended while it was queued: it never runs.
+            if job.reply.is_closed() {
+                continue;
             }
             started += 1;
             let savepoint = conn.trusted("SAVEPOINT corral_group");

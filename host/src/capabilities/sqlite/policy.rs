@@ -507,7 +507,11 @@ pub mod bounded {
 
     /// Runs SQLite's own `name` on `params` (each with whether it is JSON),
     /// on this thread's plain connection; its result, and its subtype.
-    fn builtin(name: &str, params: &[(ValueRef<'_>, bool)], max_value_bytes: i32) -> rusqlite::Result<(Value, SubType)> {
+    fn builtin(
+        name: &str,
+        params: &[(ValueRef<'_>, bool)],
+        max_value_bytes: i32,
+    ) -> rusqlite::Result<(Value, SubType)> {
         BUILTINS.with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.is_none() {

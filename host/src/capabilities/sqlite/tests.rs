@@ -175,10 +175,22 @@ fn what_a_service_needs_stays_allowed() {
     for (sql, expected) in [
         ("SELECT json_set('{}', '$.a', json_array(1, 2))", r#"{"a":[1,2]}"#),
         ("SELECT json_object('x', json_set('{}', '$.a', 1))", r#"{"x":{"a":1}}"#),
-        ("SELECT json_object('x', json_extract('{\"a\":[1]}', '$.a'))", r#"{"x":[1]}"#),
-        ("SELECT json_object('x', json_extract('{\"a\":\"s\"}', '$.a'))", r#"{"x":"s"}"#),
-        ("SELECT json_array(json_patch('{}', '{\"b\":2}'), json_remove('[1,2]', '$[0]'))", r#"[{"b":2},[2]]"#),
-        ("SELECT json_insert('[]', '$[#]', json('{\"k\":true}'))", r#"[{"k":true}]"#),
+        (
+            "SELECT json_object('x', json_extract('{\"a\":[1]}', '$.a'))",
+            r#"{"x":[1]}"#,
+        ),
+        (
+            "SELECT json_object('x', json_extract('{\"a\":\"s\"}', '$.a'))",
+            r#"{"x":"s"}"#,
+        ),
+        (
+            "SELECT json_array(json_patch('{}', '{\"b\":2}'), json_remove('[1,2]', '$[0]'))",
+            r#"[{"b":2},[2]]"#,
+        ),
+        (
+            "SELECT json_insert('[]', '$[#]', json('{\"k\":true}'))",
+            r#"[{"k":true}]"#,
+        ),
     ] {
         assert_eq!(one(&mut conn, sql), Value::Text(expected.into()), "{sql}");
     }
