@@ -24,18 +24,49 @@ build-components:
 run: build
     ./target/release/corral serve --config config/corral.toml
 
+# The Dockerfile's runtime-prebuilt target, from the binary and components
+# built here, on a Debian base made by mmdebstrap (kept in target/image/).
+# Builds the container image with podman, with no daemon and no Rust inside.
+image tag="localhost/corral:dev": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for program in podman mmdebstrap; do
+        command -v "$program" >/dev/null || { echo "$program is not installed: run 'just servers'" >&2; exit 1; }
+    done
+    base=localhost/debian-base:bookworm
+    if ! podman image exists "$base"; then
+        if [ ! -f target/image/base.tar ]; then
+            mkdir -p target/image
+            mmdebstrap --variant=minbase --include=ca-certificates,curl --format=tar bookworm target/image/base.tar.part
+            mv target/image/base.tar.part target/image/base.tar
+        fi
+        podman import --quiet target/image/base.tar "$base"
+    fi
+    context=target/image/context
+    rm -rf "$context"
+    mkdir -p "$context"
+    cp target/release/corral target/{{wasm_target}}/release/users.wasm \
+        target/{{wasm_target}}/release/orders.wasm deploy/docker/corral.toml "$context/"
+    # Docker's format, as only it keeps the HEALTHCHECK.
+    podman build --isolation=chroot --format=docker --target=runtime-prebuilt \
+        --build-arg=RUNTIME_IMAGE="$base" --tag={{tag}} --file=Dockerfile "$context"
+
 # Runs every test: unit tests and the integration tests against a real host.
 test: build-components toolchains servers
     cargo test --release --workspace
 
-# The tests start real NATS, Redis and HAProxy servers: installs Debian's
-# packages of those missing, with apt-get (as root, or with sudo).
+# The tests start real NATS, Redis and HAProxy servers and a real OCI
+# registry (with skopeo as a second client, openssl and htpasswd for its TLS
+# and passwords), and build the image with podman on a Debian base made by
+# mmdebstrap: installs Debian's packages of those missing, with apt-get (as
+# root, or with sudo).
 servers:
     #!/usr/bin/env bash
     set -euo pipefail
     missing=()
-    for program in nats-server redis-server haproxy; do
-        command -v "$program" >/dev/null || [ -x "/usr/sbin/$program" ] || missing+=("$program")
+    for needed in nats-server redis-server haproxy podman mmdebstrap docker-registry skopeo openssl htpasswd:apache2-utils; do
+        program=${needed%%:*} package=${needed#*:}
+        command -v "$program" >/dev/null || [ -x "/usr/sbin/$program" ] || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && exit 0
     how="install the Debian packages ${missing[*]} (apt-get install ${missing[*]}), then run this again"

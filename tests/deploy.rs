@@ -1,13 +1,15 @@
 //! The deployment files: the Kubernetes manifests against the API's schemas
 //! (kubernetes-validate) and against each other, the config the pods
-//! render, the HAProxy config and the Dockerfile.
+//! render, the HAProxy config, the Dockerfile and the image it builds
+//! (with podman, on a Debian base made by mmdebstrap).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{check_config, find_program, output_of, wasm, workspace};
+use crate::support::{check_config, find_program, output_of, wasm, which, workspace};
 
 /// The Kubernetes versions the manifests must be valid for: an old one still
 /// in use, and the newest the validator knows.
@@ -319,6 +321,14 @@ fn the_haproxy_config_is_valid() {
     assert!(!ok, "haproxy -c passed without the addresses:\n{output}");
 }
 
+/// The files the context of the Dockerfile's runtime-prebuilt target holds:
+/// the binary, the components and the config (`just image` copies them).
+const PREBUILT_FILES: [&str; 4] = ["corral", "users.wasm", "orders.wasm", "corral.toml"];
+
+/// The base image `just image` builds on: Debian's minbase with the
+/// certificates and curl.
+const BASE_IMAGE: &str = "localhost/debian-base:bookworm";
+
 /// A Dockerfile's instructions, as (keyword in capitals, arguments), with
 /// continued lines joined and comments left out.
 fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
@@ -346,6 +356,61 @@ fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
     instructions
 }
 
+/// One stage of a Dockerfile: its name (or number), the image or stage it
+/// starts from, and its instructions.
+struct Stage {
+    name: String,
+    from: String,
+    instructions: Vec<(String, String)>,
+}
+
+/// The instructions before a Dockerfile's first FROM (its global ARGs), and
+/// its stages in order.
+fn dockerfile_stages(text: &str) -> (Vec<(String, String)>, Vec<Stage>) {
+    let mut globals = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for (keyword, args) in dockerfile_instructions(text) {
+        if keyword != "FROM" {
+            match stages.last_mut() {
+                Some(stage) => stage.instructions.push((keyword, args)),
+                None => globals.push((keyword, args)),
+            }
+            continue;
+        }
+        let words: Vec<&str> = args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+        let name = match words.as_slice() {
+            [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
+            _ => stages.len().to_string(),
+        };
+        let from = words.first().expect("FROM without an image").to_string();
+        stages.push(Stage {
+            name,
+            from,
+            instructions: Vec::new(),
+        });
+    }
+    (globals, stages)
+}
+
+/// The instructions an image built to the stage `target` gets: those of the
+/// stages it starts from, then its own.
+fn image_instructions(stages: &[Stage], target: &str) -> Vec<(String, String)> {
+    let mut index = stages
+        .iter()
+        .position(|s| s.name == target)
+        .unwrap_or_else(|| panic!("no stage {target}"));
+    let mut chain = vec![&stages[index]];
+    while let Some(parent) = stages[..index].iter().position(|s| s.name == stages[index].from) {
+        index = parent;
+        chain.push(&stages[index]);
+    }
+    chain
+        .into_iter()
+        .rev()
+        .flat_map(|s| s.instructions.iter().cloned())
+        .collect()
+}
+
 /// The arguments of the last `keyword` in `instructions`.
 fn last<'a>(instructions: &'a [(String, String)], keyword: &str) -> Option<&'a str> {
     instructions
@@ -355,59 +420,234 @@ fn last<'a>(instructions: &'a [(String, String)], keyword: &str) -> Option<&'a s
         .map(|(_, args)| args.as_str())
 }
 
+/// Checks the COPY instructions of `stages[index]`: a `--from` names an
+/// earlier stage, and other sources are in the stage's build context.
+fn check_copies(stages: &[Stage], index: usize) {
+    let stage = &stages[index];
+    let earlier = &stages[..index];
+    for (_, args) in stage.instructions.iter().filter(|(k, _)| k == "COPY") {
+        if let Some(from) = args.split_whitespace().find_map(|w| w.strip_prefix("--from=")) {
+            let by_number = from.parse::<usize>().is_ok_and(|n| n < index);
+            assert!(
+                by_number || earlier.iter().any(|s| s.name == from),
+                "COPY --from={from} names no stage before it"
+            );
+            continue;
+        }
+        let words: Vec<&str> = args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+        let (_, sources) = words.split_last().expect("COPY without arguments");
+        for source in sources {
+            if stage.name == "runtime-prebuilt" {
+                assert!(
+                    PREBUILT_FILES.contains(source),
+                    "COPY {source} in runtime-prebuilt, whose context holds only {PREBUILT_FILES:?}"
+                );
+            } else {
+                assert!(workspace().join(source).exists(), "COPY {source}: no such file");
+            }
+        }
+    }
+}
+
 #[test]
 fn the_dockerfile_runs_as_non_root_with_a_data_volume_and_health_check() {
     let text = std::fs::read_to_string(workspace().join("Dockerfile")).unwrap();
-    let instructions = dockerfile_instructions(&text);
-    // Stages by name (or number), and where the last one starts.
-    let mut stages: Vec<String> = Vec::new();
-    let mut runtime_start = 0;
-    for (i, (keyword, args)) in instructions.iter().enumerate() {
-        let words: Vec<&str> = args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
-        match keyword.as_str() {
-            "FROM" => {
-                let name = match words.as_slice() {
-                    [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
-                    _ => stages.len().to_string(),
-                };
-                stages.push(name);
-                runtime_start = i;
-            }
-            "COPY" => match args.split_whitespace().find_map(|w| w.strip_prefix("--from=")) {
-                Some(from) => {
-                    let by_number = from.parse::<usize>().is_ok_and(|n| n < stages.len());
-                    assert!(
-                        by_number || stages.iter().any(|s| s == from),
-                        "COPY --from={from} names no stage before it (stages: {stages:?})"
-                    );
-                }
-                // Copied from the repository: the sources exist.
-                None => {
-                    let (_, sources) = words.split_last().expect("COPY without arguments");
-                    for source in sources {
-                        assert!(workspace().join(source).exists(), "COPY {source}: no such file");
-                    }
-                }
-            },
-            _ => {}
+    let (globals, stages) = dockerfile_stages(&text);
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    // The base images are build arguments with defaults.
+    for stage in &stages {
+        let Some(arg) = stage.from.strip_prefix("${").and_then(|a| a.strip_suffix('}')) else {
+            continue;
+        };
+        let declared = globals
+            .iter()
+            .any(|(k, a)| k == "ARG" && a.strip_prefix(arg).is_some_and(|d| d.len() > 1 && d.starts_with('=')));
+        assert!(
+            declared,
+            "FROM {}: no ARG {arg}=<default> before the first FROM",
+            stage.from
+        );
+    }
+    for index in 0..stages.len() {
+        check_copies(&stages, index);
+    }
+    // The default target builds everything; the prebuilt one comes before the
+    // builder, so building it never needs a Rust toolchain.
+    assert_eq!(names.last(), Some(&"runtime"), "{names:?}");
+    let position = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("no stage {name}: {names:?}"))
+    };
+    assert!(position("runtime-prebuilt") < position("builder"), "{names:?}");
+    for target in ["runtime", "runtime-prebuilt"] {
+        let runtime = image_instructions(&stages, target);
+        let user = last(&runtime, "USER").unwrap_or_else(|| panic!("{target} sets no USER, so it runs as root"));
+        let uid = user.split(':').next().unwrap();
+        assert!(uid != "root" && uid != "0", "{target}: USER {user}");
+        let volume = last(&runtime, "VOLUME").unwrap_or_else(|| panic!("{target}: no VOLUME"));
+        assert!(
+            volume
+                .split(|c: char| c.is_whitespace() || "[]\",".contains(c))
+                .any(|v| v == "/data"),
+            "{target}: VOLUME {volume}"
+        );
+        let health = last(&runtime, "HEALTHCHECK").unwrap_or_else(|| panic!("{target}: no HEALTHCHECK"));
+        assert!(
+            !health.eq_ignore_ascii_case("none") && health.contains("/healthz"),
+            "{target}: HEALTHCHECK {health}"
+        );
+        assert_eq!(last(&runtime, "ENTRYPOINT"), Some(r#"["corral"]"#), "{target}");
+    }
+}
+
+/// A program of a Debian package, which `just servers` installs.
+fn debian_program(program: &str, package: &str) -> PathBuf {
+    which(program).unwrap_or_else(|| {
+        panic!("{program} is not installed: run `just servers`, which installs the Debian package {package}")
+    })
+}
+
+/// The Debian base as a tarball: made by mmdebstrap the first time (it
+/// takes about a minute), then kept in target/image/, as `just image` does.
+fn debian_base_tar() -> PathBuf {
+    let tar = workspace().join("target/image/base.tar");
+    if tar.is_file() {
+        return tar;
+    }
+    let mmdebstrap = debian_program("mmdebstrap", "mmdebstrap");
+    std::fs::create_dir_all(tar.parent().unwrap()).unwrap();
+    let partial = tar.with_extension(format!("{}.part", std::process::id()));
+    let (ok, output) = output_of(
+        Command::new(mmdebstrap)
+            .args([
+                "--variant=minbase",
+                "--include=ca-certificates,curl",
+                "--format=tar",
+                "bookworm",
+            ])
+            .arg(&partial),
+    );
+    assert!(ok, "mmdebstrap could not make the Debian base:\n{output}");
+    std::fs::rename(&partial, &tar).unwrap();
+    tar
+}
+
+/// podman with its images, containers and state in a temporary folder, so
+/// a test leaves no image on the machine.
+struct Podman {
+    program: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        Podman {
+            program: debian_program("podman", "podman"),
+            dir: tempfile::tempdir().unwrap(),
         }
     }
-    assert!(stages.len() >= 2, "not a multi-stage build: {stages:?}");
-    let runtime = &instructions[runtime_start..];
-    let user = last(runtime, "USER").expect("the final stage sets no USER, so it runs as root");
-    let uid = user.split(':').next().unwrap();
-    assert!(uid != "root" && uid != "0", "USER {user}");
-    let volume = last(runtime, "VOLUME").expect("no VOLUME");
-    assert!(
-        volume
-            .split(|c: char| c.is_whitespace() || "[]\",".contains(c))
-            .any(|v| v == "/data"),
-        "VOLUME {volume}"
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        for (option, folder) in [("--root", "root"), ("--runroot", "run"), ("--tmpdir", "tmp")] {
+            command.arg(option).arg(self.dir.path().join(folder));
+        }
+        command
+    }
+
+    /// Runs `podman args` to its end; returns what it printed on stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.command().args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "podman {}:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+impl Drop for Podman {
+    /// Unmounts what a failed test left mounted, so the folder can go.
+    fn drop(&mut self) {
+        let _ = self.command().args(["unmount", "--all"]).output();
+    }
+}
+
+#[test]
+fn the_image_builds_from_prebuilt_files_and_runs_corral_as_uid_10001() {
+    let podman = Podman::new();
+    let base = debian_base_tar();
+    podman.run(&["import", "--quiet", base.to_str().unwrap(), BASE_IMAGE]);
+    // The context `just image` makes, from what `cargo test --release` built.
+    let context = podman.dir.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    let built = [
+        PathBuf::from(env!("CARGO_BIN_EXE_corral")),
+        wasm("users"),
+        wasm("orders"),
+        workspace().join("deploy/docker/corral.toml"),
+    ];
+    for (source, name) in built.iter().zip(PREBUILT_FILES) {
+        std::fs::copy(source, context.join(name)).unwrap();
+    }
+    let tag = "localhost/corral:test";
+    // Docker's format, as only it keeps the HEALTHCHECK.
+    podman.run(&[
+        "build",
+        "--isolation=chroot",
+        "--format=docker",
+        "--target=runtime-prebuilt",
+        &format!("--build-arg=RUNTIME_IMAGE={BASE_IMAGE}"),
+        &format!("--tag={tag}"),
+        &format!("--file={}", workspace().join("Dockerfile").display()),
+        context.to_str().unwrap(),
+    ]);
+
+    let inspected: Value = serde_json::from_str(&podman.run(&["image", "inspect", tag])).unwrap();
+    let config = &inspected[0]["Config"];
+    assert_eq!(config["User"], "10001", "{config}");
+    assert!(config["Volumes"]["/data"].is_object(), "{config}");
+    for port in ["8080/tcp", "9090/tcp"] {
+        assert!(config["ExposedPorts"][port].is_object(), "{config}");
+    }
+    assert_eq!(config["Entrypoint"], json!(["corral"]), "{config}");
+    assert_eq!(
+        config["Cmd"],
+        json!(["serve", "--config", "/app/corral.toml"]),
+        "{config}"
     );
-    let health = last(runtime, "HEALTHCHECK").expect("no HEALTHCHECK");
+    let health = &inspected[0]["Healthcheck"];
     assert!(
-        !health.eq_ignore_ascii_case("none") && health.contains("/healthz"),
-        "HEALTHCHECK {health}"
+        health["Test"].to_string().contains("http://127.0.0.1:9090/healthz"),
+        "{health}"
     );
-    assert_eq!(last(runtime, "ENTRYPOINT"), Some(r#"["corral"]"#));
+
+    // Its files, through a container made (never started) from it, run as
+    // its user with chroot.
+    let container = podman.run(&["create", "--no-healthcheck", tag]).trim().to_string();
+    let root = PathBuf::from(podman.run(&["mount", &container]).trim());
+    let as_corral = |args: &[&str]| {
+        output_of(
+            Command::new(find_program("chroot"))
+                .arg("--userspec=10001:10001")
+                .arg(&root)
+                .args(args),
+        )
+    };
+    let (ok, version) = as_corral(&["/usr/local/bin/corral", "--version"]);
+    assert!(ok, "{version}");
+    assert_eq!(version.trim(), format!("corral {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(std::fs::metadata(root.join("data")).unwrap().uid(), 10001);
+    // The config names the components the image has, and the cache it
+    // writes under /data is corral's to write.
+    let (ok, output) = as_corral(&["/usr/local/bin/corral", "check", "--config", "/app/corral.toml"]);
+    assert!(ok && output.contains("/app/corral.toml: ok"), "{output}");
+    // The health check's curl is there.
+    let (ok, output) = as_corral(&["/usr/bin/curl", "--version"]);
+    assert!(ok, "{output}");
+    podman.run(&["unmount", &container]);
 }

@@ -17,6 +17,7 @@ mod hostile_sql;
 mod hotswap;
 mod languages;
 mod observability;
+mod oci;
 mod orders;
 mod peers;
 mod persistence;

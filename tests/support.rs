@@ -21,13 +21,17 @@ pub fn workspace() -> PathBuf {
 
 /// `program` on the path, or where Debian puts servers.
 pub fn find_program(program: &str) -> PathBuf {
+    which(program).unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
+}
+
+/// `program` on the path, or where Debian puts servers, if it is there.
+pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not installed (.ci/run installs it)"))
 }
 
 /// The built `.wasm` of a component crate.
@@ -68,6 +72,7 @@ pub struct HostBuilder {
     toml: String,
     data_dir: Option<PathBuf>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl HostBuilder {
@@ -96,6 +101,12 @@ impl HostBuilder {
         self
     }
 
+    /// Sets an environment variable of the host's process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// Starts the host and waits until it serves.
     pub fn start(self) -> TestHost {
         self.launch(true)
@@ -118,7 +129,7 @@ impl HostBuilder {
         );
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, &config).unwrap();
-        TestHost::spawn(dir, &config_path, data_dir, &self.args, until_public)
+        TestHost::spawn(dir, &config_path, data_dir, &self.args, &self.envs, until_public)
     }
 }
 
@@ -128,6 +139,7 @@ pub fn host() -> HostBuilder {
         toml: String::new(),
         data_dir: None,
         args: Vec::new(),
+        envs: Vec::new(),
     }
 }
 
@@ -181,6 +193,7 @@ impl TestHost {
         config_path: &Path,
         data_dir: PathBuf,
         args: &[String],
+        envs: &[(String, String)],
         until_public: bool,
     ) -> TestHost {
         let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
@@ -188,6 +201,7 @@ impl TestHost {
             .args(["serve", "--config"])
             .arg(config_path)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

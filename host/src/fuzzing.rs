@@ -197,6 +197,12 @@ pub fn guest_response(data: &[u8]) {
     assert!(body.len() <= limits.max_response_body_bytes);
 }
 
+/// Makes the gateway [`http_request`] sends to (it compiles components),
+/// before the first input's time starts.
+pub fn http_request_init() {
+    gateway();
+}
+
 /// Raw bytes sent to a gateway serving `users` and the `wasi:http`
 /// `http-hello`, in process, over one connection.
 pub fn http_request(data: &[u8]) {

@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 use crate::capabilities::sqlite::{self, SqlThreads};
 use crate::cluster::Cluster;
 use crate::components::control::Control;
+use crate::components::oci::Registries;
 use crate::components::peers;
 use crate::components::registry::Registry;
 use crate::components::stats::ComponentStats;
@@ -78,6 +79,7 @@ pub fn registry(config: &Config, stats: Arc<ComponentStats>, relay: Arc<Notify>)
         SqlThreads::start(settings.sql_threads)?,
         relay,
         stats,
+        Arc::new(Registries::new(config.registries.clone())),
     )
 }
 
@@ -393,7 +395,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut compiled = Vec::new();
     for component in &config.components {
-        let wasm = std::fs::read(&component.wasm)?;
+        let (wasm, _) = registry.read(&component.wasm).await?;
         let short = digest(&wasm)[..12].to_string();
         match registry.compiler().compile(&component.name, wasm).await {
             Ok(version) => {
@@ -408,8 +410,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             }
             Err(e) => failures.push(format!(
                 "{}: {} is not a component corral can serve: {e:#}",
-                component.name,
-                component.wasm.display()
+                component.name, component.wasm
             )),
         }
     }

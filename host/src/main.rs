@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use corral::Listeners;
 use corral::config::{Config, Overrides};
 use corral::ops::remote::{AdminClient, status_table};
+use corral::ops::transfer::{self, RegistryOptions};
 
 /// A request allocates and frees many small objects across threads (stores,
 /// strings, buffers); mimalloc does that with less contention than the system
@@ -61,8 +62,8 @@ enum Command {
     Swap {
         /// The component's name.
         name: String,
-        /// The new `.wasm`.
-        wasm: PathBuf,
+        /// The new `.wasm`, or an `oci://` reference the host fetches.
+        wasm: String,
         /// Serve the new version to this percentage of requests only.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
         canary: Option<u8>,
@@ -113,6 +114,25 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Pushes a component to an OCI registry, as a Wasm OCI artifact.
+    Push {
+        /// The component's `.wasm`.
+        wasm: PathBuf,
+        /// Where to: oci://registry/repository:tag.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pulls a component from an OCI registry.
+    Pull {
+        /// What: oci://registry/repository:tag or oci://registry/repository@sha256:...
+        reference: String,
+        /// The file to write (default: the repository's last part, with .wasm).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Writes a new component crate: a small CRUD service that builds and serves as it is.
     New {
         /// The component's name: lowercase letters, digits, `-` or `_`.
@@ -124,6 +144,28 @@ enum Command {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+}
+
+/// How to reach OCI registries. Credentials come from
+/// $CORRAL_REGISTRY_USERNAME and $CORRAL_REGISTRY_PASSWORD, or
+/// $CORRAL_REGISTRY_TOKEN, else from Docker's config file.
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Reach this registry (host:port) over plain HTTP; may be repeated.
+    #[arg(long)]
+    insecure: Vec<String>,
+    /// Trust the certificate authorities in this PEM file too.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn options(self) -> RegistryOptions {
+        RegistryOptions {
+            insecure: self.insecure,
+            ca_file: self.ca_file,
+        }
+    }
 }
 
 /// How to reach a running host's admin API.
@@ -211,6 +253,14 @@ fn main() -> ExitCode {
                 pending,
                 remote,
             } => print(remote.client()?.settle_dead("purge", &subscriber, &ids, pending).map(pretty)),
+            Command::Push {
+                wasm,
+                reference,
+                registry,
+            } => print(transfer::push(&wasm, &reference, registry.options()).await.map(|r| format!("oci://{r}"))),
+            Command::Pull { reference, out, registry } => {
+                print(transfer::pull(&reference, out, registry.options()).await)
+            }
             Command::New { name, dir, sdk } => {
                 let sdk = sdk.unwrap_or_else(corral::ops::scaffold::default_sdk);
                 let made = corral::ops::scaffold::new_component(&name, &dir, &sdk)?;

@@ -62,6 +62,9 @@ impl Control {
             if running.server != config.server {
                 keys.push("server");
             }
+            if running.registries != config.registries {
+                keys.push("registries");
+            }
             if running.admin != config.admin {
                 keys.push("admin");
             }
@@ -88,7 +91,10 @@ impl Control {
         loop {
             every.tick().await;
             for entry in self.registry.snapshot().entries.iter().filter(|e| e.config.watch) {
-                let path = &entry.config.wasm;
+                // Only files are watched; a registry's tag is read again at a reload.
+                let Some(path) = entry.config.wasm.file() else {
+                    continue;
+                };
                 let Ok(meta) = tokio::fs::metadata(path).await else {
                     continue;
                 };
@@ -112,7 +118,14 @@ impl Control {
                 }
                 match self
                     .registry
-                    .swap(&entry.name, wasm, None, Origin::File { path: path.clone() })
+                    .swap(
+                        &entry.name,
+                        wasm,
+                        None,
+                        Origin::File {
+                            path: path.to_path_buf(),
+                        },
+                    )
                     .await
                 {
                     Ok(change) => {

@@ -7,6 +7,7 @@
 //! watched files), and what it all counts ([`stats`]).
 
 pub mod control;
+pub mod oci;
 pub mod peers;
 pub mod placement;
 pub mod random;

@@ -6,7 +6,7 @@
 //! everything as it was.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use wasmtime::Engine;
 
+use super::oci::{self, Registries};
 use super::peers::Dispatch;
 use super::placement::Placement;
 use super::saved::{Origin, SavedState, SavedVersion, VersionStore};
@@ -25,7 +26,7 @@ use super::versions::{Canary, Versions};
 use crate::capabilities::events::Publisher;
 use crate::capabilities::http::{InternalHttp, Outbound};
 use crate::capabilities::sqlite::{self, Conn, Database, DbLimits, SqlThreads};
-use crate::config::{ComponentConfig, Config};
+use crate::config::{ComponentConfig, Config, WasmSource};
 use crate::limits::gate::ConcurrencyGate;
 use crate::limits::rates::RateLimits;
 use crate::wasm::invoke;
@@ -84,6 +85,8 @@ pub struct Registry {
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     /// Versions installed by changes, kept across restarts.
     versions: VersionStore,
+    /// Where components named by an `oci://` reference come from.
+    registries: Arc<Registries>,
     /// Shared with the host functions that carry calls between components.
     current: Arc<ArcSwap<Snapshot>>,
     /// Changes happen one at a time; requests never wait for this.
@@ -118,6 +121,7 @@ impl Registry {
         sql_threads: Arc<SqlThreads>,
         relay: Arc<Notify>,
         stats: Arc<ComponentStats>,
+        registries: Arc<Registries>,
     ) -> anyhow::Result<Registry> {
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let placement = Arc::new(Placement::default());
@@ -129,6 +133,7 @@ impl Registry {
         Ok(Registry {
             compiler: Compiler::new(engine, dispatch)?,
             versions: VersionStore::new(&data_dir),
+            registries,
             data_dir,
             max_rate_limit_clients,
             sql_threads,
@@ -301,7 +306,7 @@ impl Registry {
 
     /// The entry `config` describes, and which of its versions are new.
     async fn plan(&self, config: &ComponentConfig, before: Option<&Arc<Entry>>) -> anyhow::Result<Planned> {
-        let wasm = read_wasm(&config.wasm).await?;
+        let (wasm, origin) = self.read(&config.wasm).await?;
         let file_digest = digest(&wasm);
         let (shared, created) = self.prepare_shared(config).await?;
         let entry = |versions, file_digest| Entry {
@@ -326,7 +331,7 @@ impl Registry {
                     created,
                 });
             }
-            let version = self.file_version(config, wasm).await?;
+            let version = self.compile_version(&config.name, wasm, origin).await?;
             let planned = entry(
                 Versions::new(Arc::clone(before.current())).swap(Arc::clone(&version), None),
                 file_digest,
@@ -364,7 +369,7 @@ impl Registry {
             }
             None => None,
         };
-        let version = self.file_version(config, wasm).await?;
+        let version = self.compile_version(&config.name, wasm, origin).await?;
         let versions = Versions {
             previous,
             ..Versions::new(Arc::clone(&version))
@@ -414,11 +419,30 @@ impl Registry {
         Ok(self.compile_version(name, wasm, saved.origin.clone()).await?)
     }
 
-    async fn file_version(&self, config: &ComponentConfig, wasm: Vec<u8>) -> anyhow::Result<Arc<Version>> {
-        let origin = Origin::File {
-            path: config.wasm.clone(),
-        };
-        Ok(self.compile_version(&config.name, wasm, origin).await?)
+    /// The code `source` names, and where it came from.
+    pub async fn read(&self, source: &WasmSource) -> anyhow::Result<(Vec<u8>, Origin)> {
+        match source {
+            WasmSource::File(path) => {
+                let wasm = tokio::fs::read(path)
+                    .await
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Ok((wasm, Origin::File { path: path.clone() }))
+            }
+            WasmSource::Oci(reference) => {
+                let pulled = self.registries.pull(reference, &oci::Quiet).await?;
+                Ok((
+                    pulled.wasm,
+                    Origin::Registry {
+                        reference: pulled.pinned,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Where components named by an `oci://` reference come from.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
     }
 
     /// Installs new code for component `name`: for every request, or for
@@ -869,10 +893,4 @@ fn remove_databases(created: &[PathBuf]) {
             let _ = std::fs::remove_file(file);
         }
     }
-}
-
-async fn read_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
-    tokio::fs::read(path)
-        .await
-        .with_context(|| format!("cannot read {}", path.display()))
 }

@@ -23,6 +23,8 @@ pub enum Origin {
     Upload { at: String },
     /// The cluster's object store, where host `node` put it.
     Cluster { node: String },
+    /// An OCI registry, as `registry/repository@sha256:<manifest digest>`.
+    Registry { reference: String },
 }
 
 impl Origin {
@@ -39,6 +41,7 @@ impl std::fmt::Display for Origin {
             Origin::File { path } => write!(f, "file:{}", path.display()),
             Origin::Upload { at } => write!(f, "upload:{at}"),
             Origin::Cluster { node } => write!(f, "cluster:{node}"),
+            Origin::Registry { reference } => write!(f, "oci://{reference}"),
         }
     }
 }

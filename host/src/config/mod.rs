@@ -51,6 +51,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Many hosts as one; none for a host on its own.
     pub cluster: Option<cluster::ClusterConfig>,
+    /// How components are fetched from OCI registries.
+    pub registries: RegistriesConfig,
     pub components: Vec<ComponentConfig>,
     /// Things worth saying that do not stop the host, such as a
     /// subscription no component publishes to.
@@ -78,18 +80,77 @@ pub struct AdminConfig {
     pub allow_remote: bool,
 }
 
+/// How the host reaches OCI registries, for components whose `wasm` is an
+/// `oci://` reference and for `corral push` and `pull`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistriesConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP; every other one
+    /// over HTTPS, its certificate verified.
+    pub insecure: Vec<String>,
+    /// Certificate authorities to trust besides the system's, in one PEM file.
+    pub ca_file: Option<PathBuf>,
+    /// The largest component downloaded.
+    pub max_download_bytes: u64,
+    /// Where downloaded components are kept, by digest.
+    pub cache_dir: PathBuf,
+}
+
+/// The scheme of a component in an OCI registry.
+pub const OCI_SCHEME: &str = "oci://";
+
+/// Where a component's code comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WasmSource {
+    /// A `.wasm` file.
+    File(PathBuf),
+    /// An artifact in an OCI registry: `registry/repository:tag` or
+    /// `registry/repository@sha256:<digest>`, without the scheme.
+    Oci(String),
+}
+
+impl WasmSource {
+    /// The source `text` names: an `oci://` reference or a path, relative
+    /// paths taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<WasmSource, String> {
+        let Some(reference) = text.strip_prefix(OCI_SCHEME) else {
+            return Ok(WasmSource::File(base.join(text)));
+        };
+        reference.parse::<oci_client::Reference>().map_err(|e| {
+            format!("{text:?} is not a reference such as \"oci://registry.example.com/shop/users:1.4.0\": {e}")
+        })?;
+        Ok(WasmSource::Oci(reference.to_string()))
+    }
+
+    /// The file, if the code is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            WasmSource::File(path) => Some(path),
+            WasmSource::Oci(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for WasmSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WasmSource::File(path) => write!(f, "{}", path.display()),
+            WasmSource::Oci(reference) => write!(f, "{OCI_SCHEME}{reference}"),
+        }
+    }
+}
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentConfig {
     pub name: String,
-    pub wasm: PathBuf,
+    pub wasm: WasmSource,
     /// Path prefixes this component owns, such as `/users`.
     pub routes: Vec<String>,
     pub limits: ComponentLimits,
     pub rate_limits: RateLimitConfig,
-    /// Reload the component when its `.wasm` changes on disk.
+    /// Reload the component when its `.wasm` file changes.
     pub watch: bool,
     /// Which component provides an imported interface, where several export it.
     pub imports: BTreeMap<String, String>,

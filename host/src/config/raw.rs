@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub server: RawServer,
     pub admin: Option<RawAdmin>,
     pub cluster: Option<RawCluster>,
+    #[serde(default)]
+    pub registries: RawRegistries,
     /// Defaults for every component.
     #[serde(default)]
     pub limits: RawLimits,
@@ -35,6 +37,14 @@ pub struct RawAdmin {
     pub token_file: Option<String>,
     pub max_upload_mib: Option<u64>,
     pub allow_remote: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRegistries {
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    pub ca_file: Option<String>,
+    pub max_download_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,13 +8,14 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use super::events::{EventsConfig, Ordering, RawSubscription, Subscription, SubscriptionSettings, TopicPattern};
-use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit};
+use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit, RawRegistries};
 use super::routes::{check_route, routes_overlap};
 use super::settings::RawServer;
 use super::tokens::MIN_TOKEN_LEN;
 use super::{
     AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides, Problem,
-    Rate, RateLimit, RateLimitConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource, TrustedProxies,
+    Rate, RateLimit, RateLimitConfig, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource,
+    TrustedProxies, WasmSource,
 };
 
 const MAX_NAME_LEN: usize = 64;
@@ -74,6 +75,12 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         problems.add("data_dir", format!("{} exists and is not a folder", data_dir.display()));
     }
     let cache_dir = raw.cache_dir.map(|dir| base.join(dir));
+    let registries = registries_config(
+        &raw.registries,
+        base,
+        cache_dir.as_deref().unwrap_or(&data_dir),
+        problems,
+    );
     let server = server_config(&raw.server, problems);
     let admin = raw
         .admin
@@ -140,8 +147,35 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         server,
         admin,
         cluster,
+        registries,
         warnings: unheard_topics(&components),
         components,
+    }
+}
+
+fn registries_config(raw: &RawRegistries, base: &Path, cache_dir: &Path, problems: &mut Problems) -> RegistriesConfig {
+    for (i, registry) in raw.insecure.iter().enumerate() {
+        if registry.is_empty() || registry.contains(['/', ' ']) {
+            problems.add(
+                format!("registries.insecure[{i}]"),
+                format!("{registry:?} is not a registry such as \"127.0.0.1:5000\""),
+            );
+        }
+    }
+    let ca_file = raw.ca_file.as_ref().map(|file| base.join(file));
+    if let Some(file) = &ca_file
+        && !file.is_file()
+    {
+        problems.add("registries.ca_file", format!("no such file: {}", file.display()));
+    }
+    let max_download_mib = problems
+        .ranged("registries.max_download_mib", raw.max_download_mib, 1, 1024)
+        .unwrap_or(64);
+    RegistriesConfig {
+        insecure: raw.insecure.clone(),
+        ca_file,
+        max_download_bytes: max_download_mib << 20,
+        cache_dir: cache_dir.join("oci"),
     }
 }
 
@@ -228,9 +262,8 @@ fn component_config(
     if let Err(message) = check_name(&name) {
         problems.add(&key, message);
     }
-    let wasm = match raw.wasm {
-        Some(path) => {
-            let path = base.join(path);
+    let wasm = match raw.wasm.as_deref().map(|text| WasmSource::parse(text, base)) {
+        Some(Ok(WasmSource::File(path))) => {
             if !path.is_file() {
                 problems.add(
                     format!("{key}.wasm"),
@@ -240,14 +273,19 @@ fn component_config(
                     ),
                 );
             }
-            path
+            WasmSource::File(path)
+        }
+        Some(Ok(oci)) => oci,
+        Some(Err(message)) => {
+            problems.add(format!("{key}.wasm"), message);
+            WasmSource::File(PathBuf::new())
         }
         None => {
             problems.add(
                 format!("{key}.wasm"),
-                "is required: the path of the component's .wasm file",
+                "is required: the path of the component's .wasm file, or an oci:// reference",
             );
-            PathBuf::new()
+            WasmSource::File(PathBuf::new())
         }
     };
     let routes = raw.routes.unwrap_or_else(|| {

@@ -13,10 +13,12 @@ use subtle::ConstantTimeEq;
 use super::metrics::Metrics;
 use crate::cluster::{Cluster, ClusterError};
 use crate::components::control::Control;
+use crate::components::oci::{self, OciError};
 use crate::components::registry::ChangeError;
 use crate::components::saved::Origin;
 use crate::components::snapshot::{Entry, Snapshot};
 use crate::components::version::Version;
+use crate::config::OCI_SCHEME;
 use crate::events::{EventLog, Selection};
 use crate::serving::body::{BodyPace, read_body, refuse};
 use crate::serving::server::{Connection, Handler};
@@ -126,12 +128,28 @@ impl Admin {
             Err(refusal) => return refusal.into_response(),
         };
         let name = name.to_string();
-        if let Some(cluster) = self.joined().cloned() {
-            return cluster_respond(to_the_end(async move { cluster.swap(&name, wasm.to_vec(), canary).await }).await);
-        }
         let registry = self.control.registry.clone();
+        let (wasm, origin) = match reference_in(&wasm).map(str::to_string) {
+            Some(reference) => {
+                let registry = registry.clone();
+                let pulled = to_the_end(async move { registry.registries().pull(&reference, &oci::Quiet).await });
+                match pulled.await {
+                    Ok(pulled) => (
+                        pulled.wasm,
+                        Origin::Registry {
+                            reference: pulled.pinned,
+                        },
+                    ),
+                    Err(e) => return fetch_failed(e),
+                }
+            }
+            None => (wasm.to_vec(), Origin::upload_now()),
+        };
+        if let Some(cluster) = self.joined().cloned() {
+            return cluster_respond(to_the_end(async move { cluster.swap(&name, wasm, canary).await }).await);
+        }
         respond(
-            to_the_end(async move { registry.swap(&name, wasm.to_vec(), canary, Origin::upload_now()).await })
+            to_the_end(async move { registry.swap(&name, wasm, canary, origin).await })
                 .await
                 .map(|c| json!(c)),
         )
@@ -398,6 +416,34 @@ fn canary_percent(query: Option<&str>) -> Result<Option<u8>, String> {
         Ok(percent) if (1..=99).contains(&percent) => Ok(Some(percent)),
         _ => Err(format!("canary={value} is not a percentage from 1 to 99")),
     }
+}
+
+/// A body that names a component in a registry, `oci://...`, instead of
+/// carrying one (a component starts with `\0asm`).
+fn reference_in(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    text.starts_with(OCI_SCHEME).then_some(text)
+}
+
+fn fetch_failed(error: OciError) -> HttpResponse {
+    let (status, kind, title) = match &error {
+        OciError::Unreachable { .. } | OciError::Unauthorized { .. } | OciError::Other { .. } => (
+            StatusCode::BAD_GATEWAY,
+            "registry-failed",
+            "The registry did not give the component",
+        ),
+        OciError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+        OciError::BadReference(_)
+        | OciError::WrongMediaType { .. }
+        | OciError::TooLarge { .. }
+        | OciError::DigestMismatch { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-artifact",
+            "Not a component corral can fetch",
+        ),
+    };
+    tracing::warn!("change refused: {error}");
+    problem::response(status, kind, title, format!("nothing changed: {error}"))
 }
 
 fn change_refused(error: ChangeError) -> HttpResponse {

@@ -6,3 +6,4 @@ pub mod admin;
 pub mod metrics;
 pub mod remote;
 pub mod scaffold;
+pub mod transfer;

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::config::tokens::{TokenFile, resolve_token};
-use crate::config::{Config, DEFAULT_ADMIN_LISTEN, Overrides};
+use crate::config::{Config, DEFAULT_ADMIN_LISTEN, OCI_SCHEME, Overrides};
 
 /// The environment variable the CLI reads the token from when none is given.
 pub const TOKEN_VAR: &str = "CORRAL_ADMIN_TOKEN";
@@ -80,8 +80,12 @@ impl AdminClient {
         self.send("GET", "/components", Vec::new())
     }
 
-    pub fn swap(&self, name: &str, wasm: &Path, canary: Option<u8>) -> anyhow::Result<Value> {
-        let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    /// Sends `wasm`'s file, or the `oci://` reference it is for the host to fetch.
+    pub fn swap(&self, name: &str, wasm: &str, canary: Option<u8>) -> anyhow::Result<Value> {
+        let bytes = match wasm.starts_with(OCI_SCHEME) {
+            true => wasm.as_bytes().to_vec(),
+            false => std::fs::read(wasm).with_context(|| format!("cannot read {wasm}"))?,
+        };
         let query = canary.map(|c| format!("?canary={c}")).unwrap_or_default();
         self.send("PUT", &format!("/components/{name}{query}"), bytes)
     }
