@@ -4,7 +4,8 @@
 //! serves, the versions [`saved`] across restarts, calls
 //! between components ([`peers`]) and, in a cluster, which of them another
 //! host owns ([`placement`]), the operator's [`control`] (reloads and
-//! watched files), and what it all counts ([`stats`]).
+//! watched files), components in OCI registries ([`oci`]), and what it all
+//! counts ([`stats`]).
 
 pub mod control;
 pub mod oci;

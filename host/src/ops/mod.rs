@@ -1,6 +1,6 @@
 //! What operators and developers use: the [`admin`] listener, the CLI's
-//! client for it ([`remote`]), the [`metrics`] it serves, and the
-//! generator of new components ([`scaffold`]).
+//! client for it ([`remote`]), the [`metrics`] it serves, the generator of
+//! new components ([`scaffold`]), and `corral push` and `pull` ([`transfer`]).
 
 pub mod admin;
 pub mod metrics;
