@@ -15,9 +15,9 @@ use crate::support::{
 };
 
 /// A server the tests start and stop: NATS, Redis or HAProxy.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -57,7 +57,7 @@ fn free_addr() -> SocketAddr {
 }
 
 /// A NATS server with JetStream, its store in a temporary directory.
-fn nats() -> Daemon {
+pub(crate) fn nats() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let store = dir.path().join("jetstream");

@@ -425,3 +425,52 @@ fn a_host_serves_and_swaps_components_from_a_registry_and_restarts_without_it() 
     );
     assert!(!ok && output.contains("cannot be reached"), "{output}");
 }
+
+#[test]
+fn in_a_cluster_a_reference_is_fetched_once_and_every_host_gets_its_bytes() {
+    let registry = Registry::start();
+    let nats = crate::cluster::nats();
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (dir.path().join("v1.wasm"), dir.path().join("v2.wasm"));
+    std::fs::write(&v1, variant("http-hello", "oci-cluster-v1")).unwrap();
+    std::fs::write(&v2, variant("http-hello", "oci-cluster-v2")).unwrap();
+    let pinned = registry.push(&v2, "shop/hello:2");
+    // Both hosts start from a file; only n2 can reach the registry.
+    let start = |node: &str, credentials: bool| {
+        let toml = format!(
+            "{}\n[cluster]\nnats = \"nats://{}\"\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\
+             [components.hello]\nwasm = {:?}\nroutes = [\"/http\"]\n",
+            admin_toml(),
+            nats.addr,
+            v1.display().to_string(),
+        );
+        let mut builder = host().toml(&toml);
+        if credentials {
+            let registries = format!(
+                "[registries]\nca_file = {:?}\n",
+                registry.ca_file().display().to_string()
+            );
+            builder = builder
+                .toml(&registries)
+                .env("CORRAL_REGISTRY_USERNAME", USER)
+                .env("CORRAL_REGISTRY_PASSWORD", PASSWORD);
+        }
+        builder.start()
+    };
+    let n1 = start("n1", false);
+    let n2 = start("n2", true);
+    let old = n1.version_of("/http/hello");
+    assert_eq!(n2.version_of("/http/hello"), old);
+
+    let reply = n2.admin("PUT", "/components/hello", pinned.into_bytes());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["nodes"].as_array().unwrap().len(), 2, "{}", reply.text());
+    let new = n2.version_of("/http/hello");
+    assert_ne!(new, old);
+    assert_eq!(
+        n1.version_of("/http/hello"),
+        new,
+        "n1 got the bytes through the cluster"
+    );
+    assert!(new.starts_with(&sha256_hex(&std::fs::read(&v2).unwrap())[..12]));
+}
