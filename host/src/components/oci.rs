@@ -90,6 +90,14 @@ impl Progress for Quiet {
 /// The registries a host or the CLI talks to.
 pub struct Registries {
     config: RegistriesConfig,
+    cache: Cache,
+}
+
+/// Components fetched before, by digest, and what each reference last
+/// resolved to, in a folder.
+#[derive(Clone)]
+struct Cache {
+    dir: PathBuf,
 }
 
 /// What the cache knows of a reference: the manifest it last resolved to
@@ -102,7 +110,19 @@ struct Resolved {
 
 impl Registries {
     pub fn new(config: RegistriesConfig) -> Registries {
-        Registries { config }
+        let cache = Cache {
+            dir: config.cache_dir.clone(),
+        };
+        Registries { config, cache }
+    }
+
+    /// Runs `job` on the cache off the async workers: it reads and writes files.
+    async fn on_cache<T: Send + 'static>(&self, job: impl FnOnce(&Cache) -> T + Send + 'static) -> T {
+        let cache = self.cache.clone();
+        match tokio::task::spawn_blocking(move || job(&cache)).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// Fetches the component `reference` names (without `oci://`), checked
@@ -112,7 +132,7 @@ impl Registries {
         let parsed = parse(reference)?;
         match self.fetch(&parsed, progress).await {
             Ok(pulled) => Ok(pulled),
-            Err(e @ OciError::Unreachable { .. }) => match self.cached(&parsed) {
+            Err(e @ OciError::Unreachable { .. }) => match self.on_cache(move |cache| cache.cached(&parsed)).await {
                 Some(pulled) => {
                     tracing::warn!("{e}; using the copy fetched before, {}", pulled.pinned);
                     Ok(pulled)
@@ -142,8 +162,16 @@ impl Registries {
         }
         let pinned = format!("{}@{manifest_digest}", repository_of(reference));
         let layer_digest = layer.digest.clone();
-        if let Some(wasm) = self.read_blob(&layer_digest) {
-            self.remember(reference, &pinned, &layer_digest);
+        let kept = {
+            let (reference, pinned, layer_digest) = (reference.clone(), pinned.clone(), layer_digest.clone());
+            self.on_cache(move |cache| {
+                let wasm = cache.read_blob(&layer_digest)?;
+                cache.remember(&reference, &pinned, &layer_digest);
+                Some(wasm)
+            })
+            .await
+        };
+        if let Some(wasm) = kept {
             return Ok(Pulled {
                 wasm,
                 pinned,
@@ -187,8 +215,15 @@ impl Registries {
                 got,
             });
         }
-        self.keep(&layer_digest, &wasm);
-        self.remember(reference, &pinned, &layer_digest);
+        let wasm = {
+            let (reference, pinned) = (reference.clone(), pinned.clone());
+            self.on_cache(move |cache| {
+                cache.keep(&layer_digest, &wasm);
+                cache.remember(&reference, &pinned, &layer_digest);
+                wasm
+            })
+            .await
+        };
         Ok(Pulled {
             wasm,
             pinned,
@@ -267,7 +302,9 @@ impl Registries {
             ..ClientConfig::default()
         }))
     }
+}
 
+impl Cache {
     /// The copy kept of what `reference` last resolved to.
     fn cached(&self, reference: &Reference) -> Option<Pulled> {
         let text = std::fs::read(self.ref_path(reference)).ok()?;
@@ -310,13 +347,13 @@ impl Registries {
         let hex = digest.strip_prefix("sha256:")?;
         hex.bytes()
             .all(|b| b.is_ascii_hexdigit())
-            .then(|| self.config.cache_dir.join("blobs").join(format!("{hex}.wasm")))
+            .then(|| self.dir.join("blobs").join(format!("{hex}.wasm")))
     }
 
     fn ref_path(&self, reference: &Reference) -> PathBuf {
         let key = sha256(reference.whole().as_bytes());
         let hex = key.trim_start_matches("sha256:");
-        self.config.cache_dir.join("refs").join(format!("{hex}.json"))
+        self.dir.join("refs").join(format!("{hex}.json"))
     }
 }
 

@@ -342,12 +342,9 @@ impl Registry {
                 created,
             });
         }
-        let saved = self.versions.load(&config.name).unwrap_or_else(|e| {
-            tracing::warn!(component = %config.name, "ignoring the saved versions: {e:#}");
-            None
-        });
-        if let Some(saved) = saved.filter(|s| *s.file_digest == *file_digest)
-            && let Some(versions) = self.restore(&config.name, &saved).await
+        let saved = self.saved_state(&config.name).await;
+        if let Some(saved) = saved.as_ref().filter(|s| *s.file_digest == *file_digest)
+            && let Some(versions) = self.restore(&config.name, saved).await
         {
             let mut fresh = vec![Arc::clone(&versions.current)];
             fresh.extend(versions.canary.as_ref().map(|c| Arc::clone(&c.version)));
@@ -358,7 +355,7 @@ impl Registry {
                 created,
             });
         }
-        let previous = match self.versions.load(&config.name).ok().flatten() {
+        let previous = match &saved {
             Some(saved) => {
                 tracing::info!(
                     component = %config.name,
@@ -415,8 +412,26 @@ impl Registry {
     }
 
     async fn saved_version(&self, name: &str, saved: &SavedVersion) -> anyhow::Result<Arc<Version>> {
-        let wasm = self.versions.read(name, &saved.digest)?;
+        let (store, owned, digest) = (self.versions.clone(), name.to_string(), saved.digest.clone());
+        let wasm = tokio::task::spawn_blocking(move || store.read(&owned, &digest)).await??;
         Ok(self.compile_version(name, wasm, saved.origin.clone()).await?)
+    }
+
+    /// What the last change of component `name` saved, read off the async
+    /// workers; none if nothing was saved or it cannot be read (said in the log).
+    async fn saved_state(&self, name: &str) -> Option<SavedState> {
+        let (store, owned) = (self.versions.clone(), name.to_string());
+        match tokio::task::spawn_blocking(move || store.load(&owned)).await {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(e)) => {
+                tracing::warn!(component = %name, "ignoring the saved versions: {e:#}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(component = %name, "ignoring the saved versions: {e}");
+                None
+            }
+        }
     }
 
     /// The code `source` names, and where it came from.

@@ -70,6 +70,7 @@ impl SavedState {
 }
 
 /// The folder of saved versions.
+#[derive(Clone)]
 pub struct VersionStore {
     dir: PathBuf,
 }

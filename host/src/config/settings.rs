@@ -254,4 +254,52 @@ mod tests {
             ["components.x.limits.memory_mib", "components.x.limits.db_size_mib"]
         );
     }
+
+    /// README's tables of `[server]` and `[limits]` list every setting with
+    /// its default, and nothing else under a numeric default.
+    #[test]
+    fn readme_lists_every_setting_with_its_default() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for (heading, defaults, others) in [
+            (
+                "### `[server]`",
+                ServerSettings::default().describe(),
+                &["trusted_proxies", "rate_limit_store"][..],
+            ),
+            ("### `[limits]`", ComponentLimits::default().describe(), &[][..]),
+        ] {
+            let table = readme_table(&readme, heading);
+            let defaults = defaults.as_object().unwrap();
+            for (key, default) in defaults {
+                let listed = table.iter().find(|(k, _)| k == key);
+                assert_eq!(
+                    listed.map(|(_, d)| d.as_str()),
+                    Some(default.to_string().as_str()),
+                    "README's {heading} table and the setting {key}"
+                );
+            }
+            for (key, _) in table {
+                assert!(
+                    defaults.contains_key(&key) || others.contains(&key.as_str()),
+                    "README's {heading} table lists {key}, which is no setting"
+                );
+            }
+        }
+    }
+
+    /// The `key` and `default` columns of the table under `heading`.
+    fn readme_table(readme: &str, heading: &str) -> Vec<(String, String)> {
+        let start = readme.find(heading).unwrap_or_else(|| panic!("no {heading} in README"));
+        readme[start..]
+            .lines()
+            .skip(1)
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+                let key = cells.first()?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((key.to_string(), cells.last()?.to_string()))
+            })
+            .collect()
+    }
 }
