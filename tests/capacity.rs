@@ -146,6 +146,8 @@ fn connections_past_the_limit_wait_for_a_free_one() {
                 b"GET /users HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             )
         });
+        // Nothing happens to wait for: the host must leave the client
+        // alone, so give it time in which it would have served it.
         std::thread::sleep(Duration::from_millis(500));
         assert!(!waiting.is_finished(), "served past the connection limit");
         drop(idle);

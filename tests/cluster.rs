@@ -4,14 +4,14 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::{
     ADMIN_TOKEN, Reply, TestHost, admin_toml, assert_clean_switch, client, eventually, find_program, host, metric,
-    run_corral, under_load_url, variant, wasm,
+    run_corral, spawn_listening, under_load_url, variant, wasm,
 };
 
 /// A server the tests start and stop: NATS, Redis or HAProxy.
@@ -22,21 +22,15 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `program` and waits until `addr` takes connections.
-    fn start(program: &str, args: &[&str], addr: SocketAddr, dir: tempfile::TempDir) -> Daemon {
-        let mut child = Command::new(find_program(program))
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program} (.ci/run installs it): {e}"));
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "{program} exited");
-            assert!(started.elapsed() < Duration::from_secs(20), "{program} does not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Starts `program` with the arguments `args` gives for the address it
+    /// is to listen on, a free one, and waits until it listens there.
+    fn start(program: &str, args: impl Fn(SocketAddr) -> Vec<String>, dir: tempfile::TempDir) -> Daemon {
+        let path = find_program(program);
+        let (child, addr) = spawn_listening(program, |addr| {
+            let mut command = Command::new(&path);
+            command.args(args(addr)).current_dir(dir.path());
+            command
+        });
         Daemon { child, addr, _dir: dir }
     }
 
@@ -52,80 +46,70 @@ impl Drop for Daemon {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 /// A NATS server with JetStream, its store in a temporary directory.
 pub(crate) fn nats() -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let store = dir.path().join("jetstream");
-    let port = addr.port().to_string();
-    let args = ["-js", "-sd", store.to_str().unwrap(), "-a", "127.0.0.1", "-p", &port];
-    Daemon::start("nats-server", &args, addr, dir)
+    nats_with(&[])
 }
 
 /// A NATS server with JetStream that wants `token` from every client.
 fn nats_with_token(token: &str) -> Daemon {
+    nats_with(&["--auth", token])
+}
+
+/// A NATS server with JetStream and the further arguments `extra`.
+fn nats_with(extra: &[&str]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let store = dir.path().join("jetstream");
-    let port = addr.port().to_string();
-    let args = [
-        "-js",
-        "-sd",
-        store.to_str().unwrap(),
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "--auth",
-        token,
-    ];
-    Daemon::start("nats-server", &args, addr, dir)
+    let store = dir.path().join("jetstream").display().to_string();
+    let args = |addr: SocketAddr| {
+        let port = addr.port().to_string();
+        let mut args = ["-js", "-sd", store.as_str(), "-a", "127.0.0.1", "-p", port.as_str()]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    Daemon::start("nats-server", args, dir)
 }
 
 /// A Redis server that keeps nothing on disk.
 fn redis() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let port = addr.port().to_string();
-    let args = [
-        "--port",
-        &port,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ];
-    Daemon::start("redis-server", &args, addr, dir)
+    let args = |addr: SocketAddr| {
+        let port = addr.port().to_string();
+        [
+            "--port",
+            port.as_str(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    Daemon::start("redis-server", args, dir)
 }
 
 /// HAProxy with `deploy/haproxy/haproxy.cfg`, balancing `hosts` round-robin.
 fn haproxy(hosts: &[&TestHost]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
     let config = crate::support::workspace().join("deploy/haproxy/haproxy.cfg");
-    let mut command = Command::new(find_program("haproxy"));
-    command.env("CORRAL_LISTEN", addr.to_string());
-    for (i, host) in hosts.iter().enumerate() {
-        command.env(format!("CORRAL_{}", i + 1), host.addr.to_string());
-        command.env(
-            format!("CORRAL_{}_ADMIN", i + 1),
-            host.admin_addr.unwrap().port().to_string(),
-        );
-    }
-    let child = command
-        .args(["-db", "-f"])
-        .arg(&config)
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting haproxy (.ci/run installs it)");
+    let path = find_program("haproxy");
+    let (child, addr) = spawn_listening("haproxy", |addr| {
+        let mut command = Command::new(&path);
+        command.env("CORRAL_LISTEN", addr.to_string());
+        for (i, host) in hosts.iter().enumerate() {
+            command.env(format!("CORRAL_{}", i + 1), host.addr.to_string());
+            command.env(
+                format!("CORRAL_{}_ADMIN", i + 1),
+                host.admin_addr.unwrap().port().to_string(),
+            );
+        }
+        command.args(["-db", "-f"]).arg(&config).current_dir(dir.path());
+        command
+    });
     let mut daemon = Daemon { child, addr, _dir: dir };
     let started = Instant::now();
     // Up, and every host passed its health check: no component serves
@@ -135,7 +119,6 @@ fn haproxy(hosts: &[&TestHost]) -> Daemon {
         assert!(started.elapsed() < Duration::from_secs(20), "haproxy does not serve");
         std::thread::sleep(Duration::from_millis(100));
     }
-    daemon.addr = addr;
     daemon
 }
 
@@ -415,7 +398,7 @@ fn writes_land_in_the_owners_database_only() {
         }
     }
     // The hosts that are not the owner counted what they forwarded.
-    let metrics = hosts[0].admin("GET", "/metrics", Vec::new()).text();
+    let metrics = hosts[0].metrics();
     let forwarded = metric(
         &metrics,
         "corral_requests_forwarded_total",
@@ -481,7 +464,7 @@ fn rate_limits_are_shared_through_redis_and_survive_its_loss() {
     let fallbacks: f64 = hosts
         .iter()
         .map(|h| {
-            let text = h.admin("GET", "/metrics", Vec::new()).text();
+            let text = h.metrics();
             metric(&text, "corral_rate_limit_fallbacks_total", &[])
         })
         .sum();
@@ -510,12 +493,7 @@ fn a_busy_host_sends_requests_to_one_with_free_slots() {
     std::thread::scope(|scope| {
         let sleeper = scope.spawn(|| n1.get("/relay-b/0?behavior=sleep"));
         eventually("the sleeper holds n1's slot", || {
-            let status = n1.admin("GET", "/components", Vec::new()).json();
-            status["components"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["name"] == "relay-b" && c["in_flight"] == 1)
+            n1.component_status("relay-b")["in_flight"] == 1
         });
         let reply = n1.get("/relay-b/local");
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -526,7 +504,7 @@ fn a_busy_host_sends_requests_to_one_with_free_slots() {
         );
         assert_eq!(sleeper.join().unwrap().status, 504);
     });
-    let metrics = n1.admin("GET", "/metrics", Vec::new()).text();
+    let metrics = n1.metrics();
     let spilled = metric(
         &metrics,
         "corral_requests_forwarded_total",

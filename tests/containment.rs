@@ -2,11 +2,9 @@
 //! request, the host alive, other components and requests served meanwhile,
 //! and every database intact.
 
-use std::time::Duration;
+use serde_json::json;
 
-use serde_json::{Value, json};
-
-use crate::support::{Reply, TestHost, host};
+use crate::support::{ADMIN_TOKEN, Reply, TestHost, admin_toml, eventually, host, metric};
 
 /// users next to a chaos component with tight limits.
 fn attack_host() -> TestHost {
@@ -16,11 +14,28 @@ fn attack_host() -> TestHost {
         .toml(
             "[components.chaos.limits]\nmemory_mib = 32\ncpu_time_ms = 300\ntimeout_ms = 6000\nresponse_body_kib = 1024\ndb_size_mib = 2\ndb_statement_timeout_ms = 200\ndb_max_rows = 1000",
         )
+        .toml(&admin_toml())
         .start()
 }
 
-fn sql(host: &TestHost, sql: &str) -> Value {
-    host.post_raw("/chaos/sql", "text/plain", sql.as_bytes()).json()
+/// How many requests chaos has taken so far, running or answered; `None`
+/// once the host is gone.
+fn chaos_requests(host: &TestHost) -> Option<f64> {
+    let request = http::Request::get(format!("http://{}/metrics", host.admin_addr.unwrap()))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(Vec::new())
+        .unwrap();
+    let text = host.try_request(request)?.text();
+    let chaos = [("component", "chaos")];
+    Some(metric(&text, "corral_instances_in_flight", &chaos) + metric(&text, "corral_requests_total", &chaos))
+}
+
+/// Waits until chaos has taken `n` requests more than `before`, or the
+/// host is gone (which the caller's checks then report).
+fn until_chaos_took(host: &TestHost, before: f64, n: f64) {
+    eventually("the requests reach chaos", || {
+        chaos_requests(host).is_none_or(|taken| taken >= before + n)
+    });
 }
 
 /// Runs `attack` several times at once while users are created and read;
@@ -33,10 +48,11 @@ fn contained(host: &mut TestHost, attack: &str) -> Vec<Reply> {
         )
         .json();
     let path = format!("/users/{}", user["id"]);
+    let before = chaos_requests(host).unwrap();
     let replies = std::thread::scope(|scope| {
         let attacks: Vec<_> = (0..3).map(|_| scope.spawn(|| host.get(attack))).collect();
-        // Give the attacks a head start so they are running while users is used.
-        std::thread::sleep(Duration::from_millis(50));
+        // The attacks are running (or over) while users is used.
+        until_chaos_took(host, before, 3.0);
         for _ in 0..20 {
             let reply = host.get(&path);
             assert_eq!(reply.status, 200, "users failed during {attack}: {}", reply.text());
@@ -56,9 +72,10 @@ fn an_infinite_loop_is_stopped_by_its_cpu_budget() {
         assert!(problem["detail"].as_str().unwrap().contains("CPU"), "{problem}");
     }
     // While loops spin, the same component still answers other requests.
+    let before = chaos_requests(&host).unwrap();
     std::thread::scope(|scope| {
         let spinning = scope.spawn(|| host.get("/chaos/loop"));
-        std::thread::sleep(Duration::from_millis(50));
+        until_chaos_took(&host, before, 1.0);
         assert_eq!(host.get("/chaos/sandbox").status, 200);
         spinning.join().unwrap().assert_problem(504, "cpu-time");
     });
@@ -119,7 +136,7 @@ fn a_transaction_left_open_by_a_trap_is_rolled_back() {
     for reply in contained(&mut host, "/chaos/txn-trap") {
         reply.assert_problem(500, "panic");
     }
-    assert_eq!(sql(&host, "SELECT count(*) FROM junk")["rows"], json!([[0]]));
+    assert_eq!(host.sql("SELECT count(*) FROM junk")["rows"], json!([[0]]));
 }
 
 #[test]
@@ -132,12 +149,12 @@ fn a_full_database_refuses_writes_and_stays_valid() {
     }
     let size = std::fs::metadata(host.data_dir.join("chaos.sqlite3")).unwrap().len();
     assert!(size <= 2 << 20, "the file stays within its limit: {size}");
-    assert_eq!(sql(&host, "PRAGMA integrity_check")["rows"], json!([["ok"]]));
-    assert!(sql(&host, "SELECT count(*) FROM junk")["rows"][0][0].as_i64().unwrap() > 0);
+    assert_eq!(host.sql("PRAGMA integrity_check")["rows"], json!([["ok"]]));
+    assert!(host.sql("SELECT count(*) FROM junk")["rows"][0][0].as_i64().unwrap() > 0);
     // Deleting makes room again.
-    assert_eq!(sql(&host, "DELETE FROM junk")["rows"], json!([]));
+    assert_eq!(host.sql("DELETE FROM junk")["rows"], json!([]));
     assert_eq!(
-        sql(&host, "INSERT INTO junk (data) VALUES (zeroblob(1000))")["rows"],
+        host.sql("INSERT INTO junk (data) VALUES (zeroblob(1000))")["rows"],
         json!([])
     );
     assert_eq!(host.get("/users").status, 200, "the users database is untouched");
@@ -147,13 +164,13 @@ fn a_full_database_refuses_writes_and_stays_valid() {
 fn slow_and_huge_queries_are_cut_off() {
     let host = attack_host();
     let endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
-    let reply = sql(&host, endless);
+    let reply = host.sql(endless);
     assert_eq!(reply["error"], "limit-exceeded", "{reply}");
     assert!(reply["message"].as_str().unwrap().contains("200 ms"), "{reply}");
     let many = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 1001) SELECT x FROM n";
-    let reply = sql(&host, many);
+    let reply = host.sql(many);
     assert_eq!(reply["error"], "limit-exceeded", "{reply}");
     assert!(reply["message"].as_str().unwrap().contains("1000 rows"), "{reply}");
     let enough = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n LIMIT 1000) SELECT x FROM n";
-    assert_eq!(sql(&host, enough)["rows"].as_array().unwrap().len(), 1000);
+    assert_eq!(host.sql(enough)["rows"].as_array().unwrap().len(), 1000);
 }

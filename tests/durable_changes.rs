@@ -6,24 +6,9 @@
 
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{TestHost, admin_toml, component_toml, eventually, host, variant, wasm};
-
-fn status(host: &TestHost, name: &str) -> Value {
-    let all = host.admin("GET", "/components", Vec::new()).json();
-    all["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {name} in {all}"))
-}
-
-fn sql(host: &TestHost, sql: &str) -> Value {
-    host.post_raw("/chaos/sql", "text/plain", sql.as_bytes()).json()["rows"].clone()
-}
 
 fn reload_with(host: &TestHost, config: &str) -> crate::support::Reply {
     std::fs::write(&host.config_path, config).unwrap();
@@ -43,10 +28,10 @@ fn a_failed_reload_changes_nothing() {
         .json();
     let user_path = format!("/users/{}", user["id"]);
     assert_eq!(host.get(&user_path).header("ratelimit-remaining"), Some("1"));
-    sql(&host, "INSERT INTO junk (data) VALUES (x'01')");
+    host.sql_rows("INSERT INTO junk (data) VALUES (x'01')");
     let chaos_version = host.version_of("/chaos/sandbox");
     let schema = "SELECT name FROM sqlite_schema ORDER BY name";
-    let chaos_schema = sql(&host, schema);
+    let chaos_schema = host.sql_rows(schema);
 
     // The new config changes users' limits and chaos's code (to a version
     // whose init creates tables), and adds a component whose init fails.
@@ -62,17 +47,17 @@ fn a_failed_reload_changes_nothing() {
 
     assert_eq!(host.version_of("/chaos/sandbox"), chaos_version, "chaos keeps its code");
     assert_eq!(
-        sql(&host, schema),
+        host.sql_rows(schema),
         chaos_schema,
         "the init that succeeded was rolled back"
     );
-    assert_eq!(sql(&host, "SELECT count(*) FROM junk"), json!([[1]]));
+    assert_eq!(host.sql_rows("SELECT count(*) FROM junk"), json!([[1]]));
     assert!(
         !host.data_dir.join("broken.sqlite3").exists(),
         "the new component's database was removed"
     );
     host.get("/broken").assert_problem(404, "no-route");
-    assert_eq!(status(&host, "users")["limits"]["max_concurrent"], 64);
+    assert_eq!(host.component_status("users")["limits"]["max_concurrent"], 64);
     // The client's bucket is the one it had: one request left.
     assert_eq!(host.get(&user_path).json(), user);
     host.get(&user_path).assert_problem(429, "rate-limited");
@@ -81,7 +66,7 @@ fn a_failed_reload_changes_nothing() {
     let fixed = changed.replace(&component_toml("broken", "failing-init", &["/broken"]), "");
     let reply = reload_with(&host, &fixed);
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(status(&host, "users")["limits"]["max_concurrent"], 1);
+    assert_eq!(host.component_status("users")["limits"]["max_concurrent"], 1);
 }
 
 #[test]
@@ -100,7 +85,7 @@ fn a_reload_of_limits_keeps_buckets_and_never_exceeds_the_new_limit() {
         let sleepers: Vec<_> = (0..2)
             .map(|_| scope.spawn(|| host.get("/chaos/sleep?ms=2000")))
             .collect();
-        eventually("both sleep", || status(&host, "chaos")["in_flight"] == 2);
+        eventually("both sleep", || host.component_status("chaos")["in_flight"] == 2);
         let limits_only =
             config.replace("max_concurrent = 2", "max_concurrent = 1") + "[components.users.limits]\nmemory_mib = 64\n";
         let reply = reload_with(&host, &limits_only);
@@ -115,7 +100,7 @@ fn a_reload_of_limits_keeps_buckets_and_never_exceeds_the_new_limit() {
     // One at a time from now on.
     std::thread::scope(|scope| {
         let sleeper = scope.spawn(|| host.get("/chaos/sleep?ms=1000"));
-        eventually("it sleeps", || status(&host, "chaos")["in_flight"] == 1);
+        eventually("it sleeps", || host.component_status("chaos")["in_flight"] == 1);
         host.get("/chaos/sandbox").assert_problem(503, "overloaded");
         assert_eq!(sleeper.join().unwrap().status, 200);
     });
@@ -157,7 +142,7 @@ fn a_restart_serves_the_versions_changes_installed() {
     first.kill();
 
     let second = users_from(files.path(), data.path());
-    let users = status(&second, "users");
+    let users = second.component_status("users");
     assert_eq!(users["version"]["short"], v2.as_str(), "{users}");
     assert!(
         users["version"]["origin"].as_str().unwrap().starts_with("upload:"),
@@ -175,7 +160,7 @@ fn a_restart_serves_the_versions_changes_installed() {
     // The config's file changed meanwhile: it wins, and says so.
     std::fs::write(files.path().join("users.wasm"), variant("users", "edited")).unwrap();
     let third = users_from(files.path(), data.path());
-    let users = status(&third, "users");
+    let users = third.component_status("users");
     assert!(
         users["version"]["origin"].as_str().unwrap().starts_with("file:"),
         "{users}"

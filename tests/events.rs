@@ -23,12 +23,7 @@ fn publish(host: &TestHost, query: &str, body: Value) -> Vec<String> {
 
 /// What the chaos component recorded: (id, attempt) in the order it handled them.
 fn chaos_received(host: &TestHost) -> Vec<(String, i64)> {
-    let reply = host.post_raw(
-        "/chaos/sql",
-        "text/plain",
-        b"SELECT id, attempt FROM received ORDER BY seq",
-    );
-    reply.json()["rows"]
+    host.sql_rows("SELECT id, attempt FROM received ORDER BY seq")
         .as_array()
         .unwrap()
         .iter()
@@ -101,7 +96,7 @@ fn deleting_a_user_cancels_their_open_orders() {
     eventually("the delivery is settled", || {
         subscription(&events_status(&host), "orders")["backlog"] == 0
     });
-    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    let metrics = host.metrics();
     assert!(
         metrics.contains("corral_events_published_total{topic=\"users.deleted\",source=\"users\"} 1"),
         "{metrics}"
@@ -128,10 +123,7 @@ fn a_publish_in_a_rolled_back_transaction_is_never_delivered() {
     assert_eq!(received[0]["source"], "chaos");
     assert_ne!(received[0]["id"], rolled_back[0].as_str());
     // The rolled-back transaction's row is gone too.
-    let junk = host
-        .post_raw("/chaos/sql", "text/plain", b"SELECT count(*) FROM junk")
-        .json();
-    assert_eq!(junk["rows"], json!([[1]]));
+    assert_eq!(host.sql_rows("SELECT count(*) FROM junk"), json!([[1]]));
 }
 
 #[test]
@@ -183,9 +175,12 @@ fn a_failing_handler_is_retried_then_dead_lettered_then_redriven_after_a_fix() {
         run_corral(&args, &[("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)], Path::new("."))
     };
     let (ok, out) = corral(&["dead-letters", "--subscriber", "chaos"]);
-    assert!(ok && out.contains(&doomed), "{out}");
+    assert!(ok && out.starts_with("ID") && out.contains(&doomed), "{out}");
+    let (ok, out) = corral(&["dead-letters", "--subscriber", "chaos", "--json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(ok && listed["dead_letters"][0]["id"] == doomed.as_str(), "{out}");
     let (ok, out) = corral(&["redrive", "chaos"]);
-    assert!(ok && out.contains("\"redrive\": 1"), "{out}");
+    assert!(ok && out.contains("chaos: 1 dead letters delivered again"), "{out}");
     eventually("the new version handles it", || {
         inbox(&host, "/chaos")
             .iter()
@@ -193,7 +188,18 @@ fn a_failing_handler_is_retried_then_dead_lettered_then_redriven_after_a_fix() {
     });
     assert!(dead_letters()["dead_letters"].as_array().unwrap().is_empty());
     let (ok, out) = corral(&["events"]);
-    assert!(ok && out.contains("\"subscriber\": \"chaos\""), "{out}");
+    let row = out
+        .lines()
+        .skip_while(|l| !l.starts_with("SUBSCRIBER"))
+        .find(|l| l.starts_with("chaos "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        ok && row.split_whitespace().nth(5) == Some("0"),
+        "no dead letter is left: {out}"
+    );
+    let (ok, out) = corral(&["events", "--json"]);
+    let events: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(ok && subscription(&events, "chaos")["dead"] == 0, "{out}");
 }
 
 #[test]
@@ -290,12 +296,14 @@ fn kill_9_loses_no_acknowledged_publish() {
                         let ids: Vec<String> = serde_json::from_value(reply.json()["ids"].clone()).unwrap();
                         acknowledged.lock().unwrap().extend(ids);
                     }
+                    // Paced: a steady stream of publishes, not a flood.
                     std::thread::sleep(Duration::from_millis(10));
                 }
             });
         }
+        // The burst's length, not a wait for some event: the kill comes
+        // mid-burst, with publishes and deliveries in flight.
         std::thread::sleep(Duration::from_millis(1500));
-        // Mid-burst, with publishes and deliveries in flight.
         std::process::Command::new("kill")
             .args(["-9", &first.pid().to_string()])
             .status()
@@ -376,10 +384,10 @@ fn a_publisher_cannot_outrun_its_subscribers_or_grow_the_metrics() {
         publish(&host, &format!("topic=made.up{i}"), json!({}));
     }
     eventually("every message is relayed", || {
-        let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+        let metrics = host.metrics();
         crate::support::metric(&metrics, "corral_events_published_total", &[("source", "chaos")]) >= 121.0
     });
-    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    let metrics = host.metrics();
     let series: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("corral_events_published_total{"))

@@ -8,18 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{TestHost, admin_toml, connect_from, eventually, host};
+use crate::support::{TestHost, admin_toml, connect_from, eventually, host, metric};
 
-/// The `GET /components` entry of `name`.
-fn status(host: &TestHost, name: &str) -> serde_json::Value {
-    let all = host.admin("GET", "/components", Vec::new()).json();
-    all["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .unwrap()
+/// Client connections the host holds open on its public listener.
+fn open_connections(host: &TestHost) -> i64 {
+    let metrics = host.metrics();
+    let series = "corral_open_connections{listener=\"public\"}";
+    assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    metric(&metrics, "corral_open_connections", &[("listener", "public")]) as i64
 }
 
 /// Sends the start of a POST whose body never comes; the stream stays open.
@@ -45,11 +41,14 @@ fn slow_bodies_from_many_addresses_take_nothing_from_others() {
         .json();
     // 70 clients on 8 addresses, each holding a request whose body stalls
     // after one byte: far more than users' 4 slots and 4 queue places.
+    let open = open_connections(&host);
     let stalled: Vec<TcpStream> = (0..70)
         .map(|i| stall(&format!("127.0.0.{}", 2 + i % 8), &host))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let users = status(&host, "users");
+    eventually("the host holds every stalled connection", || {
+        open_connections(&host) >= open + 70
+    });
+    let users = host.component_status("users");
     assert_eq!(
         (users["in_flight"].as_u64(), users["queued"].as_u64()),
         (Some(0), Some(0)),
@@ -97,13 +96,13 @@ fn abandoned_waits_leave_the_queue_empty() {
                 stream
             })
             .collect();
-        eventually("500 requests queue", || status(&host, "chaos")["queued"] == 500);
+        eventually("500 requests queue", || host.component_status("chaos")["queued"] == 500);
         drop(waiting);
-        eventually("the queue empties", || status(&host, "chaos")["queued"] == 0);
-        assert_eq!(status(&host, "chaos")["in_flight"], 1);
+        eventually("the queue empties", || host.component_status("chaos")["queued"] == 0);
+        assert_eq!(host.component_status("chaos")["in_flight"], 1);
         assert_eq!(sleeper.join().unwrap().status, 200);
     });
-    assert_eq!(status(&host, "chaos")["in_flight"], 0);
+    assert_eq!(host.component_status("chaos")["in_flight"], 0);
     // Nothing is left over to refuse later requests with.
     assert_eq!(host.get("/chaos/sandbox").status, 200);
 }
@@ -113,9 +112,10 @@ fn one_client_cannot_take_every_connection() {
     let host = host()
         .component("users", "users", &["/users"])
         .toml("[server]\nmax_connections_per_client = 4")
+        .toml(&admin_toml())
         .start();
     let idle: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.2", host.addr)).collect();
-    std::thread::sleep(Duration::from_millis(100));
+    eventually("the host holds the four", || open_connections(&host) == 4);
     let mut fifth = connect_from("127.0.0.2", host.addr);
     fifth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut response = String::new();
@@ -145,14 +145,7 @@ fn a_response_the_client_never_reads_is_abandoned() {
         .toml("[server]\nwrite_timeout_ms = 500")
         .toml(&admin_toml())
         .start();
-    let connections = || {
-        let metrics = host.admin("GET", "/metrics", Vec::new()).text();
-        metrics
-            .lines()
-            .find(|l| l.starts_with("corral_open_connections{listener=\"public\"}"))
-            .and_then(|l| l.split_whitespace().last()?.parse::<i64>().ok())
-            .unwrap()
-    };
+    let connections = || open_connections(&host);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&host.addr.into()).unwrap();
@@ -195,6 +188,7 @@ fn a_response_read_too_slowly_is_abandoned_although_bytes_keep_moving() {
             started.elapsed() < Duration::from_secs(15),
             "still sending after {read} bytes"
         );
+        // A slow reader on purpose: the pace it keeps is what is tested.
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(read < 32 << 20, "the whole body was read");

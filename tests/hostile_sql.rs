@@ -28,10 +28,6 @@ fn query(host: &TestHost, sql: &str, params: Value) -> Value {
     reply.json()
 }
 
-fn sql(host: &TestHost, sql: &str) -> Value {
-    query(host, sql, json!([]))
-}
-
 #[test]
 fn pointer_passing_functions_are_refused_with_bound_parameters() {
     let mut host = chaos("");
@@ -54,7 +50,7 @@ fn pointer_passing_functions_are_refused_with_bound_parameters() {
     }
     // The fake tokenizer was never registered: a table naming it fails,
     // and the host is alive to say so.
-    let reply = sql(&host, "CREATE VIRTUAL TABLE t USING fts4(x, tokenize=x)");
+    let reply = host.sql("CREATE VIRTUAL TABLE t USING fts4(x, tokenize=x)");
     assert!(reply["error"].is_string(), "{reply}");
     assert!(host.is_alive());
     assert_eq!(host.get("/users").status, 200);
@@ -77,13 +73,13 @@ fn huge_values_and_wide_rows_stay_within_a_memory_bound() {
         .start();
     let before = proc_status_kib(host.pid(), "VmHWM");
     let columns = ["zeroblob(16000000)"; 48].join(", ");
-    let reply = sql(&host, &format!("SELECT {columns}"));
+    let reply = host.sql(&format!("SELECT {columns}"));
     assert_eq!(reply["error"], "limit-exceeded", "{reply}");
     // A distinct set of large rows needs SQLite's heap (temporary tables
     // live in memory, not in files), which is capped.
     let distinct = "WITH RECURSIVE n(x, b) AS (SELECT 1, randomblob(1000000) \
                     UNION SELECT x + 1, randomblob(1000000) FROM n WHERE x < 300) SELECT count(*) FROM n";
-    let reply = sql(&host, distinct);
+    let reply = host.sql(distinct);
     assert_eq!(reply["error"], "limit-exceeded", "{reply}");
     // Big parameters go through the same limit.
     let reply = query(&host, "SELECT length(?)", json!([{ "blob_len": 17_000_000 }]));
@@ -99,7 +95,7 @@ fn huge_values_and_wide_rows_stay_within_a_memory_bound() {
     );
     assert!(grown_mib < 256, "peak resident memory grew by {grown_mib} MiB");
     assert!(host.is_alive());
-    assert_eq!(sql(&host, "SELECT length(zeroblob(1000))")["rows"], json!([[1000]]));
+    assert_eq!(host.sql("SELECT length(zeroblob(1000))")["rows"], json!([[1000]]));
 }
 
 #[test]
@@ -119,7 +115,7 @@ fn a_runaway_statement_stops_within_its_timeout() {
         ),
     ] {
         let started = Instant::now();
-        let reply = sql(&host, &statement);
+        let reply = host.sql(&statement);
         let took = started.elapsed();
         assert_eq!(reply["error"], "limit-exceeded", "{statement}: {reply}");
         assert!(took < Duration::from_millis(1500), "{took:?} for {statement}");
@@ -143,12 +139,12 @@ fn the_hosts_tables_are_out_of_reach() {
         "CREATE TABLE _corral_mine (x)",
         "CREATE VIEW _corral_mine AS SELECT 1",
     ] {
-        let reply = sql(&host, statement);
+        let reply = host.sql(statement);
         assert_eq!(reply["error"], "access-denied", "{statement}: {reply}");
     }
     // A view may name them, but reading through it is reading them.
-    sql(&host, "CREATE VIEW peek AS SELECT * FROM _corral_outbox");
-    assert_eq!(sql(&host, "SELECT * FROM peek")["error"], "access-denied");
+    host.sql("CREATE VIEW peek AS SELECT * FROM _corral_outbox");
+    assert_eq!(host.sql("SELECT * FROM peek")["error"], "access-denied");
     // Publishing still works: the host writes there itself.
     let published = host.post("/chaos/publish?topic=chaos.x", &json!({}));
     assert_eq!(published.status, 200, "{}", published.text());
@@ -325,7 +321,7 @@ fn every_function_whose_cost_is_superlinear_ends_within_its_statement_timeout() 
     ];
     for (what, statement, expected) in cases {
         let started = Instant::now();
-        let reply = sql(&host, &statement);
+        let reply = host.sql(&statement);
         let took = started.elapsed();
         let outcome = reply["error"]
             .as_str()

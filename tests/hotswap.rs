@@ -47,8 +47,7 @@ fn a_swap_under_load_drops_no_request() {
     // The data survived: the new version uses the same database.
     assert_eq!(host.get(PATH).json()["name"], "Ada");
 
-    let status = host.admin("GET", "/components", Vec::new()).json();
-    let users = &status["components"][0];
+    let users = host.component_status("users");
     assert_eq!(users["version"]["short"], v2);
     assert!(
         users["version"]["origin"].as_str().unwrap().starts_with("upload:"),
@@ -84,9 +83,9 @@ fn a_canary_takes_its_share_then_is_promoted() {
     let canary = versions.iter().filter(|v| **v == v2).count();
     assert!((40..=150).contains(&canary), "about 30% of 300 requests: {canary}");
     assert!(versions.iter().all(|v| *v == v1 || *v == v2));
-    let status = host.admin("GET", "/components", Vec::new()).json();
-    assert_eq!(status["components"][0]["canary"]["percent"], 30);
-    assert_eq!(status["components"][0]["canary"]["version"]["short"], v2);
+    let users = host.component_status("users");
+    assert_eq!(users["canary"]["percent"], 30);
+    assert_eq!(users["canary"]["version"]["short"], v2);
 
     let (samples, _, after, reply) = under_load(&host, || host.admin("POST", "/components/users/promote", Vec::new()));
     assert_eq!(short(&reply), v2);
@@ -97,9 +96,9 @@ fn a_canary_takes_its_share_then_is_promoted() {
             .filter(|s| s.sent > after)
             .all(|s| s.version.as_deref() == Some(v2.as_str()))
     );
-    let status = host.admin("GET", "/components", Vec::new()).json();
-    assert_eq!(status["components"][0]["canary"], Value::Null);
-    assert_eq!(status["components"][0]["previous"]["short"], v1);
+    let users = host.component_status("users");
+    assert_eq!(users["canary"], Value::Null);
+    assert_eq!(users["previous"]["short"], v1);
     host.admin("POST", "/components/users/promote", Vec::new())
         .assert_problem(409, "conflict");
 }
@@ -283,9 +282,8 @@ fn broken_uploads_are_refused_and_change_nothing() {
         );
         assert_eq!(host.version_of(PATH), v1, "{what}");
     }
-    let status = host.admin("GET", "/components", Vec::new()).json();
     assert_eq!(
-        status["components"][0]["previous"],
+        host.component_status("users")["previous"],
         Value::Null,
         "no version was installed"
     );
@@ -373,17 +371,24 @@ fn the_cli_drives_the_admin_api() {
     std::fs::write(&file, variant("users", "cli")).unwrap();
     let (ok, out) = corral(&["swap", "users", file.to_str().unwrap(), "--canary", "20"]);
     assert!(ok, "{out}");
-    assert!(out.contains("\"canary_percent\": 20"), "{out}");
+    assert!(
+        out.contains("users: canary ") && out.contains("serves 20% of requests"),
+        "{out}"
+    );
     let (ok, status) = corral(&["status"]);
     assert!(ok && status.contains("at 20%"), "{status}");
     let (ok, out) = corral(&["promote", "users"]);
     assert!(ok, "{out}");
-    assert_ne!(host.version_of(PATH), v1);
-    let (ok, out) = corral(&["rollback", "users"]);
+    let v2 = host.version_of(PATH);
+    assert_ne!(v2, v1);
+    assert_eq!(out.trim(), format!("users: {v2} (previous {v1})"));
+    let (ok, out) = corral(&["rollback", "users", "--json"]);
     assert!(ok, "{out}");
+    let change: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(&change["version"].as_str().unwrap()[..12], v1);
     assert_eq!(host.version_of(PATH), v1);
     let (ok, out) = corral(&["reload"]);
-    assert!(ok, "{out}");
+    assert!(ok && !out.trim().is_empty(), "{out}");
     let (ok, out) = corral(&["swap", "users", "/nonexistent.wasm"]);
     assert!(!ok && out.contains("cannot read"), "{out}");
     let broken = dir.path().join("broken.wasm");
@@ -453,6 +458,26 @@ fn the_admin_api_stays_on_this_machine_unless_told_and_clients_only_read_tokens(
         &[],
         dir.path(),
     );
-    assert!(!ok && out.contains("no admin token"), "{out}");
+    assert!(
+        !ok && out.contains("no admin token") && out.contains("--data-dir"),
+        "{out}"
+    );
     assert!(!dir.path().join("data/admin.token").exists());
+    // A host started with --data-dir keeps its token there: so does the
+    // client look, told the same.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("admin.token"), ADMIN_TOKEN).unwrap();
+    let (ok, out) = crate::support::run_corral(
+        &[
+            "status".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            elsewhere.as_os_str(),
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(ok && out.starts_with("NAME"), "{out}");
 }

@@ -3,15 +3,16 @@
 //! certificate authority made here and htpasswd passwords; `skopeo` as a
 //! second client that reads and writes the same artifacts.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::support::{
-    admin_toml, assert_clean_switch, find_program, host, output_of, run_corral, under_load, variant, wasm,
+    admin_toml, assert_clean_switch, find_program, host, output_of, run_corral, spawn_listening, under_load, variant,
+    wasm,
 };
 
 const USER: &str = "shop";
@@ -28,37 +29,26 @@ impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         make_certificates(path);
         let (ok, htpasswd) = output_of(Command::new(find_program("htpasswd")).args(["-Bbn", USER, PASSWORD]));
         assert!(ok, "{htpasswd}");
         std::fs::write(path.join("htpasswd"), htpasswd.trim()).unwrap();
-        let config = format!(
-            "version: 0.1\nstorage: {{ filesystem: {{ rootdirectory: {data} }} }}\n\
-             http: {{ addr: {addr}, tls: {{ certificate: {crt}, key: {key} }} }}\n\
-             auth: {{ htpasswd: {{ realm: test, path: {htpasswd} }} }}\n",
-            data = path.join("data").display(),
-            crt = path.join("registry.crt").display(),
-            key = path.join("registry.key").display(),
-            htpasswd = path.join("htpasswd").display(),
-        );
-        std::fs::write(path.join("config.yml"), config).unwrap();
-        let mut child = Command::new(find_program("docker-registry"))
-            .args(["serve", "config.yml"])
-            .current_dir(path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start docker-registry (just servers installs it): {e}"));
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "docker-registry exited");
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "docker-registry does not listen"
+        let program = find_program("docker-registry");
+        let (child, addr) = spawn_listening("docker-registry", |addr| {
+            let config = format!(
+                "version: 0.1\nstorage: {{ filesystem: {{ rootdirectory: {data} }} }}\n\
+                 http: {{ addr: {addr}, tls: {{ certificate: {crt}, key: {key} }} }}\n\
+                 auth: {{ htpasswd: {{ realm: test, path: {htpasswd} }} }}\n",
+                data = path.join("data").display(),
+                crt = path.join("registry.crt").display(),
+                key = path.join("registry.key").display(),
+                htpasswd = path.join("htpasswd").display(),
             );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            std::fs::write(path.join("config.yml"), config).unwrap();
+            let mut command = Command::new(&program);
+            command.args(["serve", "config.yml"]).current_dir(path);
+            command
+        });
         Registry { child, addr, dir }
     }
 
@@ -378,8 +368,8 @@ fn a_host_serves_and_swaps_components_from_a_registry_and_restarts_without_it() 
         201
     );
     let old = serving.version_of("/users/1");
-    let status = serving.admin("GET", "/components", Vec::new()).json();
-    assert!(status.to_string().contains("oci://"), "{status}");
+    let users = serving.component_status("users");
+    assert!(users.to_string().contains("oci://"), "{users}");
 
     // A swap by reference, under load: the host fetches it, no request fails.
     let (samples, before, after, reply) = under_load(&serving, "/users/1", || {

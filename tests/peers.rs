@@ -79,7 +79,7 @@ fn a_call_after_a_swap_reaches_the_new_version() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     let v2 = reply.json()["version"].as_str().unwrap()[..12].to_string();
     assert_eq!(host.post("/orders", &order_for(id)).status, 201);
-    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    let metrics = host.metrics();
     let line = metrics
         .lines()
         .find(|l| l.starts_with("corral_calls_total") && l.contains("callee=\"users\"") && l.contains(&v2))
@@ -213,20 +213,11 @@ fn a_swap_that_would_break_an_importer_is_refused() {
 #[test]
 fn the_admin_api_shows_who_provides_what() {
     let host = shop();
-    let status = host.admin("GET", "/components", Vec::new()).json();
-    let component = |name: &str| {
-        status["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()
-            .clone()
-    };
     assert_eq!(
-        component("orders")["imports"],
+        host.component_status("orders")["imports"],
         json!({ "corral:shop/users@0.1.0": "users" })
     );
-    assert_eq!(component("users")["exports"], json!(["corral:shop/users@0.1.0"]));
-    assert_eq!(component("users")["imports"], json!({}));
+    let users = host.component_status("users");
+    assert_eq!(users["exports"], json!(["corral:shop/users@0.1.0"]));
+    assert_eq!(users["imports"], json!({}));
 }

@@ -70,20 +70,16 @@ fn each_component_has_its_own_file() {
         "SELECT * FROM orders",
         "SELECT * FROM main.users",
     ] {
-        let reply = host.post_raw("/chaos/sql", "text/plain", sql.as_bytes()).json();
+        let reply = host.sql(sql);
         assert_eq!(reply["error"], "invalid-statement", "{sql}: {reply}");
         assert!(reply["message"].as_str().unwrap().contains("no such table"), "{reply}");
     }
-    let tables = host
-        .post_raw(
-            "/chaos/sql",
-            "text/plain",
-            b"SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_corral\\_%' ESCAPE '\\' \
-              AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
-        )
-        .json();
+    let tables = host.sql_rows(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_corral\\_%' ESCAPE '\\' \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+    );
     assert_eq!(
-        tables["rows"],
+        tables,
         json!([["junk"], ["received"]]),
         "only chaos's own tables, and the host's"
     );

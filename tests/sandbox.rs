@@ -3,13 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{TestHost, full_host};
-
-fn sql(host: &TestHost, sql: &str) -> serde_json::Value {
-    let reply = host.post_raw("/chaos/sql", "text/plain", sql.as_bytes());
-    assert!(reply.status == 200 || reply.status == 422, "{sql}: {}", reply.text());
-    reply.json()
-}
+use crate::support::full_host;
 
 #[test]
 fn guests_see_nothing_of_the_machine() {
@@ -43,34 +37,34 @@ fn sql_cannot_escape_the_database() {
         "CREATE TEMP TABLE t (x)".to_string(),
     ];
     for statement in &denied {
-        let reply = sql(&host, statement);
+        let reply = host.sql(statement);
         assert!(reply["error"].is_string(), "{statement} was allowed: {reply}");
     }
     assert!(!target.exists(), "nothing was written outside the data folder");
-    assert_eq!(sql(&host, "ATTACH DATABASE ':memory:' AS m")["error"], "access-denied");
-    assert_eq!(sql(&host, "PRAGMA foreign_keys = OFF")["error"], "access-denied");
+    assert_eq!(host.sql("ATTACH DATABASE ':memory:' AS m")["error"], "access-denied");
+    assert_eq!(host.sql("PRAGMA foreign_keys = OFF")["error"], "access-denied");
     assert_eq!(
-        sql(&host, "PRAGMA foreign_keys")["rows"],
+        host.sql("PRAGMA foreign_keys")["rows"],
         json!([[1]]),
         "foreign keys stay on"
     );
-    assert_eq!(sql(&host, "PRAGMA journal_mode")["rows"], json!([["wal"]]));
+    assert_eq!(host.sql("PRAGMA journal_mode")["rows"], json!([["wal"]]));
     // What a migration needs stays allowed.
-    assert_eq!(sql(&host, "PRAGMA user_version = 7")["rows"], json!([]));
-    assert_eq!(sql(&host, "PRAGMA user_version")["rows"], json!([[7]]));
-    assert!(sql(&host, "PRAGMA table_info(junk)")["rows"].as_array().unwrap().len() == 2);
-    assert_eq!(sql(&host, "SELECT 1; SELECT 2")["error"], "invalid-statement");
-    assert_eq!(sql(&host, "SELEKT 1")["error"], "invalid-statement");
+    assert_eq!(host.sql("PRAGMA user_version = 7")["rows"], json!([]));
+    assert_eq!(host.sql("PRAGMA user_version")["rows"], json!([[7]]));
+    assert!(host.sql("PRAGMA table_info(junk)")["rows"].as_array().unwrap().len() == 2);
+    assert_eq!(host.sql("SELECT 1; SELECT 2")["error"], "invalid-statement");
+    assert_eq!(host.sql("SELEKT 1")["error"], "invalid-statement");
 }
 
 #[test]
 fn an_open_transaction_is_rolled_back_when_the_guest_traps() {
     let host = full_host();
     host.get("/chaos/txn-trap").assert_problem(500, "panic");
-    assert_eq!(sql(&host, "SELECT count(*) FROM junk")["rows"], json!([[0]]));
+    assert_eq!(host.sql("SELECT count(*) FROM junk")["rows"], json!([[0]]));
     // The database is not left locked either.
-    assert_eq!(sql(&host, "INSERT INTO junk (data) VALUES (x'02')")["rows"], json!([]));
-    assert_eq!(sql(&host, "SELECT count(*) FROM junk")["rows"], json!([[1]]));
+    assert_eq!(host.sql("INSERT INTO junk (data) VALUES (x'02')")["rows"], json!([]));
+    assert_eq!(host.sql("SELECT count(*) FROM junk")["rows"], json!([[1]]));
 }
 
 #[test]

@@ -164,6 +164,8 @@ pub struct TestHost {
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads the host's stderr into `logs`, until it closes.
+    log_reader: std::thread::JoinHandle<()>,
     agent: ureq::Agent,
     announcements: Mutex<mpsc::Receiver<Listening>>,
     _dir: tempfile::TempDir,
@@ -210,7 +212,7 @@ impl TestHost {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = address_after(&line, "admin listening on http://") {
@@ -229,6 +231,7 @@ impl TestHost {
             data_dir,
             config_path: config_path.to_path_buf(),
             logs,
+            log_reader,
             agent,
             announcements: Mutex::new(rx),
             _dir: dir,
@@ -264,7 +267,11 @@ impl TestHost {
                 Err(_) if started.elapsed() > START_TIMEOUT => panic!("corral did not start:\n{}", self.logs()),
                 Err(_) => {
                     if let Some(status) = self.child.try_wait().unwrap() {
-                        std::thread::sleep(Duration::from_millis(100));
+                        // Its last words: what it wrote before its stderr closed.
+                        let exited = Instant::now();
+                        while !self.log_reader.is_finished() && exited.elapsed() < Duration::from_secs(5) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                         panic!("corral exited with {status}:\n{}", self.logs());
                     }
                 }
@@ -324,6 +331,51 @@ impl TestHost {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         self.request(request.body(body).unwrap())
+    }
+
+    /// The admin API's entry for component `name`: its versions, limits,
+    /// and requests in flight and queued now.
+    pub fn component_status(&self, name: &str) -> Value {
+        let all = self.admin("GET", "/components", Vec::new()).json();
+        all["components"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no components in {all}"))
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {all}"))
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.admin("GET", "/metrics", Vec::new()).text()
+    }
+
+    /// Runs `statement` in the database of the chaos component (served at
+    /// `/chaos`); the reply as it is.
+    pub fn sql_reply(&self, statement: &str) -> Reply {
+        self.post_raw("/chaos/sql", "text/plain", statement.as_bytes())
+    }
+
+    /// Runs `statement` as [`TestHost::sql_reply`] does and returns what
+    /// SQLite made of it: `{"rows": ...}` or `{"error": ...}`.
+    #[track_caller]
+    pub fn sql(&self, statement: &str) -> Value {
+        let reply = self.sql_reply(statement);
+        assert!(
+            reply.status == 200 || reply.status == 422,
+            "{statement}: {}",
+            reply.text()
+        );
+        reply.json()
+    }
+
+    /// The rows of `statement`, which must succeed.
+    #[track_caller]
+    pub fn sql_rows(&self, statement: &str) -> Value {
+        let reply = self.sql_reply(statement);
+        assert_eq!(reply.status, 200, "{statement}: {}", reply.text());
+        reply.json()["rows"].clone()
     }
 
     /// The version (short digest) that serves `path` now, per its header.
@@ -625,6 +677,78 @@ pub fn connect_from(from: &str, addr: SocketAddr) -> std::net::TcpStream {
     socket.into()
 }
 
+/// How many fresh ports [`spawn_listening`] tries.
+const LISTEN_ATTEMPTS: usize = 5;
+
+/// A loopback address whose port was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts the server `command(addr)` makes for a free loopback `addr` and
+/// waits until it listens there. Another process may take a free port
+/// before the server binds it: a server that exits is started again on a
+/// fresh port, and only a socket the server itself holds counts.
+pub fn spawn_listening(program: &str, mut command: impl FnMut(SocketAddr) -> Command) -> (Child, SocketAddr) {
+    let mut exits = Vec::new();
+    for _ in 0..LISTEN_ATTEMPTS {
+        let addr = free_addr();
+        let mut child = command(addr)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let started = Instant::now();
+        loop {
+            if listens_on(child.id(), addr.port()) {
+                return (child, addr);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                exits.push(format!("{addr}: {status}"));
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{program} does not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("{program} exited on every port it was given: {exits:?}")
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port`, per
+/// `/proc`.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st ... inode
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = u16::from_str_radix(fields.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+                    let listen = *fields.get(3)? == "0A";
+                    (local_port == port && listen).then_some(())?;
+                    Some(format!("socket:[{}]", fields.get(9)?))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| listening.iter().any(|socket| target.as_os_str() == socket.as_str()))
+}
+
 /// Polls `probe` until it returns true, for up to 30 s.
 #[track_caller]
 pub fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
@@ -670,6 +794,9 @@ pub fn under_load_url(
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let clients = scope.spawn(|| load_url(url, clients, &stop));
+        // Load for a while on both sides of the change, not until some event:
+        // before it, so that the change lands under load; after it, so that
+        // a late response from the old version would be seen.
         std::thread::sleep(Duration::from_millis(300));
         let before = Instant::now();
         let reply = change();

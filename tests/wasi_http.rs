@@ -57,9 +57,9 @@ fn a_wasi_http_component_answers_with_its_status_headers_and_streamed_body() {
     assert!(host.data_dir.join("hello.sqlite3").is_file());
     host.wait_for_log(&["visit number 2", "component=hello"]);
 
-    let listed = host.admin("GET", "/components", Vec::new()).json();
-    let version = &listed["components"][0]["version"];
-    assert_eq!(version["world"], "wasi:http/proxy", "{listed}");
+    let hello = host.component_status("hello");
+    let version = &hello["version"];
+    assert_eq!(version["world"], "wasi:http/proxy", "{hello}");
     let imports: Vec<&str> = version["host_imports"]
         .as_array()
         .unwrap()
@@ -110,7 +110,7 @@ fn limits_contain_a_wasi_http_component() {
     assert!(host.is_alive());
     assert_eq!(host.get("/http/hello").status, 200);
 
-    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    let metrics = host.metrics();
     for cause in ["cpu-time", "memory", "response-size"] {
         let count = metric(
             &metrics,
@@ -136,8 +136,10 @@ fn a_route_swaps_between_a_wasi_http_and_a_corral_world_version() {
     let second = host.version_of(path);
     assert_clean_switch(&samples, before, after, &first, &second);
     assert_eq!(host.get(path).body, b"");
-    let listed = host.admin("GET", "/components", Vec::new()).json();
-    assert_eq!(listed["components"][0]["version"]["world"], "corral:service/service");
+    assert_eq!(
+        host.component_status("svc")["version"]["world"],
+        "corral:service/service"
+    );
 
     let rollback = || host.admin("POST", "/components/svc/rollback", Vec::new());
     let (samples, before, after, reply) = under_load(&host, path, rollback);
@@ -243,7 +245,7 @@ fn outgoing_http_goes_only_where_it_is_allowed() {
     assert!(silent.text().contains("Timeout"), "{}", silent.text());
 
     host.wait_for_log(&["was denied: not in allowed_outbound_hosts", "component=plain"]);
-    let metrics = host.admin("GET", "/metrics", Vec::new()).text();
+    let metrics = host.metrics();
     let count = |component, outcome| {
         metric(
             &metrics,

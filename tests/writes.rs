@@ -86,7 +86,7 @@ fn a_write_that_fails_in_a_group_takes_no_other_write_with_it() {
         .component("chaos", "chaos", &["/chaos"])
         .toml("[components.chaos.limits]\ndb_statement_timeout_ms = 300")
         .start();
-    let sql = |statement: &str| host.post_raw("/chaos/sql", "text/plain", statement.as_bytes());
+    let sql = |statement: &str| host.sql_reply(statement);
     assert_eq!(
         sql("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT NOT NULL UNIQUE)").status,
         200
@@ -141,14 +141,14 @@ fn a_group_of_slow_writes_gives_the_writer_back_between_them() {
         .start();
     // Each write counts for a while, then fails alone (a NOT NULL
     // violation undoes that statement, not its group's transaction).
-    let slow = b"INSERT INTO junk (data) SELECT NULL FROM (SELECT count(*) AS c FROM \
+    let slow = "INSERT INTO junk (data) SELECT NULL FROM (SELECT count(*) AS c FROM \
         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000) SELECT x FROM n)) WHERE c > 0";
     let started = std::time::Instant::now();
     let answered = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..8 {
             scope.spawn(|| {
-                let reply = host.post_raw("/chaos/sql", "text/plain", slow);
+                let reply = host.sql_reply(slow);
                 assert_eq!(reply.json()["error"], "constraint-violation", "{}", reply.text());
                 answered.lock().unwrap().push(started.elapsed());
             });
@@ -163,6 +163,6 @@ fn a_group_of_slow_writes_gives_the_writer_back_between_them() {
     let spread = (answered[7] - answered[1]).as_secs_f64();
     assert!(spread > 3.0 * one, "{answered:?}");
     // Fast writes still go in groups, and the writer is free again.
-    let reply = host.post_raw("/chaos/sql", "text/plain", b"INSERT INTO junk (data) VALUES (x'01')");
+    let reply = host.sql_reply("INSERT INTO junk (data) VALUES (x'01')");
     assert_eq!(reply.status, 200, "{}", reply.text());
 }

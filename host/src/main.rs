@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use corral::Listeners;
 use corral::config::{Config, Overrides};
-use corral::ops::remote::{AdminClient, status_table};
+use corral::ops::remote::{
+    AdminClient, change_summary, dead_letters_table, events_table, reload_summary, settled_summary, status_table,
+};
 use corral::ops::transfer::{self, RegistryOptions};
 
 /// A request allocates and frees many small objects across threads (stores,
@@ -180,11 +182,34 @@ struct Remote {
     /// The admin token (default: $CORRAL_ADMIN_TOKEN, then the config's).
     #[arg(long)]
     token: Option<String>,
+    /// The data folder the host was started with, if not the config's:
+    /// where it keeps its admin token.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the admin API's JSON, for scripts, instead of text for people.
+    #[arg(long)]
+    json: bool,
 }
 
 impl Remote {
-    fn client(self) -> anyhow::Result<AdminClient> {
-        AdminClient::new(self.config.as_deref(), self.admin, self.token)
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        AdminClient::new(
+            self.config.as_deref(),
+            self.data_dir.clone(),
+            self.admin.clone(),
+            self.token.clone(),
+        )
+    }
+
+    /// Prints `reply` for people with `human`, or as JSON with `--json`.
+    fn show<T: serde::Serialize>(&self, reply: anyhow::Result<T>, human: fn(&T) -> String) -> anyhow::Result<()> {
+        let reply = reply?;
+        let text = match self.json {
+            true => serde_json::to_string_pretty(&reply)?,
+            false => human(&reply),
+        };
+        println!("{text}");
+        Ok(())
     }
 }
 
@@ -228,31 +253,38 @@ fn main() -> ExitCode {
                 println!("{}: ok", config.source.display());
                 Ok(())
             }
-            Command::Status(remote) => print(remote.client()?.status().map(|s| status_table(&s))),
+            Command::Status(remote) => remote.show(remote.client()?.status(), status_table),
             Command::Swap {
                 name,
                 wasm,
                 canary,
                 remote,
-            } => print(remote.client()?.swap(&name, &wasm, canary).map(pretty)),
-            Command::Rollback { name, remote } => print(remote.client()?.rollback(&name).map(pretty)),
-            Command::Promote { name, remote } => print(remote.client()?.promote(&name).map(pretty)),
-            Command::Reload(remote) => print(remote.client()?.reload().map(pretty)),
-            Command::Events(remote) => print(remote.client()?.events().map(pretty)),
+            } => remote.show(remote.client()?.swap(&name, &wasm, canary), change_summary),
+            Command::Rollback { name, remote } => remote.show(remote.client()?.rollback(&name), change_summary),
+            Command::Promote { name, remote } => remote.show(remote.client()?.promote(&name), change_summary),
+            Command::Reload(remote) => remote.show(remote.client()?.reload(), reload_summary),
+            Command::Events(remote) => remote.show(remote.client()?.events(), events_table),
             Command::DeadLetters {
                 subscriber,
                 limit,
                 remote,
-            } => print(remote.client()?.dead_letters(subscriber.as_deref(), limit).map(pretty)),
-            Command::Redrive { subscriber, ids, remote } => {
-                print(remote.client()?.settle_dead("redrive", &subscriber, &ids, false).map(pretty))
-            }
+            } => remote.show(
+                remote.client()?.dead_letters(subscriber.as_deref(), limit),
+                dead_letters_table,
+            ),
+            Command::Redrive { subscriber, ids, remote } => remote.show(
+                remote.client()?.settle_dead("redrive", &subscriber, &ids, false),
+                settled_summary,
+            ),
             Command::Purge {
                 subscriber,
                 ids,
                 pending,
                 remote,
-            } => print(remote.client()?.settle_dead("purge", &subscriber, &ids, pending).map(pretty)),
+            } => remote.show(
+                remote.client()?.settle_dead("purge", &subscriber, &ids, pending),
+                settled_summary,
+            ),
             Command::Push {
                 wasm,
                 reference,
@@ -291,10 +323,6 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 fn print(output: anyhow::Result<String>) -> anyhow::Result<()> {
     println!("{}", output?);
     Ok(())
-}
-
-fn pretty(json: serde_json::Value) -> String {
-    serde_json::to_string_pretty(&json).unwrap_or_default()
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {

@@ -34,7 +34,7 @@ use crate::components::versions::Versions;
 use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{ComponentConfig, Config};
-pub use state::{ComponentReport, ConvergeError, Desired, NodeReport};
+pub use state::{Changed, ComponentReport, ConvergeError, Desired, NodeReport};
 use trust::{Claim, KeyRing, Nonces, Refused};
 
 /// How long a change waits for every host to take it.
@@ -355,7 +355,7 @@ impl Cluster {
 
     /// Installs new code for `name` on every host, for every request or
     /// for `canary` percent of them.
-    pub async fn swap(&self, name: &str, wasm: Vec<u8>, canary: Option<u8>) -> Result<serde_json::Value, ClusterError> {
+    pub async fn swap(&self, name: &str, wasm: Vec<u8>, canary: Option<u8>) -> Result<Changed, ClusterError> {
         let digest = self.registry.validate(name, wasm.clone()).await?.to_string();
         self.versions
             .put(digest.as_str(), &mut wasm.as_slice())
@@ -372,7 +372,7 @@ impl Cluster {
     }
 
     /// Back to the previous version on every host, or drops the canary.
-    pub async fn rollback(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
+    pub async fn rollback(&self, name: &str) -> Result<Changed, ClusterError> {
         self.change(name, "rollback", |old| {
             let versions = (old.versions.rollback()).map_err(|e| ClusterError::Conflict(format!("{name}: {e}")))?;
             Ok(Desired {
@@ -384,7 +384,7 @@ impl Cluster {
     }
 
     /// Makes the canary the current version on every host.
-    pub async fn promote(&self, name: &str) -> Result<serde_json::Value, ClusterError> {
+    pub async fn promote(&self, name: &str) -> Result<Changed, ClusterError> {
         self.change(name, "promote", |old| {
             let versions = (old.versions.promote()).map_err(|e| ClusterError::Conflict(format!("{name}: {e}")))?;
             Ok(Desired {
@@ -397,7 +397,7 @@ impl Cluster {
 
     /// Moves the ownership of `name` (a component with a database) to host
     /// `owner`. The database does not move: see the README on failover.
-    pub async fn set_owner(&self, name: &str, owner: &str) -> Result<serde_json::Value, ClusterError> {
+    pub async fn set_owner(&self, name: &str, owner: &str) -> Result<Changed, ClusterError> {
         crate::config::check_name(owner).map_err(ClusterError::Conflict)?;
         self.change(name, "owner", |old| {
             if old.owner.is_none() {
@@ -420,7 +420,7 @@ impl Cluster {
         name: &str,
         change: &str,
         make: impl FnOnce(&Desired) -> Result<Desired, ClusterError>,
-    ) -> Result<serde_json::Value, ClusterError> {
+    ) -> Result<Changed, ClusterError> {
         let unavailable = |e: &dyn std::fmt::Display| ClusterError::Unavailable(anyhow::anyhow!("{e}"));
         let entry = self
             .desired
@@ -447,7 +447,11 @@ impl Cluster {
             })?;
         self.changed.notify_one();
         match self.wait_for(name, &next).await {
-            Ok(nodes) => Ok(serde_json::json!({ "component": name, "desired": next, "nodes": nodes })),
+            Ok(nodes) => Ok(Changed {
+                component: name.to_string(),
+                desired: next,
+                nodes,
+            }),
             Err(ClusterError::Refused { node, message }) => {
                 tracing::warn!(component = %name, %node, "a host refused a change; undoing it: {message}");
                 if self.desired.update(name, to_bytes(&old), revision).await.is_ok() {

@@ -29,6 +29,15 @@ pub struct Desired {
     pub change: String,
 }
 
+/// A change the cluster made: what every host now serves, and the
+/// reports of the hosts that took it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Changed {
+    pub component: String,
+    pub desired: Desired,
+    pub nodes: Vec<NodeReport>,
+}
+
 /// What one host serves, reported every few seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {

@@ -26,11 +26,11 @@ pub struct Control {
 }
 
 /// What a reload did.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Reloaded {
     pub components: Vec<Change>,
     /// Settings that changed in the file but take a restart to apply.
-    pub needs_restart: Vec<&'static str>,
+    pub needs_restart: Vec<String>,
 }
 
 impl Control {
@@ -78,7 +78,7 @@ impl Control {
         running.components = config.components;
         Ok(Reloaded {
             components,
-            needs_restart,
+            needs_restart: needs_restart.into_iter().map(String::from).collect(),
         })
     }
 

@@ -55,7 +55,7 @@ pub fn resolve_token(source: &TokenSource, file: TokenFile) -> anyhow::Result<St
             }
             anyhow::ensure!(
                 file == TokenFile::Create,
-                "no admin token in {}: start the host once to create it, or pass --token",
+                "no admin token in {}: start the host once to create it, pass --data-dir if the host was started with one, or pass --token",
                 path.display()
             );
             let mut bytes = [0u8; 32];

@@ -78,7 +78,7 @@ pub struct Backlog {
 }
 
 /// A message that will not be delivered again unless redriven.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     pub id: String,
     pub subscriber: String,

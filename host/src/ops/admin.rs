@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use super::api;
 use super::metrics::Metrics;
 use crate::cluster::{Cluster, ClusterError};
 use crate::components::control::Control;
@@ -265,13 +266,13 @@ impl Admin {
             Selection::Ids(ids)
         };
         let outcome = match (method, route) {
-            (&Method::GET, []) => self.describe_events().await,
+            (&Method::GET, []) => self.describe_events().await.map(|events| json!(events)),
             (&Method::GET, ["dead-letters"]) => {
                 let limit = param("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(1000);
                 self.events
                     .dead_letters(param("subscriber"), limit)
                     .await
-                    .map(|d| json!({ "dead_letters": d }))
+                    .map(|dead_letters| json!(api::DeadLetters { dead_letters }))
             }
             (&Method::POST, [kind @ ("dead-letters" | "pending"), action @ ("redrive" | "purge")]) => {
                 let Some(subscriber) = param("subscriber") else {
@@ -297,7 +298,13 @@ impl Admin {
                 if let Ok(n) = &done {
                     tracing::info!(subscriber, count = n, "dead letters {action}d");
                 }
-                done.map(|n| json!({ "subscriber": subscriber, *action: n }))
+                done.map(|n| {
+                    json!(api::Settled {
+                        subscriber,
+                        redrive: (*action == "redrive").then_some(n),
+                        purge: (*action == "purge").then_some(n),
+                    })
+                })
             }
             _ => {
                 return problem::response(
@@ -320,16 +327,20 @@ impl Admin {
     }
 
     /// Who publishes what, and each subscription with its backlog.
-    async fn describe_events(&self) -> anyhow::Result<Value> {
+    async fn describe_events(&self) -> anyhow::Result<api::Events> {
         let snapshot = self.control.registry.snapshot();
         let backlogs = self.events.backlogs().await?;
-        let publishers: Vec<Value> = snapshot
+        let strings = |patterns: &[crate::config::TopicPattern]| patterns.iter().map(ToString::to_string).collect();
+        let publishers = snapshot
             .entries
             .iter()
             .filter(|e| !e.config.events.publishes.is_empty())
-            .map(|e| json!({ "component": &*e.name, "topics": e.config.events.publishes.iter().map(ToString::to_string).collect::<Vec<_>>() }))
+            .map(|e| api::Publisher {
+                component: e.name.to_string(),
+                topics: strings(&e.config.events.publishes),
+            })
             .collect();
-        let mut subscriptions: Vec<Value> = Vec::new();
+        let mut subscriptions = Vec::new();
         for entry in &snapshot.entries {
             let Some(subscription) = &entry.config.events.subscription else {
                 continue;
@@ -339,34 +350,45 @@ impl Admin {
                 .find(|b| b.subscriber == *entry.name)
                 .cloned()
                 .unwrap_or_default();
-            subscriptions.push(json!({
-                "subscriber": &*entry.name,
-                "topics": subscription.topics.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "ordering": match subscription.ordering { crate::config::events::Ordering::Key => "key", crate::config::events::Ordering::None => "none" },
-                "exactly_once": subscription.exactly_once,
-                "settings": subscription.settings.describe(),
-                "backlog": backlog.ready,
-                "retrying": backlog.retrying,
-                "in_flight": backlog.in_flight,
-                "dead": backlog.dead,
-                "oldest_age_ms": backlog.oldest_age_ms,
-            }));
+            let ordering = match subscription.ordering {
+                crate::config::events::Ordering::Key => "key",
+                crate::config::events::Ordering::None => "none",
+            };
+            subscriptions.push(api::Subscription {
+                subscriber: entry.name.to_string(),
+                removed: false,
+                topics: strings(&subscription.topics),
+                ordering: Some(ordering.into()),
+                exactly_once: Some(subscription.exactly_once),
+                settings: Some(subscription.settings.describe()),
+                backlog: backlog.ready,
+                retrying: backlog.retrying,
+                in_flight: backlog.in_flight,
+                dead: backlog.dead,
+                oldest_age_ms: backlog.oldest_age_ms,
+            });
         }
         // Deliveries waiting for a component no longer subscribed.
-        for backlog in backlogs.iter().filter(|b| {
+        for backlog in backlogs.into_iter().filter(|b| {
             snapshot
                 .get(&b.subscriber)
                 .is_none_or(|e| e.config.events.subscription.is_none())
         }) {
-            subscriptions.push(json!({
-                "subscriber": backlog.subscriber,
-                "removed": true,
-                "backlog": backlog.ready,
-                "dead": backlog.dead,
-                "oldest_age_ms": backlog.oldest_age_ms,
-            }));
+            subscriptions.push(api::Subscription {
+                subscriber: backlog.subscriber,
+                removed: true,
+                backlog: backlog.ready,
+                retrying: backlog.retrying,
+                in_flight: backlog.in_flight,
+                dead: backlog.dead,
+                oldest_age_ms: backlog.oldest_age_ms,
+                ..api::Subscription::default()
+            });
         }
-        Ok(json!({ "publishers": publishers, "subscriptions": subscriptions }))
+        Ok(api::Events {
+            publishers,
+            subscriptions,
+        })
     }
 
     /// Ready once every component is loaded and initialized, and in a
@@ -471,9 +493,9 @@ fn change_refused(error: ChangeError) -> HttpResponse {
     problem::response(status, kind, title, format!("nothing changed: {error}"))
 }
 
-fn cluster_respond(outcome: Result<Value, ClusterError>) -> HttpResponse {
+fn cluster_respond<T: serde::Serialize>(outcome: Result<T, ClusterError>) -> HttpResponse {
     let error = match outcome {
-        Ok(json) => return json_response(StatusCode::OK, &json),
+        Ok(answer) => return json_response(StatusCode::OK, &json!(answer)),
         Err(ClusterError::Local(error)) => return change_refused(error),
         Err(error) => error,
     };

@@ -1,8 +1,10 @@
-//! What operators and developers use: the [`admin`] listener, the CLI's
-//! client for it ([`remote`]), the [`metrics`] it serves, the generator of
-//! new components ([`scaffold`]), and `corral push` and `pull` ([`transfer`]).
+//! What operators and developers use: the [`admin`] listener, its answers
+//! as types ([`api`]), the CLI's client for it ([`remote`]), the
+//! [`metrics`] it serves, the generator of new components ([`scaffold`]),
+//! and `corral push` and `pull` ([`transfer`]).
 
 pub mod admin;
+pub mod api;
 pub mod metrics;
 pub mod remote;
 pub mod scaffold;

@@ -1,13 +1,14 @@
 //! The admin API's client, behind `corral status`, `swap`, `rollback`,
-//! `promote` and `reload`: finds the admin address and token, sends one
-//! request, and prints what came back.
+//! `promote`, `reload` and the event commands: finds the admin address and
+//! token, sends one request, and renders what came back for people.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use super::api;
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{Config, DEFAULT_ADMIN_LISTEN, OCI_SCHEME, Overrides};
 
@@ -22,10 +23,20 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// The admin API at `admin` (or the config's `[admin] listen`) with
-    /// `token` (or `$CORRAL_ADMIN_TOKEN`, or the config's token).
-    pub fn new(config: Option<&Path>, admin: Option<String>, token: Option<String>) -> anyhow::Result<Self> {
+    /// `token` (or `$CORRAL_ADMIN_TOKEN`, or the config's token, whose
+    /// default file is in `data_dir` when given, as for `corral serve`).
+    pub fn new(
+        config: Option<&Path>,
+        data_dir: Option<PathBuf>,
+        admin: Option<String>,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let overrides = Overrides {
+            data_dir,
+            ..Overrides::default()
+        };
         let config = match config {
-            Some(path) => Some(Config::load(path, &Overrides::default())?),
+            Some(path) => Some(Config::load(path, &overrides)?),
             None => None,
         };
         let admin_config = config.as_ref().and_then(|c| c.admin.as_ref());
@@ -48,6 +59,13 @@ impl AdminClient {
             .build()
             .into();
         Ok(AdminClient { base, token, agent })
+    }
+
+    /// Sends a request and reads the reply as a `T`.
+    fn send_as<T: serde::de::DeserializeOwned>(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
+        let json = self.send(method, path, body)?;
+        serde_json::from_value(json)
+            .with_context(|| format!("the admin API's answer to {method} {path} is not what this corral reads"))
     }
 
     /// Sends a request and returns the JSON reply, or the problem's detail as an error.
@@ -81,34 +99,34 @@ impl AdminClient {
     }
 
     /// Sends `wasm`'s file, or the `oci://` reference it is for the host to fetch.
-    pub fn swap(&self, name: &str, wasm: &str, canary: Option<u8>) -> anyhow::Result<Value> {
+    pub fn swap(&self, name: &str, wasm: &str, canary: Option<u8>) -> anyhow::Result<api::Changed> {
         let bytes = match wasm.starts_with(OCI_SCHEME) {
             true => wasm.as_bytes().to_vec(),
             false => std::fs::read(wasm).with_context(|| format!("cannot read {wasm}"))?,
         };
         let query = canary.map(|c| format!("?canary={c}")).unwrap_or_default();
-        self.send("PUT", &format!("/components/{name}{query}"), bytes)
+        self.send_as("PUT", &format!("/components/{name}{query}"), bytes)
     }
 
-    pub fn rollback(&self, name: &str) -> anyhow::Result<Value> {
-        self.send("POST", &format!("/components/{name}/rollback"), Vec::new())
+    pub fn rollback(&self, name: &str) -> anyhow::Result<api::Changed> {
+        self.send_as("POST", &format!("/components/{name}/rollback"), Vec::new())
     }
 
-    pub fn promote(&self, name: &str) -> anyhow::Result<Value> {
-        self.send("POST", &format!("/components/{name}/promote"), Vec::new())
+    pub fn promote(&self, name: &str) -> anyhow::Result<api::Changed> {
+        self.send_as("POST", &format!("/components/{name}/promote"), Vec::new())
     }
 
-    pub fn reload(&self) -> anyhow::Result<Value> {
-        self.send("POST", "/reload", Vec::new())
+    pub fn reload(&self) -> anyhow::Result<api::Reloaded> {
+        self.send_as("POST", "/reload", Vec::new())
     }
 
-    pub fn events(&self) -> anyhow::Result<Value> {
-        self.send("GET", "/events", Vec::new())
+    pub fn events(&self) -> anyhow::Result<api::Events> {
+        self.send_as("GET", "/events", Vec::new())
     }
 
-    pub fn dead_letters(&self, subscriber: Option<&str>, limit: usize) -> anyhow::Result<Value> {
+    pub fn dead_letters(&self, subscriber: Option<&str>, limit: usize) -> anyhow::Result<api::DeadLetters> {
         let subscriber = subscriber.map(|s| format!("&subscriber={s}")).unwrap_or_default();
-        self.send(
+        self.send_as(
             "GET",
             &format!("/events/dead-letters?limit={limit}{subscriber}"),
             Vec::new(),
@@ -117,14 +135,145 @@ impl AdminClient {
 
     /// Redrives (or purges) `subscriber`'s dead letters, the given ones or
     /// all; `pending` purges what still waits too.
-    pub fn settle_dead(&self, action: &str, subscriber: &str, ids: &[String], pending: bool) -> anyhow::Result<Value> {
+    pub fn settle_dead(
+        &self,
+        action: &str,
+        subscriber: &str,
+        ids: &[String],
+        pending: bool,
+    ) -> anyhow::Result<api::Settled> {
         let kind = if pending { "pending" } else { "dead-letters" };
         let ids: String = ids.iter().map(|id| format!("&id={id}")).collect();
-        self.send(
+        self.send_as(
             "POST",
             &format!("/events/{kind}/{action}?subscriber={subscriber}{ids}"),
             Vec::new(),
         )
+    }
+}
+
+/// What a swap, rollback or promote did, in a line.
+pub fn change_summary(changed: &api::Changed) -> String {
+    let short = |digest: &str| digest[..digest.len().min(12)].to_string();
+    let short_or_none = |digest: Option<&String>| digest.map_or("-".to_string(), |d| short(d));
+    match changed {
+        api::Changed::Cluster(change) => {
+            let versions = &change.desired.versions;
+            let canary = match &versions.canary {
+                Some(canary) => format!(", canary {} at {}%", short(&canary.version), canary.percent),
+                None => String::new(),
+            };
+            let nodes: Vec<&str> = change.nodes.iter().map(|n| n.node.as_str()).collect();
+            format!(
+                "{}: {}{canary} (previous {}), on {}",
+                change.component,
+                short(&versions.current),
+                short_or_none(versions.previous.as_ref()),
+                nodes.join(", ")
+            )
+        }
+        api::Changed::Host(change) => match change.canary_percent {
+            Some(percent) => format!(
+                "{}: canary {} serves {percent}% of requests, {} the rest",
+                change.name,
+                short(&change.version),
+                short_or_none(change.previous_version.as_ref())
+            ),
+            None => format!(
+                "{}: {} (previous {})",
+                change.name,
+                short(&change.version),
+                short_or_none(change.previous_version.as_ref())
+            ),
+        },
+    }
+}
+
+/// What a reload did: each component changed, and settings that wait for a restart.
+pub fn reload_summary(reloaded: &api::Reloaded) -> String {
+    let mut lines: Vec<String> = reloaded
+        .components
+        .iter()
+        .map(|change| change_summary(&api::Changed::Host(change.clone())))
+        .collect();
+    if lines.is_empty() {
+        lines.push("no component changed".into());
+    }
+    if !reloaded.needs_restart.is_empty() {
+        lines.push(format!(
+            "changed but applied only after a restart: {}",
+            reloaded.needs_restart.join(", ")
+        ));
+    }
+    lines.join("\n")
+}
+
+/// `GET /events` as two tables: who publishes what, and each subscription's backlog.
+pub fn events_table(events: &api::Events) -> String {
+    let mut publishers = vec![["PUBLISHER".to_string(), "TOPICS".into()]];
+    for p in &events.publishers {
+        publishers.push([p.component.clone(), p.topics.join(",")]);
+    }
+    let mut subscriptions = vec![[
+        "SUBSCRIBER".to_string(),
+        "TOPICS".into(),
+        "BACKLOG".into(),
+        "RETRYING".into(),
+        "IN FLIGHT".into(),
+        "DEAD".into(),
+        "OLDEST MS".into(),
+    ]];
+    for s in &events.subscriptions {
+        let topics = match s.removed {
+            true => "(no longer subscribed)".to_string(),
+            false => s.topics.join(","),
+        };
+        subscriptions.push([
+            s.subscriber.clone(),
+            topics,
+            s.backlog.to_string(),
+            s.retrying.to_string(),
+            s.in_flight.to_string(),
+            s.dead.to_string(),
+            s.oldest_age_ms.map_or("-".into(), |ms| ms.to_string()),
+        ]);
+    }
+    format!("{}\n\n{}", render(&publishers), render(&subscriptions))
+}
+
+/// `GET /events/dead-letters` as a table, reasons cut at 60 characters.
+pub fn dead_letters_table(dead: &api::DeadLetters) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "SUBSCRIBER".into(),
+        "TOPIC".into(),
+        "SOURCE".into(),
+        "ATTEMPTS".into(),
+        "REASON".into(),
+    ]];
+    for d in &dead.dead_letters {
+        let mut reason = d.reason.replace('\n', " ");
+        if reason.chars().count() > 60 {
+            reason = format!("{}...", reason.chars().take(57).collect::<String>());
+        }
+        rows.push([
+            d.id.clone(),
+            d.subscriber.clone(),
+            d.topic.clone(),
+            d.source.clone(),
+            d.attempts.to_string(),
+            reason,
+        ]);
+    }
+    render(&rows)
+}
+
+/// What a redrive or purge did.
+pub fn settled_summary(settled: &api::Settled) -> String {
+    match (settled.redrive, settled.purge) {
+        (Some(n), _) => format!("{}: {n} dead letters delivered again", settled.subscriber),
+        (_, Some(n)) => format!("{}: {n} messages dropped", settled.subscriber),
+        (None, None) => format!("{}: nothing done", settled.subscriber),
     }
 }
 
