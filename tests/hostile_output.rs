@@ -68,3 +68,27 @@ fn call_payloads_past_the_limit_are_unavailable() {
     );
     assert_eq!(echo(1, 1).status, 200, "the provider serves on");
 }
+
+#[test]
+fn a_response_with_more_headers_than_the_limit_is_refused() {
+    let limited = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml("[components.chaos.limits]\nresponse_headers = 3")
+        .start();
+    let reply = limited.get("/chaos/answer-with?header=x-many&value=v&count=3");
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    assert_eq!(reply.header("x-many-2"), Some("v"));
+    let problem = limited
+        .get("/chaos/answer-with?header=x-many&value=v&count=4")
+        .assert_problem(500, "invalid-response");
+    assert!(problem.to_string().contains("4 headers is more than 3"), "{problem}");
+    // The default, 100, holds too.
+    let default = host().component("chaos", "chaos", &["/chaos"]).start();
+    assert_eq!(
+        default.get("/chaos/answer-with?header=x-many&value=v&count=100").status,
+        204
+    );
+    default
+        .get("/chaos/answer-with?header=x-many&value=v&count=101")
+        .assert_problem(500, "invalid-response");
+}

@@ -56,8 +56,12 @@ impl Service for Chaos {
                 &json!({ "headers": req.headers(), "client_addr": req.client_addr() }),
             )),
             ["chaos", "answer-with"] => {
+                // `count` headers: `header` itself, then `header-1`, `header-2`, ...
                 let name = req.query("header").unwrap_or_default();
-                Ok(Response::empty(204).header(&name, req.query("value").unwrap_or_default()))
+                let value = req.query("value").unwrap_or_default();
+                let count: usize = req.query("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+                let response = Response::empty(204).header(&name, value.clone());
+                Ok((1..count).fold(response, |r, i| r.header(&format!("{name}-{i}"), value.clone())))
             }
             ["chaos", "sql"] => run_sql(&req),
             ["chaos", "query"] => query(&req),

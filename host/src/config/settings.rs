@@ -144,6 +144,8 @@ settings! {
         max_request_body_bytes: Kib = "request_body_kib", 0..=1_048_576, default 1024;
         /// The largest response body the component may return.
         max_response_body_bytes: Kib = "response_body_kib", 1..=1_048_576, default 16_384;
+        /// The most headers its response may carry.
+        max_response_headers: Count = "response_headers", 1..=10_000, default 100;
         /// The most data a call from another component may pass it, and the
         /// most its answer may carry.
         max_call_bytes: Kib = "call_payload_kib", 1..=1_048_576, default 1024;

@@ -44,8 +44,6 @@ use crate::limits::rates::Verdict;
 use crate::limits::shared::{Decided, SharedLimits};
 use crate::wasm::invoke::{self, InvokeError, OwnedTarget, Streaming, Target};
 
-/// Most headers a component's response may carry.
-const MAX_RESPONSE_HEADERS: usize = 100;
 /// The longest request id accepted from a client.
 const MAX_REQUEST_ID_LEN: usize = 128;
 /// The route of requests between components, in metrics.
@@ -739,10 +737,11 @@ pub(crate) fn into_http(response: types::Response, limits: &ComponentLimits) -> 
             response.body.len()
         ));
     }
-    if response.headers.len() > MAX_RESPONSE_HEADERS {
+    if response.headers.len() > limits.max_response_headers {
         return Err(format!(
-            "{} headers is more than {MAX_RESPONSE_HEADERS}",
-            response.headers.len()
+            "{} headers is more than {}",
+            response.headers.len(),
+            limits.max_response_headers
         ));
     }
     let mut http = Response::new(full(Bytes::from(response.body)));
@@ -766,10 +765,11 @@ fn streamed(streaming: Streaming, limits: &ComponentLimits, cut_short: CutShort)
     if parts.status.as_u16() < 200 {
         return Err(format!("status {} is not a final HTTP status", parts.status));
     }
-    if parts.headers.len() > MAX_RESPONSE_HEADERS {
+    if parts.headers.len() > limits.max_response_headers {
         return Err(format!(
-            "{} headers is more than {MAX_RESPONSE_HEADERS}",
-            parts.headers.len()
+            "{} headers is more than {}",
+            parts.headers.len(),
+            limits.max_response_headers
         ));
     }
     let limit = limits.max_response_body_bytes;
