@@ -6,7 +6,7 @@
 //! types, size, digests) and keeps every component it fetched by digest, so
 //! a host whose registry is away starts from what it fetched before.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::saved::write_atomically;
 use crate::config::{OCI_SCHEME, RegistriesConfig};
 
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -327,7 +328,7 @@ impl Cache {
         if let Some(path) = self.blob_path(digest)
             && let Err(e) = write_atomically(&path, wasm)
         {
-            tracing::warn!("cannot keep {digest} in {}: {e}", path.display());
+            tracing::warn!("cannot keep {digest} in {}: {e:#}", path.display());
         }
     }
 
@@ -339,7 +340,7 @@ impl Cache {
         let path = self.ref_path(reference);
         let text = serde_json::to_vec(&resolved).expect("plain data serializes");
         if let Err(e) = write_atomically(&path, &text) {
-            tracing::warn!("cannot record {} in {}: {e}", reference.whole(), path.display());
+            tracing::warn!("cannot record {} in {}: {e:#}", reference.whole(), path.display());
         }
     }
 
@@ -489,12 +490,4 @@ pub fn sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("a path in the cache has a folder");
-    std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("partial");
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
 }

@@ -149,7 +149,7 @@ impl VersionStore {
 
 /// Writes `bytes` to `path` so that it holds either its old content or all
 /// of the new one, across crashes.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("no parent folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let temporary = path.with_extension("partial");
