@@ -60,20 +60,7 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
             DEFAULT_LISTEN.parse().expect("the default address parses")
         })
     });
-    let data_dir = match (&overrides.data_dir, &raw.data_dir) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(dir)) => base.join(dir),
-        (None, None) => {
-            problems.add(
-                "data_dir",
-                "is required: the folder where each component's database lives",
-            );
-            PathBuf::new()
-        }
-    };
-    if data_dir.exists() && !data_dir.is_dir() {
-        problems.add("data_dir", format!("{} exists and is not a folder", data_dir.display()));
-    }
+    let data_dir = data_dir(raw.data_dir.as_deref(), base, overrides, problems);
     let cache_dir = raw.cache_dir.map(|dir| base.join(dir));
     let registries = registries_config(
         &raw.registries,
@@ -106,39 +93,7 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
             problems,
         ));
     }
-    check_overlaps(&components, problems);
-    for component in components.iter().filter(|c| c.owner.is_some()) {
-        let key = format!("components.{}.owner", component.name);
-        match (&cluster, &component.owner) {
-            (None, _) => problems.add(key, "only means something in a cluster: add a [cluster] section"),
-            (Some(_), Some(owner)) => {
-                if let Err(why) = check_name(owner) {
-                    problems.add(key, why.replace("component name", "node name"));
-                }
-            }
-            _ => {}
-        }
-    }
-    for component in &components {
-        for (interface, provider) in &component.imports {
-            if !components.iter().any(|c| &c.name == provider) {
-                problems.add(
-                    format!("components.{}.imports.\"{interface}\"", component.name),
-                    format!("{provider:?} is not a configured component"),
-                );
-            }
-        }
-    }
-    let concurrent: usize = components.iter().map(|c| c.limits.max_concurrent).sum();
-    if concurrent > server.settings.max_instances {
-        problems.add(
-            "server.max_instances",
-            format!(
-                "{} is less than the components' max_concurrent added up ({concurrent})",
-                server.settings.max_instances
-            ),
-        );
-    }
+    check_components(&components, cluster.is_some(), server.settings.max_instances, problems);
     Config {
         source: file.to_path_buf(),
         listen,
@@ -150,6 +105,60 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         registries,
         warnings: unheard_topics(&components),
         components,
+    }
+}
+
+/// The folder of the databases: `--data-dir`, else the file's.
+fn data_dir(raw: Option<&str>, base: &Path, overrides: &Overrides, problems: &mut Problems) -> PathBuf {
+    let dir = match (&overrides.data_dir, raw) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => base.join(dir),
+        (None, None) => {
+            problems.add(
+                "data_dir",
+                "is required: the folder where each component's database lives",
+            );
+            PathBuf::new()
+        }
+    };
+    if dir.exists() && !dir.is_dir() {
+        problems.add("data_dir", format!("{} exists and is not a folder", dir.display()));
+    }
+    dir
+}
+
+/// What holds between components: routes apart, owners only in a cluster
+/// and well named, every import's provider configured, and instance slots
+/// for every component's `max_concurrent`.
+fn check_components(components: &[ComponentConfig], clustered: bool, max_instances: usize, problems: &mut Problems) {
+    check_overlaps(components, problems);
+    for component in components {
+        let Some(owner) = &component.owner else {
+            continue;
+        };
+        let key = format!("components.{}.owner", component.name);
+        if !clustered {
+            problems.add(key, "only means something in a cluster: add a [cluster] section");
+        } else if let Err(why) = check_name(owner) {
+            problems.add(key, why.replace("component name", "node name"));
+        }
+    }
+    for component in components {
+        for (interface, provider) in &component.imports {
+            if !components.iter().any(|c| &c.name == provider) {
+                problems.add(
+                    format!("components.{}.imports.\"{interface}\"", component.name),
+                    format!("{provider:?} is not a configured component"),
+                );
+            }
+        }
+    }
+    let concurrent: usize = components.iter().map(|c| c.limits.max_concurrent).sum();
+    if concurrent > max_instances {
+        problems.add(
+            "server.max_instances",
+            format!("{max_instances} is less than the components' max_concurrent added up ({concurrent})"),
+        );
     }
 }
 
