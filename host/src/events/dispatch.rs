@@ -59,81 +59,116 @@ pub async fn run(registry: Arc<Registry>, log: Arc<dyn EventLog>, wake: Arc<Noti
         ),
         Err(e) => tracing::warn!("cannot release old leases: {e:#}"),
     }
-    let in_flight = InFlight::default();
     // Finished deliveries, settled together at the top of each round.
-    let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (settled, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let dispatcher = Dispatcher {
+        registry,
+        log,
+        wake,
+        stats,
+        in_flight: InFlight::default(),
+        settled,
+    };
     let mut poll = tokio::time::interval(POLL_EVERY);
     let mut last_recover = Instant::now();
     let mut last_backlog = Instant::now() - BACKLOG_EVERY;
     loop {
         tokio::select! {
-            () = wake.notified() => {}
+            () = dispatcher.wake.notified() => {}
             _ = poll.tick() => {}
         }
+        dispatcher.settle(&mut finished).await;
+        if last_recover.elapsed() >= RECOVER_EVERY {
+            last_recover = Instant::now();
+            let _ = dispatcher.log.recover(false).await;
+        }
+        if last_backlog.elapsed() >= BACKLOG_EVERY {
+            last_backlog = Instant::now();
+            if let Ok(backlogs) = dispatcher.log.backlogs().await {
+                dispatcher.stats.set_backlogs(&backlogs);
+            }
+        }
+        let snapshot = dispatcher.registry.snapshot();
+        for entry in &snapshot.entries {
+            dispatcher.start(entry).await;
+        }
+    }
+}
+
+/// A finished delivery: its subscriber, its id and how it is settled.
+type Settled = (Arc<str>, String, Settlement);
+
+/// What one dispatching task holds.
+struct Dispatcher {
+    registry: Arc<Registry>,
+    log: Arc<dyn EventLog>,
+    wake: Arc<Notify>,
+    stats: Arc<EventStats>,
+    in_flight: InFlight,
+    /// Where finished deliveries send their settlement.
+    settled: tokio::sync::mpsc::UnboundedSender<Settled>,
+}
+
+impl Dispatcher {
+    /// Settles every delivery finished since the last round, together.
+    async fn settle(&self, finished: &mut tokio::sync::mpsc::UnboundedReceiver<Settled>) {
         let mut settled = Vec::new();
-        while let Ok(one) = settled_rx.try_recv() {
+        while let Ok(one) = finished.try_recv() {
             settled.push(one);
         }
         if !settled.is_empty()
-            && let Err(e) = log.settle(settled).await
+            && let Err(e) = self.log.settle(settled).await
         {
             // Their leases run out and they come again.
             tracing::warn!("cannot settle deliveries: {e:#}");
         }
-        if last_recover.elapsed() >= RECOVER_EVERY {
-            last_recover = Instant::now();
-            let _ = log.recover(false).await;
+    }
+
+    /// Claims as many due deliveries for `entry` as it has room for, and
+    /// starts each on an instance of its own.
+    async fn start(&self, entry: &Arc<Entry>) {
+        let Some(subscription) = &entry.config.events.subscription else {
+            return;
+        };
+        // In a cluster, a subscriber with its database on another host
+        // is never run here: its deliveries wait in this host's log.
+        if self.registry.placement.owner_elsewhere(&entry.name).is_some() {
+            return;
         }
-        if last_backlog.elapsed() >= BACKLOG_EVERY {
-            last_backlog = Instant::now();
-            if let Ok(backlogs) = log.backlogs().await {
-                stats.set_backlogs(&backlogs);
-            }
+        let running = self.in_flight.of(&entry.name);
+        let free = subscription
+            .settings
+            .concurrency
+            .saturating_sub(running.load(AtomicOrdering::Acquire));
+        if free == 0 {
+            return;
         }
-        let snapshot = registry.snapshot();
-        for entry in &snapshot.entries {
-            let Some(subscription) = &entry.config.events.subscription else {
-                continue;
+        let by_key = subscription.ordering == Ordering::Key;
+        let claimed = match self
+            .log
+            .claim(entry.name.to_string(), free, by_key, subscription.settings.lease)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(subscriber = %entry.name, "cannot take deliveries: {e:#}");
+                return;
+            }
+        };
+        for claimed in claimed {
+            running.fetch_add(1, AtomicOrdering::AcqRel);
+            let guard = Running(Arc::clone(&running));
+            let job = Job {
+                entry: Arc::clone(entry),
+                stats: Arc::clone(&self.stats),
             };
-            // In a cluster, a subscriber with its database on another host
-            // is never run here: its deliveries wait in this host's log.
-            if registry.placement.owner_elsewhere(&entry.name).is_some() {
-                continue;
-            }
-            let running = in_flight.of(&entry.name);
-            let free = subscription
-                .settings
-                .concurrency
-                .saturating_sub(running.load(AtomicOrdering::Acquire));
-            if free == 0 {
-                continue;
-            }
-            let by_key = subscription.ordering == Ordering::Key;
-            let claimed = match log
-                .claim(entry.name.to_string(), free, by_key, subscription.settings.lease)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(subscriber = %entry.name, "cannot take deliveries: {e:#}");
-                    continue;
-                }
-            };
-            for claimed in claimed {
-                running.fetch_add(1, AtomicOrdering::AcqRel);
-                let guard = Running(Arc::clone(&running));
-                let job = Job {
-                    entry: Arc::clone(entry),
-                    stats: Arc::clone(&stats),
-                };
-                let (settled, wake) = (settled_tx.clone(), Arc::clone(&wake));
-                tokio::spawn(async move {
-                    let settlement = job.deliver(claimed).await;
-                    let _ = settled.send(settlement);
-                    drop(guard);
-                    wake.notify_one();
-                });
-            }
+            let (settled, wake) = (self.settled.clone(), Arc::clone(&self.wake));
+            tokio::spawn(async move {
+                let settlement = job.deliver(claimed).await;
+                let _ = settled.send(settlement);
+                drop(guard);
+                wake.notify_one();
+            });
         }
     }
 }
