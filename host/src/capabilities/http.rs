@@ -102,6 +102,9 @@ impl WasiHttpHooks for OutboundHooks {
     }
 }
 
+/// Sends a guest's request: refused unless the allow-list names its
+/// destination; to `<component>.internal` through the host, never the
+/// network; anywhere else within the timeouts and the response cap.
 async fn send(
     outbound: Arc<Outbound>,
     request: http::Request<WasiBody>,
@@ -109,7 +112,16 @@ async fn send(
     depth: u32,
     request_id: Arc<str>,
 ) -> Sent {
-    let uri = request.uri();
+    let host = allowed_host(&outbound, request.uri(), &request_id)?;
+    match host.strip_suffix(INTERNAL_SUFFIX) {
+        Some(component) => send_internal(&outbound, component, request, depth, request_id).await,
+        None => send_out(&outbound, request, options, &request_id).await,
+    }
+}
+
+/// The request's host, lowercase, if `allowed_outbound_hosts` allows its
+/// scheme, host and port.
+fn allowed_host(outbound: &Outbound, uri: &http::Uri, request_id: &str) -> Result<String, Error> {
     let scheme = uri.scheme_str().unwrap_or("https").to_string();
     let host = uri.host().unwrap_or_default().to_ascii_lowercase();
     let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
@@ -122,25 +134,46 @@ async fn send(
         );
         return Err(Error::HttpRequestDenied);
     }
-    if let Some(component) = host.strip_suffix(INTERNAL_SUFFIX) {
-        if depth >= MAX_INTERNAL_DEPTH {
-            outbound.count("denied");
-            return Err(Error::LoopDetected);
-        }
-        let internal = outbound.internal.get().ok_or(Error::DestinationUnavailable)?;
-        let response = internal
-            .call(
-                component.to_string(),
-                request,
-                Arc::clone(&outbound.component),
-                depth + 1,
-                request_id,
-            )
-            .await?;
-        outbound.count("internal");
-        let done: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
-        return Ok((response, done));
+    Ok(host)
+}
+
+/// A request to `<component>.internal`, served by the host in process, at
+/// most [`MAX_INTERNAL_DEPTH`] calls deep.
+async fn send_internal(
+    outbound: &Outbound,
+    component: &str,
+    request: http::Request<WasiBody>,
+    depth: u32,
+    request_id: Arc<str>,
+) -> Sent {
+    if depth >= MAX_INTERNAL_DEPTH {
+        outbound.count("denied");
+        return Err(Error::LoopDetected);
     }
+    let internal = outbound.internal.get().ok_or(Error::DestinationUnavailable)?;
+    let response = internal
+        .call(
+            component.to_string(),
+            request,
+            Arc::clone(&outbound.component),
+            depth + 1,
+            request_id,
+        )
+        .await?;
+    outbound.count("internal");
+    let done: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
+    Ok((response, done))
+}
+
+/// A request over the network: connected within the component's connect
+/// timeout (or the guest's, if shorter), answered in full within its
+/// timeout, its body cut off past the response cap.
+async fn send_out(
+    outbound: &Outbound,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    request_id: &str,
+) -> Sent {
     let connect = options
         .and_then(|o| o.connect_timeout)
         .map_or(outbound.connect_timeout, |t| t.min(outbound.connect_timeout));
@@ -155,10 +188,10 @@ async fn send(
         wasmtime_wasi_http::default_send_request(request, Some(options)),
     )
     .await;
-    match sent {
+    let (response, io) = match sent {
         Err(_) => {
             outbound.count("timeout");
-            Err(Error::ConnectionTimeout)
+            return Err(Error::ConnectionTimeout);
         }
         Ok(Err(e)) => {
             let timed_out = matches!(
@@ -171,23 +204,22 @@ async fn send(
             );
             outbound.count(if timed_out { "timeout" } else { "failed" });
             tracing::info!(component = %outbound.component, request_id = %request_id, "an outgoing request failed: {e}");
-            Err(e)
+            return Err(e);
         }
-        Ok(Ok((response, io))) => {
-            outbound.count("ok");
-            let limit = outbound.max_response_bytes;
-            if response
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|n| n > limit as u64)
-            {
-                return Err(Error::HttpResponseBodySize(Some(limit as u64)));
-            }
-            let response = response.map(|body| Capped::new(body.boxed_unsync(), limit, deadline).boxed_unsync());
-            Ok((response, Box::new(io)))
-        }
+        Ok(Ok(sent)) => sent,
+    };
+    outbound.count("ok");
+    let limit = outbound.max_response_bytes;
+    if response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(Error::HttpResponseBodySize(Some(limit as u64)));
     }
+    let response = response.map(|body| Capped::new(body.boxed_unsync(), limit, deadline).boxed_unsync());
+    Ok((response, Box::new(io)))
 }
 
 /// A response body cut off past `limit` bytes or past `deadline`.
