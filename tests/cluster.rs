@@ -24,7 +24,7 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts `program` with the arguments `args` gives for the address it
     /// is to listen on, a free one, and waits until it listens there.
-    fn start(program: &str, args: impl Fn(SocketAddr) -> Vec<String>, dir: tempfile::TempDir) -> Daemon {
+    pub(crate) fn start(program: &str, args: impl Fn(SocketAddr) -> Vec<String>, dir: tempfile::TempDir) -> Daemon {
         let path = find_program(program);
         let (child, addr) = spawn_listening(program, |addr| {
             let mut command = Command::new(&path);
@@ -34,7 +34,12 @@ impl Daemon {
         Daemon { child, addr, _dir: dir }
     }
 
-    fn stop(&mut self) {
+    /// The folder it runs in, which lives as long as it.
+    pub(crate) fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

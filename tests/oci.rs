@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::cluster::Daemon;
 use crate::support::{
-    admin_toml, assert_clean_switch, find_program, host, output_of, run_corral, spawn_listening, under_load, variant,
-    wasm,
+    admin_toml, assert_clean_switch, find_program, host, output_of, run_corral, under_load, variant, wasm,
 };
 
 const USER: &str = "shop";
@@ -20,36 +20,43 @@ const PASSWORD: &str = "registry-password-1";
 
 /// A registry the test started, and what a client needs to reach it.
 struct Registry {
-    child: Child,
+    daemon: Daemon,
     addr: SocketAddr,
-    dir: tempfile::TempDir,
 }
 
 impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path();
-        make_certificates(path);
+        let path = dir.path().to_path_buf();
+        make_certificates(&path);
         let (ok, htpasswd) = output_of(Command::new(find_program("htpasswd")).args(["-Bbn", USER, PASSWORD]));
         assert!(ok, "{htpasswd}");
         std::fs::write(path.join("htpasswd"), htpasswd.trim()).unwrap();
-        let program = find_program("docker-registry");
-        let (child, addr) = spawn_listening("docker-registry", |addr| {
-            let config = format!(
-                "version: 0.1\nstorage: {{ filesystem: {{ rootdirectory: {data} }} }}\n\
-                 http: {{ addr: {addr}, tls: {{ certificate: {crt}, key: {key} }} }}\n\
-                 auth: {{ htpasswd: {{ realm: test, path: {htpasswd} }} }}\n",
-                data = path.join("data").display(),
-                crt = path.join("registry.crt").display(),
-                key = path.join("registry.key").display(),
-                htpasswd = path.join("htpasswd").display(),
-            );
-            std::fs::write(path.join("config.yml"), config).unwrap();
-            let mut command = Command::new(&program);
-            command.args(["serve", "config.yml"]).current_dir(path);
-            command
-        });
-        Registry { child, addr, dir }
+        let daemon = Daemon::start(
+            "docker-registry",
+            |addr| {
+                let config = format!(
+                    "version: 0.1\nstorage: {{ filesystem: {{ rootdirectory: {data} }} }}\n\
+                     http: {{ addr: {addr}, tls: {{ certificate: {crt}, key: {key} }} }}\n\
+                     auth: {{ htpasswd: {{ realm: test, path: {htpasswd} }} }}\n",
+                    data = path.join("data").display(),
+                    crt = path.join("registry.crt").display(),
+                    key = path.join("registry.key").display(),
+                    htpasswd = path.join("htpasswd").display(),
+                );
+                std::fs::write(path.join("config.yml"), config).unwrap();
+                vec!["serve".into(), "config.yml".into()]
+            },
+            dir,
+        );
+        Registry {
+            addr: daemon.addr,
+            daemon,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.daemon.dir()
     }
 
     fn reference(&self, repository_and_tag: &str) -> String {
@@ -57,12 +64,12 @@ impl Registry {
     }
 
     fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
+        self.dir().join("ca.crt")
     }
 
     /// Runs `corral` with the registry's password and CA, and a cache of its own.
     fn corral(&self, args: &[&str], password: &str) -> (bool, String) {
-        let cache = self.dir.path().join(format!("cache-{}", rand_suffix()));
+        let cache = self.dir().join(format!("cache-{}", rand_suffix()));
         let ca = self.ca_file();
         let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
         all.extend(["--ca-file".as_ref(), ca.as_os_str()]);
@@ -73,7 +80,7 @@ impl Registry {
                 ("CORRAL_REGISTRY_PASSWORD", password),
                 ("XDG_CACHE_HOME", cache.to_str().unwrap()),
             ],
-            self.dir.path(),
+            self.dir(),
         )
     }
 
@@ -93,7 +100,7 @@ impl Registry {
 
     /// `skopeo`, with the registry's CA in the folder `--cert-dir` takes.
     fn skopeo(&self, args: &[&str]) -> (bool, String) {
-        let certs = self.dir.path().join("certs");
+        let certs = self.dir().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
         std::fs::copy(self.ca_file(), certs.join("ca.crt")).unwrap();
         output_of(Command::new(find_program("skopeo")).args(args))
@@ -102,20 +109,26 @@ impl Registry {
     /// The registry's stored copy of the blob with `digest`.
     fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        self.dir
-            .path()
+        self.dir()
             .join(format!("data/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.daemon.stop();
     }
-}
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
+    /// Pushes the OCI image layout `layout` to `repository_and_tag` with skopeo.
+    fn push_layout(&self, layout: &Path, repository_and_tag: &str) {
+        let (ok, output) = self.skopeo(&[
+            "copy",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://{}/{repository_and_tag}", self.addr),
+            "--dest-creds",
+            &format!("{USER}:{PASSWORD}"),
+            "--dest-cert-dir",
+            self.dir().join("certs").to_str().unwrap(),
+        ]);
+        assert!(ok, "{output}");
     }
 }
 
@@ -225,7 +238,7 @@ fn a_component_goes_to_a_registry_and_comes_back_checked() {
     let pinned = registry.push(&users, "shop/users:1.0");
 
     // Back by tag and by digest, the same bytes.
-    let out = registry.dir.path().join("pulled.wasm");
+    let out = registry.dir().join("pulled.wasm");
     for reference in [registry.reference("shop/users:1.0"), pinned.clone()] {
         let (ok, output) = registry.corral(&["pull", &reference, "--out", out.to_str().unwrap()], PASSWORD);
         assert!(ok, "{output}");
@@ -240,7 +253,7 @@ fn a_component_goes_to_a_registry_and_comes_back_checked() {
         "--creds",
         &format!("{USER}:{PASSWORD}"),
         "--cert-dir",
-        registry.dir.path().join("certs").to_str().unwrap(),
+        registry.dir().join("certs").to_str().unwrap(),
         &format!("docker://{}/shop/users:1.0", registry.addr),
     ]);
     assert!(ok, "{raw}");
@@ -253,17 +266,8 @@ fn a_component_goes_to_a_registry_and_comes_back_checked() {
 
     // An artifact another client pushed loads, one of another kind does not.
     let hello = wasm("http-hello");
-    let layout = oci_layout(registry.dir.path(), &std::fs::read(&hello).unwrap(), "application/wasm");
-    let (ok, output) = registry.skopeo(&[
-        "copy",
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{}/other/hello:v1", registry.addr),
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        "--dest-cert-dir",
-        registry.dir.path().join("certs").to_str().unwrap(),
-    ]);
-    assert!(ok, "{output}");
+    let layout = oci_layout(registry.dir(), &std::fs::read(&hello).unwrap(), "application/wasm");
+    registry.push_layout(&layout, "other/hello:v1");
     let (ok, output) = registry.corral(
         &[
             "pull",
@@ -276,20 +280,11 @@ fn a_component_goes_to_a_registry_and_comes_back_checked() {
     assert!(ok, "{output}");
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&hello).unwrap());
     let tarball = oci_layout(
-        registry.dir.path(),
+        registry.dir(),
         b"not a component",
         "application/vnd.oci.image.layer.v1.tar",
     );
-    let (ok, output) = registry.skopeo(&[
-        "copy",
-        &format!("oci:{}:v1", tarball.display()),
-        &format!("docker://{}/other/image:v1", registry.addr),
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        "--dest-cert-dir",
-        registry.dir.path().join("certs").to_str().unwrap(),
-    ]);
-    assert!(ok, "{output}");
+    registry.push_layout(&tarball, "other/image:v1");
     let (ok, output) = registry.corral(&["pull", &registry.reference("other/image:v1")], PASSWORD);
     assert!(!ok && output.contains("not a Wasm component artifact"), "{output}");
     assert!(output.contains("application/vnd.oci.image.layer.v1.tar"), "{output}");
@@ -308,7 +303,7 @@ fn a_component_goes_to_a_registry_and_comes_back_checked() {
             ("CORRAL_REGISTRY_USERNAME", USER),
             ("CORRAL_REGISTRY_PASSWORD", PASSWORD),
         ],
-        registry.dir.path(),
+        registry.dir(),
     );
     assert!(!ok && output.to_lowercase().contains("certificate"), "{output}");
 
@@ -319,7 +314,7 @@ fn a_component_goes_to_a_registry_and_comes_back_checked() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&stored, &bytes).unwrap();
-    let fresh = registry.dir.path().join("fresh.wasm");
+    let fresh = registry.dir().join("fresh.wasm");
     let (ok, output) = registry.corral(
         &[
             "pull",

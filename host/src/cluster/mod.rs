@@ -23,7 +23,6 @@ use arc_swap::ArcSwap;
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
@@ -792,9 +791,9 @@ async fn fetch(versions: &object_store::ObjectStore, digest: &str) -> anyhow::Re
         .with_context(|| format!("version {digest} is not in the cluster's store"))?;
     let mut wasm = Vec::new();
     object.read_to_end(&mut wasm).await?;
-    let got: String = Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    let got = crate::components::version::digest(&wasm);
     anyhow::ensure!(
-        got == digest,
+        *got == *digest,
         "version {digest} in the cluster's store has the digest {got}"
     );
     Ok(wasm)

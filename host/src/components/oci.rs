@@ -17,9 +17,9 @@ use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::saved::write_atomically;
+use super::version::digest;
 use crate::config::{OCI_SCHEME, RegistriesConfig};
 
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -352,9 +352,8 @@ impl Cache {
     }
 
     fn ref_path(&self, reference: &Reference) -> PathBuf {
-        let key = sha256(reference.whole().as_bytes());
-        let hex = key.trim_start_matches("sha256:");
-        self.dir.join("refs").join(format!("{hex}.json"))
+        let key = digest(reference.whole().as_bytes());
+        self.dir.join("refs").join(format!("{key}.json"))
     }
 }
 
@@ -486,8 +485,7 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// `sha256:<hex>`, as OCI names content.
 pub fn sha256(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", digest(bytes))
 }

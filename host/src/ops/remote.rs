@@ -152,9 +152,13 @@ impl AdminClient {
     }
 }
 
+/// A digest's first 12 hex digits, as versions are shown.
+fn short(digest: &str) -> String {
+    digest[..digest.len().min(12)].to_string()
+}
+
 /// What a swap, rollback or promote did, in a line.
 pub fn change_summary(changed: &api::Changed) -> String {
-    let short = |digest: &str| digest[..digest.len().min(12)].to_string();
     let short_or_none = |digest: Option<&String>| digest.map_or("-".to_string(), |d| short(d));
     match changed {
         api::Changed::Cluster(change) => {
@@ -325,11 +329,7 @@ pub fn status_table(status: &Value) -> String {
 /// The cluster part of `GET /components`: what each host serves of what
 /// the cluster wants.
 fn cluster_table(cluster: &Value) -> String {
-    let short = |digest: &Value| {
-        digest
-            .as_str()
-            .map_or("-".to_string(), |d| d[..d.len().min(12)].to_string())
-    };
+    let short = |digest: &Value| digest.as_str().map_or("-".to_string(), short);
     let canary = |canary: &Value| match canary {
         Value::Null => "-".to_string(),
         canary => format!("{} at {}%", short(&canary["version"]), canary["percent"]),
