@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmtime::component::HasData;
+use wasmtime::component::{HasData, Linker};
 
-use super::bindings::corral::service::events::{Error, Host, PublishOptions};
+use super::bindings::corral::service::events::{self as wit, Error, Host, PublishOptions};
 use super::sqlite::SqliteCtx;
 use super::sqlite::outbox::Outgoing;
-use crate::config::EventsConfig;
+use super::{Call, Capability, StoreData};
 use crate::config::events::check_topic;
+use crate::config::{ComponentConfig, EventsConfig};
 
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 64;
@@ -63,10 +64,51 @@ pub struct PublishView<'a> {
 }
 
 /// [`HasData`] for the events interface, which borrows two parts of the store.
+struct Publishing;
+
+impl HasData for Publishing {
+    type Data<'a> = PublishView<'a>;
+}
+
+/// `corral:service/events`. It builds on the database: a message goes to
+/// the outbox in the publisher's own transaction.
 pub struct Events;
 
-impl HasData for Events {
-    type Data<'a> = PublishView<'a>;
+impl Capability for Events {
+    type Component = Publisher;
+    type Instance = Arc<Publisher>;
+    type Metrics = ();
+
+    fn add_to_linker<T: StoreData>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, Publishing>(linker, |data| {
+            let (capabilities, _) = data.capabilities();
+            PublishView {
+                sqlite: &mut capabilities.sqlite,
+                publisher: &capabilities.events,
+            }
+        })
+    }
+
+    /// The publisher keeps its count of unsettled messages across changes.
+    async fn configure(
+        _: &super::Host,
+        _: &(),
+        config: &ComponentConfig,
+        previous: Option<&Arc<Publisher>>,
+        _: &mut Vec<std::path::PathBuf>,
+    ) -> anyhow::Result<Arc<Publisher>> {
+        Ok(Arc::new(Publisher {
+            component: config.name.as_str().into(),
+            events: config.events.clone(),
+            max_bytes: config.limits.max_event_bytes,
+            max_unsettled: config.limits.max_event_backlog as u64,
+            unsettled: previous.map_or_else(Arc::default, |previous| Arc::clone(&previous.unsettled)),
+        }))
+    }
+
+    fn prepare(publisher: &Arc<Publisher>, _: &Call<'_>) -> Arc<Publisher> {
+        Arc::clone(publisher)
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -17,9 +17,14 @@ use hyper::body::{Body, Frame};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry as Prometheus;
 use tokio::time::{Instant, Sleep};
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi_http::p2::bindings::{LinkOptions, http as wit};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttp, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks};
 
+use super::{Call, Capability, Host, StoreData};
+use crate::config::ComponentConfig;
 use crate::config::outbound::{HostPattern, INTERNAL_SUFFIX, default_port};
 
 /// How deep requests to `.internal` components may nest, so that loops end.
@@ -48,6 +53,81 @@ pub struct OutboundLabels {
     pub component: Arc<str>,
     /// `ok`, `internal`, `denied`, `timeout` or `failed`.
     pub outcome: &'static str,
+}
+
+/// Outgoing requests through `wasi:http`. A `wasi:http` component's
+/// incoming request uses the same context (see [`view`]).
+pub struct Http;
+
+/// What one store holds for `wasi:http`.
+pub struct OutgoingHttp {
+    ctx: WasiHttpCtx,
+    hooks: OutboundHooks,
+}
+
+/// `wasi:http` as the store of `instance` and `table` sees it.
+pub fn view<'a>(instance: &'a mut OutgoingHttp, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
+    WasiHttpCtxView {
+        ctx: &mut instance.ctx,
+        table,
+        hooks: &mut instance.hooks,
+    }
+}
+
+/// Outgoing requests, by component and outcome.
+pub type Metrics = Family<OutboundLabels, Counter>;
+
+impl Capability for Http {
+    type Component = Outbound;
+    type Instance = OutgoingHttp;
+    type Metrics = Metrics;
+
+    fn add_to_linker<T: StoreData>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        fn get<T: StoreData>(data: &mut T) -> WasiHttpCtxView<'_> {
+            let (capabilities, table) = data.capabilities();
+            view(&mut capabilities.http, table)
+        }
+        wit::outgoing_handler::add_to_linker::<T, WasiHttp>(linker, get)?;
+        wit::types::add_to_linker::<T, WasiHttp>(linker, &LinkOptions::default().into(), get)?;
+        Ok(())
+    }
+
+    async fn configure(
+        host: &Host,
+        counts: &Metrics,
+        config: &ComponentConfig,
+        _: Option<&Arc<Outbound>>,
+        _: &mut Vec<std::path::PathBuf>,
+    ) -> anyhow::Result<Arc<Outbound>> {
+        Ok(Arc::new(Outbound {
+            component: config.name.as_str().into(),
+            allowed: config.allowed_outbound_hosts.clone(),
+            connect_timeout: config.limits.outbound_connect_timeout,
+            timeout: config.limits.outbound_timeout,
+            max_response_bytes: config.limits.max_outbound_response_bytes,
+            internal: Arc::clone(&host.internal),
+            counts: counts.clone(),
+        }))
+    }
+
+    fn prepare(outbound: &Arc<Outbound>, call: &Call<'_>) -> OutgoingHttp {
+        OutgoingHttp {
+            ctx: WasiHttpCtx::new(),
+            hooks: OutboundHooks {
+                outbound: Arc::clone(outbound),
+                depth: call.depth,
+                request_id: Arc::clone(call.request_id),
+            },
+        }
+    }
+
+    fn register(counts: &Metrics, prometheus: &mut Prometheus) {
+        prometheus.register(
+            "outbound_requests",
+            "Outgoing HTTP requests, by component and outcome",
+            counts.clone(),
+        );
+    }
 }
 
 /// Where one component may send requests, and within what.

@@ -6,10 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::capabilities::bindings::corral::service::log::{Host, Level};
+use crate::capabilities::bindings::corral::service::log::{self as wit, Host, Level};
+use crate::capabilities::{Call, Capability, StoreData};
+use crate::config::ComponentConfig;
 
 /// Bytes of log one request may write, across all of its outputs.
 const MAX_BYTES_PER_REQUEST: usize = 256 << 10;
@@ -90,6 +94,44 @@ impl GuestLog {
             stream,
             level,
         }
+    }
+}
+
+/// `corral:service/log`, and the guest's stdout and stderr.
+pub struct Log;
+
+impl Capability for Log {
+    /// Nothing: a log line names its component, version and request, all
+    /// known per call.
+    type Component = ();
+    type Instance = GuestLog;
+    type Metrics = ();
+
+    fn add_to_linker<T: StoreData>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, HasSelf<GuestLog>>(linker, |data| &mut data.capabilities().0.log)
+    }
+
+    async fn configure(
+        _: &crate::capabilities::Host,
+        _: &(),
+        _: &ComponentConfig,
+        _: Option<&Arc<()>>,
+        _: &mut Vec<std::path::PathBuf>,
+    ) -> anyhow::Result<Arc<()>> {
+        Ok(Arc::new(()))
+    }
+
+    fn prepare(_: &Arc<()>, call: &Call<'_>) -> GuestLog {
+        GuestLog::new(
+            Arc::clone(call.component),
+            Arc::clone(call.version),
+            Arc::clone(call.request_id),
+        )
+    }
+
+    fn wasi(log: &GuestLog, wasi: &mut WasiCtxBuilder) {
+        wasi.stdout(log.output("stdout", Level::Info))
+            .stderr(log.output("stderr", Level::Warn));
     }
 }
 

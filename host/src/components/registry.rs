@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -23,9 +23,9 @@ use super::snapshot::{ComponentShared, Entry, Snapshot};
 use super::stats::ComponentStats;
 use super::version::{Compiler, Entrypoint, Version, digest};
 use super::versions::{Canary, Versions};
-use crate::capabilities::events::Publisher;
-use crate::capabilities::http::{InternalHttp, Outbound};
-use crate::capabilities::sqlite::{self, Conn, Database, DbLimits, SqlThreads};
+use crate::capabilities::http::InternalHttp;
+use crate::capabilities::sqlite::{self, Conn, SqlThreads};
+use crate::capabilities::{Components, Host};
 use crate::config::{ComponentConfig, Config, WasmSource};
 use crate::limits::gate::ConcurrencyGate;
 use crate::limits::rates::RateLimits;
@@ -70,15 +70,10 @@ pub struct Change {
 /// Compiles and loads components, and holds the current [`Snapshot`].
 pub struct Registry {
     compiler: Compiler,
-    data_dir: PathBuf,
     /// Client addresses one rate limit tracks.
     max_rate_limit_clients: usize,
-    /// Where every database's statements run.
-    sql_threads: Arc<SqlThreads>,
-    /// Woken when an outbox has messages to send.
-    relay: Arc<Notify>,
-    /// Serves requests to `<component>.internal`, once the serving layer is up.
-    internal: Arc<OnceLock<Arc<dyn InternalHttp>>>,
+    /// What capabilities share host-wide, `data_dir` among it.
+    host: Host,
     /// In a cluster, the components another host owns.
     pub placement: Arc<Placement>,
     /// One per component name, kept across versions and reloads.
@@ -110,7 +105,7 @@ struct Planned {
     entry: Arc<Entry>,
     /// Versions new to this component, whose `init` must run.
     fresh: Vec<Arc<Version>>,
-    created: Option<PathBuf>,
+    created: Vec<PathBuf>,
 }
 
 impl Registry {
@@ -134,11 +129,13 @@ impl Registry {
             compiler: Compiler::new(engine, dispatch)?,
             versions: VersionStore::new(&data_dir),
             registries,
-            data_dir,
             max_rate_limit_clients,
-            sql_threads,
-            relay,
-            internal: Arc::default(),
+            host: Host {
+                data_dir,
+                sql_threads,
+                relay,
+                internal: Arc::default(),
+            },
             placement,
             shared: Mutex::new(HashMap::new()),
             current,
@@ -156,12 +153,12 @@ impl Registry {
     }
 
     pub fn sql_threads(&self) -> &Arc<SqlThreads> {
-        &self.sql_threads
+        &self.host.sql_threads
     }
 
     /// Sets what serves requests to `http://<component>.internal`.
     pub fn serve_internal(&self, internal: Arc<dyn InternalHttp>) {
-        let _ = self.internal.set(internal);
+        let _ = self.host.internal.set(internal);
     }
 
     /// What is being served right now.
@@ -180,8 +177,8 @@ impl Registry {
     /// unless the config's file changed since.
     pub async fn load_all(&self, config: &Config) -> anyhow::Result<()> {
         let _changing = self.changing.lock().await;
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("cannot create the data folder {}", self.data_dir.display()))?;
+        std::fs::create_dir_all(&self.host.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", self.host.data_dir.display()))?;
         let prepared = self.prepare(config, &Snapshot::default()).await?;
         let after = prepared.snapshot.entries.clone();
         let after: Vec<&Entry> = after.iter().map(|e| &**e).collect();
@@ -726,14 +723,14 @@ impl Registry {
 
     async fn write_state(&self, entry: &Entry) -> anyhow::Result<()> {
         let (name, state) = (entry.name.to_string(), saved_state(entry));
-        let versions = VersionStore::new(&self.data_dir);
+        let versions = VersionStore::new(&self.host.data_dir);
         tokio::task::spawn_blocking(move || versions.save(&name, &state)).await?
     }
 
     /// Forgets the kept versions that nothing served names any more.
     async fn forget_unnamed(&self, entries: &[&Entry]) {
         let states: Vec<(String, SavedState)> = entries.iter().map(|e| (e.name.to_string(), saved_state(e))).collect();
-        let versions = VersionStore::new(&self.data_dir);
+        let versions = VersionStore::new(&self.host.data_dir);
         let forgotten = tokio::task::spawn_blocking(move || {
             for (name, state) in &states {
                 versions.forget_unnamed(name, state)?;
@@ -750,7 +747,7 @@ impl Registry {
     /// host and to its peers, and keeps its code for later restarts.
     async fn compile_version(&self, name: &str, wasm: Vec<u8>, origin: Origin) -> Result<Arc<Version>, ChangeError> {
         let digest = digest(&wasm);
-        let versions = VersionStore::new(&self.data_dir);
+        let versions = VersionStore::new(&self.host.data_dir);
         let compiled = self.compiler.compile(name, wasm.clone()).await.map_err(|e| {
             self.stats.count_change(&name.into(), "load_failed");
             ChangeError::Invalid(e)
@@ -803,74 +800,43 @@ impl Registry {
 
     /// The shared parts of a component for `config`: kept from before, or
     /// rebuilt where the config changed them. The gate is always kept (a
-    /// publish resizes it), the rate limiters unless their config changed,
-    /// the database unless its own limits changed. Also says which database
-    /// file this created, if any.
-    async fn prepare_shared(
-        &self,
-        config: &ComponentConfig,
-    ) -> anyhow::Result<(Arc<ComponentShared>, Option<PathBuf>)> {
+    /// publish resizes it), the rate limiters unless their config changed;
+    /// each capability keeps what it can (see `Capability::configure`). Also
+    /// says which files this created.
+    async fn prepare_shared(&self, config: &ComponentConfig) -> anyhow::Result<(Arc<ComponentShared>, Vec<PathBuf>)> {
         let previous = self.shared.lock().expect("shared lock").get(&config.name).cloned();
-        if let Some(previous) = &previous
-            && previous.limits == config.limits
-            && previous.rate_config == config.rate_limits
-            && previous.events == config.events
-            && previous.allowed_outbound_hosts == config.allowed_outbound_hosts
-        {
-            return Ok((Arc::clone(previous), None));
-        }
-        let (db, created) = match &previous {
-            Some(previous) if DbLimits::from(&previous.limits) == DbLimits::from(&config.limits) => {
-                (Arc::clone(&previous.db), None)
-            }
-            _ => {
-                let path = self.data_dir.join(format!("{}.sqlite3", config.name));
-                let created = (!path.exists()).then(|| path.clone());
-                let db_limits = DbLimits::from(&config.limits);
-                let threads = Arc::clone(&self.sql_threads);
-                let relay = Arc::clone(&self.relay);
-                let db = tokio::task::spawn_blocking(move || Database::open(path, db_limits, threads, relay)).await??;
-                (db, created)
+        let mut created = Vec::new();
+        let capabilities = Components::configure(
+            &self.host,
+            &self.stats.capabilities,
+            config,
+            previous.as_ref().map(|p| &p.capabilities),
+            &mut created,
+        )
+        .await;
+        let capabilities = match capabilities {
+            Ok(capabilities) => capabilities,
+            Err(e) => {
+                remove_databases(&created);
+                return Err(e);
             }
         };
-        let name: Arc<str> = config.name.as_str().into();
         let shared = Arc::new(ComponentShared {
-            sqlite_stats: self.stats.sqlite_stats(&name),
-            name: Arc::clone(&name),
-            db,
+            name: config.name.as_str().into(),
+            capabilities,
             gate: match &previous {
                 Some(previous) => Arc::clone(&previous.gate),
                 None => Arc::new(ConcurrencyGate::new(&config.limits)),
             },
+            limits: config.limits.clone(),
             rate_limits: match &previous {
                 Some(previous) if previous.rate_config == config.rate_limits => Arc::clone(&previous.rate_limits),
                 _ => Arc::new(RateLimits::new(&config.rate_limits, self.max_rate_limit_clients)),
             },
+            rate_config: config.rate_limits.clone(),
             response_size: previous
                 .as_ref()
                 .map_or_else(Arc::default, |previous| Arc::clone(&previous.response_size)),
-            publisher: Arc::new(Publisher {
-                component: Arc::clone(&name),
-                events: config.events.clone(),
-                max_bytes: config.limits.max_event_bytes,
-                max_unsettled: config.limits.max_event_backlog as u64,
-                unsettled: previous
-                    .as_ref()
-                    .map_or_else(Arc::default, |previous| Arc::clone(&previous.publisher.unsettled)),
-            }),
-            outbound: Arc::new(Outbound {
-                component: Arc::clone(&name),
-                allowed: config.allowed_outbound_hosts.clone(),
-                connect_timeout: config.limits.outbound_connect_timeout,
-                timeout: config.limits.outbound_timeout,
-                max_response_bytes: config.limits.max_outbound_response_bytes,
-                internal: Arc::clone(&self.internal),
-                counts: self.stats.outbound.clone(),
-            }),
-            limits: config.limits.clone(),
-            rate_config: config.rate_limits.clone(),
-            events: config.events.clone(),
-            allowed_outbound_hosts: config.allowed_outbound_hosts.clone(),
         });
         Ok((shared, created))
     }

@@ -9,12 +9,9 @@ use std::sync::Arc;
 use super::peers::PeerTable;
 use super::version::Version;
 use super::versions::Versions;
-use crate::capabilities::events::Publisher;
-use crate::capabilities::http::Outbound;
-use crate::capabilities::sqlite::{Database, SqliteStats};
-use crate::config::outbound::HostPattern;
+use crate::capabilities::Components;
 use crate::config::routes::owns;
-use crate::config::{ComponentConfig, ComponentLimits, EventsConfig, RateLimitConfig};
+use crate::config::{ComponentConfig, ComponentLimits, RateLimitConfig};
 use crate::limits::gate::ConcurrencyGate;
 use crate::limits::rates::RateLimits;
 use crate::limits::responses::ResponseSize;
@@ -54,29 +51,23 @@ impl Entry {
     }
 }
 
-/// What every version of a component shares: its database, its concurrency
-/// gate and its rate limiters, so a new version starts with the old one's
-/// in-flight count and clients' buckets.
+/// What every version of a component shares: what each capability keeps
+/// for it (its database among them), its concurrency gate and its rate
+/// limiters, so a new version starts with the old one's in-flight count and
+/// clients' buckets.
 pub struct ComponentShared {
     pub name: Arc<str>,
-    pub db: Arc<Database>,
-    pub sqlite_stats: SqliteStats,
-    /// Kept across every change, resized in place when the limits change.
+    pub capabilities: Components,
+    /// Kept across every change, resized in place to `limits` when published.
     pub gate: Arc<ConcurrencyGate>,
+    pub limits: ComponentLimits,
     /// Kept unless the rate limits change, so clients keep their buckets.
     pub rate_limits: Arc<RateLimits>,
+    /// What `rate_limits` were built from.
+    pub rate_config: RateLimitConfig,
     /// How large its responses have been lately, kept across every change:
     /// what a request is expected to add to the bytes clients leave unread.
     pub response_size: Arc<ResponseSize>,
-    /// Who publishes for this component, and what it may publish.
-    pub publisher: Arc<Publisher>,
-    /// Where it may send HTTP requests.
-    pub outbound: Arc<Outbound>,
-    /// What the above were built from, to tell whether a new config changes them.
-    pub limits: ComponentLimits,
-    pub rate_config: RateLimitConfig,
-    pub events: EventsConfig,
-    pub allowed_outbound_hosts: Vec<HostPattern>,
 }
 
 impl ComponentShared {
@@ -87,10 +78,7 @@ impl ComponentShared {
             version: &version.short,
             instance: version.instance_pre(),
             limits,
-            db: &self.db,
-            sqlite_stats: &self.sqlite_stats,
-            publisher: &self.publisher,
-            outbound: &self.outbound,
+            capabilities: &self.capabilities,
         }
     }
 }

@@ -45,11 +45,11 @@ pub async fn run(
         };
         let snapshot = registry.snapshot();
         for entry in &snapshot.entries {
-            let db = &entry.shared.db;
+            let db = &entry.shared.capabilities.sqlite.db;
             if !db.outbox.take() && !all {
                 continue;
             }
-            let counted = entry.shared.publisher.unsettled.count();
+            let counted = entry.shared.capabilities.events.unsettled.count();
             match drain(db, &entry.name, &snapshot, log.as_ref(), &stats).await {
                 Ok(moved) => {
                     if moved > 0 {
@@ -116,8 +116,8 @@ async fn drain(
 /// was published since is counted again on top of the log's, so the count
 /// never falls below the truth.
 async fn recount_unsettled(entry: &Entry, log: &dyn EventLog, counted: u64) {
-    let unsettled = &entry.shared.publisher.unsettled;
-    if counted < entry.shared.publisher.max_unsettled / 2 {
+    let unsettled = &entry.shared.capabilities.events.unsettled;
+    if counted < entry.shared.capabilities.events.max_unsettled / 2 {
         return;
     }
     match log.published_backlog(entry.name.to_string()).await {
@@ -170,7 +170,7 @@ async fn with_conn<R: Send + 'static>(
 async fn forget_old(snapshot: &Snapshot) {
     for entry in &snapshot.entries {
         let now = now_ms();
-        if let Err(e) = with_conn(&entry.shared.db, move |conn| conn.forget_old(now)).await {
+        if let Err(e) = with_conn(&entry.shared.capabilities.sqlite.db, move |conn| conn.forget_old(now)).await {
             tracing::warn!(component = %entry.name, "cannot forget old idempotency keys: {e:#}");
         }
     }

@@ -17,13 +17,13 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::state::{RequestState, new_store};
+use crate::capabilities::Components;
 use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::corral::service::types::{Request, Response};
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
-use crate::capabilities::events::{Publisher, now_ms};
-use crate::capabilities::http::Outbound;
-use crate::capabilities::sqlite::{self, Conn, Database, SqliteStats};
+use crate::capabilities::events::now_ms;
+use crate::capabilities::sqlite::{self, Conn};
 use crate::config::ComponentLimits;
 use crate::limits::store::LimitExceeded;
 
@@ -78,7 +78,7 @@ impl InvokeError {
 }
 
 /// What one call needs: which code, under which names, within which
-/// limits, with which database, publishing and sending where.
+/// limits, with what each capability keeps for the component.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub component: &'a Arc<str>,
@@ -86,10 +86,7 @@ pub struct Target<'a> {
     pub version: &'a Arc<str>,
     pub instance: &'a InstancePre<RequestState>,
     pub limits: &'a ComponentLimits,
-    pub db: &'a Arc<Database>,
-    pub sqlite_stats: &'a SqliteStats,
-    pub publisher: &'a Arc<Publisher>,
-    pub outbound: &'a Arc<Outbound>,
+    pub capabilities: &'a Components,
 }
 
 /// A [`Target`] that owns what it names, for a call that outlives the
@@ -99,10 +96,7 @@ pub struct OwnedTarget {
     pub version: Arc<str>,
     pub instance: InstancePre<RequestState>,
     pub limits: ComponentLimits,
-    pub db: Arc<Database>,
-    pub sqlite_stats: SqliteStats,
-    pub publisher: Arc<Publisher>,
-    pub outbound: Arc<Outbound>,
+    pub capabilities: Components,
 }
 
 impl OwnedTarget {
@@ -112,10 +106,7 @@ impl OwnedTarget {
             version: Arc::clone(target.version),
             instance: target.instance.clone(),
             limits: target.limits.clone(),
-            db: Arc::clone(target.db),
-            sqlite_stats: target.sqlite_stats.clone(),
-            publisher: Arc::clone(target.publisher),
-            outbound: Arc::clone(target.outbound),
+            capabilities: target.capabilities.clone(),
         }
     }
 
@@ -125,10 +116,7 @@ impl OwnedTarget {
             version: &self.version,
             instance: &self.instance,
             limits: &self.limits,
-            db: &self.db,
-            sqlite_stats: &self.sqlite_stats,
-            publisher: &self.publisher,
-            outbound: &self.outbound,
+            capabilities: &self.capabilities,
         }
     }
 }
@@ -266,6 +254,7 @@ pub async fn deliver(
         let id = delivery.id.clone();
         let first = store
             .data_mut()
+            .capabilities
             .sqlite
             .with_writer(move |conn| {
                 conn.begin_host_transaction()?;
@@ -275,7 +264,7 @@ pub async fn deliver(
             .map_err(|e| DeliverError::Database(format!("{e:?}")))?
             .map_err(|e| DeliverError::Database(format!("{e:?}")))?;
         if !first {
-            let conn = store.data_mut().sqlite.take_conn();
+            let conn = store.data_mut().capabilities.sqlite.take_conn();
             if let Some(conn) = conn {
                 let _ = sqlite::end_host_transaction(conn, false).await;
             }
@@ -290,7 +279,7 @@ pub async fn deliver(
             .await
     })
     .await;
-    if exactly_once && let Some(conn) = store.data_mut().sqlite.take_conn() {
+    if exactly_once && let Some(conn) = store.data_mut().capabilities.sqlite.take_conn() {
         let commit = matches!(outcome, Ok(Outcome::Ack));
         if let Err(e) = sqlite::end_host_transaction(conn, commit).await
             && commit
@@ -322,7 +311,7 @@ pub enum InitError {
 /// the database as it was.
 pub async fn init(target: Target<'_>, pre: &ServicePre<RequestState>, conn: Option<Conn>) -> Result<Conn, InitError> {
     let mut store = new_store(&target, Arc::from("init"), 0);
-    let sqlite = &mut store.data_mut().sqlite;
+    let sqlite = &mut store.data_mut().capabilities.sqlite;
     match conn {
         Some(conn) => sqlite.put_conn(conn),
         None => sqlite
@@ -336,7 +325,7 @@ pub async fn init(target: Target<'_>, pre: &ServicePre<RequestState>, conn: Opti
         service.corral_service_lifecycle().call_init(store).await
     })
     .await;
-    let conn = store.data_mut().sqlite.take_conn();
+    let conn = store.data_mut().capabilities.sqlite.take_conn();
     drop(store);
     let outcome = match outcome {
         Ok(Ok(())) => Ok(()),

@@ -1,33 +1,26 @@
 //! What one store holds for one call ([`RequestState`]), how a fresh store
 //! is made with the component's limits and a sandbox that shows the guest
 //! nothing of the machine ([`new_store`]), and the [`linker`] that offers
-//! guests WASI, their database and their log.
+//! guests WASI and every capability.
 
 use std::sync::Arc;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::engine::TICK;
 use super::invoke::Target;
-use crate::capabilities::bindings::corral::service::log::Level;
-use crate::capabilities::events::{Events, PublishView, Publisher};
-use crate::capabilities::http::OutboundHooks;
-use crate::capabilities::log::GuestLog;
-use crate::capabilities::sqlite::SqliteCtx;
+use crate::capabilities::{self, Call, Instances, StoreData};
 use crate::limits::store::StoreLimiter;
 
 /// Everything one store holds for one call.
 pub struct RequestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub sqlite: SqliteCtx,
-    pub log: GuestLog,
-    publisher: Arc<Publisher>,
-    http: WasiHttpCtx,
-    outbound: OutboundHooks,
+    /// What each capability holds for this call.
+    pub capabilities: Instances,
     limiter: StoreLimiter,
     /// Epoch ticks the guest may still compute for.
     cpu_ticks_left: u64,
@@ -49,13 +42,17 @@ impl RequestState {
     }
 }
 
+impl StoreData for RequestState {
+    fn capabilities(&mut self) -> (&mut Instances, &mut ResourceTable) {
+        (&mut self.capabilities, &mut self.table)
+    }
+}
+
+/// For a `wasi:http` component's incoming request, which shares the
+/// context of its outgoing ones.
 impl WasiHttpView for RequestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.outbound,
-        }
+        capabilities::http::view(&mut self.capabilities.http, &mut self.table)
     }
 }
 
@@ -69,54 +66,33 @@ impl WasiView for RequestState {
 }
 
 /// Adds everything a guest may import: WASI (with nothing of the machine
-/// behind it; see [`new_store`]), `wasi:http` (outgoing requests only where
-/// allowed), its database, its log and its events.
+/// behind it; see [`new_store`]) and every capability.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     let mut linker = Linker::<RequestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    crate::capabilities::sqlite::add_to_linker(&mut linker, |state| &mut state.sqlite)?;
-    crate::capabilities::bindings::corral::service::log::add_to_linker::<_, HasSelf<GuestLog>>(&mut linker, |state| {
-        &mut state.log
-    })?;
-    crate::capabilities::bindings::corral::service::events::add_to_linker::<_, Events>(&mut linker, |state| {
-        PublishView {
-            sqlite: &mut state.sqlite,
-            publisher: &state.publisher,
-        }
-    })?;
+    capabilities::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
 /// A store for one call into `target`, with its limits installed and a
 /// sandbox that shows the guest nothing of the machine: no files, no
-/// sockets, no environment, no arguments; stdout and stderr go to the log.
+/// sockets, no environment, no arguments; what capabilities add (stdout
+/// and stderr go to the log).
 pub fn new_store(target: &Target<'_>, request_id: Arc<str>, depth: u32) -> Store<RequestState> {
-    let log = GuestLog::new(
-        Arc::clone(target.component),
-        Arc::clone(target.version),
-        Arc::clone(&request_id),
-    );
-    let wasi = WasiCtx::builder()
-        .stdout(log.output("stdout", Level::Info))
-        .stderr(log.output("stderr", Level::Warn))
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build();
+    let mut wasi = WasiCtx::builder();
+    wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    let call = Call {
+        component: target.component,
+        version: target.version,
+        request_id: &request_id,
+        depth,
+    };
+    let capabilities = target.capabilities.prepare(&call, &mut wasi);
     let limits = target.limits;
     let state = RequestState {
-        wasi,
+        wasi: wasi.build(),
         table: ResourceTable::new(),
-        sqlite: SqliteCtx::new(Arc::clone(target.db), target.sqlite_stats.clone()),
-        log,
-        publisher: Arc::clone(target.publisher),
-        http: WasiHttpCtx::new(),
-        outbound: OutboundHooks {
-            outbound: Arc::clone(target.outbound),
-            depth,
-            request_id: Arc::clone(&request_id),
-        },
+        capabilities,
         limiter: StoreLimiter::new(limits),
         cpu_ticks_left: (limits.cpu_time.as_nanos() / TICK.as_nanos()).max(1) as u64,
         cpu_exhausted: false,

@@ -9,7 +9,8 @@
 //! [`threads`] is where statements run when not in place, and [`watchdog`]
 //! stops those that outlive their time; the host's own tables for events
 //! are in [`outbox`]. [`SqliteCtx`] is one request's handle on its
-//! component's database, and `host_impl` implements the WIT interface on it.
+//! component's database, `host_impl` implements the WIT interface on it,
+//! and [`capability`] makes it a [`Capability`](super::Capability).
 //!
 //! Where a statement runs: a read outside a transaction runs on the async
 //! worker that asks for it if it finishes within [`INLINE_READ_BUDGET`]
@@ -17,6 +18,7 @@
 //! group commit; a transaction takes the writer from `begin` to `commit`,
 //! and its statements run in place while an [`inline`] slot is free.
 
+mod capability;
 pub mod connection;
 mod exec;
 mod group;
@@ -36,6 +38,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
+pub use capability::{ComponentDb, Sqlite};
 pub use connection::{Conn, Effect};
 pub use pool::{Database, DbLimits};
 pub use threads::SqlThreads;
@@ -310,12 +313,4 @@ impl Drop for SqliteCtx {
             tracing::warn!("the SQL threads are busy; a request's transaction is rolled back in place");
         }
     }
-}
-
-/// Adds `corral:service/sqlite` to a linker whose store data holds a [`SqliteCtx`].
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut wasmtime::component::Linker<T>,
-    get: fn(&mut T) -> &mut SqliteCtx,
-) -> wasmtime::Result<()> {
-    wit::add_to_linker::<T, wasmtime::component::HasSelf<SqliteCtx>>(linker, get)
 }
