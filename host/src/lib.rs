@@ -1,6 +1,7 @@
 //! corral serves HTTP microservices as sandboxed WebAssembly components.
 //!
-//! Layers, in reading order; each uses only those before it:
+//! Layers, in reading order; each uses only those before it, and all
+//! [`clock`]:
 //! - [`config`]: the TOML file, validated into a [`config::Config`], and the
 //!   types of every setting.
 //! - [`limits`]: where limits live, enforced: store growth, the concurrency
@@ -21,6 +22,7 @@
 //! This file starts it all: [`run`] and [`check`].
 
 pub mod capabilities;
+pub mod clock;
 pub mod cluster;
 pub mod components;
 pub mod config;

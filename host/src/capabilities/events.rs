@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasData, Linker};
 
@@ -14,6 +13,7 @@ use super::bindings::corral::service::events::{self as wit, Error, Host, Publish
 use super::sqlite::SqliteCtx;
 use super::sqlite::outbox::Outgoing;
 use super::{Call, Capability, StoreData};
+use crate::clock::now_ms;
 use crate::config::events::check_topic;
 use crate::config::{ComponentConfig, EventsConfig};
 
@@ -111,16 +111,9 @@ impl Capability for Events {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A new message id: the time it was made, then randomness, so ids sort
 /// by time.
-pub fn new_id(now_ms: i64) -> String {
+pub fn new_id(now_ms: u64) -> String {
     let mut random = [0u8; 8];
     let _ = getrandom::fill(&mut random);
     format!("{now_ms:012x}{:016x}", u64::from_le_bytes(random))

@@ -16,7 +16,7 @@ pub mod trust;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -26,6 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
+use crate::clock::now_ms;
 use crate::components::random;
 use crate::components::registry::{ChangeError, Registry};
 use crate::components::saved::Origin;
@@ -884,12 +885,6 @@ async fn key_value(
 
 fn to_bytes(value: &impl serde::Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("cluster state serializes"))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

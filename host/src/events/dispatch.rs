@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::stats::{DeliveryLabels, EventStats, OTHER_TOPIC, SubscriberLabels};
 use super::{Claimed, EventLog, Settlement};
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
-use crate::capabilities::events::now_ms;
+use crate::clock::now_ms;
 use crate::components::registry::Registry;
 use crate::components::snapshot::Entry;
 use crate::config::events::{Ordering, Subscription};
@@ -225,14 +225,14 @@ impl Job {
         let version = Arc::clone(entry.pick(crate::components::random::u64()));
         let Some(pre) = &version.subscriber else {
             return Settlement::Requeue {
-                at_ms: now_ms() + subscription.settings.backoff_initial.as_millis() as i64,
+                at_ms: now_ms() + subscription.settings.backoff_initial.as_millis() as u64,
             };
         };
         let slot = match entry.shared.gate.enter().await {
             Ok(slot) => slot,
             Err(_) => {
                 return Settlement::Requeue {
-                    at_ms: now_ms() + backoff(subscription, 1).as_millis() as i64,
+                    at_ms: now_ms() + backoff(subscription, 1).as_millis() as u64,
                 };
             }
         };
@@ -245,7 +245,7 @@ impl Job {
                 reason: format!("{attempt} attempts failed; the last: {error}"),
             },
             false => Settlement::Retry {
-                at_ms: now_ms() + after.as_millis() as i64,
+                at_ms: now_ms() + after.as_millis() as u64,
                 error,
             },
         };
@@ -285,7 +285,7 @@ fn delivery(claimed: Claimed) -> Delivery {
         headers: m.headers,
         ordering_key: m.ordering_key,
         attempt: claimed.attempt,
-        published_at: m.published_at.max(0) as u64,
+        published_at: m.published_at,
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, params};
 
 use super::{Backlog, Claimed, DeadLetter, EventLog, LogFuture, Message, Selection, Settlement};
-use crate::capabilities::events::now_ms;
 use crate::capabilities::sqlite::SqlThreads;
+use crate::clock::now_ms;
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
@@ -169,7 +169,7 @@ impl EventLog for SqliteLog {
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            let lease_until = now + lease.as_millis() as i64;
+            let lease_until = now + lease.as_millis() as u64;
             for (seq, _) in &claimed {
                 tx.execute(
                     "UPDATE deliveries SET state = 'leased', attempts = attempts + 1, lease_until = ?
@@ -257,7 +257,7 @@ impl EventLog for SqliteLog {
                     retrying: row.get::<_, i64>(2)? as u64,
                     in_flight: row.get::<_, i64>(3)? as u64,
                     dead: row.get::<_, i64>(4)? as u64,
-                    oldest_age_ms: row.get::<_, Option<i64>>(5)?.map(|at| (now - at).max(0)),
+                    oldest_age_ms: row.get::<_, Option<u64>>(5)?.map(|at| now.saturating_sub(at)),
                 })
             })?;
             rows.collect()

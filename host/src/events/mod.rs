@@ -38,7 +38,7 @@ pub struct Message {
     pub headers: Vec<(String, String)>,
     pub ordering_key: Option<String>,
     /// Milliseconds since the Unix epoch.
-    pub published_at: i64,
+    pub published_at: u64,
 }
 
 /// A delivery taken for handling.
@@ -55,10 +55,10 @@ pub enum Settlement {
     /// Handled: gone.
     Ack,
     /// Failed: due again at `at_ms`.
-    Retry { at_ms: i64, error: String },
+    Retry { at_ms: u64, error: String },
     /// Not attempted (the subscriber had no free instance): due again at
     /// `at_ms`, this attempt not counted.
-    Requeue { at_ms: i64 },
+    Requeue { at_ms: u64 },
     /// Never again, until an operator redrives it.
     Dead { reason: String },
 }
@@ -74,7 +74,7 @@ pub struct Backlog {
     pub in_flight: u64,
     pub dead: u64,
     /// Milliseconds since the oldest undelivered message was published.
-    pub oldest_age_ms: Option<i64>,
+    pub oldest_age_ms: Option<u64>,
 }
 
 /// A message that will not be delivered again unless redriven.
@@ -86,8 +86,8 @@ pub struct DeadLetter {
     pub source: String,
     pub attempts: u32,
     pub reason: String,
-    pub dead_at: i64,
-    pub published_at: i64,
+    pub dead_at: u64,
+    pub published_at: u64,
     /// The payload, as text when it is UTF-8.
     pub payload: String,
 }

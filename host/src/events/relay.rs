@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 
 use super::stats::{EventStats, OTHER_TOPIC, PublishedLabels};
 use super::{EventLog, Message};
-use crate::capabilities::events::now_ms;
 use crate::capabilities::sqlite::Database;
 use crate::capabilities::sqlite::outbox::Stored;
+use crate::clock::now_ms;
 use crate::components::registry::Registry;
 use crate::components::snapshot::{Entry, Snapshot};
 

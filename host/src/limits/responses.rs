@@ -247,7 +247,7 @@ pub const SIZE_WINDOW: Duration = Duration::from_secs(30);
 impl ResponseSize {
     /// What the next response is expected to be.
     pub fn expected(&self) -> usize {
-        self.turn(now_ms());
+        self.turn(uptime_ms());
         self.current
             .load(Ordering::Relaxed)
             .max(self.previous.load(Ordering::Relaxed))
@@ -255,7 +255,7 @@ impl ResponseSize {
 
     /// A response of `bytes` was sent whole.
     pub fn record(&self, bytes: usize) {
-        self.turn(now_ms());
+        self.turn(uptime_ms());
         self.current.fetch_max(bytes, Ordering::Relaxed);
     }
 
@@ -281,8 +281,9 @@ impl ResponseSize {
     }
 }
 
-/// Milliseconds since the first time this was asked.
-fn now_ms() -> u64 {
+/// Milliseconds since the first time this was asked: a monotonic clock,
+/// unlike `clock::now_ms`.
+fn uptime_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }

@@ -56,7 +56,7 @@ pub struct Subscription {
     pub in_flight: u64,
     pub dead: u64,
     /// Milliseconds since the oldest undelivered message was published.
-    pub oldest_age_ms: Option<i64>,
+    pub oldest_age_ms: Option<u64>,
 }
 
 /// `GET /events/dead-letters`.

@@ -22,8 +22,8 @@ use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::corral::service::types::{Request, Response};
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
-use crate::capabilities::events::now_ms;
 use crate::capabilities::sqlite::{self, Conn};
+use crate::clock::now_ms;
 use crate::config::ComponentLimits;
 use crate::limits::store::LimitExceeded;
 

@@ -14,7 +14,7 @@ use super::connection::{Conn, HostSql, Txn};
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 
 /// How long an idempotency key or a processed delivery is remembered.
-pub const REMEMBER_MS: i64 = 24 * 3600 * 1000;
+pub const REMEMBER_MS: u64 = 24 * 3600 * 1000;
 
 pub(super) const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _corral_outbox (
@@ -76,7 +76,7 @@ pub struct Outgoing {
     pub ordering_key: Option<String>,
     pub idempotency_key: Option<String>,
     /// Milliseconds since the Unix epoch.
-    pub published_at: i64,
+    pub published_at: u64,
 }
 
 /// A message waiting in an outbox.
@@ -89,7 +89,7 @@ pub struct Stored {
     pub content_type: Option<String>,
     pub headers: Vec<(String, String)>,
     pub ordering_key: Option<String>,
-    pub published_at: i64,
+    pub published_at: u64,
 }
 
 impl Conn {
@@ -154,7 +154,7 @@ impl Conn {
 
     /// Records that delivery `id` is being processed, in the open
     /// transaction; `false` if it already was, which the caller skips.
-    pub fn first_processing(&mut self, id: &str, now_ms: i64) -> Result<bool, Error> {
+    pub fn first_processing(&mut self, id: &str, now_ms: u64) -> Result<bool, Error> {
         self.host(|conn| {
             let inserted = conn.execute(
                 "INSERT OR IGNORE INTO _corral_processed (id, at) VALUES (?, ?)",
@@ -165,8 +165,8 @@ impl Conn {
     }
 
     /// Forgets idempotency keys and processed deliveries older than a day.
-    pub fn forget_old(&mut self, now_ms: i64) -> Result<(), Error> {
-        let before = now_ms - REMEMBER_MS;
+    pub fn forget_old(&mut self, now_ms: u64) -> Result<(), Error> {
+        let before = now_ms.saturating_sub(REMEMBER_MS);
         self.host(|conn| {
             conn.execute("DELETE FROM _corral_published WHERE at < ?", [before])?;
             conn.execute("DELETE FROM _corral_processed WHERE at < ?", [before])?;
@@ -180,7 +180,7 @@ fn publish_in(conn: &HostSql<'_>, message: &Outgoing) -> rusqlite::Result<String
         let earlier: Option<String> = conn
             .query_row(
                 "SELECT id FROM _corral_published WHERE idempotency_key = ? AND at >= ?",
-                params![key, message.published_at - REMEMBER_MS],
+                params![key, message.published_at.saturating_sub(REMEMBER_MS)],
                 |row| row.get(0),
             )
             .optional()?;
