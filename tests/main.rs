@@ -24,6 +24,7 @@ mod persistence;
 mod ratelimits;
 mod sandbox;
 mod scaffold;
+mod structure;
 mod users;
 mod wasi_http;
 mod writes;

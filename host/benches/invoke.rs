@@ -14,7 +14,8 @@ use corral::components::snapshot::Entry;
 use corral::components::stats::ComponentStats;
 use corral::components::version::Entrypoint;
 use corral::config::{Config, Overrides};
-use corral::wasm::invoke::{self, OwnedTarget};
+use corral::wasm::invoke;
+use corral::wasm::state::OwnedTarget;
 use divan::Bencher;
 use http_body_util::BodyExt;
 

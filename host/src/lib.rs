@@ -45,8 +45,8 @@ use tokio::task::JoinHandle;
 use crate::capabilities::sqlite::{self, SqlThreads};
 use crate::cluster::Cluster;
 use crate::components::control::Control;
+use crate::components::interfaces;
 use crate::components::oci::Registries;
-use crate::components::peers;
 use crate::components::registry::Registry;
 use crate::components::stats::ComponentStats;
 use crate::components::version::digest;
@@ -416,15 +416,15 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             )),
         }
     }
-    let nodes: Vec<peers::Node<'_>> = compiled
+    let nodes: Vec<interfaces::Node<'_>> = compiled
         .iter()
-        .map(|(component, short, peers)| peers::Node {
+        .map(|(component, short, peers)| interfaces::Node {
             name: &component.name,
             named: &component.imports,
             versions: vec![(short.as_str(), peers)],
         })
         .collect();
-    if let Err(problems) = peers::resolve(&nodes) {
+    if let Err(problems) = interfaces::resolve(&nodes) {
         failures.extend(problems);
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));

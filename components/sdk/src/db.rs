@@ -22,6 +22,15 @@ pub enum Error {
     NoRow,
 }
 
+impl From<crate::rows::DecodeError> for Error {
+    fn from(e: crate::rows::DecodeError) -> Self {
+        Error::Decode {
+            column: e.column,
+            message: e.message,
+        }
+    }
+}
+
 impl Error {
     /// The constraint the statement broke, if that is why it failed.
     pub fn constraint(&self) -> Option<&Constraint> {
@@ -118,7 +127,7 @@ pub fn query<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Vec<T>,
     result
         .rows
         .into_iter()
-        .map(|row| crate::rows::decode(&columns, row.values))
+        .map(|row| Ok(crate::rows::decode(&columns, row.values)?))
         .collect()
 }
 
@@ -126,7 +135,7 @@ pub fn query<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Vec<T>,
 pub fn query_optional<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Option<T>, Error> {
     let result = execute(sql, params)?;
     match result.rows.into_iter().next() {
-        Some(row) => crate::rows::decode(&result.columns, row.values).map(Some),
+        Some(row) => Ok(Some(crate::rows::decode(&result.columns, row.values)?)),
         None => Ok(None),
     }
 }

@@ -40,12 +40,14 @@ pub mod events;
 pub mod http;
 pub mod input;
 pub mod log;
+pub mod pages;
 pub mod routing;
 mod rows;
 
 pub use events::{Event, Outcome};
-pub use http::{FieldError, Page, PageQuery, Problem, Request, Response};
+pub use http::{FieldError, Problem, Request, Response};
 pub use input::{Check, Validate};
+pub use pages::{Page, PageQuery};
 pub use routing::{Params, Route, route};
 
 /// For [`interfaces!`]: the bindings generator, so components need not depend on it.

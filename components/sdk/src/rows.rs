@@ -5,26 +5,22 @@
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 
-use crate::db::{Error, Value};
+use crate::bindings::corral::service::sqlite::Value;
 
 /// Decodes one row of `columns` into a `T`.
-pub fn decode<T: DeserializeOwned>(columns: &[String], values: Vec<Value>) -> Result<T, Error> {
+pub fn decode<T: DeserializeOwned>(columns: &[String], values: Vec<Value>) -> Result<T, DecodeError> {
     T::deserialize(RowDeserializer {
         columns,
         values: values.into_iter(),
         index: 0,
-    })
-    .map_err(|e| Error::Decode {
-        column: e.column,
-        message: e.message,
     })
 }
 
 /// A decoding failure, with the column it happened at.
 #[derive(Debug)]
 pub struct DecodeError {
-    column: String,
-    message: String,
+    pub column: String,
+    pub message: String,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -173,7 +169,7 @@ mod tests {
         );
         let wrong = vec![Value::Integer(3), Value::Integer(7), Value::Integer(0), Value::Null];
         match decode::<User>(&columns, wrong) {
-            Err(Error::Decode { column, .. }) => assert_eq!(column, "name"),
+            Err(DecodeError { column, .. }) => assert_eq!(column, "name"),
             other => panic!("{other:?}"),
         }
     }

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use crate::clock::now_ms;
 use crate::components::random;
 use crate::components::registry::{ChangeError, Registry};
-use crate::components::saved::Origin;
+use crate::components::version::Origin;
 use crate::components::versions::Versions;
 use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::registry::{Change, ChangeError, Registry};
-use super::saved::Origin;
+use super::version::Origin;
 use super::version::digest;
 use crate::config::{Config, Overrides};
 

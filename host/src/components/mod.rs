@@ -8,6 +8,7 @@
 //! counts ([`stats`]).
 
 pub mod control;
+pub mod interfaces;
 pub mod oci;
 pub mod peers;
 pub mod placement;

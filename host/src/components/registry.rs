@@ -18,10 +18,10 @@ use wasmtime::Engine;
 use super::oci::{self, Registries};
 use super::peers::Dispatch;
 use super::placement::Placement;
-use super::saved::{Origin, SavedState, SavedVersion, VersionStore};
+use super::saved::{SavedState, SavedVersion, VersionStore};
 use super::snapshot::{ComponentShared, Entry, Snapshot};
 use super::stats::ComponentStats;
-use super::version::{Compiler, Entrypoint, Version, digest};
+use super::version::{Compiler, Entrypoint, Origin, Version, digest};
 use super::versions::{Canary, Versions};
 use crate::capabilities::http::InternalHttp;
 use crate::capabilities::sqlite::{self, Conn, SqlThreads};
@@ -126,7 +126,7 @@ impl Registry {
             stats: Arc::clone(&stats),
         };
         Ok(Registry {
-            compiler: Compiler::new(engine, dispatch)?,
+            compiler: Compiler::new(engine, Arc::new(dispatch))?,
             versions: VersionStore::new(&data_dir),
             registries,
             max_rate_limit_clients,

@@ -6,45 +6,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::version::Origin;
 use super::versions::Versions;
-
-/// Where a version's code came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Origin {
-    /// The component's file, as the config names it.
-    File { path: PathBuf },
-    /// An upload through the admin API, at an RFC 3339 time.
-    Upload { at: String },
-    /// The cluster's object store, where host `node` put it.
-    Cluster { node: String },
-    /// An OCI registry, as `registry/repository@sha256:<manifest digest>`.
-    Registry { reference: String },
-}
-
-impl Origin {
-    pub fn upload_now() -> Self {
-        Origin::Upload {
-            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        }
-    }
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::File { path } => write!(f, "file:{}", path.display()),
-            Origin::Upload { at } => write!(f, "upload:{at}"),
-            Origin::Cluster { node } => write!(f, "cluster:{node}"),
-            Origin::Registry { reference } => write!(f, "oci://{reference}"),
-        }
-    }
-}
 
 /// One version as saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

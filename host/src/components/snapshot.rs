@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::peers::PeerTable;
+use super::interfaces::{Node, PeerTable};
 use super::version::Version;
 use super::versions::Versions;
 use crate::capabilities::Components;
@@ -15,7 +15,7 @@ use crate::config::{ComponentConfig, ComponentLimits, RateLimitConfig};
 use crate::limits::gate::ConcurrencyGate;
 use crate::limits::rates::RateLimits;
 use crate::limits::responses::ResponseSize;
-use crate::wasm::invoke::Target;
+use crate::wasm::state::Target;
 
 /// A component as served by one snapshot.
 #[derive(Clone)]
@@ -98,7 +98,18 @@ impl Snapshot {
     /// A snapshot of `entries`, if every interface any of them imports has
     /// exactly one provider among them, with matching types.
     pub fn build(entries: Vec<Arc<Entry>>) -> Result<Self, Vec<String>> {
-        let peers = PeerTable::resolve(&entries)?;
+        let nodes: Vec<Node<'_>> = entries
+            .iter()
+            .map(|e| Node {
+                name: &e.name,
+                named: &e.config.imports,
+                versions: std::iter::once(e.current())
+                    .chain(e.versions.canary.as_ref().map(|c| &c.version))
+                    .map(|v| (&*v.short, &v.peers))
+                    .collect(),
+            })
+            .collect();
+        let peers = PeerTable::resolve(&nodes)?;
         let routes = entries
             .iter()
             .enumerate()

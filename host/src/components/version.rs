@@ -3,17 +3,18 @@
 //! peers, pre-instantiated for the world it was built for (corral's, or
 //! `wasi:http/proxy`). The [`Compiler`] does that for every version.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::peers::{Dispatch, PeerInterfaces};
-use super::saved::Origin;
+use super::interfaces::{LinkPeers, PeerInterfaces, host_provided};
 use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::wasm::state::RequestState;
@@ -42,6 +43,39 @@ impl Version {
         match &self.entrypoint {
             Entrypoint::Service(pre) => pre.instance_pre(),
             Entrypoint::Http(pre) => pre.instance_pre(),
+        }
+    }
+}
+
+/// Where a version's code came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Origin {
+    /// The component's file, as the config names it.
+    File { path: PathBuf },
+    /// An upload through the admin API, at an RFC 3339 time.
+    Upload { at: String },
+    /// The cluster's object store, where host `node` put it.
+    Cluster { node: String },
+    /// An OCI registry, as `registry/repository@sha256:<manifest digest>`.
+    Registry { reference: String },
+}
+
+impl Origin {
+    pub fn upload_now() -> Self {
+        Origin::Upload {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File { path } => write!(f, "file:{}", path.display()),
+            Origin::Upload { at } => write!(f, "upload:{at}"),
+            Origin::Cluster { node } => write!(f, "cluster:{node}"),
+            Origin::Registry { reference } => write!(f, "oci://{reference}"),
         }
     }
 }
@@ -78,17 +112,14 @@ pub struct Compiler {
     engine: Engine,
     linker: Linker<RequestState>,
     /// How calls to peers find their provider at the time of the call.
-    dispatch: Dispatch,
+    /// Defines each version's peer imports.
+    peers: Arc<dyn LinkPeers>,
 }
 
 impl Compiler {
-    pub fn new(engine: Engine, dispatch: Dispatch) -> anyhow::Result<Self> {
+    pub fn new(engine: Engine, peers: Arc<dyn LinkPeers>) -> anyhow::Result<Self> {
         let linker = crate::wasm::state::linker(&engine)?;
-        Ok(Compiler {
-            engine,
-            linker,
-            dispatch,
-        })
+        Ok(Compiler { engine, linker, peers })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -110,7 +141,7 @@ impl Compiler {
             self.linker.instantiate_pre(&component)
         } else {
             let mut linker = self.linker.clone();
-            super::peers::link(&mut linker, name, &peers, &self.dispatch)?;
+            self.peers.link(&mut linker, name, &peers)?;
             linker.instantiate_pre(&component)
         };
         let instance_pre = instance_pre
@@ -130,7 +161,7 @@ impl Compiler {
             .component_type()
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
-            .filter(|name| super::peers::host_provided(name))
+            .filter(|name| host_provided(name))
             .collect();
         Ok(Compiled {
             entrypoint,

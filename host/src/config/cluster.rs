@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::resolve::Problems;
+use super::problems::Problems;
 use super::tokens::TokenSource;
 
 /// Many hosts as one: where the cluster's state is kept and who this host is.

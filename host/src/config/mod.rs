@@ -10,12 +10,14 @@
 //! - [`events`]: topics a component publishes, and its subscription.
 //! - [`outbound`]: where a component may send HTTP requests.
 //! - [`tokens`]: where the admin token comes from.
+//! - `problems`: what is wrong with a file, each under its dotted key.
 
 #[macro_use]
 pub mod settings;
 pub mod cluster;
 pub mod events;
 pub mod outbound;
+mod problems;
 pub mod rates;
 mod raw;
 pub(crate) mod resolve;
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 pub use events::{EventsConfig, Subscription, TopicPattern};
+pub use problems::{Problem, Problems};
 pub use rates::{Rate, RateLimit, RateLimitConfig, Scope};
 pub use routes::RoutePattern;
 pub use settings::{ComponentLimits, ServerSettings};
@@ -188,13 +191,6 @@ pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
-/// One thing wrong, at a dotted key such as `components.users.wasm`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
@@ -235,7 +231,7 @@ impl Config {
     /// Validates config text as if read from `file`.
     pub fn parse(text: &str, file: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let shape_error = |e: toml::de::Error| ConfigError::single(file, e.to_string().trim_end());
-        let mut problems = resolve::Problems::default();
+        let mut problems = Problems::default();
         let deserializer = toml::Deserializer::parse(text).map_err(shape_error)?;
         // serde_ignored writes `?` for the inside of an Option; keys read better without it.
         let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |path| {

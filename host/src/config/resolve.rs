@@ -8,49 +8,18 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use super::events::{EventsConfig, Ordering, RawSubscription, Subscription, SubscriptionSettings, TopicPattern};
+use super::problems::Problems;
 use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit, RawRegistries};
 use super::routes::{check_route, routes_overlap};
 use super::settings::RawServer;
 use super::tokens::MIN_TOKEN_LEN;
 use super::{
-    AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides, Problem,
-    Rate, RateLimit, RateLimitConfig, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource,
+    AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides, Rate,
+    RateLimit, RateLimitConfig, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource,
     TrustedProxies, WasmSource,
 };
 
 const MAX_NAME_LEN: usize = 64;
-
-/// Every problem found so far.
-#[derive(Default)]
-pub struct Problems(Vec<Problem>);
-
-impl Problems {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn into_vec(self) -> Vec<Problem> {
-        self.0
-    }
-
-    pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-
-    /// `value` if it lies in `min..=max`, else a problem and `None`.
-    pub fn ranged(&mut self, key: impl Into<String>, value: Option<u64>, min: u64, max: u64) -> Option<u64> {
-        let value = value?;
-        if (min..=max).contains(&value) {
-            Some(value)
-        } else {
-            self.add(key, format!("{value} is out of range: use {min} to {max}"));
-            None
-        }
-    }
-}
 
 pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, problems: &mut Problems) -> Config {
     let listen = overrides.listen.unwrap_or_else(|| {

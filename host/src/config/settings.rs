@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 #[cfg(test)]
-use super::resolve::Problems;
+use super::problems::Problems;
 
 /// How a number in the file becomes the value the host uses.
 pub trait Unit {
@@ -100,7 +100,7 @@ macro_rules! settings {
         impl $name {
             /// What `raw` sets, over `defaults`; a value out of range is a
             /// problem at `<key>.<setting>`.
-            pub fn resolve(raw: &$raw, defaults: &Self, key: &str, problems: &mut $crate::config::resolve::Problems) -> Self {
+            pub fn resolve(raw: &$raw, defaults: &Self, key: &str, problems: &mut $crate::config::Problems) -> Self {
                 let mut resolved = defaults.clone();
                 $(
                     if let Some(n) = problems.ranged(format!("{key}.{}", $key), raw.$field, $min, $max) {

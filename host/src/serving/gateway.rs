@@ -42,7 +42,8 @@ use crate::config::{ComponentLimits, TrustedProxies};
 use crate::limits::gate::{Overloaded, Slot};
 use crate::limits::rates::Verdict;
 use crate::limits::shared::{Decided, SharedLimits};
-use crate::wasm::invoke::{self, InvokeError, OwnedTarget, Streaming, Target};
+use crate::wasm::invoke::{self, InvokeError, Streaming};
+use crate::wasm::state::{OwnedTarget, Target};
 
 /// The longest request id accepted from a client.
 const MAX_REQUEST_ID_LEN: usize = 128;

@@ -9,22 +9,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::oneshot;
-use wasmtime::component::{ComponentExportIndex, InstancePre, Val};
+use wasmtime::component::{ComponentExportIndex, Val};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::state::{RequestState, new_store};
-use crate::capabilities::Components;
+use super::state::{OwnedTarget, RequestState, Target, new_store};
 use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::corral::service::types::{Request, Response};
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
 use crate::capabilities::sqlite::{self, Conn};
 use crate::clock::now_ms;
-use crate::config::ComponentLimits;
 use crate::limits::store::LimitExceeded;
 
 /// Why a call produced no response.
@@ -73,50 +71,6 @@ impl InvokeError {
             InvokeError::Trap(_) => "trap",
             InvokeError::Answered(_) => "error-code",
             InvokeError::NoResponse => "no-response",
-        }
-    }
-}
-
-/// What one call needs: which code, under which names, within which
-/// limits, with what each capability keeps for the component.
-#[derive(Clone, Copy)]
-pub struct Target<'a> {
-    pub component: &'a Arc<str>,
-    /// The version's short digest, for logs.
-    pub version: &'a Arc<str>,
-    pub instance: &'a InstancePre<RequestState>,
-    pub limits: &'a ComponentLimits,
-    pub capabilities: &'a Components,
-}
-
-/// A [`Target`] that owns what it names, for a call that outlives the
-/// request's future (a `wasi:http` response streams after it returns).
-pub struct OwnedTarget {
-    pub component: Arc<str>,
-    pub version: Arc<str>,
-    pub instance: InstancePre<RequestState>,
-    pub limits: ComponentLimits,
-    pub capabilities: Components,
-}
-
-impl OwnedTarget {
-    pub fn of(target: &Target<'_>) -> OwnedTarget {
-        OwnedTarget {
-            component: Arc::clone(target.component),
-            version: Arc::clone(target.version),
-            instance: target.instance.clone(),
-            limits: target.limits.clone(),
-            capabilities: target.capabilities.clone(),
-        }
-    }
-
-    pub fn target(&self) -> Target<'_> {
-        Target {
-            component: &self.component,
-            version: &self.version,
-            instance: &self.instance,
-            limits: &self.limits,
-            capabilities: &self.capabilities,
         }
     }
 }

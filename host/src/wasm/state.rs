@@ -1,18 +1,18 @@
-//! What one store holds for one call ([`RequestState`]), how a fresh store
-//! is made with the component's limits and a sandbox that shows the guest
+//! What one store holds for one call ([`RequestState`]), what it is made
+//! for ([`Target`]), how a fresh store is made with the component's limits and a sandbox that shows the guest
 //! nothing of the machine ([`new_store`]), and the [`linker`] that offers
 //! guests WASI and every capability.
 
 use std::sync::Arc;
 
-use wasmtime::component::Linker;
+use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use super::engine::TICK;
-use super::invoke::Target;
-use crate::capabilities::{self, Call, Instances, StoreData};
+use crate::capabilities::{self, Call, Components, Instances, StoreData};
+use crate::config::ComponentLimits;
 use crate::limits::store::StoreLimiter;
 
 /// Everything one store holds for one call.
@@ -61,6 +61,50 @@ impl WasiView for RequestState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+/// What one call needs: which code, under which names, within which
+/// limits, with what each capability keeps for the component.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub component: &'a Arc<str>,
+    /// The version's short digest, for logs.
+    pub version: &'a Arc<str>,
+    pub instance: &'a InstancePre<RequestState>,
+    pub limits: &'a ComponentLimits,
+    pub capabilities: &'a Components,
+}
+
+/// A [`Target`] that owns what it names, for a call that outlives the
+/// request's future (a `wasi:http` response streams after it returns).
+pub struct OwnedTarget {
+    pub component: Arc<str>,
+    pub version: Arc<str>,
+    pub instance: InstancePre<RequestState>,
+    pub limits: ComponentLimits,
+    pub capabilities: Components,
+}
+
+impl OwnedTarget {
+    pub fn of(target: &Target<'_>) -> OwnedTarget {
+        OwnedTarget {
+            component: Arc::clone(target.component),
+            version: Arc::clone(target.version),
+            instance: target.instance.clone(),
+            limits: target.limits.clone(),
+            capabilities: target.capabilities.clone(),
+        }
+    }
+
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            component: &self.component,
+            version: &self.version,
+            instance: &self.instance,
+            limits: &self.limits,
+            capabilities: &self.capabilities,
         }
     }
 }

@@ -43,6 +43,8 @@ pub use connection::{Conn, Effect};
 pub use pool::{Database, DbLimits};
 pub use threads::SqlThreads;
 
+pub use crate::capabilities::bindings::SqliteError;
+
 use crate::capabilities::bindings::corral::service::sqlite as wit;
 use exec::Inline;
 
@@ -50,20 +52,6 @@ use exec::Inline;
 /// again on a blocking thread. Handing a statement to another thread and back
 /// costs more than most point reads take.
 const INLINE_READ_BUDGET: Duration = Duration::from_micros(100);
-
-/// A failure of a sqlite host call: an error the guest sees as a WIT value, or
-/// a trap for host failures the guest cannot handle.
-#[derive(Debug)]
-pub enum SqliteError {
-    Guest(wit::Error),
-    Trap(wasmtime::Error),
-}
-
-impl From<wit::Error> for SqliteError {
-    fn from(e: wit::Error) -> Self {
-        SqliteError::Guest(e)
-    }
-}
 
 /// Where a component's statements are counted and timed.
 #[derive(Clone)]
