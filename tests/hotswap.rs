@@ -353,6 +353,90 @@ fn every_admin_route_needs_the_token() {
         .assert_problem(404, "not-found");
 }
 
+/// Every `$ref` under `value`.
+fn refs(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                found.push(r.trim_start_matches("#/components/schemas/").to_string());
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_openapi_document_is_the_routes_the_admin_listener_serves() {
+    let host = swap_host();
+    let doc = host.admin_as("GET", "/openapi.json", Vec::new(), None);
+    assert_eq!(doc.status, 200, "{}", doc.text());
+    let doc = doc.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let mut named = Vec::new();
+    refs(&doc["paths"], &mut named);
+    refs(&doc["components"], &mut named);
+    for name in &named {
+        assert!(schemas.contains_key(name), "{name} is referred to but not defined");
+    }
+    for answer in [
+        "Components",
+        "Changed",
+        "Reloaded",
+        "Events",
+        "DeadLetters",
+        "Settled",
+        "Problem",
+    ] {
+        assert!(named.iter().any(|n| n == answer), "no route answers with {answer}");
+    }
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15, "{paths:?}");
+    for (path, item) in paths {
+        let concrete = path.replace("{name}", "users").replace("{node}", "nowhere");
+        let methods: Vec<String> = item.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
+        for method in &methods {
+            let operation = &item[method.to_lowercase()];
+            let body = if method == "PUT" {
+                variant("users", "openapi")
+            } else {
+                Vec::new()
+            };
+            let reply = host.admin(method, &concrete, body.clone());
+            let missing = reply.status == 405
+                || (reply.status == 404
+                    && reply.json()["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("no admin route")));
+            assert!(
+                !missing,
+                "{method} {path} is in the document but not served: {}",
+                reply.text()
+            );
+            let without = host.admin_as(method, &concrete, body, None);
+            let needs_token = operation.get("security").is_some();
+            assert_eq!(
+                without.status == 401,
+                needs_token,
+                "{method} {path} without the token: {}",
+                without.text()
+            );
+        }
+        let reply = host.admin("DELETE", &concrete, Vec::new());
+        reply.assert_problem(405, "method-not-allowed");
+        let mut allowed: Vec<&str> = reply.header("allow").unwrap().split(", ").collect();
+        allowed.sort();
+        let mut expected: Vec<&str> = methods.iter().map(String::as_str).collect();
+        expected.sort();
+        assert_eq!(allowed, expected, "{path}");
+    }
+    let reply = host.admin("GET", "/components/users/nothing", Vec::new());
+    reply.assert_problem(404, "not-found");
+    assert!(reply.json()["detail"].as_str().unwrap().contains("/openapi.json"));
+}
+
 #[test]
 fn the_cli_drives_the_admin_api() {
     let host = swap_host();

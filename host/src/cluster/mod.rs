@@ -34,7 +34,7 @@ use crate::components::versions::Versions;
 use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{ComponentConfig, Config};
-pub use state::{Changed, ComponentReport, ConvergeError, Desired, NodeReport};
+pub use state::{Changed, ComponentReport, ConvergeError, Desired, KeyIds, NodeReport, Status};
 use trust::{Claim, KeyRing, Nonces, Refused};
 
 /// How long a change waits for every host to take it.
@@ -216,7 +216,7 @@ impl Cluster {
     /// [`KeyRing::rotated`] for the keys that stay valid). With `due_after`,
     /// only if the ring's newest key, read afresh, is older than that: hosts
     /// that all find the key due rotate it once.
-    pub async fn rotate_key(&self, due_after: Option<Duration>) -> Result<serde_json::Value, ClusterError> {
+    pub async fn rotate_key(&self, due_after: Option<Duration>) -> Result<KeyIds, ClusterError> {
         let unavailable = |e: &dyn std::fmt::Display| ClusterError::Unavailable(anyhow::anyhow!("{e}"));
         let entry = self
             .desired
@@ -226,7 +226,9 @@ impl Cluster {
             .filter(|e| e.operation == kv::Operation::Put)
             .ok_or_else(|| ClusterError::NotFound("the cluster has no key ring".into()))?;
         let old: KeyRing = serde_json::from_slice(&entry.value).map_err(|e| unavailable(&e))?;
-        let ids = |ring: &KeyRing| serde_json::json!({ "keys": ring.keys.iter().map(|k| &k.id).collect::<Vec<_>>() });
+        let ids = |ring: &KeyRing| KeyIds {
+            keys: ring.keys.iter().map(|k| k.id.clone()).collect(),
+        };
         if let Some(due_after) = due_after
             && now_ms().saturating_sub(old.newest_ms().unwrap_or(0)) < due_after.as_millis() as u64
         {
@@ -342,15 +344,15 @@ impl Cluster {
     }
 
     /// The cluster's state as this host sees it, for the admin API.
-    pub async fn describe(&self) -> serde_json::Value {
+    pub async fn describe(&self) -> Status {
         self.refresh_nodes().await;
         let view = self.view.read().expect("view lock");
-        serde_json::json!({
-            "node": self.node,
-            "converged": self.is_converged(),
-            "desired": view.desired,
-            "nodes": view.nodes.values().collect::<Vec<_>>(),
-        })
+        Status {
+            node: self.node.clone(),
+            converged: self.is_converged(),
+            desired: view.desired.clone(),
+            nodes: view.nodes.values().cloned().collect(),
+        }
     }
 
     /// Installs new code for `name` on every host, for every request or

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::components::versions::{Canary, Versions};
 
@@ -15,7 +16,7 @@ pub const NODES_BUCKET: &str = "corral_nodes";
 pub const VERSIONS_BUCKET: &str = "corral_versions";
 
 /// What every host should serve for one component.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Desired {
     /// The versions, by digest.
     #[serde(flatten)]
@@ -31,15 +32,33 @@ pub struct Desired {
 
 /// A change the cluster made: what every host now serves, and the
 /// reports of the hosts that took it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Changed {
     pub component: String,
     pub desired: Desired,
     pub nodes: Vec<NodeReport>,
 }
 
+/// The cluster as one host sees it: what every host should serve, and
+/// what each live host reports.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// The host that answered.
+    pub node: String,
+    /// It serves what the cluster wants.
+    pub converged: bool,
+    pub desired: BTreeMap<String, Desired>,
+    pub nodes: Vec<NodeReport>,
+}
+
+/// The ids of the keys the cluster's key ring holds, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyIds {
+    pub keys: Vec<String>,
+}
+
 /// What one host serves, reported every few seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeReport {
     pub node: String,
     /// Where other hosts forward requests for the components it owns.
@@ -58,7 +77,7 @@ fn default_weight() -> u32 {
     100
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ComponentReport {
     /// The version it serves.
     pub current: String,
@@ -73,7 +92,7 @@ pub struct ComponentReport {
     pub error: Option<ConvergeError>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConvergeError {
     pub wanted: String,
     pub wanted_canary: Option<String>,

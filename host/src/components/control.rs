@@ -26,7 +26,7 @@ pub struct Control {
 }
 
 /// What a reload did.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Reloaded {
     pub components: Vec<Change>,
     /// Settings that changed in the file but take a restart to apply.

@@ -59,7 +59,7 @@ impl ChangeError {
 }
 
 /// The outcome of a change, for the operator.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub name: String,
     pub version: String,

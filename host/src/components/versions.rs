@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a component serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Versions<V> {
     /// The version every request gets, but the canary's share.
     pub current: V,
@@ -16,7 +16,7 @@ pub struct Versions<V> {
 }
 
 /// A version serving a share of a component's requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Canary<V> {
     #[serde(alias = "digest")]
     pub version: V,

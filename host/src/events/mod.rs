@@ -78,7 +78,7 @@ pub struct Backlog {
 }
 
 /// A message that will not be delivered again unless redriven.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: String,
     pub subscriber: String,

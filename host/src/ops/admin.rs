@@ -89,25 +89,40 @@ impl Handler for Admin {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path().to_string();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
-        let response = match (&parts.method, segments.as_slice()) {
-            (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({ "status": "alive" })),
-            (&Method::GET, ["readyz"]) => self.readiness(),
-            _ if !self.authorized(&parts.headers) => {
-                let mut response = problem::response(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "Unauthorized",
-                    "a valid bearer token is required",
-                );
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"corral\""),
-                );
-                response
-            }
-            (&Method::PUT, ["components", name]) => return self.upload(name, &parts, body).await,
-            (method, ["events", ..]) => self.events(method, &segments[1..], parts.uri.query(), &path).await,
-            (method, route) => self.act(method, route, &path).await,
+        // Only `/healthz`, `/readyz` and `/openapi.json` answer without the
+        // token; to anyone else, every path is unauthorized, even one that
+        // is no route.
+        let found = api::find(parts.method.as_str(), &path);
+        let open = matches!(found, api::Found::Route(route) if !route.token);
+        if !open && !self.authorized(&parts.headers) {
+            let mut response = problem::response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "a valid bearer token is required",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"corral\""),
+            );
+            return refuse(body, response).await;
+        }
+        let response = match found {
+            api::Found::OtherMethods(methods) => method_not_allowed(&parts.method, &path, &methods),
+            api::Found::NoRoute => problem::response(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no admin route {path}: GET /openapi.json lists them"),
+            ),
+            api::Found::Route(_) => match (&parts.method, segments.as_slice()) {
+                (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &api::Health { status: "alive".into() }),
+                (&Method::GET, ["readyz"]) => self.readiness(),
+                (&Method::GET, ["openapi.json"]) => json_response(StatusCode::OK, &api::openapi()),
+                (&Method::PUT, ["components", name]) => return self.upload(name, &parts, body).await,
+                (method, ["events", ..]) => self.events(method, &segments[1..], parts.uri.query(), &path).await,
+                (method, route) => self.act(method, route, &path).await,
+            },
         };
         // Only uploads read the body; every other route drops it unread.
         refuse(body, response).await
@@ -163,12 +178,12 @@ impl Admin {
         match (method, route) {
             (&Method::GET, ["components"]) => {
                 let snapshot = registry.snapshot();
-                let components: Vec<Value> = snapshot.entries.iter().map(|e| describe(e, &snapshot)).collect();
+                let components = snapshot.entries.iter().map(|e| describe(e, &snapshot)).collect();
                 let cluster = match cluster {
                     Some(cluster) => Some(cluster.describe().await),
                     None => None,
                 };
-                json_response(StatusCode::OK, &json!({ "components": components, "cluster": cluster }))
+                json_response(StatusCode::OK, &api::Components { components, cluster })
             }
             (&Method::GET, ["cluster"]) => match cluster {
                 Some(cluster) => json_response(StatusCode::OK, &cluster.describe().await),
@@ -225,15 +240,6 @@ impl Admin {
                     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                 );
                 response
-            }
-            (_, ["components"] | ["components", _] | ["components", _, "rollback" | "promote"] | ["reload"]) => {
-                let detail = format!("{method} is not allowed on {path}");
-                problem::response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method-not-allowed",
-                    "Method not allowed",
-                    detail,
-                )
             }
             _ => problem::response(
                 StatusCode::NOT_FOUND,
@@ -399,7 +405,7 @@ impl Admin {
             None => true,
         };
         if self.control.registry.is_ready() && clustered {
-            json_response(StatusCode::OK, &json!({ "status": "ready" }))
+            json_response(StatusCode::OK, &api::Health { status: "ready".into() })
         } else {
             problem::response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -528,8 +534,24 @@ fn not_in_a_cluster() -> HttpResponse {
     )
 }
 
-fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut response = Response::new(full(body.to_string()));
+/// Answers `route` as the method it has not, naming those it has.
+fn method_not_allowed(method: &Method, path: &str, methods: &[&str]) -> HttpResponse {
+    let detail = format!("{method} is not allowed on {path}");
+    let mut response = problem::response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        detail,
+    );
+    if let Ok(allow) = HeaderValue::from_str(&methods.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+    let text = serde_json::to_string(body).expect("admin answers serialize");
+    let mut response = Response::new(full(text));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -538,49 +560,61 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 }
 
 /// One component as `GET /components` shows it.
-fn describe(entry: &Entry, snapshot: &Snapshot) -> Value {
-    let imports: serde_json::Map<String, Value> = entry
-        .current()
+fn describe(entry: &Entry, snapshot: &Snapshot) -> api::Component {
+    let current = entry.current();
+    let imports = current
         .peers
         .imports
         .keys()
         .map(|interface| {
             let provider = snapshot.peers().provider(&entry.name, interface).map(|p| p.to_string());
-            (interface.clone(), json!(provider))
+            (interface.clone(), provider)
         })
         .collect();
-    let exports: Vec<&String> = entry.current().peers.exports.keys().collect();
-    json!({
-        "name": &*entry.name,
-        "routes": entry.config.routes,
-        "version": describe_version(entry.current()),
-        "previous": entry.versions.previous.as_deref().map(describe_version),
-        "canary": entry.versions.canary.as_ref().map(|c| json!({ "percent": c.percent, "version": describe_version(&c.version) })),
-        "in_flight": entry.shared.gate.in_flight(),
-        "queued": entry.shared.gate.waiting(),
-        "watch": entry.config.watch,
-        "imports": imports,
-        "exports": exports,
-        "subscriber": entry.current().subscriber.is_some(),
-        "publishes": entry.config.events.publishes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "subscribes": entry.config.events.subscription.as_ref().map(|s| s.topics.iter().map(ToString::to_string).collect::<Vec<_>>()),
-        "limits": entry.limits().describe(),
-        "rate_limit": {
-            "component": entry.config.rate_limits.component.map(|l| l.to_string()),
-            "routes": entry.config.rate_limits.routes.iter().map(|(p, l)| json!({ "route": p.to_string(), "limit": l.to_string() })).collect::<Vec<_>>(),
+    let events = &entry.config.events;
+    let strings = |patterns: &[crate::config::TopicPattern]| patterns.iter().map(ToString::to_string).collect();
+    let rates = &entry.config.rate_limits;
+    api::Component {
+        name: entry.name.to_string(),
+        routes: entry.config.routes.clone(),
+        version: describe_version(current),
+        previous: entry.versions.previous.as_deref().map(describe_version),
+        canary: entry.versions.canary.as_ref().map(|c| api::CanaryInfo {
+            percent: c.percent,
+            version: describe_version(&c.version),
+        }),
+        in_flight: entry.shared.gate.in_flight(),
+        queued: entry.shared.gate.waiting(),
+        watch: entry.config.watch,
+        imports,
+        exports: current.peers.exports.keys().cloned().collect(),
+        subscriber: current.subscriber.is_some(),
+        publishes: strings(&events.publishes),
+        subscribes: events.subscription.as_ref().map(|s| strings(&s.topics)),
+        limits: entry.limits().describe(),
+        rate_limit: api::RateLimits {
+            component: rates.component.map(|l| l.to_string()),
+            routes: rates
+                .routes
+                .iter()
+                .map(|(p, l)| api::RouteLimit {
+                    route: p.to_string(),
+                    limit: l.to_string(),
+                })
+                .collect(),
         },
-    })
+    }
 }
 
-fn describe_version(version: &Version) -> Value {
-    json!({
-        "digest": &*version.digest,
-        "short": &*version.short,
-        "loaded_at": humantime::format_rfc3339_millis(version.loaded_at).to_string(),
-        "origin": version.origin.to_string(),
-        "world": version.entrypoint.world(),
-        "host_imports": version.host_imports,
-    })
+fn describe_version(version: &Version) -> api::VersionInfo {
+    api::VersionInfo {
+        digest: version.digest.to_string(),
+        short: version.short.to_string(),
+        loaded_at: humantime::format_rfc3339_millis(version.loaded_at).to_string(),
+        origin: version.origin.to_string(),
+        world: version.entrypoint.world().into(),
+        host_imports: version.host_imports.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::api;
+use crate::components::versions::Canary;
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{Config, DEFAULT_ADMIN_LISTEN, OCI_SCHEME, Overrides};
 
@@ -94,8 +95,8 @@ impl AdminClient {
         Ok(json)
     }
 
-    pub fn status(&self) -> anyhow::Result<Value> {
-        self.send("GET", "/components", Vec::new())
+    pub fn status(&self) -> anyhow::Result<api::Components> {
+        self.send_as("GET", "/components", Vec::new())
     }
 
     /// Sends `wasm`'s file, or the `oci://` reference it is for the host to fetch.
@@ -282,8 +283,7 @@ pub fn settled_summary(settled: &api::Settled) -> String {
 }
 
 /// `GET /components` as a table.
-pub fn status_table(status: &Value) -> String {
-    let short = |v: &Value| v["short"].as_str().unwrap_or("-").to_string();
+pub fn status_table(status: &api::Components) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
         "VERSION".into(),
@@ -293,72 +293,50 @@ pub fn status_table(status: &Value) -> String {
         "PREVIOUS".into(),
         "CANARY".into(),
     ]];
-    for c in status["components"].as_array().into_iter().flatten() {
-        let routes: Vec<&str> = c["routes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let canary = match &c["canary"] {
-            Value::Null => "-".to_string(),
-            canary => format!("{} at {}%", short(&canary["version"]), canary["percent"]),
+    for c in &status.components {
+        let canary = match &c.canary {
+            None => "-".to_string(),
+            Some(canary) => format!("{} at {}%", canary.version.short, canary.percent),
         };
         rows.push([
-            c["name"].as_str().unwrap_or("?").to_string(),
-            short(&c["version"]),
-            c["version"]["origin"].as_str().unwrap_or("-").to_string(),
-            routes.join(","),
-            c["in_flight"].to_string(),
-            if c["previous"].is_null() {
-                "-".into()
-            } else {
-                short(&c["previous"])
-            },
+            c.name.clone(),
+            c.version.short.clone(),
+            c.version.origin.clone(),
+            c.routes.join(","),
+            c.in_flight.to_string(),
+            c.previous.as_ref().map_or("-".into(), |p| p.short.clone()),
             canary,
         ]);
     }
     let mut table = render(&rows);
-    if !status["cluster"].is_null() {
+    if let Some(cluster) = &status.cluster {
         table.push_str("\n\n");
-        table.push_str(&cluster_table(&status["cluster"]));
+        table.push_str(&cluster_table(cluster));
     }
     table
 }
 
 /// The cluster part of `GET /components`: what each host serves of what
 /// the cluster wants.
-fn cluster_table(cluster: &Value) -> String {
-    let short = |digest: &Value| digest.as_str().map_or("-".to_string(), short);
-    let canary = |canary: &Value| match canary {
-        Value::Null => "-".to_string(),
-        canary => format!("{} at {}%", short(&canary["version"]), canary["percent"]),
+fn cluster_table(cluster: &api::ClusterStatus) -> String {
+    let canary = |canary: &Option<Canary<String>>| match canary {
+        None => "-".to_string(),
+        Some(canary) => format!("{} at {}%", short(&canary.version), canary.percent),
     };
-    let converged = if cluster["converged"] == true {
-        "converged"
-    } else {
-        "converging"
-    };
-    let mut out = format!(
-        "cluster: this host is {}, {converged}\n",
-        cluster["node"].as_str().unwrap_or("?")
-    );
+    let converged = if cluster.converged { "converged" } else { "converging" };
+    let mut out = format!("cluster: this host is {}, {converged}\n", cluster.node);
     let mut wanted = vec![
         ["COMPONENT", "WANTED", "CANARY", "OWNER", "LAST CHANGE"]
             .map(String::from)
             .to_vec(),
     ];
-    for (name, desired) in cluster["desired"].as_object().into_iter().flatten() {
+    for (name, desired) in &cluster.desired {
         wanted.push(vec![
             name.clone(),
-            short(&desired["current"]),
-            canary(&desired["canary"]),
-            desired["owner"].as_str().unwrap_or("every host").to_string(),
-            format!(
-                "{} by {}",
-                desired["change"].as_str().unwrap_or("?"),
-                desired["changed_by"].as_str().unwrap_or("?")
-            ),
+            short(&desired.versions.current),
+            canary(&desired.versions.canary),
+            desired.owner.clone().unwrap_or_else(|| "every host".into()),
+            format!("{} by {}", desired.change, desired.changed_by),
         ]);
     }
     out.push_str(&render(&wanted));
@@ -367,26 +345,24 @@ fn cluster_table(cluster: &Value) -> String {
             .map(String::from)
             .to_vec(),
     ];
-    for node in cluster["nodes"].as_array().into_iter().flatten() {
-        for (name, report) in node["components"].as_object().into_iter().flatten() {
-            let desired = &cluster["desired"][name];
-            let state = match &report["error"] {
-                Value::Null if report["current"] == desired["current"] && report["canary"] == desired["canary"] => {
+    for node in &cluster.nodes {
+        for (name, report) in &node.components {
+            let desired = cluster.desired.get(name);
+            let state = match &report.error {
+                None if desired
+                    .is_some_and(|d| report.current == d.versions.current && report.canary == d.versions.canary) =>
+                {
                     "ok".to_string()
                 }
-                Value::Null => "converging".to_string(),
-                error => format!(
-                    "refused {}: {}",
-                    short(&error["wanted"]),
-                    error["message"].as_str().unwrap_or("?")
-                ),
+                None => "converging".to_string(),
+                Some(error) => format!("refused {}: {}", short(&error.wanted), error.message),
             };
             hosts.push(vec![
-                node["node"].as_str().unwrap_or("?").to_string(),
-                if node["ready"] == true { "yes" } else { "no" }.to_string(),
+                node.node.clone(),
+                if node.ready { "yes" } else { "no" }.to_string(),
                 name.clone(),
-                short(&report["current"]),
-                canary(&report["canary"]),
+                short(&report.current),
+                canary(&report.canary),
                 state,
             ]);
         }
