@@ -291,3 +291,30 @@ fn internal_urls_are_served_in_process_by_the_named_component() {
     let looped = host.get(&format!("/http/fetch?url={url}"));
     assert!(looped.text().contains("LoopDetected"), "{}", looped.text());
 }
+
+#[test]
+fn an_internal_request_body_is_held_to_the_callees_limit() {
+    let host = host()
+        .toml(&component_toml("hello", "http-hello", &["/http"]))
+        .toml("allowed_outbound_hosts = [\"http://*.internal\"]")
+        .component("users", "users", &["/users"])
+        .toml("[components.users.limits]\nrequest_body_kib = 1")
+        .toml(&admin_toml())
+        .start();
+    // Within the limit, the callee reads it (and refuses it: it is no JSON).
+    let small = host.get("/http/fetch?url=http://users.internal/users&send=512");
+    let status: u16 = small.header("fetched-status").unwrap().parse().unwrap();
+    assert!((400..500).contains(&status) && status != 413, "{}", small.text());
+    let large = host.get("/http/fetch?url=http://users.internal/users&send=100000");
+    assert_eq!(large.header("fetched-status"), Some("413"), "{}", large.text());
+    let problem: serde_json::Value = serde_json::from_slice(&large.body).unwrap();
+    assert_eq!(problem["type"], "urn:corral:problem:body-too-large");
+    // The refused body never reached the callee, and the host serves on.
+    assert_eq!(host.get("/users").status, 200);
+    let rejected = metric(
+        &host.metrics(),
+        "corral_requests_rejected_total",
+        &[("component", "users"), ("reason", "body_size")],
+    );
+    assert_eq!(rejected, 1.0);
+}

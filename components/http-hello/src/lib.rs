@@ -15,8 +15,8 @@
 //! - `GET /http/spin`, `/http/spin-mid-body`: loops forever, before the
 //!   response or after part of its body.
 //! - `GET /http/alloc?mib=N`: holds N MiB, then answers.
-//! - `GET /http/fetch?url=U`: sends a GET to U and answers with what came
-//!   back, or with the error code.
+//! - `GET /http/fetch?url=U[&send=N]`: sends a GET to U (a POST of N bytes
+//!   with `send`) and answers with what came back, or with the error code.
 //! - `POST /http/visits`: counts a visit in the component's database.
 
 use std::io::{Read as _, Write as _};
@@ -82,7 +82,10 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpHello {
                 let (name, value) = (param("header").unwrap_or_default(), param("value").unwrap_or_default());
                 respond(out, 204, &[(&name, &value)], b"")
             }
-            "fetch" => fetch(out, &param("url").unwrap_or_default()),
+            "fetch" => {
+                let send = param("send").and_then(|n| n.parse().ok()).unwrap_or(0);
+                fetch(out, &param("url").unwrap_or_default(), send)
+            }
             "visits" => visits(out),
             _ => match route.strip_prefix("status/").and_then(|code| code.parse().ok()) {
                 Some(code) => respond(out, code, &[], b""),
@@ -174,26 +177,40 @@ fn spin() -> ! {
     }
 }
 
-fn fetch(out: ResponseOutparam, url: &str) {
-    match get(url) {
+fn fetch(out: ResponseOutparam, url: &str, send: usize) {
+    match get(url, send) {
         Ok((status, body)) => respond(out, 200, &[("fetched-status", &status.to_string())], &body),
         Err(code) => respond(out, 502, &[], format!("{code:?}").as_bytes()),
     }
 }
 
-/// GET `url` from here, with the whole body.
-fn get(url: &str) -> Result<(u16, Vec<u8>), ErrorCode> {
+/// GET `url` from here (or POST `send` bytes to it), with the whole body
+/// of the answer.
+fn get(url: &str, send: usize) -> Result<(u16, Vec<u8>), ErrorCode> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
     let request = OutgoingRequest::new(Fields::new());
-    request.set_method(&Method::Get).unwrap();
+    request
+        .set_method(if send > 0 { &Method::Post } else { &Method::Get })
+        .unwrap();
     let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
     request.set_scheme(Some(&scheme)).unwrap();
     request.set_authority(Some(authority)).unwrap();
     request.set_path_with_query(Some(path)).unwrap();
     let body = request.body().unwrap();
-    OutgoingBody::finish(body, None).unwrap();
+    let stream = body.write().unwrap();
     let pending = outgoing_handler::handle(request, None)?;
+    let chunk = [b'x'; 4096];
+    let mut left = send;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if stream.blocking_write_and_flush(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n;
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
     pending.subscribe().block();
     let response: IncomingResponse = pending.get().unwrap().unwrap()?;
     let status = response.status();

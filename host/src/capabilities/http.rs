@@ -26,6 +26,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttp, WasiHttpCtx,
 use super::{Call, Capability, Host, StoreData};
 use crate::config::ComponentConfig;
 use crate::config::outbound::{HostPattern, INTERNAL_SUFFIX, default_port};
+use crate::limits::body::BodyCap;
 
 /// How deep requests to `.internal` components may nest, so that loops end.
 pub const MAX_INTERNAL_DEPTH: u32 = 8;
@@ -305,8 +306,7 @@ async fn send_out(
 /// A response body cut off past `limit` bytes or past `deadline`.
 struct Capped<B> {
     inner: B,
-    left: usize,
-    limit: usize,
+    cap: BodyCap,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -314,8 +314,7 @@ impl<B> Capped<B> {
     fn new(inner: B, limit: usize, deadline: Instant) -> Self {
         Capped {
             inner,
-            left: limit,
-            limit,
+            cap: BodyCap::new(limit),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
@@ -332,12 +331,10 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Capped<B> {
         match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 let size = frame.data_ref().map_or(0, Bytes::len);
-                if size > self.left {
-                    let limit = self.limit as u64;
-                    return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(limit)))));
+                match self.cap.take(size) {
+                    Ok(()) => Poll::Ready(Some(Ok(frame))),
+                    Err(limit) => Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(limit as u64))))),
                 }
-                self.left -= size;
-                Poll::Ready(Some(Ok(frame)))
             }
             other => Poll::Ready(other),
         }

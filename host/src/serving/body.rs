@@ -1,7 +1,8 @@
-//! Request bodies: read whole within a size limit and a deadline (a total
-//! time and a minimum pace, so a slow client is cut off), and, for a
-//! request answered without its body, drained within bounds so the client
-//! can read the answer.
+//! Request bodies, from clients or from guests' requests to `.internal`:
+//! read whole within a size limit and a deadline (a total time and a
+//! minimum pace, so a slow client is cut off), and, for a request answered
+//! without its body, drained within bounds so the client can read the
+//! answer.
 
 use std::time::{Duration, Instant};
 
@@ -9,9 +10,10 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body;
 
 use super::{HttpResponse, problem};
+use crate::limits::body::BodyCap;
 
 /// How much of a refused body is read, so the client can read the refusal,
 /// before the connection is closed instead.
@@ -68,12 +70,16 @@ impl BodyRefusal {
 
 /// Reads the whole body within `pace`, refusing with 413 one longer than
 /// `limit` and with 408 one that arrives too slowly.
-pub async fn read_body(
-    mut body: Incoming,
+pub async fn read_body<B>(
+    mut body: B,
     headers: &http::HeaderMap,
     limit: usize,
     pace: BodyPace,
-) -> Result<Bytes, BodyRefusal> {
+) -> Result<Bytes, BodyRefusal>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let too_large = || {
         problem::response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +101,7 @@ pub async fn read_body(
     }
     let started = Instant::now();
     let mut collected = BytesMut::new();
+    let mut cap = BodyCap::new(limit);
     loop {
         let deadline = pace.deadline(started, collected.len());
         let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
@@ -126,7 +133,7 @@ pub async fn read_body(
         let Some(data) = frame.data_ref() else {
             continue;
         };
-        if collected.len() + data.len() > limit {
+        if cap.take(data.len()).is_err() {
             return Err(BodyRefusal::TooLarge(refuse(body, too_large()).await));
         }
         collected.extend_from_slice(data);
@@ -146,7 +153,7 @@ pub fn closing(mut response: HttpResponse) -> HttpResponse {
 /// body is read and dropped first, up to [`MAX_DRAIN_BYTES`] and
 /// [`DRAIN_TIMEOUT`], so that a client still sending it gets to read the
 /// answer; past those bounds the connection is closed instead.
-pub async fn refuse(mut body: Incoming, response: HttpResponse) -> HttpResponse {
+pub async fn refuse<B: Body<Data = Bytes> + Unpin>(mut body: B, response: HttpResponse) -> HttpResponse {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let mut seen = 0;
         while let Some(frame) = body.frame().await {

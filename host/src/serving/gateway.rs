@@ -39,6 +39,7 @@ use crate::components::stats::ComponentLabels;
 use crate::components::version::Entrypoint;
 use crate::config::outbound::INTERNAL_SUFFIX;
 use crate::config::{ComponentLimits, TrustedProxies};
+use crate::limits::body::BodyCap;
 use crate::limits::gate::{Overloaded, Slot};
 use crate::limits::rates::Verdict;
 use crate::limits::shared::{Decided, SharedLimits};
@@ -292,7 +293,10 @@ impl Gateway {
             Ok(body) => body,
             Err(refusal) => {
                 trace.rejected = refusal.reason();
-                return refusal.into_response();
+                // No connection to close: the caller is in this process.
+                let mut response = refusal.into_response();
+                response.headers_mut().remove(http::header::CONNECTION);
+                return response;
             }
         };
         trace.bytes_in = body.len();
@@ -577,28 +581,17 @@ impl Gateway {
             );
         }
         let limits = entry.limits();
-        let limited = http_body_util::Limited::new(body, limits.max_request_body_bytes);
-        let body = match tokio::time::timeout(limits.timeout, limited.collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) => {
-                trace.rejected = Some("body_size");
-                let detail = format!("cannot read the request body: {e}");
-                return problem::response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "Request body too large",
-                    detail,
-                );
-            }
-            Err(_) => {
-                trace.rejected = Some("body_timeout");
-                let detail = "the request body did not arrive in time";
-                return problem::response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
-                    "Request body too slow",
-                    detail,
-                );
+        // A guest's body comes from its own instance, which its timeout
+        // bounds: no minimum pace.
+        let pace = BodyPace {
+            timeout: limits.timeout,
+            min_bytes_per_sec: 0,
+        };
+        let body = match read_body(body, &parts.headers, limits.max_request_body_bytes, pace).await {
+            Ok(body) => body,
+            Err(refusal) => {
+                trace.rejected = refusal.reason();
+                return refusal.into_response();
             }
         };
         trace.bytes_in = body.len();
@@ -798,8 +791,7 @@ fn streamed(streaming: Streaming, limits: &ComponentLimits, cut_short: CutShort)
     }
     let body = Streamed {
         inner: body,
-        left: limit,
-        limit,
+        cap: BodyCap::new(limit),
         ended: streaming.ended,
         cut_short: Some(cut_short),
     };
@@ -815,8 +807,7 @@ type CutShort = Box<dyn FnOnce(&'static str, String) + Send>;
 /// store is then gone, and the body would otherwise just end).
 struct Streamed {
     inner: HyperOutgoingBody,
-    left: usize,
-    limit: usize,
+    cap: BodyCap,
     ended: tokio::sync::oneshot::Receiver<Result<(), InvokeError>>,
     cut_short: Option<CutShort>,
 }
@@ -842,12 +833,12 @@ impl hyper::body::Body for Streamed {
         std::task::Poll::Ready(match frame {
             Some(Ok(frame)) => {
                 let size = frame.data_ref().map_or(0, Bytes::len);
-                if size > self.left {
-                    let detail = format!("the body is larger than the limit of {} bytes", self.limit);
-                    self.cut("response-size", detail)
-                } else {
-                    self.left -= size;
-                    Some(Ok(frame))
+                match self.cap.take(size) {
+                    Ok(()) => Some(Ok(frame)),
+                    Err(limit) => {
+                        let detail = format!("the body is larger than the limit of {limit} bytes");
+                        self.cut("response-size", detail)
+                    }
                 }
             }
             Some(Err(e)) => self.cut("trap", e.to_string()),
