@@ -27,6 +27,7 @@
 //! corral-bench`; nats-server, redis-server, haproxy and wrk installed.
 
 mod announce;
+mod machine;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -122,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     if o.only.as_deref() != Some("cluster") {
         report += &rate_limits(&o, cores)?;
     }
+    let report = format!("{}\n\n{report}", machine::describe());
     println!("\n{report}");
     let out = o.root.join("target/bench");
     std::fs::create_dir_all(&out)?;

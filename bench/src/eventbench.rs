@@ -10,6 +10,7 @@
 //! after `just build` and `cargo build --release -p corral-bench`.
 
 mod announce;
+mod machine;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         at(0.99),
         latencies.last().copied().unwrap_or(0),
     );
+    let report = format!("{}\n\n{report}", machine::describe());
     println!("{report}");
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod announce;
+mod machine;
 mod openloop;
 
 const USERS: usize = 10_000;
@@ -450,12 +451,16 @@ fn measure(options: &Options, connections: u64, contender: &Contender<'_>, run: 
 
 fn report(options: &Options, results: &[Measured], fixed: &[(&str, f64, Latencies)], memory: &[(&str, f64)]) -> String {
     let mut out = format!(
-        "wrk, 1 thread, {} connections ({} for `mixed`: 80% `GET /users/{{id}}`, 10% `POST /users`, 10% \
+        "{}\n\nwrk, 1 thread, {} connections ({} for `mixed`: 80% `GET /users/{{id}}`, 10% `POST /users`, 10% \
          `POST /orders`); per scenario, {} rounds of {} s (each after a 1 s warm-up) with the servers taking turns, \
          and the median round reported; {USERS} users, {ORDERS} orders.\n\n\
          The ratio is against native, and for the wasi:http hello, against the empty component.\n\n\
          | scenario | server | requests/s | p50 | p99 | max | errors | ratio |\n|---|---|---|---|---|---|---|---|\n",
-        options.connections, options.mixed_connections, options.rounds, options.duration
+        machine::describe(),
+        options.connections,
+        options.mixed_connections,
+        options.rounds,
+        options.duration
     );
     for m in results {
         let against = match m.server {

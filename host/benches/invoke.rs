@@ -23,7 +23,11 @@ use http_body_util::BodyExt;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "../../bench/src/machine.rs"]
+mod machine;
+
 fn main() {
+    println!("{}", machine::describe());
     divan::main();
 }
 
