@@ -76,17 +76,17 @@ pub fn sql(data: &[u8]) {
     )
     .expect("a fresh database opens");
     let mut conn = db.writer_blocking().expect("the writer opens");
-    let canary = crate::capabilities::sqlite::outbox::Outgoing {
+    let canary = crate::capabilities::sqlite::outbox::Message {
         id: "canary".into(),
         topic: "host.canary".into(),
+        source: "fuzz".into(),
         payload: CANARY.as_bytes().to_vec(),
         content_type: None,
         headers: Vec::new(),
         ordering_key: None,
-        idempotency_key: None,
         published_at: 0,
     };
-    conn.publish(&canary).expect("the host writes its tables");
+    conn.publish(&canary, None).expect("the host writes its tables");
     DENIED_RAN.store(false, Ordering::Relaxed);
     for statement in text.lines().take(8) {
         // One parameter, or none, whichever the statement takes.
@@ -115,9 +115,9 @@ pub fn sql(data: &[u8]) {
             }
         }
     }
-    let outbox = conn.outbox(10).expect("the host reads its tables");
+    let outbox = conn.outbox(10, "fuzz").expect("the host reads its tables");
     assert!(
-        outbox.len() == 1 && outbox[0].payload == CANARY.as_bytes(),
+        outbox.len() == 1 && outbox[0].message.payload == CANARY.as_bytes(),
         "a guest statement changed the host's table"
     );
     drop(conn);

@@ -11,7 +11,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::bindings::corral::service::events::{self as wit, Error, Host, PublishOptions};
 use super::sqlite::SqliteCtx;
-use super::sqlite::outbox::Outgoing;
+use super::sqlite::outbox::Message;
 use super::{Call, Capability, StoreData};
 use crate::clock::now_ms;
 use crate::config::events::check_topic;
@@ -120,8 +120,13 @@ pub fn new_id(now_ms: u64) -> String {
 }
 
 impl Publisher {
-    /// The message a guest asks to publish, checked.
-    fn message(&self, topic: String, payload: Vec<u8>, options: PublishOptions) -> Result<Outgoing, Error> {
+    /// The message a guest asks to publish, checked, and its idempotency key.
+    fn message(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        options: PublishOptions,
+    ) -> Result<(Message, Option<String>), Error> {
         check_topic(&topic).map_err(Error::Invalid)?;
         if !self.events.may_publish(&topic) {
             return Err(Error::NotAllowed(format!(
@@ -148,16 +153,17 @@ impl Publisher {
             )));
         }
         let published_at = now_ms();
-        Ok(Outgoing {
+        let message = Message {
             id: new_id(published_at),
             topic,
+            source: self.component.to_string(),
             payload,
             content_type: options.content_type,
             headers: options.headers,
             ordering_key: options.ordering_key,
-            idempotency_key: options.idempotency_key,
             published_at,
-        })
+        };
+        Ok((message, options.idempotency_key))
     }
 }
 
@@ -168,8 +174,8 @@ impl Host for PublishView<'_> {
         payload: Vec<u8>,
         options: PublishOptions,
     ) -> wasmtime::Result<Result<String, Error>> {
-        let message = match self.publisher.message(topic, payload, options) {
-            Ok(message) => message,
+        let (message, key) = match self.publisher.message(topic, payload, options) {
+            Ok(checked) => checked,
             Err(e) => return Ok(Err(e)),
         };
         let publisher = self.publisher;
@@ -180,7 +186,10 @@ impl Host for PublishView<'_> {
                 publisher.component, publisher.max_unsettled
             ))));
         }
-        let stored = self.sqlite.with_writer(move |conn| conn.publish(&message)).await;
+        let stored = self
+            .sqlite
+            .with_writer(move |conn| conn.publish(&message, key.as_deref()))
+            .await;
         Ok(match stored {
             Ok(Ok(id)) => {
                 publisher.unsettled.add();

@@ -26,20 +26,8 @@ pub use log::SqliteLog;
 /// The boxed future an [`EventLog`] returns.
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = anyhow::Result<T>> + Send + 'a>>;
 
-/// One published message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    pub id: String,
-    pub topic: String,
-    /// The component that published it.
-    pub source: String,
-    pub payload: Vec<u8>,
-    pub content_type: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub ordering_key: Option<String>,
-    /// Milliseconds since the Unix epoch.
-    pub published_at: u64,
-}
+/// One published message: written to its publisher's outbox first.
+pub use crate::capabilities::sqlite::outbox::Message;
 
 /// A delivery taken for handling.
 #[derive(Debug, Clone)]

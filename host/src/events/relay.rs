@@ -11,7 +11,6 @@ use tokio::sync::Notify;
 use super::stats::{EventStats, OTHER_TOPIC, PublishedLabels};
 use super::{EventLog, Message};
 use crate::capabilities::sqlite::Database;
-use crate::capabilities::sqlite::outbox::Stored;
 use crate::clock::now_ms;
 use crate::components::registry::Registry;
 use crate::components::snapshot::{Entry, Snapshot};
@@ -78,7 +77,8 @@ async fn drain(
 ) -> anyhow::Result<usize> {
     let mut moved = 0;
     loop {
-        let waiting = with_conn(db, |conn| conn.outbox(BATCH)).await?;
+        let named = source.to_string();
+        let waiting = with_conn(db, move |conn| conn.outbox(BATCH, &named)).await?;
         let Some(last) = waiting.last().map(|m| m.seq) else {
             return Ok(moved);
         };
@@ -86,8 +86,8 @@ async fn drain(
         let batch: Vec<(Message, Vec<Arc<str>>)> = waiting
             .into_iter()
             .map(|stored| {
-                let subscribers = subscribers_of(snapshot, &stored.topic);
-                (message(stored, source), subscribers)
+                let subscribers = subscribers_of(snapshot, &stored.message.topic);
+                (stored.message, subscribers)
             })
             .collect();
         let publishes = snapshot.get(source).map(|e| &e.config.events);
@@ -134,19 +134,6 @@ fn subscribers_of(snapshot: &Snapshot, topic: &str) -> Vec<Arc<str>> {
         .filter(|e| e.config.events.subscription.as_ref().is_some_and(|s| s.matches(topic)))
         .map(|e| Arc::clone(&e.name))
         .collect()
-}
-
-fn message(stored: Stored, source: &str) -> Message {
-    Message {
-        id: stored.id,
-        topic: stored.topic,
-        source: source.to_string(),
-        payload: stored.payload,
-        content_type: stored.content_type,
-        headers: stored.headers,
-        ordering_key: stored.ordering_key,
-        published_at: stored.published_at,
-    }
 }
 
 /// Runs `work` on the writer of `db`, on an SQL thread.

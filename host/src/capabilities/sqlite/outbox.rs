@@ -65,38 +65,34 @@ impl OutboxSignal {
     }
 }
 
-/// A message as a guest publishes it.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
+/// One published message, from the outbox it is written to through the
+/// event log to its subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
     pub id: String,
     pub topic: String,
+    /// The component that published it.
+    pub source: String,
     pub payload: Vec<u8>,
     pub content_type: Option<String>,
     pub headers: Vec<(String, String)>,
     pub ordering_key: Option<String>,
-    pub idempotency_key: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub published_at: u64,
 }
 
-/// A message waiting in an outbox.
+/// A message waiting in an outbox, at its place in it.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub seq: i64,
-    pub id: String,
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub content_type: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub ordering_key: Option<String>,
-    pub published_at: u64,
+    pub message: Message,
 }
 
 impl Conn {
     /// Writes `message` to the outbox, in the open transaction if there is
     /// one; returns its id, or the id of the message published earlier
-    /// under the same idempotency key.
-    pub fn publish(&mut self, message: &Outgoing) -> Result<String, Error> {
+    /// under the same `idempotency_key`.
+    pub fn publish(&mut self, message: &Message, idempotency_key: Option<&str>) -> Result<String, Error> {
         if let Txn::RolledBack { .. } = self.txn {
             return Err(Error::InvalidTransactionState(
                 "the transaction was rolled back after an error".into(),
@@ -104,7 +100,7 @@ impl Conn {
         }
         let id = self.host(|conn| {
             conn.execute_batch("SAVEPOINT corral_publish")?;
-            let published = publish_in(conn, message);
+            let published = publish_in(conn, message, idempotency_key);
             let end = match published {
                 Ok(_) => "RELEASE corral_publish",
                 Err(_) => "ROLLBACK TO corral_publish; RELEASE corral_publish",
@@ -120,8 +116,9 @@ impl Conn {
         Ok(id)
     }
 
-    /// Up to `limit` messages waiting in the outbox, oldest first.
-    pub fn outbox(&mut self, limit: usize) -> Result<Vec<Stored>, Error> {
+    /// Up to `limit` messages waiting in the outbox, oldest first; this is
+    /// the database of component `source`.
+    pub fn outbox(&mut self, limit: usize, source: &str) -> Result<Vec<Stored>, Error> {
         self.host(|conn| {
             let mut statement = conn.prepare(
                 "SELECT seq, id, topic, payload, content_type, headers, ordering_key, published_at
@@ -131,13 +128,16 @@ impl Conn {
                 let headers: String = row.get(5)?;
                 Ok(Stored {
                     seq: row.get(0)?,
-                    id: row.get(1)?,
-                    topic: row.get(2)?,
-                    payload: row.get(3)?,
-                    content_type: row.get(4)?,
-                    headers: serde_json::from_str(&headers).unwrap_or_default(),
-                    ordering_key: row.get(6)?,
-                    published_at: row.get(7)?,
+                    message: Message {
+                        id: row.get(1)?,
+                        topic: row.get(2)?,
+                        source: source.to_string(),
+                        payload: row.get(3)?,
+                        content_type: row.get(4)?,
+                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                        ordering_key: row.get(6)?,
+                        published_at: row.get(7)?,
+                    },
                 })
             })?;
             rows.collect()
@@ -175,8 +175,8 @@ impl Conn {
     }
 }
 
-fn publish_in(conn: &HostSql<'_>, message: &Outgoing) -> rusqlite::Result<String> {
-    if let Some(key) = &message.idempotency_key {
+fn publish_in(conn: &HostSql<'_>, message: &Message, idempotency_key: Option<&str>) -> rusqlite::Result<String> {
+    if let Some(key) = idempotency_key {
         let earlier: Option<String> = conn
             .query_row(
                 "SELECT id FROM _corral_published WHERE idempotency_key = ? AND at >= ?",

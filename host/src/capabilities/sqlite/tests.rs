@@ -349,7 +349,7 @@ fn a_statement_the_host_prepared_is_never_handed_to_a_guest() {
     assert_eq!(counted.unwrap(), 0);
     denied(&mut conn, sql, &[]);
     // The outbox the relay reads, by its very text.
-    conn.outbox(10).unwrap();
+    conn.outbox(10, "test").unwrap();
     let outbox = "SELECT seq, id, topic, payload, content_type, headers, ordering_key, published_at
                  FROM _corral_outbox ORDER BY seq LIMIT ?";
     denied(&mut conn, outbox, &[Value::Integer(10)]);
