@@ -6,7 +6,8 @@
 //!   types of every setting.
 //! - [`limits`]: where limits live, enforced: store growth, the concurrency
 //!   gate, rate limits.
-//! - [`capabilities`]: what guests import: their database and their log.
+//! - [`capabilities`]: what guests import (their database, log, events and
+//!   outgoing HTTP), each behind one trait, composed in one list.
 //! - [`wasm`]: the engine, the store of one call, and one call into a
 //!   component. Knows nothing of HTTP.
 //! - [`components`]: versions, the served snapshot, changes all at once,
@@ -17,7 +18,8 @@
 //!   converges to, and which host owns each database.
 //! - [`serving`]: the public listener and one request from arrival to
 //!   response.
-//! - [`ops`]: the admin API, its CLI client, metrics.
+//! - [`ops`]: the admin API (its routes and answers as types, and the
+//!   OpenAPI document made from them), its CLI client, metrics.
 //!
 //! This file starts it all: [`run`] and [`check`].
 
