@@ -20,6 +20,8 @@ pub use crate::cluster::{KeyIds, Status as ClusterStatus};
 pub use crate::components::control::Reloaded;
 pub use crate::components::registry::Change;
 pub use crate::events::DeadLetter;
+/// An error the host answers with, as `application/problem+json` (RFC 9457).
+pub use crate::serving::problem::Problem;
 
 /// What a swap, rollback or promote did: on this host, or on every host of
 /// a cluster.
@@ -161,17 +163,6 @@ pub struct RateLimits {
 pub struct RouteLimit {
     pub route: String,
     pub limit: String,
-}
-
-/// An error the host answers with, as `application/problem+json` (RFC 9457).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// `urn:corral:problem:<kind>`, stable for clients to match on.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
 }
 
 /// The schemas an answer needs, gathered as the document is built.

@@ -8,15 +8,27 @@ use super::{HttpResponse, full};
 /// The prefix of every problem `type`; the same one components use.
 pub const TYPE_PREFIX: &str = "urn:corral:problem:";
 
+/// The body of a problem response.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:corral:problem:<kind>`, stable for clients to match on.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
 /// A problem response: `kind` is the stable last part of the `type`.
 pub fn response(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> HttpResponse {
-    let body = serde_json::json!({
-        "type": format!("{TYPE_PREFIX}{kind}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    let mut response = Response::new(full(body.to_string()));
+    let body = Problem {
+        kind: format!("{TYPE_PREFIX}{kind}"),
+        title: title.into(),
+        status: status.as_u16(),
+        detail: detail.into(),
+    };
+    let body = serde_json::to_string(&body).expect("a problem serializes");
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
