@@ -336,7 +336,6 @@ impl Admin {
     async fn describe_events(&self) -> anyhow::Result<api::Events> {
         let snapshot = self.control.registry.snapshot();
         let backlogs = self.events.backlogs().await?;
-        let strings = |patterns: &[crate::config::TopicPattern]| patterns.iter().map(ToString::to_string).collect();
         let publishers = snapshot
             .entries
             .iter()
@@ -572,7 +571,6 @@ fn describe(entry: &Entry, snapshot: &Snapshot) -> api::Component {
         })
         .collect();
     let events = &entry.config.events;
-    let strings = |patterns: &[crate::config::TopicPattern]| patterns.iter().map(ToString::to_string).collect();
     let rates = &entry.config.rate_limits;
     api::Component {
         name: entry.name.to_string(),
@@ -604,6 +602,11 @@ fn describe(entry: &Entry, snapshot: &Snapshot) -> api::Component {
                 .collect(),
         },
     }
+}
+
+/// Topic patterns as the config writes them.
+fn strings(patterns: &[crate::config::TopicPattern]) -> Vec<String> {
+    patterns.iter().map(ToString::to_string).collect()
 }
 
 fn describe_version(version: &Version) -> api::VersionInfo {

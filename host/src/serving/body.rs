@@ -13,7 +13,6 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 
 use super::{HttpResponse, problem};
-use crate::limits::body::BodyCap;
 
 /// How much of a refused body is read, so the client can read the refusal,
 /// before the connection is closed instead.
@@ -101,7 +100,6 @@ where
     }
     let started = Instant::now();
     let mut collected = BytesMut::new();
-    let mut cap = BodyCap::new(limit);
     loop {
         let deadline = pace.deadline(started, collected.len());
         let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
@@ -133,7 +131,7 @@ where
         let Some(data) = frame.data_ref() else {
             continue;
         };
-        if cap.take(data.len()).is_err() {
+        if collected.len() + data.len() > limit {
             return Err(BodyRefusal::TooLarge(refuse(body, too_large()).await));
         }
         collected.extend_from_slice(data);
