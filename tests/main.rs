@@ -3,6 +3,7 @@
 
 mod support;
 
+mod backup;
 mod capacity;
 mod cluster;
 mod config;

@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use corral::Listeners;
 use corral::config::{Config, Overrides};
 use corral::ops::remote::{
-    AdminClient, change_summary, dead_letters_table, events_table, reload_summary, settled_summary, status_table,
+    AdminClient, backup_file_name, backup_summary, change_summary, dead_letters_table, events_table, reload_summary,
+    restore_summary, settled_summary, status_table,
 };
 use corral::ops::transfer::{self, RegistryOptions};
 
@@ -81,6 +82,23 @@ enum Command {
     /// Makes a component's canary its version for every request.
     Promote {
         name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Saves a consistent copy of a component's database, taken while it serves.
+    Backup {
+        name: String,
+        /// The file to write (default: `<name>-<time>.sqlite3`); never overwritten.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replaces a component's database with a backup, whole or not at all.
+    Restore {
+        name: String,
+        /// The SQLite file, as `corral backup` wrote it.
+        file: PathBuf,
         #[command(flatten)]
         remote: Remote,
     },
@@ -262,6 +280,13 @@ fn main() -> ExitCode {
             } => remote.show(remote.client()?.swap(&name, &wasm, canary), change_summary),
             Command::Rollback { name, remote } => remote.show(remote.client()?.rollback(&name), change_summary),
             Command::Promote { name, remote } => remote.show(remote.client()?.promote(&name), change_summary),
+            Command::Backup { name, out, remote } => {
+                let out = out.unwrap_or_else(|| backup_file_name(&name));
+                remote.show(remote.client()?.backup(&name, &out), backup_summary)
+            }
+            Command::Restore { name, file, remote } => {
+                remote.show(remote.client()?.restore(&name, &file), restore_summary)
+            }
             Command::Reload(remote) => remote.show(remote.client()?.reload(), reload_summary),
             Command::Events(remote) => remote.show(remote.client()?.events(), events_table),
             Command::DeadLetters {

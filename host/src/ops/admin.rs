@@ -10,8 +10,10 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::api;
+use super::api::{self, json_response};
+use super::backup;
 use super::metrics::Metrics;
+use crate::capabilities::sqlite::Database;
 use crate::cluster::{Cluster, ClusterError};
 use crate::components::control::Control;
 use crate::components::oci::{self, OciError};
@@ -120,6 +122,8 @@ impl Handler for Admin {
                 (&Method::GET, ["readyz"]) => self.readiness(),
                 (&Method::GET, ["openapi.json"]) => json_response(StatusCode::OK, &api::openapi()),
                 (&Method::PUT, ["components", name]) => return self.upload(name, &parts, body).await,
+                (&Method::PUT, ["components", name, "backup"]) => return self.restore(name, &parts, body).await,
+                (&Method::GET, ["components", name, "backup"]) => self.backup(name).await,
                 (method, ["events", ..]) => self.events(method, &segments[1..], parts.uri.query(), &path).await,
                 (method, route) => self.act(method, route, &path).await,
             },
@@ -169,6 +173,57 @@ impl Admin {
                 .await
                 .map(|c| json!(c)),
         )
+    }
+
+    /// The database of component `name` and its size cap, if this host
+    /// holds it: in a cluster, a component's database is on its owner.
+    fn database(&self, name: &str) -> Result<(Arc<Database>, usize), Box<HttpResponse>> {
+        let registry = &self.control.registry;
+        if let Some(owner) = registry.placement.owner_elsewhere(name) {
+            return Err(Box::new(problem::response(
+                StatusCode::CONFLICT,
+                "owned-elsewhere",
+                "Owned by another host",
+                format!("{name}'s database is on host {owner}, which owns it: ask that host"),
+            )));
+        }
+        let snapshot = registry.snapshot();
+        let entry = snapshot.get(name).ok_or_else(|| {
+            Box::new(problem::response(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("no component named {name}"),
+            ))
+        })?;
+        let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
+        Ok((db, entry.limits().db_max_size_bytes))
+    }
+
+    /// `GET /components/{name}/backup`.
+    async fn backup(&self, name: &str) -> HttpResponse {
+        match self.database(name) {
+            Ok((db, _)) => backup::download(db, name).await,
+            Err(refused) => *refused,
+        }
+    }
+
+    /// `PUT /components/{name}/backup` with an SQLite file.
+    async fn restore(&self, name: &str, parts: &http::request::Parts, body: Incoming) -> HttpResponse {
+        let (db, limit) = match self.database(name) {
+            Ok(found) => found,
+            Err(refused) => return refuse(body, *refused).await,
+        };
+        let scratch = match backup::receive(&db, &parts.headers, body, limit, self.body_pace).await {
+            Ok(scratch) => scratch,
+            Err(refused) => return refused,
+        };
+        let restored = to_the_end(async move {
+            let restored = db.restore_from(scratch.path()).await;
+            drop(scratch);
+            restored
+        });
+        backup::restored(name, restored.await)
     }
 
     /// The routes without a body.
@@ -545,16 +600,6 @@ fn method_not_allowed(method: &Method, path: &str, methods: &[&str]) -> HttpResp
     if let Ok(allow) = HeaderValue::from_str(&methods.join(", ")) {
         response.headers_mut().insert(header::ALLOW, allow);
     }
-    response
-}
-
-fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
-    let text = serde_json::to_string(body).expect("admin answers serialize");
-    let mut response = Response::new(full(text));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use http::{HeaderValue, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
@@ -22,6 +23,7 @@ pub use crate::components::registry::Change;
 pub use crate::events::DeadLetter;
 /// An error the host answers with, as `application/problem+json` (RFC 9457).
 pub use crate::serving::problem::Problem;
+use crate::serving::{HttpResponse, full};
 
 /// What a swap, rollback or promote did: on this host, or on every host of
 /// a cluster.
@@ -88,6 +90,16 @@ pub struct Settled {
     pub redrive: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purge: Option<u64>,
+}
+
+/// `PUT /components/{name}/backup`: what the restore put in place.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Restored {
+    pub component: String,
+    /// The size of the database restored.
+    pub bytes: u64,
+    /// Its tables, besides SQLite's and the host's own.
+    pub tables: u64,
 }
 
 /// `GET /healthz` and `GET /readyz`.
@@ -175,6 +187,8 @@ pub enum Answer {
     Json(fn(&mut Schemas) -> RefOr<Schema>),
     /// OpenMetrics text.
     Metrics,
+    /// A file, of this media type.
+    File(&'static str),
     /// The OpenAPI document itself.
     OpenApi,
 }
@@ -212,6 +226,9 @@ const fn open(route: Route) -> Route {
     Route { token: false, ..route }
 }
 
+/// The media type of a database backup.
+pub const BACKUP_MEDIA_TYPE: &str = "application/vnd.sqlite3";
+
 /// Every route the admin listener answers.
 pub const ROUTES: &[Route] = &[
     open(route(
@@ -238,6 +255,18 @@ pub const ROUTES: &[Route] = &[
         "/components/{name}",
         "Swaps in new code: the body is a .wasm or `oci://<reference>`; `?canary=N` serves it to N% of requests",
         Answer::Json(json::<Changed>),
+    ),
+    route(
+        "GET",
+        "/components/{name}/backup",
+        "A consistent copy of the component's database, taken while it serves",
+        Answer::File(BACKUP_MEDIA_TYPE),
+    ),
+    route(
+        "PUT",
+        "/components/{name}/backup",
+        "Replaces the component's database with the SQLite file in the body, whole or not at all",
+        Answer::Json(json::<Restored>),
     ),
     route(
         "POST",
@@ -357,6 +386,7 @@ pub fn openapi() -> OpenApi {
         let content = match route.answer {
             Answer::Json(schema) => ("application/json", Some(schema(&mut schemas))),
             Answer::Metrics => ("application/openmetrics-text", None),
+            Answer::File(media_type) => (media_type, None),
             Answer::OpenApi => ("application/json", None),
         };
         let mut operation = OperationBuilder::new()
@@ -400,4 +430,15 @@ pub fn openapi() -> OpenApi {
                 .build(),
         ))
         .build()
+}
+
+/// An answer of the admin API as JSON.
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+    let text = serde_json::to_string(body).expect("admin answers serialize");
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }

@@ -71,28 +71,78 @@ impl AdminClient {
 
     /// Sends a request and returns the JSON reply, or the problem's detail as an error.
     fn send(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let response = self.call(method, path, "application/wasm", body)?;
+        let text = response.into_body().read_to_string().unwrap_or_default();
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Sends a request and returns the response, or the problem's detail as
+    /// an error.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: impl ureq::AsSendBody,
+    ) -> anyhow::Result<http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
         let request = http::Request::builder()
             .method(method)
             .uri(&url)
             .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/wasm")
+            .header("content-type", content_type)
             .body(body)?;
         let response = self
             .agent
             .run(request)
             .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let text = response.into_body().read_to_string().unwrap_or_default();
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if !status.is_success() {
-            let detail = json["detail"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| json.to_string());
-            bail!("{status}: {detail}");
+        let detail = json["detail"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| json.to_string());
+        bail!("{status}: {detail}");
+    }
+
+    /// Saves a copy of `name`'s database in the new file `out`, written
+    /// beside it first and renamed once whole.
+    pub fn backup(&self, name: &str, out: &Path) -> anyhow::Result<Saved> {
+        anyhow::ensure!(!out.exists(), "{} exists; name another file with --out", out.display());
+        let response = self.call("GET", &format!("/components/{name}/backup"), "application/json", ())?;
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let mut file =
+            std::fs::File::create_new(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
+        let copied = std::io::copy(&mut response.into_body().into_reader(), &mut file)
+            .and_then(|bytes| file.sync_all().map(|()| bytes))
+            .and_then(|bytes| std::fs::rename(&partial, out).map(|()| bytes));
+        match copied {
+            Ok(bytes) => Ok(Saved {
+                component: name.to_string(),
+                file: out.to_path_buf(),
+                bytes,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(anyhow::Error::from(e).context(format!("the backup of {name} did not arrive whole")))
+            }
         }
-        Ok(json)
+    }
+
+    /// Replaces `name`'s database with the SQLite file `file`.
+    pub fn restore(&self, name: &str, file: &Path) -> anyhow::Result<api::Restored> {
+        let body = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let path = format!("/components/{name}/backup");
+        let response = self.call("PUT", &path, api::BACKUP_MEDIA_TYPE, body)?;
+        let text = response.into_body().read_to_string().unwrap_or_default();
+        serde_json::from_str(&text)
+            .with_context(|| format!("the admin API's answer to PUT {path} is not what this corral reads"))
     }
 
     pub fn status(&self) -> anyhow::Result<api::Components> {
@@ -151,6 +201,35 @@ impl AdminClient {
             Vec::new(),
         )
     }
+}
+
+/// A backup saved by `corral backup`.
+#[derive(Debug, serde::Serialize)]
+pub struct Saved {
+    pub component: String,
+    pub file: PathBuf,
+    pub bytes: u64,
+}
+
+/// What `corral backup` saved.
+pub fn backup_summary(saved: &Saved) -> String {
+    format!("{}: {} bytes in {}", saved.component, saved.bytes, saved.file.display())
+}
+
+/// What `corral restore` put in place.
+pub fn restore_summary(restored: &api::Restored) -> String {
+    format!(
+        "{}: restored, {} bytes, {} tables",
+        restored.component, restored.bytes, restored.tables
+    )
+}
+
+/// The file `corral backup <name>` writes when not told: its name and the
+/// time, to the second.
+pub fn backup_file_name(name: &str) -> PathBuf {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now.chars().filter(char::is_ascii_alphanumeric).collect();
+    PathBuf::from(format!("{name}-{stamp}.sqlite3"))
 }
 
 /// A digest's first 12 hex digits, as versions are shown.

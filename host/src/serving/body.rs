@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::Body;
+use tokio::io::AsyncWriteExt;
 
 use super::{HttpResponse, problem};
 
@@ -70,11 +71,29 @@ impl BodyRefusal {
 /// Reads the whole body within `pace`, refusing with 413 one longer than
 /// `limit` and with 408 one that arrives too slowly.
 pub async fn read_body<B>(
-    mut body: B,
+    body: B,
     headers: &http::HeaderMap,
     limit: usize,
     pace: BodyPace,
 ) -> Result<Bytes, BodyRefusal>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut collected = Vec::new();
+    read_body_into(body, headers, limit, pace, &mut collected).await?;
+    Ok(Bytes::from(collected))
+}
+
+/// [`read_body`], writing each piece to `sink` as it comes (a file, say)
+/// instead of holding it; answers the body's length.
+pub async fn read_body_into<B>(
+    mut body: B,
+    headers: &http::HeaderMap,
+    limit: usize,
+    pace: BodyPace,
+    sink: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<usize, BodyRefusal>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -99,16 +118,15 @@ where
         return Err(BodyRefusal::TooLarge(refuse(body, too_large()).await));
     }
     let started = Instant::now();
-    let mut collected = BytesMut::new();
+    let mut received = 0;
     loop {
-        let deadline = pace.deadline(started, collected.len());
+        let deadline = pace.deadline(started, received);
         let frame = match tokio::time::timeout_at(deadline.into(), body.frame()).await {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(_) => {
                 let detail = format!(
-                    "the request body did not arrive in time: {} bytes in {} ms",
-                    collected.len(),
+                    "the request body did not arrive in time: {received} bytes in {} ms",
                     started.elapsed().as_millis()
                 );
                 let response = problem::response(
@@ -131,12 +149,21 @@ where
         let Some(data) = frame.data_ref() else {
             continue;
         };
-        if collected.len() + data.len() > limit {
+        if received + data.len() > limit {
             return Err(BodyRefusal::TooLarge(refuse(body, too_large()).await));
         }
-        collected.extend_from_slice(data);
+        received += data.len();
+        if let Err(e) = sink.write_all(data).await {
+            let response = problem::response(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "cannot-store-body",
+                "Cannot keep the request body",
+                e.to_string(),
+            );
+            return Err(BodyRefusal::Broken(closing(response)));
+        }
     }
-    Ok(collected.freeze())
+    Ok(received)
 }
 
 /// `response`, with the connection closed after it.

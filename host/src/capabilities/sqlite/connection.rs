@@ -219,6 +219,23 @@ impl Conn {
         }
     }
 
+    /// The writer's connection itself, for the host's own work on the
+    /// whole file (a restore).
+    pub(super) fn connection_mut(&mut self) -> &mut rusqlite::Connection {
+        match self.handle.as_mut() {
+            Some(Handle::Writer(slot)) => &mut slot.conn.as_mut().expect("a held writer is open").conn,
+            _ => unreachable!("only the writer is taken for work on the whole file"),
+        }
+    }
+
+    /// Has the writer's next holder open it again, after its file changed
+    /// under it (a restore).
+    pub(super) fn reopen_writer(&mut self) {
+        if let Some(Handle::Writer(slot)) = self.handle.as_mut() {
+            slot.expire();
+        }
+    }
+
     /// Whether this is the writer.
     pub fn is_writer(&self) -> bool {
         matches!(self.handle, Some(Handle::Writer(_)))

@@ -18,6 +18,7 @@
 //! group commit; a transaction takes the writer from `begin` to `commit`,
 //! and its statements run in place while an [`inline`] slot is free.
 
+mod backup;
 mod capability;
 pub mod connection;
 mod exec;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
+pub use backup::{RestoreError, Restored};
 pub use capability::{ComponentDb, Sqlite};
 pub use connection::{Conn, Effect};
 pub use pool::{Database, DbLimits};

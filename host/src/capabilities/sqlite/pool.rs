@@ -113,6 +113,13 @@ pub(super) struct WriterSlot {
     limits: Option<DbLimits>,
 }
 
+impl WriterSlot {
+    /// Makes [`Database::writer`] open the connection again.
+    pub(super) fn expire(&mut self) {
+        self.limits = None;
+    }
+}
+
 /// Whoever holds a file's writer.
 pub(super) type WriterGuard = OwnedMutexGuard<WriterSlot>;
 

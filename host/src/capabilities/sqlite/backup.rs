@@ -1,0 +1,135 @@
+//! Copies of a component's database, taken and put back while it serves,
+//! with SQLite's online backup API. A backup reads one snapshot in one
+//! step on a reader, so writers go on meanwhile and the copy holds every
+//! transaction committed before it began. A restore checks the file whole
+//! first, then replaces the database in one step on the writer, which is
+//! one write transaction: readers see the old rows or the new ones, and a
+//! restore that fails leaves the old.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags};
+
+use super::connection::Conn;
+use super::pool::Database;
+
+/// Why a restore did not take place; the database is as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The file is not a whole SQLite database.
+    #[error("{0}")]
+    Unusable(String),
+    /// It is larger than the component's `db_size_mib`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The writer stayed busy.
+    #[error("the database stayed busy with writes; try again")]
+    Busy,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a restore put in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Restored {
+    pub bytes: u64,
+    pub tables: u64,
+}
+
+impl Database {
+    /// Writes a copy of the database to the new (or empty) file `to`, as
+    /// one self-contained file; answers its size. Blocks.
+    pub fn backup_to(self: &Arc<Self>, to: &Path) -> anyhow::Result<u64> {
+        let reader = self
+            .reader()
+            .map_err(|e| anyhow::anyhow!("cannot read the database: {e:?}"))?;
+        let mut copy = Connection::open(to)?;
+        // One step: one read transaction, so one snapshot, however many
+        // writes land meanwhile (a step at a time would start over after each).
+        let step = Backup::new(&reader.pooled().conn, &mut copy)?.step(-1)?;
+        drop(reader);
+        anyhow::ensure!(step == StepResult::Done, "the backup stopped halfway ({step:?})");
+        // The copy keeps the source's write-ahead-log mode unless told: a
+        // backup is one file, without a -wal beside it.
+        copy.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
+        drop(copy);
+        Ok(std::fs::metadata(to)?.len())
+    }
+
+    /// Replaces the database's content with the SQLite file at `from`,
+    /// which it may rewrite (give it a copy), once that file passes
+    /// SQLite's integrity check and fits the component's size cap.
+    pub async fn restore_from(self: &Arc<Self>, from: &Path) -> Result<Restored, RestoreError> {
+        let mut writer = self.writer().await.map_err(|_| RestoreError::Busy)?;
+        let (db, from) = (Arc::clone(self), from.to_path_buf());
+        let restored = tokio::task::spawn_blocking(move || {
+            let restored = db.restore_on(&mut writer, &from);
+            // Its next holder opens the writer afresh, on the new schema.
+            writer.reopen_writer();
+            restored
+        })
+        .await
+        .map_err(|e| RestoreError::Failed(format!("the restore stopped: {e}")))??;
+        // The restored outbox may hold messages not yet sent.
+        self.outbox.raise();
+        Ok(restored)
+    }
+
+    fn restore_on(&self, writer: &mut Conn, from: &Path) -> Result<Restored, RestoreError> {
+        let unusable = |e: rusqlite::Error| RestoreError::Unusable(format!("not a usable SQLite database: {e}"));
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let source = Connection::open_with_flags(from, flags).map_err(unusable)?;
+        // One file, whatever mode it was saved in.
+        source
+            .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .map_err(unusable)?;
+        let problems: Vec<String> = source
+            .prepare("PRAGMA integrity_check(10)")
+            .and_then(|mut s| s.query_map([], |row| row.get(0))?.collect())
+            .map_err(unusable)?;
+        if problems != ["ok"] {
+            return Err(RestoreError::Unusable(format!(
+                "the file fails SQLite's integrity check: {}",
+                problems.join("; ")
+            )));
+        }
+        let pragma =
+            |conn: &Connection, name: &str| conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, u64>(0));
+        let bytes =
+            pragma(&source, "page_size").map_err(unusable)? * pragma(&source, "page_count").map_err(unusable)?;
+        if bytes > self.limits.max_size_bytes {
+            return Err(RestoreError::TooLarge(format!(
+                "the database in the file is {bytes} bytes, over this component's limit of {} bytes (db_size_mib)",
+                self.limits.max_size_bytes
+            )));
+        }
+        let failed = |e: rusqlite::Error| RestoreError::Failed(format!("cannot restore: {e}"));
+        // The host's own tables, if the copy is older than they are.
+        source.execute_batch(super::outbox::SCHEMA).map_err(failed)?;
+        // SQLite copies into a database in write-ahead-log mode only from
+        // one of the same page size.
+        let live_page_size = pragma(&writer.pooled().conn, "page_size").map_err(failed)?;
+        if pragma(&source, "page_size").map_err(failed)? != live_page_size {
+            source
+                .execute_batch(&format!("PRAGMA page_size = {live_page_size}; VACUUM;"))
+                .map_err(failed)?;
+        }
+        let tables = source
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_corral\\_%' ESCAPE '\\'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(failed)?;
+        let step = Backup::new(&source, writer.connection_mut())
+            .and_then(|backup| backup.step(-1))
+            .map_err(failed)?;
+        match step {
+            StepResult::Done => Ok(Restored { bytes, tables }),
+            StepResult::Busy | StepResult::Locked => Err(RestoreError::Busy),
+            other => Err(RestoreError::Failed(format!("the restore stopped halfway ({other:?})"))),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `GET /components/{name}/backup` and `PUT` on it: a component's database
+//! copied out while it serves, and a copy put back whole. Both go through
+//! a file beside the databases, never through memory: the copy is taken
+//! into one and streamed from it; a restore is received into one, checked,
+//! then copied in (see [`Database::restore_from`]).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tempfile::NamedTempFile;
+use tokio::io::AsyncReadExt;
+
+use super::api;
+use crate::capabilities::sqlite::{Database, RestoreError, Restored};
+use crate::serving::body::{BodyPace, read_body_into};
+use crate::serving::{BoxError, HttpResponse, ResponseBody, problem};
+
+/// How much of a backup is read from its file at a time.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// A file for a copy of `db`, beside it (so on a disk that can hold one),
+/// removed when dropped.
+fn scratch_file(db: &Database, kind: &str) -> std::io::Result<NamedTempFile> {
+    let dir = db.path().parent().unwrap_or(std::path::Path::new("."));
+    tempfile::Builder::new()
+        .prefix(&format!(".{kind}-"))
+        .suffix(".sqlite3")
+        .tempfile_in(dir)
+}
+
+/// The database of component `name`, copied now, as the response's body.
+pub async fn download(db: Arc<Database>, name: &str) -> HttpResponse {
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(component = %name, "backup failed: {e}");
+        problem::response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backup-failed",
+            "The backup failed",
+            format!("{name}: {e}"),
+        )
+    };
+    let scratch = match scratch_file(&db, "backup") {
+        Ok(scratch) => scratch,
+        Err(e) => return failed(&e),
+    };
+    let path = scratch.path().to_path_buf();
+    let copied = tokio::task::spawn_blocking(move || db.backup_to(&path)).await;
+    let bytes = match copied {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return failed(&format!("{e:#}")),
+        Err(e) => return failed(&e),
+    };
+    // Opened, then unlinked: the copy lives as long as the response reads it.
+    let file = match tokio::fs::File::open(scratch.path()).await {
+        Ok(file) => file,
+        Err(e) => return failed(&e),
+    };
+    drop(scratch);
+    tracing::info!(component = %name, bytes, "backup taken");
+    let mut response = Response::new(file_body(file));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(api::BACKUP_MEDIA_TYPE));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes));
+    if let Ok(disposition) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.sqlite3\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    response
+}
+
+/// The body of a file, read as the client takes it.
+fn file_body(file: tokio::fs::File) -> ResponseBody {
+    let chunks = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut chunk = BytesMut::with_capacity(CHUNK_BYTES);
+        match file.read_buf(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(Frame::data(chunk.freeze())), Some(file))),
+            // The body ends with the error; the client sees a cut response.
+            Err(e) => Some((Err(BoxError::from(e)), None)),
+        }
+    });
+    StreamBody::new(chunks).boxed_unsync()
+}
+
+/// Receives a database for `db` into a file beside it, within `limit`
+/// bytes and `pace`.
+pub async fn receive(
+    db: &Database,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: usize,
+    pace: BodyPace,
+) -> Result<NamedTempFile, HttpResponse> {
+    let cannot_keep = |e: std::io::Error| {
+        problem::response(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "cannot-store-body",
+            "Cannot keep the database sent",
+            e.to_string(),
+        )
+    };
+    let scratch = scratch_file(db, "restore").map_err(cannot_keep)?;
+    let file = scratch.reopen().map_err(cannot_keep)?;
+    let mut file = tokio::fs::File::from_std(file);
+    read_body_into(body, headers, limit, pace, &mut file)
+        .await
+        .map_err(|refusal| refusal.into_response())?;
+    file.sync_all().await.map_err(cannot_keep)?;
+    Ok(scratch)
+}
+
+/// The admin API's answer to a restore of `name`.
+pub fn restored(name: &str, outcome: Result<Restored, RestoreError>) -> HttpResponse {
+    match outcome {
+        Ok(restored) => {
+            tracing::info!(component = %name, bytes = restored.bytes, tables = restored.tables, "database restored");
+            let answer = api::Restored {
+                component: name.to_string(),
+                bytes: restored.bytes,
+                tables: restored.tables,
+            };
+            api::json_response(StatusCode::OK, &answer)
+        }
+        Err(error) => {
+            let (status, kind, title) = match &error {
+                RestoreError::Unusable(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad-database",
+                    "Not a database this component can take",
+                ),
+                RestoreError::TooLarge(_) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "database-too-large",
+                    "The database is over the component's limit",
+                ),
+                RestoreError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "The database is busy"),
+                RestoreError::Failed(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "restore-failed",
+                    "The restore failed",
+                ),
+            };
+            tracing::warn!(component = %name, "restore refused: {error}");
+            problem::response(status, kind, title, format!("nothing changed: {name}: {error}"))
+        }
+    }
+}
