@@ -165,7 +165,7 @@ fn cluster_host(nats: &Daemon, node: &str, extra: &str, data_dir: Option<&Path>)
 }
 
 /// A host of the cluster on `nats` named `node`, serving `components`.
-fn cluster_host_of(nats: &Daemon, node: &str, components: &str, data_dir: Option<&Path>) -> TestHost {
+pub(crate) fn cluster_host_of(nats: &Daemon, node: &str, components: &str, data_dir: Option<&Path>) -> TestHost {
     let toml = format!(
         "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n{components}",
         admin_toml(),
@@ -188,7 +188,7 @@ fn three_hosts(nats: &Daemon, extra: &str) -> Vec<TestHost> {
 }
 
 /// The cluster as host `host` sees it, with every host's report.
-fn cluster_of(host: &TestHost) -> Value {
+pub(crate) fn cluster_of(host: &TestHost) -> Value {
     let reply = host.admin("GET", "/cluster", Vec::new());
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.json()
@@ -350,7 +350,7 @@ fn a_restarted_host_converges_before_it_serves() {
 
 /// The number of rows in `table` of the database of `component` under
 /// `data_dir`, zero when the file does not exist.
-fn rows(data_dir: &Path, component: &str, table: &str) -> i64 {
+pub(crate) fn rows(data_dir: &Path, component: &str, table: &str) -> i64 {
     let path = data_dir.join(format!("{component}.sqlite3"));
     if !path.exists() {
         return 0;

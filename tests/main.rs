@@ -20,6 +20,7 @@ mod languages;
 mod observability;
 mod oci;
 mod orders;
+mod ownership;
 mod peers;
 mod persistence;
 mod ratelimits;

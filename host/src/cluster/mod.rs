@@ -46,8 +46,6 @@ const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// How often requests for an owner this host does not know may make it
 /// read the hosts' reports.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
-/// The interface whose import means a component has a database.
-const SQLITE_IMPORT: &str = "corral:service/sqlite";
 /// The key, in the desired bucket, of the keys that sign requests sent on
 /// between hosts ([`trust`]). No component name starts with `_`.
 const KEY_RING: &str = "_forward_keys";
@@ -82,6 +80,12 @@ struct View {
 /// This host's membership of the cluster.
 pub struct Cluster {
     node: String,
+    /// This process, among any that ever took this host's name.
+    instance: String,
+    /// The revision of this host's last report: the next is written only
+    /// over it, so two processes cannot both report as one host.
+    /// Held while a report is written, so reports go one at a time.
+    reported: tokio::sync::Mutex<Option<u64>>,
     public_url: Option<String>,
     /// The keys that sign and verify requests sent on between hosts.
     ring: ArcSwap<KeyRing>,
@@ -136,6 +140,8 @@ impl Cluster {
         let ring = key_ring(&desired).await?;
         let this = Arc::new(Cluster {
             node: cluster.node.clone(),
+            instance: format!("{:016x}", random::u64()),
+            reported: tokio::sync::Mutex::default(),
             public_url,
             ring: ArcSwap::from_pointee(ring),
             nonces: Nonces::default(),
@@ -156,6 +162,7 @@ impl Cluster {
             changed: Notify::new(),
             refreshed: Mutex::default(),
         });
+        this.claim_node().await?;
         this.publish_unknown().await?;
         this.converge_all().await?;
         this.converged.store(true, Ordering::Release);
@@ -167,6 +174,34 @@ impl Cluster {
         ];
         tracing::info!(node = %this.node, "joined the cluster");
         Ok((this, tasks))
+    }
+
+    /// Takes this host's name in the hosts' bucket. While another process
+    /// reports under it, this one does not start: one that crashed is
+    /// waited out (its report expires within `node_ttl`), one that keeps
+    /// reporting is live, and two hosts of one name would both own what
+    /// it owns.
+    async fn claim_node(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.ttl + Duration::from_secs(1);
+        loop {
+            let report = self.current_report();
+            match self.nodes.create(&self.node, to_bytes(&report)).await {
+                Ok(revision) => {
+                    *self.reported.lock().await = Some(revision);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => anyhow::bail!("cannot report to the cluster: {e}"),
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "another host is live as node {:?}: it kept reporting for {:?}; give this one another `node`",
+                    self.node,
+                    self.ttl
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Takes this host out of the other hosts' view, so changes made while
@@ -358,7 +393,11 @@ impl Cluster {
     /// Installs new code for `name` on every host, for every request or
     /// for `canary` percent of them.
     pub async fn swap(&self, name: &str, wasm: Vec<u8>, canary: Option<u8>) -> Result<Changed, ClusterError> {
-        let digest = self.registry.validate(name, wasm.clone()).await?.to_string();
+        let version = self.registry.validate(name, wasm.clone()).await?;
+        let digest = version.digest.to_string();
+        // A version that brings a database brings an owner: without one,
+        // every host would write a database of its own.
+        let owner = version.has_database().then(|| self.first_owner(name));
         self.versions
             .put(digest.as_str(), &mut wasm.as_slice())
             .await
@@ -367,6 +406,7 @@ impl Cluster {
         self.change(name, change, |old| {
             Ok(Desired {
                 versions: old.versions.swap(digest.clone(), canary),
+                owner: old.owner.clone().or(owner),
                 ..old.clone()
             })
         })
@@ -399,13 +439,34 @@ impl Cluster {
 
     /// Moves the ownership of `name` (a component with a database) to host
     /// `owner`. The database does not move: see the README on failover.
+    /// Only a live host that has converged and serves the component's
+    /// versions may take it.
     pub async fn set_owner(&self, name: &str, owner: &str) -> Result<Changed, ClusterError> {
         crate::config::check_name(owner).map_err(ClusterError::Conflict)?;
+        let nodes = self.read_nodes().await.map_err(ClusterError::Unavailable)?;
+        let refuse = |why: String| ClusterError::Conflict(format!("{name} stays where it is: {why}"));
+        let Some(host) = nodes.into_iter().find(|n| n.node == owner) else {
+            return Err(refuse(format!("host {owner} is not live")));
+        };
+        if !host.ready {
+            return Err(refuse(format!(
+                "host {owner} has not converged to the cluster's state yet"
+            )));
+        }
+        let Some(serving) = host.components.get(name).cloned() else {
+            return Err(refuse(format!("host {owner} does not serve {name}")));
+        };
         self.change(name, "owner", |old| {
             if old.owner.is_none() {
                 return Err(ClusterError::Conflict(format!(
                     "{name} has no database, so no owner: every host serves it"
                 )));
+            }
+            if serving.current != old.versions.current
+                || serving.canary != old.versions.canary
+                || serving.error.is_some()
+            {
+                return Err(refuse(format!("host {owner} does not serve {name}'s versions")));
             }
             let mut next = old.clone();
             next.owner = Some(owner.to_string());
@@ -502,33 +563,60 @@ impl Cluster {
     /// Publishes this host's version of each component no host has
     /// published yet: the first host to start sets the cluster's state.
     async fn publish_unknown(&self) -> anyhow::Result<()> {
-        let snapshot = self.registry.snapshot();
         for config in &self.components {
-            if self.desired.get(&config.name).await?.is_some() {
-                continue;
+            if self.desired.get(&config.name).await?.is_none() {
+                self.publish(&config.name, None).await?;
             }
-            let Some(entry) = snapshot.get(&config.name) else {
-                continue;
-            };
-            let version = entry.current();
-            let wasm = self.registry.wasm_of(&config.name, &version.digest)?;
-            self.versions
-                .put(&*version.digest, &mut wasm.as_slice())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot store {} in the cluster: {e}", config.name))?;
-            let has_database = version.host_imports.iter().any(|i| i.starts_with(SQLITE_IMPORT));
-            let desired = Desired {
-                versions: Versions::new(version.digest.to_string()),
-                owner: has_database.then(|| config.owner.clone().unwrap_or_else(|| self.node.clone())),
+        }
+        Ok(())
+    }
+
+    /// The host that owns a database component when it is first published:
+    /// the config's `owner`, else this one.
+    fn first_owner(&self, name: &str) -> String {
+        let config = self.components.iter().find(|c| c.name == name);
+        config
+            .and_then(|c| c.owner.clone())
+            .unwrap_or_else(|| self.node.clone())
+    }
+
+    /// Publishes `name` if no host has (or its entry was deleted): as
+    /// `known`, the last state this host saw of it, so that its owner
+    /// stays, else as this host serves it.
+    async fn publish(&self, name: &str, known: Option<&Desired>) -> anyhow::Result<()> {
+        let desired = match known {
+            Some(known) => Desired {
                 changed_by: self.node.clone(),
-                change: "start".into(),
-            };
-            match self.desired.create(&config.name, to_bytes(&desired)).await {
-                Ok(_) => tracing::info!(component = %config.name, version = %version.short, "published to the cluster"),
-                // Another host published it first: converge to theirs.
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(anyhow::anyhow!("cannot publish {}: {e}", config.name)),
+                change: "republished".into(),
+                ..known.clone()
+            },
+            None => {
+                let snapshot = self.registry.snapshot();
+                let Some(entry) = snapshot.get(name) else {
+                    return Ok(());
+                };
+                let version = entry.current();
+                let wasm = self.registry.wasm_of(name, &version.digest)?;
+                self.versions
+                    .put(&*version.digest, &mut wasm.as_slice())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot store {name} in the cluster: {e}"))?;
+                Desired {
+                    versions: Versions::new(version.digest.to_string()),
+                    owner: version.has_database().then(|| self.first_owner(name)),
+                    changed_by: self.node.clone(),
+                    change: "start".into(),
+                }
             }
+        };
+        match self.desired.create(name, to_bytes(&desired)).await {
+            Ok(_) if known.is_some() => {
+                tracing::warn!(component = %name, owner = ?desired.owner, "the cluster's entry was deleted; published it again as it was")
+            }
+            Ok(_) => tracing::info!(component = %name, version = %desired.versions.current, "published to the cluster"),
+            // Another host published it first: converge to theirs.
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot publish {name}: {e}")),
         }
         Ok(())
     }
@@ -536,9 +624,18 @@ impl Cluster {
     /// Makes every component serve what the cluster wants; records why not
     /// where it cannot.
     async fn converge_all(&self) -> anyhow::Result<()> {
+        let known = self.view.read().expect("view lock").desired.clone();
         let mut desired = BTreeMap::new();
         for config in &self.components {
-            if let Some(value) = self.desired.get(&config.name).await? {
+            let mut value = self.desired.get(&config.name).await?;
+            if value.is_none()
+                && let Some(known) = known.get(&config.name)
+            {
+                // Deleted: without an entry every host would serve it alone.
+                self.publish(&config.name, Some(known)).await?;
+                value = self.desired.get(&config.name).await?;
+            }
+            if let Some(value) = value {
                 desired.insert(config.name.clone(), serde_json::from_slice::<Desired>(&value)?);
             }
         }
@@ -619,8 +716,8 @@ impl Cluster {
             .map_err(|_| anyhow::anyhow!("the cluster's hosts were not read within {NATS_TIMEOUT:?}"))?
     }
 
-    /// Tells the cluster what this host serves.
-    async fn report(&self) {
+    /// What this host serves, as it reports it.
+    fn current_report(&self) -> NodeReport {
         let snapshot = self.registry.snapshot();
         let errors = self.errors.lock().expect("errors lock").clone();
         let owners: BTreeMap<String, Option<String>> = {
@@ -645,22 +742,65 @@ impl Cluster {
                 Some((config.name.clone(), report))
             })
             .collect();
-        let report = NodeReport {
+        NodeReport {
             node: self.node.clone(),
+            instance: self.instance.clone(),
             public_url: self.public_url.clone(),
             ready: self.is_converged(),
             weight: self.weight,
             updated_ms: now_ms(),
             components,
-        };
-        if let Err(e) = self.nodes.put(&self.node, to_bytes(&report)).await {
-            tracing::warn!("cannot report to the cluster: {e}");
         }
+    }
+
+    /// Tells the cluster what this host serves, over its last report. If
+    /// that is gone (this host was cut off for longer than `node_ttl`), it
+    /// reports afresh; if another process reports under its name, this
+    /// one stops at once: two hosts of one name would both own what it owns.
+    async fn report(&self) {
+        let mut reported = self.reported.lock().await;
+        let report = self.current_report();
+        let written = match *reported {
+            Some(revision) => {
+                (self.nodes.update(&self.node, to_bytes(&report), revision).await).map_err(|e| e.to_string())
+            }
+            None => (self.nodes.create(&self.node, to_bytes(&report)).await).map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(revision) => *reported = Some(revision),
+            Err(e) => {
+                tracing::warn!("cannot report to the cluster: {e}");
+                if let Ok(entry) = self.nodes.entry(&self.node).await {
+                    let last = entry.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
+                        let report = serde_json::from_slice::<NodeReport>(&e.value).ok()?;
+                        Some((e.revision, report))
+                    });
+                    *reported = match last {
+                        Some((_, other)) if other.instance != self.instance => self.deposed(&other),
+                        // This host's own, written by a report whose answer was lost.
+                        Some((revision, _)) => Some(revision),
+                        // Expired or removed: the next report creates it again.
+                        None => None,
+                    };
+                }
+            }
+        }
+        drop(reported);
         self.view
             .write()
             .expect("view lock")
             .nodes
             .insert(self.node.clone(), report);
+    }
+
+    /// Another process took this host's name: this one stops serving.
+    fn deposed(&self, other: &NodeReport) -> ! {
+        tracing::error!(
+            node = %self.node,
+            other = ?other.public_url,
+            "another host reports as this node; stopping, so that one host owns what this one owned"
+        );
+        std::process::exit(3);
     }
 
     /// Converges on every change to the bucket, and every few seconds in

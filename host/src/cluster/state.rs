@@ -61,6 +61,10 @@ pub struct KeyIds {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NodeReport {
     pub node: String,
+    /// The process reporting: a host restarted under the same name is
+    /// another instance.
+    #[serde(default)]
+    pub instance: String,
     /// Where other hosts forward requests for the components it owns.
     pub public_url: Option<String>,
     /// It has converged to the cluster's state at least once.

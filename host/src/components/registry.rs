@@ -500,7 +500,7 @@ impl Registry {
     /// exports what its config needs and breaks no peer. Nothing runs and
     /// nothing changes; a cluster checks a version this way before any host
     /// takes it.
-    pub async fn validate(&self, name: &str, wasm: Vec<u8>) -> Result<Arc<str>, ChangeError> {
+    pub async fn validate(&self, name: &str, wasm: Vec<u8>) -> Result<Arc<Version>, ChangeError> {
         let snapshot = self.snapshot();
         let entry = snapshot.get(name).ok_or_else(|| ChangeError::NotFound(name.into()))?;
         let compiled = self
@@ -519,10 +519,11 @@ impl Registry {
             host_imports: compiled.host_imports,
         };
         check_subscriber(&entry.config, &version).map_err(ChangeError::Invalid)?;
+        let version = Arc::new(version);
         let mut next = Entry::clone(entry);
-        next.versions.current = Arc::new(version);
+        next.versions.current = Arc::clone(&version);
         snapshot.with(next).map_err(ChangeError::peers)?;
-        Ok(digest(&wasm))
+        Ok(version)
     }
 
     /// Makes component `name` serve the versions `want` names by digest

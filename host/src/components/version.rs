@@ -38,7 +38,15 @@ pub struct Version {
     pub host_imports: Vec<String>,
 }
 
+/// The interface whose import means a component has a database.
+const SQLITE_IMPORT: &str = "corral:service/sqlite";
+
 impl Version {
+    /// Whether it imports the database, and so needs one owner in a cluster.
+    pub fn has_database(&self) -> bool {
+        self.host_imports.iter().any(|i| i.starts_with(SQLITE_IMPORT))
+    }
+
     pub fn instance_pre(&self) -> &InstancePre<RequestState> {
         match &self.entrypoint {
             Entrypoint::Service(pre) => pre.instance_pre(),

@@ -3,6 +3,14 @@
 //! the rate limits and read the body; the owner believes it about who the
 //! client is only if the request's signature holds (see
 //! [`crate::cluster::trust`]).
+//!
+//! The answer is the owner's, never a guess: the forwarding host waits as
+//! long as the owner may take to answer (its queue and its timeout, which
+//! it enforces itself), and says 503 with `Retry-After` only when the
+//! request never reached the owner. One that reached it and got no answer
+//! (the owner died, or hung past its own deadlines) may or may not have
+//! taken effect: that is said as it is, 502 `outcome-unknown`, without an
+//! invitation to retry.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -18,6 +26,10 @@ use hyper_util::rt::TokioExecutor;
 use super::{BoxError, HttpResponse, headers, problem};
 use crate::cluster::Cluster;
 use crate::cluster::trust::{self, Target};
+
+/// How much longer than the owner's own deadlines a forwarding host waits
+/// for its answer: the time to send the request and its answer between hosts.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 /// Signs a request sent on between hosts.
 pub const SIGNATURE: HeaderName = HeaderName::from_static(trust::HEADER);
@@ -40,7 +52,8 @@ impl Default for Forwarder {
 
 impl Forwarder {
     /// Sends the request to `owner` at `base_url`, signed by `cluster`, and
-    /// streams its answer back, within `timeout` for the answer's head.
+    /// streams its answer back, waiting `wait` for the answer's head: as
+    /// long as the owner may take to answer.
     #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
@@ -50,7 +63,7 @@ impl Forwarder {
         parts: &http::request::Parts,
         body: Bytes,
         client: IpAddr,
-        timeout: Duration,
+        wait: Duration,
     ) -> HttpResponse {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = format!("{}{path}", base_url.trim_end_matches('/')).parse::<http::Uri>() else {
@@ -79,12 +92,26 @@ impl Forwarder {
             Ok(value) => out.insert(SIGNATURE, value),
             Err(_) => return unreachable_owner(owner, "its signature is not a header value"),
         };
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+        match tokio::time::timeout(wait, self.client.request(request)).await {
             Ok(Ok(response)) => response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
-            Ok(Err(e)) => unreachable_owner(owner, &e.to_string()),
-            Err(_) => unreachable_owner(owner, &format!("no answer within {timeout:?}")),
+            // Not connected: the request never left this host.
+            Ok(Err(e)) if e.is_connect() => unreachable_owner(owner, &e.to_string()),
+            Ok(Err(e)) => outcome_unknown(owner, &format!("the connection failed: {e}")),
+            Err(_) => outcome_unknown(owner, &format!("no answer within {wait:?}")),
         }
     }
+}
+
+/// The answer when the owner took the request and did not answer.
+fn outcome_unknown(owner: &str, why: &str) -> HttpResponse {
+    problem::response(
+        StatusCode::BAD_GATEWAY,
+        "outcome-unknown",
+        "The host that owns this service took the request and did not answer",
+        format!(
+            "host {owner} owns this service and received the request, which may or may not have taken effect: {why}"
+        ),
+    )
 }
 
 /// The answer when the owner of a component cannot be reached.

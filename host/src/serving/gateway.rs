@@ -21,7 +21,7 @@ use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 use super::body::{BodyPace, read_body, refuse};
 use super::charged::{Charged, Held};
 use super::client::client_addr;
-use super::forward::{Forwarder, SIGNATURE, unreachable_owner};
+use super::forward::{ANSWER_GRACE, Forwarder, SIGNATURE, unreachable_owner};
 use super::headers::{self, CLIENT_ADDR, NODE, REQUEST_ID, VERSION};
 use super::server::{Connection, Handler};
 use super::stats::{
@@ -341,9 +341,11 @@ impl Gateway {
                 };
                 self.stats.forwarded.get_or_create(&labels).inc();
                 let (cluster, forwarder) = self.cluster.as_ref().expect("placed in a cluster");
-                let timeout = entry.limits().timeout;
+                // The owner answers within its queue wait and its timeout.
+                let limits = entry.limits();
+                let wait = limits.queue_timeout + limits.timeout + ANSWER_GRACE;
                 forwarder
-                    .forward(cluster, &to, &url, parts, body, trace.client, timeout)
+                    .forward(cluster, &to, &url, parts, body, trace.client, wait)
                     .await
             }
             Placed::Nowhere(response) => response,
