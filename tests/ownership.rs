@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::cluster::{Daemon, cluster_host_of, cluster_of, nats, rows};
-use crate::support::{TestHost, admin_toml, eventually, run_corral, wasm};
+use crate::support::{TestHost, admin_toml, eventually, find_program, free_addr, run_corral, wasm};
 
 /// `users` (with a database) owned by `owner`.
 fn users_owned_by(owner: &str) -> String {
@@ -222,4 +222,63 @@ fn a_forwarded_request_whose_owner_dies_is_not_reported_as_never_done() {
     let reply = n1.get("/chaos/sleep?ms=1");
     reply.assert_problem(503, "owner-unreachable");
     assert_eq!(reply.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn a_host_that_cannot_reach_nats_serves_what_needs_no_owner_and_joins_when_it_answers() {
+    let nats_addr = free_addr();
+    let components = format!(
+        "[components.users]\nwasm = {:?}\nroutes = [\"/users\"]\nowner = \"n1\"\n\
+         [components.relay-a]\nwasm = {relay:?}\nroutes = [\"/relay-a\"]\n\
+         [components.relay-b]\nwasm = {relay:?}\nroutes = [\"/relay-b\"]\n",
+        wasm("users").display().to_string(),
+        relay = wasm("relay").display().to_string(),
+    );
+    let host = crate::support::host()
+        .toml(&format!(
+            "{}\n[cluster]\nnats = [\"nats://{nats_addr}\"]\nnode = \"n1\"\nnode_ttl_ms = 2000\n\n{components}",
+            admin_toml()
+        ))
+        .start();
+    // What has no database is served; what has one waits, and says why.
+    assert_eq!(host.get("/relay-a/local").status, 200);
+    let reply = host.post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }));
+    let problem = reply.assert_problem(503, "cluster-unavailable");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(problem["detail"].as_str().unwrap().contains("NATS"), "{problem}");
+    let ready = host.admin_as("GET", "/readyz", Vec::new(), None);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(
+        ready.json()["detail"].as_str().unwrap().contains("waiting: users"),
+        "{}",
+        ready.text()
+    );
+    let status = host.admin("GET", "/components", Vec::new()).json();
+    assert_eq!(status["unjoined"]["waiting"], json!(["users"]), "{status}");
+    // Versions change only through the cluster.
+    let reply = host.admin("PUT", "/components/relay-b", std::fs::read(wasm("relay")).unwrap());
+    reply.assert_problem(503, "cluster-unavailable");
+    host.admin("GET", "/components/users/backup", Vec::new())
+        .assert_problem(503, "cluster-unavailable");
+
+    // NATS comes up where the host looks for it: the host joins.
+    let store = tempfile::tempdir().unwrap();
+    let mut nats = std::process::Command::new(find_program("nats-server"))
+        .args(["-js", "-sd"])
+        .arg(store.path())
+        .args(["-a", "127.0.0.1", "-p", &nats_addr.port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the host joins and serves users", || {
+        host.post("/users", &json!({ "name": "Ada", "email": "ada@example.com" }))
+            .status
+            == 201
+    });
+    let ready = host.admin_as("GET", "/readyz", Vec::new(), None).json();
+    assert!(ready.get("detail").is_none(), "{ready}");
+    assert_eq!(cluster_of(&host)["desired"]["users"]["owner"], "n1");
+    let _ = nats.kill();
+    let _ = nats.wait();
 }

@@ -37,7 +37,7 @@ pub mod serving;
 pub mod wasm;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -66,6 +66,9 @@ const EVENT_LOG_FILE: &str = "_corral_events.sqlite3";
 
 /// How often rate limiters forget idle clients.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a host of a cluster waits to join it at start before it serves
+/// what needs no owner, and joins once NATS answers.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
 
 /// Builds the engine and the (empty) registry the config describes; the
 /// databases it opens wake `relay` when they publish.
@@ -136,29 +139,44 @@ pub async fn run(
             until(&stopped),
         )?);
     }
-    let joined = async {
+    // Why the host stops on its own: its cluster refused it after it
+    // started serving.
+    let failed: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let fail = Arc::new(Notify::new());
+    // The cluster's tasks, once it joins.
+    let cluster_tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+    let started = async {
         registry.load_all(&config).await?;
-        match &config.cluster {
-            Some(settings) => {
-                let public = listeners.public.local_addr()?;
-                let (joined, tasks) = Cluster::join(&config, settings, public, Arc::clone(&registry)).await?;
-                let _ = cluster.set(Arc::clone(&joined));
-                anyhow::Ok(Some((joined, tasks)))
+        if let Some(settings) = &config.cluster {
+            let public = listeners.public.local_addr()?;
+            let joining = join(&config, settings, public, &registry, &cluster, &cluster_tasks);
+            let mut joining = tokio::spawn(joining);
+            match tokio::time::timeout(JOIN_WAIT, &mut joining).await {
+                Ok(joined) => joined??,
+                Err(_) => {
+                    let why = format!("NATS at {} does not answer", settings.nats.join(", "));
+                    let waiting = database_components(&registry);
+                    tracing::warn!("{why}: serving what has no database until this host joins; waiting: {waiting:?}");
+                    registry.placement.wait_for_cluster(why, waiting);
+                    let (failed, fail) = (Arc::clone(&failed), Arc::clone(&fail));
+                    background.push(tokio::spawn(async move {
+                        let error = match joining.await {
+                            Ok(Ok(())) => return,
+                            Ok(Err(e)) => e,
+                            Err(e) => anyhow::anyhow!("joining the cluster stopped: {e}"),
+                        };
+                        *failed.lock().expect("failure lock") = Some(error);
+                        fail.notify_one();
+                    }));
+                }
             }
-            None => Ok(None),
         }
+        anyhow::Ok(())
     };
-    let joined = match joined.await {
-        Ok(Some((joined, tasks))) => {
-            background.extend(tasks);
-            Some(joined)
-        }
-        Ok(None) => None,
-        Err(e) => {
-            let _ = stop.send(true);
-            return Err(e);
-        }
-    };
+    if let Err(e) = started.await {
+        let _ = stop.send(true);
+        return Err(e);
+    }
     background.extend(start_events(&registry, &metrics, log, relay_wake));
     background.push(tokio::spawn(evict_idle_clients(Arc::clone(&registry))));
     background.push(tokio::spawn(Arc::clone(&control).watch()));
@@ -179,22 +197,74 @@ pub async fn run(
         trusted_proxies: config.server.trusted_proxies.clone(),
         stats: Arc::clone(&metrics.serving),
         body_pace: body_pace(&config),
-        cluster: joined.as_ref().map(|c| (Arc::clone(c), Forwarder::default())),
+        cluster: config
+            .cluster
+            .is_some()
+            .then(|| (Arc::clone(&cluster), Forwarder::default())),
         shared_limits,
     };
-    serve_public(&config, listeners.public, gateway, &metrics, shutdown).await?;
+    let stopping = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = fail.notified() => {}
+        }
+    };
+    serve_public(&config, listeners.public, gateway, &metrics, stopping).await?;
     let _ = stop.send(true);
-    for task in background {
+    let cluster_tasks = std::mem::take(&mut *cluster_tasks.lock().expect("cluster tasks lock"));
+    for task in background.into_iter().chain(cluster_tasks) {
         task.abort();
         let _ = task.await;
     }
-    if let Some(cluster) = joined {
+    if let Some(cluster) = cluster.get() {
         cluster.leave().await;
     }
     drop(cluster);
+    if let Some(error) = failed.lock().expect("failure lock").take() {
+        close(registry);
+        return Err(error);
+    }
     drop(control);
     close(registry);
     Ok(())
+}
+
+/// Joins the cluster (waiting for NATS as long as it takes), then makes
+/// the cluster known to the admin API and the gateway, and what waited for
+/// it placed.
+fn join(
+    config: &Config,
+    settings: &crate::config::cluster::ClusterConfig,
+    public: std::net::SocketAddr,
+    registry: &Arc<Registry>,
+    cluster: &Arc<OnceLock<Arc<Cluster>>>,
+    tasks: &Arc<Mutex<Vec<JoinHandle<()>>>>,
+) -> impl Future<Output = anyhow::Result<()>> + use<> {
+    let (config, settings, registry, cluster, tasks) = (
+        config.clone(),
+        settings.clone(),
+        Arc::clone(registry),
+        Arc::clone(cluster),
+        Arc::clone(tasks),
+    );
+    async move {
+        let (joined, started) = Cluster::join(&config, &settings, public, Arc::clone(&registry)).await?;
+        tasks.lock().expect("cluster tasks lock").extend(started);
+        let _ = cluster.set(joined);
+        registry.placement.joined();
+        Ok(())
+    }
+}
+
+/// The components with a database in any version served: in a cluster,
+/// each has one owner.
+fn database_components(registry: &Registry) -> std::collections::HashSet<String> {
+    let snapshot = registry.snapshot();
+    let entries = snapshot.entries.iter();
+    entries
+        .filter(|e| e.current().has_database() || e.versions.canary.as_ref().is_some_and(|c| c.version.has_database()))
+        .map(|e| e.name.to_string())
+        .collect()
 }
 
 /// The relay and dispatcher tasks of events.

@@ -873,7 +873,8 @@ fn choose(balance: Balance, weights: &[u32], turn: &AtomicUsize, dice: u64) -> u
 }
 
 /// Connects to NATS with the configured credentials, waiting for it to
-/// come up.
+/// come up as long as it takes (the host serves what needs no owner
+/// meanwhile); credentials it refuses fail at once.
 async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> {
     let options = match &cluster.auth {
         NatsAuth::None => async_nats::ConnectOptions::new(),
@@ -909,7 +910,7 @@ async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> 
         .context("a NATS server address does not parse")?;
     let client = options.connect(servers).await.context("cannot connect to NATS")?;
     // With retry on, connect returns before the first connection is up.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = Instant::now();
     while client.connection_state() != async_nats::connection::State::Connected {
         let error = last_error.lock().expect("error lock").clone();
         if let Some(error) = &error
@@ -917,9 +918,10 @@ async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> 
         {
             anyhow::bail!("NATS at {:?} refused this host's credentials ({error})", cluster.nats);
         }
-        if Instant::now() >= deadline {
+        if said.elapsed() >= Duration::from_secs(30) {
             let why = error.map(|e| format!(": {e}")).unwrap_or_default();
-            anyhow::bail!("cannot reach NATS at {:?}{why}", cluster.nats);
+            tracing::warn!("still cannot reach NATS at {:?}{why}", cluster.nats);
+            said = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

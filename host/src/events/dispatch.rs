@@ -130,9 +130,10 @@ impl Dispatcher {
         let Some(subscription) = &entry.config.events.subscription else {
             return;
         };
-        // In a cluster, a subscriber with its database on another host
-        // is never run here: its deliveries wait in this host's log.
-        if self.registry.placement.owner_elsewhere(&entry.name).is_some() {
+        // In a cluster, a subscriber with its database on another host (or
+        // on one this host does not know yet) is never run here: its
+        // deliveries wait in this host's log.
+        if !self.registry.placement.serves_here(&entry.name) {
             return;
         }
         let running = self.in_flight.of(&entry.name);

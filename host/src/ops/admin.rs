@@ -76,6 +76,14 @@ impl Admin {
         self.cluster.as_ref().and_then(|c| c.get())
     }
 
+    /// The refusal of a change to the versions while this host of a cluster
+    /// has not joined it: such changes go through the cluster.
+    fn change_waits(&self) -> Option<HttpResponse> {
+        (self.cluster.is_some() && self.joined().is_none()).then(|| {
+            not_joined("this host has not joined its cluster yet, and version changes go through the cluster".into())
+        })
+    }
+
     fn authorized(&self, headers: &http::HeaderMap) -> bool {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -118,7 +126,13 @@ impl Handler for Admin {
                 format!("no admin route {path}: GET /openapi.json lists them"),
             ),
             api::Found::Route(_) => match (&parts.method, segments.as_slice()) {
-                (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &api::Health { status: "alive".into() }),
+                (&Method::GET, ["healthz"]) => json_response(
+                    StatusCode::OK,
+                    &api::Health {
+                        status: "alive".into(),
+                        detail: None,
+                    },
+                ),
                 (&Method::GET, ["readyz"]) => self.readiness(),
                 (&Method::GET, ["openapi.json"]) => json_response(StatusCode::OK, &api::openapi()),
                 (&Method::PUT, ["components", name]) => return self.upload(name, &parts, body).await,
@@ -136,6 +150,9 @@ impl Handler for Admin {
 impl Admin {
     /// `PUT /components/{name}[?canary=N]` with a `.wasm` body.
     async fn upload(&self, name: &str, parts: &http::request::Parts, body: Incoming) -> HttpResponse {
+        if let Some(refused) = self.change_waits() {
+            return refuse(body, refused).await;
+        }
         let canary = match canary_percent(parts.uri.query()) {
             Ok(canary) => canary,
             Err(detail) => {
@@ -179,6 +196,9 @@ impl Admin {
     /// holds it: in a cluster, a component's database is on its owner.
     fn database(&self, name: &str) -> Result<(Arc<Database>, usize), Box<HttpResponse>> {
         let registry = &self.control.registry;
+        if let Some(why) = registry.placement.waiting(name) {
+            return Err(Box::new(not_joined(why)));
+        }
         if let Some(owner) = registry.placement.owner_elsewhere(name) {
             return Err(Box::new(problem::response(
                 StatusCode::CONFLICT,
@@ -238,7 +258,18 @@ impl Admin {
                     Some(cluster) => Some(cluster.describe().await),
                     None => None,
                 };
-                json_response(StatusCode::OK, &api::Components { components, cluster })
+                let unjoined = registry
+                    .placement
+                    .unjoined()
+                    .map(|(why, waiting)| api::Unjoined { why, waiting });
+                json_response(
+                    StatusCode::OK,
+                    &api::Components {
+                        components,
+                        cluster,
+                        unjoined,
+                    },
+                )
             }
             (&Method::GET, ["cluster"]) => match cluster {
                 Some(cluster) => json_response(StatusCode::OK, &cluster.describe().await),
@@ -255,6 +286,9 @@ impl Admin {
                 }
                 None => not_in_a_cluster(),
             },
+            (&Method::POST, ["components", _, "rollback" | "promote"]) if let Some(refused) = self.change_waits() => {
+                refused
+            }
             (&Method::POST, ["components", name, change @ ("rollback" | "promote")]) => {
                 let (name, rollback) = (name.to_string(), *change == "rollback");
                 match cluster.cloned() {
@@ -454,12 +488,25 @@ impl Admin {
     /// Ready once every component is loaded and initialized, and in a
     /// cluster, once the host serves what the cluster wants.
     fn readiness(&self) -> HttpResponse {
+        // A host that could not reach its cluster at start serves what needs
+        // no owner meanwhile: ready, saying what waits.
+        let unjoined = self.control.registry.placement.unjoined();
         let clustered = match &self.cluster {
-            Some(joining) => joining.get().is_some_and(|c| c.is_converged()),
+            Some(joining) => joining.get().is_some_and(|c| c.is_converged()) || unjoined.is_some(),
             None => true,
         };
         if self.control.registry.is_ready() && clustered {
-            json_response(StatusCode::OK, &api::Health { status: "ready".into() })
+            let detail = unjoined.map(|(why, waiting)| {
+                format!(
+                    "not in the cluster yet ({why}); serving what has no database; waiting: {}",
+                    waiting.join(", ")
+                )
+            });
+            let health = api::Health {
+                status: "ready".into(),
+                detail,
+            };
+            json_response(StatusCode::OK, &health)
         } else {
             problem::response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -577,6 +624,17 @@ fn cluster_respond<T: serde::Serialize>(outcome: Result<T, ClusterError>) -> Htt
     };
     tracing::warn!("cluster change refused: {error}");
     problem::response(status, kind, title, error.to_string())
+}
+
+fn not_joined(why: String) -> HttpResponse {
+    let mut response = problem::response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster-unavailable",
+        "Not in the cluster yet",
+        why,
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
 }
 
 fn not_in_a_cluster() -> HttpResponse {

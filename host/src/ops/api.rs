@@ -107,6 +107,9 @@ pub struct Restored {
 pub struct Health {
     /// `alive` or `ready`.
     pub status: String,
+    /// What a ready host does not serve yet, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET /components`: what this host serves, and in a cluster, the cluster.
@@ -114,6 +117,18 @@ pub struct Health {
 pub struct Components {
     pub components: Vec<Component>,
     pub cluster: Option<ClusterStatus>,
+    /// Set while this host of a cluster has not joined it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unjoined: Option<Unjoined>,
+}
+
+/// A host of a cluster that could not join it yet serves what needs no
+/// owner; these wait.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Unjoined {
+    pub why: String,
+    /// The components with a database, not served here until it joins.
+    pub waiting: Vec<String>,
 }
 
 /// One component as this host serves it.

@@ -388,6 +388,13 @@ pub fn status_table(status: &api::Components) -> String {
         ]);
     }
     let mut table = render(&rows);
+    if let Some(unjoined) = &status.unjoined {
+        table.push_str(&format!(
+            "\n\ncluster: not joined yet ({}); not served here until it joins: {}",
+            unjoined.why,
+            unjoined.waiting.join(", ")
+        ));
+    }
     if let Some(cluster) = &status.cluster {
         table.push_str("\n\n");
         table.push_str(&cluster_table(cluster));

@@ -6,7 +6,7 @@
 //! failure, into HTTP. Every request ends in one log line and its metrics.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,9 +58,9 @@ pub struct Gateway {
     pub stats: Arc<ServingStats>,
     /// How fast request bodies must arrive.
     pub body_pace: BodyPace,
-    /// The cluster this host is part of, if any, and how it forwards
-    /// requests to the owners of components.
-    pub cluster: Option<(Arc<Cluster>, Forwarder)>,
+    /// The cluster this host is part of, if any (set once it has joined),
+    /// and how it forwards requests to the owners of components.
+    pub cluster: Option<(Arc<OnceLock<Arc<Cluster>>>, Forwarder)>,
     /// Rate limits shared by every host, when configured.
     pub shared_limits: Option<Arc<SharedLimits>>,
 }
@@ -226,7 +226,7 @@ impl Handler for Gateway {
             response.headers_mut().insert(REQUEST_ID, value);
         }
         // In a cluster, the host that answered, unless another host did.
-        if let Some((cluster, _)) = &self.cluster
+        if let Some((cluster, _)) = self.joined()
             && !response.headers().contains_key(NODE)
             && let Ok(value) = HeaderValue::from_str(cluster.node())
         {
@@ -239,11 +239,17 @@ impl Handler for Gateway {
 }
 
 impl Gateway {
+    /// The cluster, once this host has joined it, and the forwarder.
+    fn joined(&self) -> Option<(&Arc<Cluster>, &Forwarder)> {
+        let (cluster, forwarder) = self.cluster.as_ref()?;
+        Some((cluster.get()?, forwarder))
+    }
+
     /// What a request another host of the cluster sent on claims, if it
     /// carries a signature; an error if the signature does not hold. Off a
     /// cluster, the header means nothing (and never reaches a component).
     async fn forwarded(&self, parts: &http::request::Parts) -> Result<Option<Claim>, Refused> {
-        let (Some((cluster, _)), Some(header)) = (&self.cluster, parts.headers.get(SIGNATURE)) else {
+        let (Some((cluster, _)), Some(header)) = (self.joined(), parts.headers.get(SIGNATURE)) else {
             return Ok(None);
         };
         let header = header.to_str().map_err(|_| Refused::Malformed("not text"))?;
@@ -340,7 +346,7 @@ impl Gateway {
                     why,
                 };
                 self.stats.forwarded.get_or_create(&labels).inc();
-                let (cluster, forwarder) = self.cluster.as_ref().expect("placed in a cluster");
+                let (cluster, forwarder) = self.joined().expect("placed in a cluster");
                 // The owner answers within its queue wait and its timeout.
                 let limits = entry.limits();
                 let wait = limits.queue_timeout + limits.timeout + ANSWER_GRACE;
@@ -389,7 +395,10 @@ impl Gateway {
     /// here while a slot is free, else by another host with a free one,
     /// else here after a wait. A forwarded request is never sent on again.
     async fn place(&self, entry: &Entry, forwarded: bool) -> Placed {
-        let Some((cluster, _)) = &self.cluster else {
+        if let Some(why) = self.registry.placement.waiting(&entry.name) {
+            return Placed::Nowhere(cluster_unavailable(&why));
+        }
+        let Some((cluster, _)) = self.joined() else {
             return Placed::Here(None);
         };
         if let Some(owner) = self.registry.placement.owner_elsewhere(&entry.name) {
@@ -443,7 +452,7 @@ impl Gateway {
         let verdict = match &self.shared_limits {
             _ if forwarded => None,
             Some(shared) => {
-                let hosts = self.cluster.as_ref().map_or(1, |(c, _)| c.live_hosts());
+                let hosts = self.joined().map_or(1, |(c, _)| c.live_hosts());
                 let limits = &entry.config.rate_limits;
                 let (verdict, decided) = shared.check(&entry.name, limits, method, path, client, hosts).await;
                 if decided == Decided::Local {
@@ -863,6 +872,19 @@ fn unread_responses(component: &str, full: &crate::limits::responses::Full) -> H
         "responses-unread",
         "Too many responses unread",
         format!("{component} is not called now: {full}; retry once they are read"),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
+}
+
+/// The answer to a request for a component with a database while this host
+/// has not joined its cluster.
+fn cluster_unavailable(why: &str) -> HttpResponse {
+    let mut response = problem::response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster-unavailable",
+        "This host has not joined its cluster yet",
+        why,
     );
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
     response
