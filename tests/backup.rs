@@ -188,3 +188,37 @@ fn a_restore_of_a_broken_or_oversized_file_changes_nothing() {
     host.get(&format!("/users/{}", bob["id"]))
         .assert_problem(404, "not-found");
 }
+
+#[test]
+fn a_restored_full_text_table_is_held_to_the_policy_by_every_connection() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .toml(&admin_toml())
+        .start();
+    // Readers opened before the restore go back to the pool.
+    for _ in 0..4 {
+        assert!(host.sql("SELECT 1")["rows"].is_array());
+    }
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("notes.sqlite3");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+         INSERT INTO notes (body) VALUES ('hello'), ('world');
+         CREATE VIRTUAL TABLE f USING fts5(body);
+         INSERT INTO f (body) VALUES ('hello'), ('world');",
+    )
+    .unwrap();
+    drop(conn);
+    let reply = host.admin("PUT", "/components/chaos/backup", std::fs::read(&file).unwrap());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // Whichever connection runs it, a full-text query is refused, as on a
+    // file that had the table all along.
+    for _ in 0..8 {
+        let reply = host.sql("SELECT count(*) FROM f('hello')");
+        assert_eq!(reply["error"], "access-denied", "{reply}");
+    }
+    let reply = host.sql("SELECT body FROM notes ORDER BY id");
+    assert!(reply["rows"].is_array(), "{reply}");
+    assert!(reply.to_string().contains("world"), "{reply}");
+}

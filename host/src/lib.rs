@@ -118,6 +118,7 @@ pub async fn run(
         tracing::warn!("{}: {warning}", config.source.display());
     }
     std::fs::create_dir_all(&config.data_dir)?;
+    ops::backup::sweep(&config.data_dir);
     let log: Arc<dyn events::EventLog> = Arc::new(events::SqliteLog::open(
         &config.data_dir.join(EVENT_LOG_FILE),
         Arc::clone(registry.sql_threads()),
@@ -149,15 +150,17 @@ pub async fn run(
         registry.load_all(&config).await?;
         if let Some(settings) = &config.cluster {
             let public = listeners.public.local_addr()?;
+            // What has a database waits for the cluster to say who owns it.
+            registry.placement.wait_for_cluster("it is joining".into());
             let joining = join(&config, settings, public, &registry, &cluster, &cluster_tasks);
             let mut joining = tokio::spawn(joining);
             match tokio::time::timeout(JOIN_WAIT, &mut joining).await {
                 Ok(joined) => joined??,
                 Err(_) => {
                     let why = format!("NATS at {} does not answer", settings.nats.join(", "));
-                    let waiting = database_components(&registry);
-                    tracing::warn!("{why}: serving what has no database until this host joins; waiting: {waiting:?}");
-                    registry.placement.wait_for_cluster(why, waiting);
+                    tracing::warn!("{why}: serving what has no database until this host joins");
+                    registry.placement.still_waiting(why);
+                    background.push(tokio::spawn(abort_on_drop(joining.abort_handle())));
                     let (failed, fail) = (Arc::clone(&failed), Arc::clone(&fail));
                     background.push(tokio::spawn(async move {
                         let error = match joining.await {
@@ -229,9 +232,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Joins the cluster (waiting for NATS as long as it takes), then makes
-/// the cluster known to the admin API and the gateway, and what waited for
-/// it placed.
+/// Joins the cluster (waiting for NATS as long as it takes, and trying
+/// again after errors that may pass, such as JetStream not answering yet),
+/// then makes the cluster known to the admin API and the gateway, and what
+/// waited for it placed. Fails only when the cluster refuses this host.
 fn join(
     config: &Config,
     settings: &crate::config::cluster::ClusterConfig,
@@ -248,7 +252,19 @@ fn join(
         Arc::clone(tasks),
     );
     async move {
-        let (joined, started) = Cluster::join(&config, &settings, public, Arc::clone(&registry)).await?;
+        let mut pause = Duration::from_millis(500);
+        let (joined, started) = loop {
+            match Cluster::join(&config, &settings, public, Arc::clone(&registry)).await {
+                Ok(joined) => break joined,
+                Err(e) if e.downcast_ref::<cluster::JoinRefused>().is_some() => return Err(e),
+                Err(e) => {
+                    tracing::warn!("cannot join the cluster yet, trying again in {pause:?}: {e:#}");
+                    registry.placement.still_waiting(format!("{e:#}"));
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
         tasks.lock().expect("cluster tasks lock").extend(started);
         let _ = cluster.set(joined);
         registry.placement.joined();
@@ -256,15 +272,17 @@ fn join(
     }
 }
 
-/// The components with a database in any version served: in a cluster,
-/// each has one owner.
-fn database_components(registry: &Registry) -> std::collections::HashSet<String> {
-    let snapshot = registry.snapshot();
-    let entries = snapshot.entries.iter();
-    entries
-        .filter(|e| e.current().has_database() || e.versions.canary.as_ref().is_some_and(|c| c.version.has_database()))
-        .map(|e| e.name.to_string())
-        .collect()
+/// Aborts the task of `handle` once this future is dropped (aborted with
+/// the host's other background tasks).
+async fn abort_on_drop(handle: tokio::task::AbortHandle) {
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _abort = Abort(handle);
+    std::future::pending::<()>().await;
 }
 
 /// The relay and dispatcher tasks of events.

@@ -53,6 +53,18 @@ const KEY_RING: &str = "_forward_keys";
 /// removed once a ring exists.
 const OLD_FORWARD_KEY: &str = "_forward_key";
 
+/// The cluster refuses this host (its credentials, or its name, which a
+/// live host has): trying again would not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JoinRefused(pub String);
+
+/// This process's instance id, the same for every attempt to join.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| format!("{:016x}", random::u64()))
+}
+
 /// Why a change to the cluster failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -84,6 +96,8 @@ pub struct Cluster {
     instance: String,
     /// The revision of this host's last report: the next is written only
     /// over it, so two processes cannot both report as one host.
+    /// Set once it left the cluster: it reports no more.
+    left: AtomicBool,
     /// Held while a report is written, so reports go one at a time.
     reported: tokio::sync::Mutex<Option<u64>>,
     public_url: Option<String>,
@@ -140,7 +154,8 @@ impl Cluster {
         let ring = key_ring(&desired).await?;
         let this = Arc::new(Cluster {
             node: cluster.node.clone(),
-            instance: format!("{:016x}", random::u64()),
+            instance: instance().to_string(),
+            left: AtomicBool::new(false),
             reported: tokio::sync::Mutex::default(),
             public_url,
             ring: ArcSwap::from_pointee(ring),
@@ -193,12 +208,20 @@ impl Cluster {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => anyhow::bail!("cannot report to the cluster: {e}"),
             }
+            // This process's own, from an attempt to join that failed later.
+            if let Some(entry) = self.nodes.entry(&self.node).await?
+                && serde_json::from_slice::<NodeReport>(&entry.value).is_ok_and(|r| r.instance == self.instance)
+            {
+                let revision = self.nodes.update(&self.node, to_bytes(&report), entry.revision).await?;
+                *self.reported.lock().await = Some(revision);
+                return Ok(());
+            }
             if Instant::now() >= deadline {
-                anyhow::bail!(
+                return Err(JoinRefused(format!(
                     "another host is live as node {:?}: it kept reporting for {:?}; give this one another `node`",
-                    self.node,
-                    self.ttl
-                );
+                    self.node, self.ttl
+                ))
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -207,6 +230,9 @@ impl Cluster {
     /// Takes this host out of the other hosts' view, so changes made while
     /// it is stopped do not wait for it.
     pub async fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+        // Waits for a report being written, so none comes after.
+        let _reporting = self.reported.lock().await;
         match self.nodes.delete(&self.node).await {
             Ok(()) => tracing::info!(node = %self.node, "left the cluster"),
             Err(e) => tracing::warn!("cannot leave the cluster: {e}"),
@@ -639,15 +665,17 @@ impl Cluster {
                 desired.insert(config.name.clone(), serde_json::from_slice::<Desired>(&value)?);
             }
         }
-        for (name, want) in &desired {
-            self.converge(name, want).await;
-        }
+        // Owners first: a version that brings a database is never served
+        // here, by a host that does not own it, while the others load.
         let elsewhere = desired
             .iter()
             .filter_map(|(name, want)| Some((name.clone(), want.owner.clone()?)))
             .filter(|(_, owner)| *owner != self.node)
             .collect();
         self.registry.placement.set(elsewhere);
+        for (name, want) in &desired {
+            self.converge(name, want).await;
+        }
         self.view.write().expect("view lock").desired = desired;
         self.refresh_nodes().await;
         Ok(())
@@ -759,6 +787,9 @@ impl Cluster {
     /// one stops at once: two hosts of one name would both own what it owns.
     async fn report(&self) {
         let mut reported = self.reported.lock().await;
+        if self.left.load(Ordering::Acquire) {
+            return;
+        }
         let report = self.current_report();
         let written = match *reported {
             Some(revision) => {
@@ -916,7 +947,8 @@ async fn connect(cluster: &ClusterConfig) -> anyhow::Result<async_nats::Client> 
         if let Some(error) = &error
             && error.contains("authorization violation")
         {
-            anyhow::bail!("NATS at {:?} refused this host's credentials ({error})", cluster.nats);
+            let why = format!("NATS at {:?} refused this host's credentials ({error})", cluster.nats);
+            return Err(JoinRefused(why).into());
         }
         if said.elapsed() >= Duration::from_secs(30) {
             let why = error.map(|e| format!(": {e}")).unwrap_or_default();

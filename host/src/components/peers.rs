@@ -135,7 +135,7 @@ impl Call {
             .provider(&self.importer, &self.interface)
             .ok_or("no component provides it now")?;
         let entry = snapshot.get(provider).ok_or("its provider is not serving")?;
-        if let Some(refusal) = self.dispatch.placement.refuse_call(&entry.name) {
+        if let Some(refusal) = self.dispatch.placement.refuse_call(entry) {
             return Err(refusal);
         }
         *callee = Arc::clone(&entry.name);

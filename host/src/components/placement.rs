@@ -5,24 +5,19 @@
 //! start), no component with a database is served here at all: the host
 //! cannot know who owns it. Outside a cluster, every component is served here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+use super::snapshot::Entry;
 
 #[derive(Default)]
 pub struct Placement {
     /// Component name to the host that owns it, for those owned elsewhere.
     elsewhere: ArcSwap<HashMap<String, String>>,
-    /// Set while this host has not joined its cluster.
-    unjoined: ArcSwap<Option<Unjoined>>,
-}
-
-/// Why this host has not joined its cluster, and the components that wait
-/// for it.
-pub struct Unjoined {
-    pub why: String,
-    pub waiting: HashSet<String>,
+    /// While this host has not joined its cluster: why.
+    unjoined: ArcSwap<Option<String>>,
 }
 
 impl Placement {
@@ -31,35 +26,37 @@ impl Placement {
         self.elsewhere.load().get(component).cloned()
     }
 
-    /// Why `component` is not served here until this host joins its
-    /// cluster, if it waits for that.
-    pub fn waiting(&self, component: &str) -> Option<String> {
+    /// Why `entry` is not served here until this host joins its cluster:
+    /// decided as it is asked, so that a component that gains a database
+    /// meanwhile (a reload, a watched file) waits too.
+    pub fn waiting(&self, entry: &Entry) -> Option<String> {
         let unjoined = self.unjoined.load();
-        let unjoined = unjoined.as_ref().as_ref()?;
-        unjoined.waiting.contains(component).then(|| {
+        let why = unjoined.as_ref().as_ref()?;
+        entry.has_database().then(|| {
             format!(
-                "{component} has a database, and this host has not joined its cluster to learn its owner: {}",
-                unjoined.why
+                "{} has a database, and this host has not joined its cluster to learn its owner: {why}",
+                entry.name
             )
         })
     }
 
-    /// Whether `component` runs on this host: neither owned elsewhere nor
+    /// Whether `entry` runs on this host: neither owned elsewhere nor
     /// waiting for the cluster.
-    pub fn serves_here(&self, component: &str) -> bool {
-        self.owner_elsewhere(component).is_none() && self.waiting(component).is_none()
+    pub fn serves_here(&self, entry: &Entry) -> bool {
+        self.owner_elsewhere(&entry.name).is_none() && self.waiting(entry).is_none()
     }
 
-    /// Why a call to `component` from this host is refused, if it is owned
+    /// Why a call to `entry` from this host is refused, if it is owned
     /// elsewhere or waits for the cluster.
-    pub fn refuse_call(&self, component: &str) -> Option<String> {
-        if let Some(why) = self.waiting(component) {
+    pub fn refuse_call(&self, entry: &Entry) -> Option<String> {
+        if let Some(why) = self.waiting(entry) {
             return Some(why);
         }
-        let owner = self.owner_elsewhere(component)?;
+        let owner = self.owner_elsewhere(&entry.name)?;
         Some(format!(
-            "{component} is served by host {owner}, which owns its database; \
-             calls between components are served on one host"
+            "{} is served by host {owner}, which owns its database; \
+             calls between components are served on one host",
+            entry.name
         ))
     }
 
@@ -69,9 +66,17 @@ impl Placement {
         }
     }
 
-    /// Holds back `waiting` until [`Placement::joined`], for `why`.
-    pub fn wait_for_cluster(&self, why: String, waiting: HashSet<String>) {
-        self.unjoined.store(Arc::new(Some(Unjoined { why, waiting })));
+    /// Holds back what has a database until [`Placement::joined`].
+    pub fn wait_for_cluster(&self, why: String) {
+        self.unjoined.store(Arc::new(Some(why)));
+    }
+
+    /// Says why again, if the host still waits; never undoes `joined`.
+    pub fn still_waiting(&self, why: String) {
+        self.unjoined.rcu(|old| match old.as_ref() {
+            Some(_) => Arc::new(Some(why.clone())),
+            None => Arc::clone(old),
+        });
     }
 
     /// The host joined its cluster: what waited is placed by `set` now.
@@ -79,12 +84,8 @@ impl Placement {
         self.unjoined.store(Arc::new(None));
     }
 
-    /// What waits for the cluster, if the host has not joined it.
-    pub fn unjoined(&self) -> Option<(String, Vec<String>)> {
-        let unjoined = self.unjoined.load();
-        let unjoined = unjoined.as_ref().as_ref()?;
-        let mut waiting: Vec<String> = unjoined.waiting.iter().cloned().collect();
-        waiting.sort();
-        Some((unjoined.why.clone(), waiting))
+    /// Why this host has not joined its cluster, if it has not.
+    pub fn unjoined(&self) -> Option<String> {
+        self.unjoined.load().as_ref().clone()
     }
 }

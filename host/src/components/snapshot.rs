@@ -41,6 +41,11 @@ impl Entry {
         &self.versions.current
     }
 
+    /// Whether a version it serves (current or canary) has a database.
+    pub fn has_database(&self) -> bool {
+        self.current().has_database() || self.versions.canary.as_ref().is_some_and(|c| c.version.has_database())
+    }
+
     pub fn limits(&self) -> &ComponentLimits {
         &self.config.limits
     }

@@ -133,7 +133,7 @@ impl Dispatcher {
         // In a cluster, a subscriber with its database on another host (or
         // on one this host does not know yet) is never run here: its
         // deliveries wait in this host's log.
-        if !self.registry.placement.serves_here(&entry.name) {
+        if !self.registry.placement.serves_here(entry) {
             return;
         }
         let running = self.in_flight.of(&entry.name);

@@ -79,10 +79,11 @@ async fn drain(
     loop {
         let named = source.to_string();
         let waiting = with_conn(db, move |conn| conn.outbox(BATCH, &named)).await?;
-        let Some(last) = waiting.last().map(|m| m.seq) else {
+        if waiting.is_empty() {
             return Ok(moved);
-        };
+        }
         let count = waiting.len();
+        let sent: Vec<String> = waiting.iter().map(|stored| stored.message.id.clone()).collect();
         let batch: Vec<(Message, Vec<Arc<str>>)> = waiting
             .into_iter()
             .map(|stored| {
@@ -100,7 +101,7 @@ async fn drain(
             stats.published.get_or_create(&labels).inc();
         }
         log.append(batch).await?;
-        with_conn(db, move |conn| conn.sent(last)).await?;
+        with_conn(db, move |conn| conn.sent(&sent)).await?;
         moved += count;
         if count < BATCH {
             return Ok(moved);

@@ -196,9 +196,6 @@ impl Admin {
     /// holds it: in a cluster, a component's database is on its owner.
     fn database(&self, name: &str) -> Result<(Arc<Database>, usize), Box<HttpResponse>> {
         let registry = &self.control.registry;
-        if let Some(why) = registry.placement.waiting(name) {
-            return Err(Box::new(not_joined(why)));
-        }
         if let Some(owner) = registry.placement.owner_elsewhere(name) {
             return Err(Box::new(problem::response(
                 StatusCode::CONFLICT,
@@ -216,6 +213,9 @@ impl Admin {
                 format!("no component named {name}"),
             ))
         })?;
+        if let Some(why) = registry.placement.waiting(entry) {
+            return Err(Box::new(not_joined(why)));
+        }
         let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
         Ok((db, entry.limits().db_max_size_bytes))
     }
@@ -258,10 +258,10 @@ impl Admin {
                     Some(cluster) => Some(cluster.describe().await),
                     None => None,
                 };
-                let unjoined = registry
-                    .placement
-                    .unjoined()
-                    .map(|(why, waiting)| api::Unjoined { why, waiting });
+                let unjoined = registry.placement.unjoined().map(|why| api::Unjoined {
+                    why,
+                    waiting: waiting_for_cluster(&snapshot),
+                });
                 json_response(
                     StatusCode::OK,
                     &api::Components {
@@ -490,16 +490,17 @@ impl Admin {
     fn readiness(&self) -> HttpResponse {
         // A host that could not reach its cluster at start serves what needs
         // no owner meanwhile: ready, saying what waits.
-        let unjoined = self.control.registry.placement.unjoined();
+        let registry = &self.control.registry;
+        let unjoined = registry.placement.unjoined();
         let clustered = match &self.cluster {
             Some(joining) => joining.get().is_some_and(|c| c.is_converged()) || unjoined.is_some(),
             None => true,
         };
-        if self.control.registry.is_ready() && clustered {
-            let detail = unjoined.map(|(why, waiting)| {
+        if registry.is_ready() && clustered {
+            let detail = unjoined.map(|why| {
                 format!(
                     "not in the cluster yet ({why}); serving what has no database; waiting: {}",
-                    waiting.join(", ")
+                    waiting_for_cluster(&registry.snapshot()).join(", ")
                 )
             });
             let health = api::Health {
@@ -624,6 +625,15 @@ fn cluster_respond<T: serde::Serialize>(outcome: Result<T, ClusterError>) -> Htt
     };
     tracing::warn!("cluster change refused: {error}");
     problem::response(status, kind, title, error.to_string())
+}
+
+/// The components a host that has not joined its cluster holds back.
+fn waiting_for_cluster(snapshot: &Snapshot) -> Vec<String> {
+    let entries = snapshot.entries.iter();
+    entries
+        .filter(|e| e.has_database())
+        .map(|e| e.name.to_string())
+        .collect()
 }
 
 fn not_joined(why: String) -> HttpResponse {

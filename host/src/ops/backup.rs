@@ -21,14 +21,35 @@ use crate::serving::{BoxError, HttpResponse, ResponseBody, problem};
 /// How much of a backup is read from its file at a time.
 const CHUNK_BYTES: usize = 64 << 10;
 
+/// How the files of copies begin: `.backup-` and `.restore-`.
+const SCRATCH_PREFIXES: [&str; 2] = [".backup-", ".restore-"];
+
 /// A file for a copy of `db`, beside it (so on a disk that can hold one),
 /// removed when dropped.
-fn scratch_file(db: &Database, kind: &str) -> std::io::Result<NamedTempFile> {
+fn scratch_file(db: &Database, prefix: &str) -> std::io::Result<NamedTempFile> {
     let dir = db.path().parent().unwrap_or(std::path::Path::new("."));
     tempfile::Builder::new()
-        .prefix(&format!(".{kind}-"))
+        .prefix(prefix)
         .suffix(".sqlite3")
         .tempfile_in(dir)
+}
+
+/// Removes the files of copies a host stopped before it removed them (a
+/// crash during a backup, say). Run at start, before any copy begins.
+pub fn sweep(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if SCRATCH_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed a copy left by an earlier run"),
+                Err(e) => tracing::warn!(file = %name, "cannot remove a copy left by an earlier run: {e}"),
+            }
+        }
+    }
 }
 
 /// The database of component `name`, copied now, as the response's body.
@@ -42,25 +63,24 @@ pub async fn download(db: Arc<Database>, name: &str) -> HttpResponse {
             format!("{name}: {e}"),
         )
     };
-    let scratch = match scratch_file(&db, "backup") {
-        Ok(scratch) => scratch,
-        Err(e) => return failed(&e),
-    };
-    let path = scratch.path().to_path_buf();
-    let copied = tokio::task::spawn_blocking(move || db.backup_to(&path)).await;
-    let bytes = match copied {
-        Ok(Ok(bytes)) => bytes,
+    // The blocking task owns the file: if the client goes away meanwhile,
+    // it is still removed once the copy is done.
+    let copied = tokio::task::spawn_blocking(move || {
+        let scratch = scratch_file(&db, SCRATCH_PREFIXES[0])?;
+        let bytes = db.backup_to(scratch.path())?;
+        // Opened again, then unlinked: the copy lives as long as the
+        // response reads it.
+        let file = scratch.reopen()?;
+        anyhow::Ok((file, bytes))
+    })
+    .await;
+    let (file, bytes) = match copied {
+        Ok(Ok(copied)) => copied,
         Ok(Err(e)) => return failed(&format!("{e:#}")),
         Err(e) => return failed(&e),
     };
-    // Opened, then unlinked: the copy lives as long as the response reads it.
-    let file = match tokio::fs::File::open(scratch.path()).await {
-        Ok(file) => file,
-        Err(e) => return failed(&e),
-    };
-    drop(scratch);
     tracing::info!(component = %name, bytes, "backup taken");
-    let mut response = Response::new(file_body(file));
+    let mut response = Response::new(file_body(tokio::fs::File::from_std(file)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(api::BACKUP_MEDIA_TYPE));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes));
@@ -102,7 +122,7 @@ pub async fn receive(
             e.to_string(),
         )
     };
-    let scratch = scratch_file(db, "restore").map_err(cannot_keep)?;
+    let scratch = scratch_file(db, SCRATCH_PREFIXES[1]).map_err(cannot_keep)?;
     let file = scratch.reopen().map_err(cannot_keep)?;
     let mut file = tokio::fs::File::from_std(file);
     read_body_into(body, headers, limit, pace, &mut file)
@@ -144,7 +164,11 @@ pub fn restored(name: &str, outcome: Result<Restored, RestoreError>) -> HttpResp
                 ),
             };
             tracing::warn!(component = %name, "restore refused: {error}");
-            problem::response(status, kind, title, format!("nothing changed: {name}: {error}"))
+            let mut response = problem::response(status, kind, title, format!("nothing changed: {name}: {error}"));
+            if matches!(error, RestoreError::Busy) {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
+            response
         }
     }
 }

@@ -395,7 +395,7 @@ impl Gateway {
     /// here while a slot is free, else by another host with a free one,
     /// else here after a wait. A forwarded request is never sent on again.
     async fn place(&self, entry: &Entry, forwarded: bool) -> Placed {
-        if let Some(why) = self.registry.placement.waiting(&entry.name) {
+        if let Some(why) = self.registry.placement.waiting(entry) {
             return Placed::Nowhere(cluster_unavailable(&why));
         }
         let Some((cluster, _)) = self.joined() else {
@@ -583,7 +583,7 @@ impl Gateway {
         };
         trace.component = Some(Arc::clone(&entry.name));
         trace.route = Some(INTERNAL_ROUTE.into());
-        if let Some(detail) = self.registry.placement.refuse_call(&entry.name) {
+        if let Some(detail) = self.registry.placement.refuse_call(entry) {
             return problem::response(
                 StatusCode::BAD_GATEWAY,
                 "owned-elsewhere",

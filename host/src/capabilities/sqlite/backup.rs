@@ -12,8 +12,8 @@ use std::sync::Arc;
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
-use super::connection::Conn;
 use super::pool::Database;
+use crate::capabilities::bindings::corral::service::sqlite::Error;
 
 /// Why a restore did not take place; the database is as it was.
 #[derive(Debug, thiserror::Error)]
@@ -60,24 +60,43 @@ impl Database {
 
     /// Replaces the database's content with the SQLite file at `from`,
     /// which it may rewrite (give it a copy), once that file passes
-    /// SQLite's integrity check and fits the component's size cap.
+    /// SQLite's integrity check and fits the component's size cap. The file
+    /// is checked and made ready before the writer is taken, so writes go
+    /// on meanwhile; only the copy itself holds them.
     pub async fn restore_from(self: &Arc<Self>, from: &Path) -> Result<Restored, RestoreError> {
-        let mut writer = self.writer().await.map_err(|_| RestoreError::Busy)?;
+        let stopped = |e: tokio::task::JoinError| RestoreError::Failed(format!("the restore stopped: {e}"));
         let (db, from) = (Arc::clone(self), from.to_path_buf());
-        let restored = tokio::task::spawn_blocking(move || {
-            let restored = db.restore_on(&mut writer, &from);
-            // Its next holder opens the writer afresh, on the new schema.
+        let (source, restored) = tokio::task::spawn_blocking(move || db.prepare_restore(&from))
+            .await
+            .map_err(stopped)??;
+        let mut writer = self.writer().await.map_err(|e| match e {
+            Error::Busy => RestoreError::Busy,
+            e => RestoreError::Failed(format!("cannot take the writer: {e:?}")),
+        })?;
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let step = Backup::new(&source, writer.connection_mut()).and_then(|backup| backup.step(-1));
+            // Its next holder opens the writer afresh, and readers are
+            // opened afresh, on the new schema.
             writer.reopen_writer();
-            restored
+            db.forget_readers();
+            match step {
+                Ok(StepResult::Done) => Ok(()),
+                Ok(StepResult::Busy | StepResult::Locked) => Err(RestoreError::Busy),
+                Ok(other) => Err(RestoreError::Failed(format!("the restore stopped halfway ({other:?})"))),
+                Err(e) => Err(RestoreError::Failed(format!("cannot restore: {e}"))),
+            }
         })
         .await
-        .map_err(|e| RestoreError::Failed(format!("the restore stopped: {e}")))??;
+        .map_err(stopped)??;
         // The restored outbox may hold messages not yet sent.
         self.outbox.raise();
         Ok(restored)
     }
 
-    fn restore_on(&self, writer: &mut Conn, from: &Path) -> Result<Restored, RestoreError> {
+    /// Opens the file at `from` and checks it whole; makes it ready to be
+    /// copied in (the host's tables, the database's page size). Blocks.
+    fn prepare_restore(self: &Arc<Self>, from: &Path) -> Result<(Connection, Restored), RestoreError> {
         let unusable = |e: rusqlite::Error| RestoreError::Unusable(format!("not a usable SQLite database: {e}"));
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let source = Connection::open_with_flags(from, flags).map_err(unusable)?;
@@ -109,8 +128,13 @@ impl Database {
         // The host's own tables, if the copy is older than they are.
         source.execute_batch(super::outbox::SCHEMA).map_err(failed)?;
         // SQLite copies into a database in write-ahead-log mode only from
-        // one of the same page size.
-        let live_page_size = pragma(&writer.pooled().conn, "page_size").map_err(failed)?;
+        // one of the same page size (which never changes while it serves).
+        let live_page_size = {
+            let reader = self
+                .reader()
+                .map_err(|e| RestoreError::Failed(format!("cannot read the database: {e:?}")))?;
+            pragma(&reader.pooled().conn, "page_size").map_err(failed)?
+        };
         if pragma(&source, "page_size").map_err(failed)? != live_page_size {
             source
                 .execute_batch(&format!("PRAGMA page_size = {live_page_size}; VACUUM;"))
@@ -123,13 +147,6 @@ impl Database {
                 |row| row.get(0),
             )
             .map_err(failed)?;
-        let step = Backup::new(&source, writer.connection_mut())
-            .and_then(|backup| backup.step(-1))
-            .map_err(failed)?;
-        match step {
-            StepResult::Done => Ok(Restored { bytes, tables }),
-            StepResult::Busy | StepResult::Locked => Err(RestoreError::Busy),
-            other => Err(RestoreError::Failed(format!("the restore stopped halfway ({other:?})"))),
-        }
+        Ok((source, Restored { bytes, tables }))
     }
 }

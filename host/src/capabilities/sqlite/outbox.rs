@@ -144,11 +144,16 @@ impl Conn {
         })
     }
 
-    /// Removes the messages up to `seq` from the outbox, once they are sent.
-    pub fn sent(&mut self, seq: i64) -> Result<(), Error> {
+    /// Removes the messages `ids` from the outbox, once they are sent: by
+    /// id, not by place, so that a message put there meanwhile (a restore
+    /// brings back older ones) stays until it is sent too.
+    pub fn sent(&mut self, ids: &[String]) -> Result<(), Error> {
         self.host(|conn| {
-            conn.execute("DELETE FROM _corral_outbox WHERE seq <= ?", [seq])
-                .map(drop)
+            let mut delete = conn.prepare("DELETE FROM _corral_outbox WHERE id = ?")?;
+            for id in ids {
+                delete.execute([id])?;
+            }
+            Ok(())
         })
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -104,6 +104,10 @@ pub struct Database {
     hook: ConnectionHook,
     /// A checkpoint is queued or running.
     checkpointing: AtomicBool,
+    /// Raised when the file's content was replaced (a restore): readers
+    /// opened before are not taken back, since what they learned of it on
+    /// opening (its full-text tables) may be wrong now.
+    generation: AtomicU64,
 }
 
 /// The write connection, when open, and the limits it was opened with.
@@ -134,6 +138,9 @@ enum Role {
 pub(super) struct Pooled {
     pub conn: rusqlite::Connection,
     pub guard: Arc<Guard>,
+    /// The database's generation when it opened: one from before a
+    /// restore is closed rather than taken back.
+    generation: u64,
 }
 
 /// What the hooks installed on a connection consult.
@@ -182,6 +189,7 @@ impl Database {
             outbox: OutboxSignal::new(relay),
             wal_pages: Arc::default(),
             checkpointing: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         });
         let mut slot = db.writer.blocking_lock();
         db.open_writer(&mut slot)?;
@@ -311,7 +319,11 @@ impl Database {
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&auth_guard, ctx)))?;
         let deadline = Arc::clone(&guard.deadline);
         conn.progress_handler(PROGRESS_STEPS, Some(move || deadline.passed()))?;
-        Ok(Pooled { conn, guard })
+        Ok(Pooled {
+            conn,
+            guard,
+            generation: self.generation.load(Ordering::Acquire),
+        })
     }
 
     /// Queues a checkpoint on an SQL thread if the write-ahead log has
@@ -353,9 +365,15 @@ impl Database {
     /// Takes back a reader.
     pub(super) fn checkin(&self, pooled: Pooled) {
         let mut idle = self.idle.lock().expect("pool lock");
-        if idle.len() < MAX_IDLE_CONNECTIONS {
+        if idle.len() < MAX_IDLE_CONNECTIONS && pooled.generation == self.generation.load(Ordering::Acquire) {
             idle.push(pooled);
         }
+    }
+
+    /// Closes every reader once it is idle: the file's content was replaced.
+    pub(super) fn forget_readers(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.idle.lock().expect("pool lock").clear();
     }
 }
 
