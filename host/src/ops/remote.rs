@@ -13,6 +13,9 @@ use crate::components::versions::Canary;
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{Config, DEFAULT_ADMIN_LISTEN, OCI_SCHEME, Overrides};
 
+/// How long a call to the admin API may take, but for database copies.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The environment variable the CLI reads the token from when none is given.
 pub const TOKEN_VAR: &str = "CORRAL_ADMIN_TOKEN";
 
@@ -56,7 +59,7 @@ impl AdminClient {
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
+            .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .into();
         Ok(AdminClient { base, token, agent })
@@ -71,19 +74,22 @@ impl AdminClient {
 
     /// Sends a request and returns the JSON reply, or the problem's detail as an error.
     fn send(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
-        let response = self.call(method, path, "application/wasm", body)?;
+        let response = self.call(method, path, "application/wasm", body, Some(CALL_TIMEOUT))?;
         let text = response.into_body().read_to_string().unwrap_or_default();
         Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Sends a request and returns the response, or the problem's detail as
-    /// an error.
+    /// an error; `timeout` bounds the whole exchange (none for a database,
+    /// whose copy takes as long as it is large: a client that gave up would
+    /// report a restore failed that went on to succeed).
     fn call(
         &self,
         method: &str,
         path: &str,
         content_type: &str,
         body: impl ureq::AsSendBody,
+        timeout: Option<Duration>,
     ) -> anyhow::Result<http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
         let request = http::Request::builder()
@@ -92,6 +98,7 @@ impl AdminClient {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", content_type)
             .body(body)?;
+        let request = self.agent.configure_request(request).timeout_global(timeout).build();
         let response = self
             .agent
             .run(request)
@@ -113,7 +120,8 @@ impl AdminClient {
     /// beside it first and renamed once whole.
     pub fn backup(&self, name: &str, out: &Path) -> anyhow::Result<Saved> {
         anyhow::ensure!(!out.exists(), "{} exists; name another file with --out", out.display());
-        let response = self.call("GET", &format!("/components/{name}/backup"), "application/json", ())?;
+        let path = format!("/components/{name}/backup");
+        let response = self.call("GET", &path, "application/json", (), None)?;
         let mut partial = out.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
@@ -139,7 +147,7 @@ impl AdminClient {
     pub fn restore(&self, name: &str, file: &Path) -> anyhow::Result<api::Restored> {
         let body = std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
         let path = format!("/components/{name}/backup");
-        let response = self.call("PUT", &path, api::BACKUP_MEDIA_TYPE, body)?;
+        let response = self.call("PUT", &path, api::BACKUP_MEDIA_TYPE, body, None)?;
         let text = response.into_body().read_to_string().unwrap_or_default();
         serde_json::from_str(&text)
             .with_context(|| format!("the admin API's answer to PUT {path} is not what this corral reads"))
