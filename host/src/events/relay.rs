@@ -78,12 +78,13 @@ async fn drain(
     let mut moved = 0;
     loop {
         let named = source.to_string();
+        // Read first: a restore after this makes the delete below a no-op.
+        let generation = db.generation();
         let waiting = with_conn(db, move |conn| conn.outbox(BATCH, &named)).await?;
-        if waiting.is_empty() {
+        let Some(last) = waiting.last().map(|m| m.seq) else {
             return Ok(moved);
-        }
+        };
         let count = waiting.len();
-        let sent: Vec<String> = waiting.iter().map(|stored| stored.message.id.clone()).collect();
         let batch: Vec<(Message, Vec<Arc<str>>)> = waiting
             .into_iter()
             .map(|stored| {
@@ -101,7 +102,7 @@ async fn drain(
             stats.published.get_or_create(&labels).inc();
         }
         log.append(batch).await?;
-        with_conn(db, move |conn| conn.sent(&sent)).await?;
+        with_conn(db, move |conn| conn.sent(last, generation)).await?;
         moved += count;
         if count < BATCH {
             return Ok(moved);

@@ -144,16 +144,17 @@ impl Conn {
         })
     }
 
-    /// Removes the messages `ids` from the outbox, once they are sent: by
-    /// id, not by place, so that a message put there meanwhile (a restore
-    /// brings back older ones) stays until it is sent too.
-    pub fn sent(&mut self, ids: &[String]) -> Result<(), Error> {
+    /// Removes the messages up to `seq` from the outbox, once they are
+    /// sent, if the database is still the `generation` they were read
+    /// from: after a restore, the places are another outbox's, and what
+    /// was read is sent again (the event log takes each id once).
+    pub fn sent(&mut self, seq: i64, generation: u64) -> Result<(), Error> {
+        if self.db.generation() != generation {
+            return Ok(());
+        }
         self.host(|conn| {
-            let mut delete = conn.prepare("DELETE FROM _corral_outbox WHERE id = ?")?;
-            for id in ids {
-                delete.execute([id])?;
-            }
-            Ok(())
+            conn.execute("DELETE FROM _corral_outbox WHERE seq <= ?", [seq])
+                .map(drop)
         })
     }
 

@@ -370,6 +370,11 @@ impl Database {
         }
     }
 
+    /// How many times the file's content was replaced (by restores).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Closes every reader once it is idle: the file's content was replaced.
     pub(super) fn forget_readers(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
