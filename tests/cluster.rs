@@ -656,8 +656,12 @@ fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// The cluster's key ring, as a host with NATS access reads it.
-fn key_ring(nats: &Daemon) -> corral::cluster::trust::KeyRing {
+/// Runs `work` against the cluster's `corral_desired` bucket, as anyone
+/// with access to the NATS account could.
+pub(crate) fn with_desired_bucket<R>(
+    nats: &Daemon,
+    work: impl AsyncFnOnce(async_nats::jetstream::kv::Store) -> R,
+) -> R {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -668,6 +672,13 @@ fn key_ring(nats: &Daemon) -> corral::cluster::trust::KeyRing {
             .get_key_value("corral_desired")
             .await
             .unwrap();
+        work(kv).await
+    })
+}
+
+/// The cluster's key ring, as a host with NATS access reads it.
+fn key_ring(nats: &Daemon) -> corral::cluster::trust::KeyRing {
+    with_desired_bucket(nats, async |kv| {
         let ring = kv.get("_forward_keys").await.unwrap().expect("a key ring");
         serde_json::from_slice(&ring).unwrap()
     })

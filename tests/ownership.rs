@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cluster::{Daemon, cluster_host_of, cluster_of, nats, rows};
+use crate::cluster::{cluster_host_of, cluster_of, nats, rows, with_desired_bucket};
 use crate::support::{TestHost, admin_toml, eventually, find_program, free_addr, run_corral, wasm};
 
 /// `users` (with a database) owned by `owner`.
@@ -22,22 +22,6 @@ fn owner_of(host: &TestHost, component: &str) -> Option<String> {
     cluster_of(host)["desired"][component]["owner"]
         .as_str()
         .map(String::from)
-}
-
-/// Runs `work` against the cluster's `corral_desired` bucket.
-fn with_desired_bucket(nats: &Daemon, work: impl AsyncFnOnce(async_nats::jetstream::kv::Store)) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(nats.addr.to_string()).await.unwrap();
-        let kv = async_nats::jetstream::new(client)
-            .get_key_value("corral_desired")
-            .await
-            .unwrap();
-        work(kv).await;
-    })
 }
 
 #[test]

@@ -160,10 +160,11 @@ pub async fn run(
                     let why = format!("NATS at {} does not answer", settings.nats.join(", "));
                     tracing::warn!("{why}: serving what has no database until this host joins");
                     registry.placement.still_waiting(why);
-                    background.push(tokio::spawn(abort_on_drop(joining.abort_handle())));
                     let (failed, fail) = (Arc::clone(&failed), Arc::clone(&fail));
                     background.push(tokio::spawn(async move {
-                        let error = match joining.await {
+                        // Aborted with the other background tasks, it stops the join too.
+                        let _abort = AbortOnDrop(joining.abort_handle());
+                        let error = match (&mut joining).await {
                             Ok(Ok(())) => return,
                             Ok(Err(e)) => e,
                             Err(e) => anyhow::anyhow!("joining the cluster stopped: {e}"),
@@ -272,17 +273,13 @@ fn join(
     }
 }
 
-/// Aborts the task of `handle` once this future is dropped (aborted with
-/// the host's other background tasks).
-async fn abort_on_drop(handle: tokio::task::AbortHandle) {
-    struct Abort(tokio::task::AbortHandle);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    let _abort = Abort(handle);
-    std::future::pending::<()>().await;
 }
 
 /// The relay and dispatcher tasks of events.

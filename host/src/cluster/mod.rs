@@ -92,8 +92,6 @@ struct View {
 /// This host's membership of the cluster.
 pub struct Cluster {
     node: String,
-    /// This process, among any that ever took this host's name.
-    instance: String,
     /// The revision of this host's last report: the next is written only
     /// over it, so two processes cannot both report as one host.
     /// Set once it left the cluster: it reports no more.
@@ -154,7 +152,6 @@ impl Cluster {
         let ring = key_ring(&desired).await?;
         let this = Arc::new(Cluster {
             node: cluster.node.clone(),
-            instance: instance().to_string(),
             left: AtomicBool::new(false),
             reported: tokio::sync::Mutex::default(),
             public_url,
@@ -209,10 +206,10 @@ impl Cluster {
                 Err(e) => anyhow::bail!("cannot report to the cluster: {e}"),
             }
             // This process's own, from an attempt to join that failed later.
-            if let Some(entry) = self.nodes.entry(&self.node).await?
-                && serde_json::from_slice::<NodeReport>(&entry.value).is_ok_and(|r| r.instance == self.instance)
+            if let Some((revision, last)) = self.last_report().await?
+                && last.instance == instance()
             {
-                let revision = self.nodes.update(&self.node, to_bytes(&report), entry.revision).await?;
+                let revision = self.nodes.update(&self.node, to_bytes(&report), revision).await?;
                 *self.reported.lock().await = Some(revision);
                 return Ok(());
             }
@@ -772,7 +769,7 @@ impl Cluster {
             .collect();
         NodeReport {
             node: self.node.clone(),
-            instance: self.instance.clone(),
+            instance: instance().to_string(),
             public_url: self.public_url.clone(),
             ready: self.is_converged(),
             weight: self.weight,
@@ -801,13 +798,9 @@ impl Cluster {
             Ok(revision) => *reported = Some(revision),
             Err(e) => {
                 tracing::warn!("cannot report to the cluster: {e}");
-                if let Ok(entry) = self.nodes.entry(&self.node).await {
-                    let last = entry.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
-                        let report = serde_json::from_slice::<NodeReport>(&e.value).ok()?;
-                        Some((e.revision, report))
-                    });
+                if let Ok(last) = self.last_report().await {
                     *reported = match last {
-                        Some((_, other)) if other.instance != self.instance => self.deposed(&other),
+                        Some((_, other)) if other.instance != instance() => self.deposed(&other),
                         // This host's own, written by a report whose answer was lost.
                         Some((revision, _)) => Some(revision),
                         // Expired or removed: the next report creates it again.
@@ -822,6 +815,15 @@ impl Cluster {
             .expect("view lock")
             .nodes
             .insert(self.node.clone(), report);
+    }
+
+    /// The report under this host's name in the bucket, with its revision.
+    async fn last_report(&self) -> anyhow::Result<Option<(u64, NodeReport)>> {
+        let entry = self.nodes.entry(&self.node).await?;
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
+            let report = serde_json::from_slice::<NodeReport>(&e.value).ok()?;
+            Some((e.revision, report))
+        }))
     }
 
     /// Another process took this host's name: this one stops serving.

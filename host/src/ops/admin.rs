@@ -24,6 +24,7 @@ use crate::components::version::Version;
 use crate::config::OCI_SCHEME;
 use crate::events::{EventLog, Selection};
 use crate::serving::body::{BodyPace, read_body, refuse};
+use crate::serving::forward::cluster_unavailable;
 use crate::serving::server::{Connection, Handler};
 use crate::serving::{HttpResponse, full, problem};
 
@@ -80,7 +81,7 @@ impl Admin {
     /// has not joined it: such changes go through the cluster.
     fn change_waits(&self) -> Option<HttpResponse> {
         (self.cluster.is_some() && self.joined().is_none()).then(|| {
-            not_joined("this host has not joined its cluster yet, and version changes go through the cluster".into())
+            cluster_unavailable("this host has not joined its cluster yet, and version changes go through the cluster")
         })
     }
 
@@ -214,7 +215,7 @@ impl Admin {
             ))
         })?;
         if let Some(why) = registry.placement.waiting(entry) {
-            return Err(Box::new(not_joined(why)));
+            return Err(Box::new(cluster_unavailable(&why)));
         }
         let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
         Ok((db, entry.limits().db_max_size_bytes))
@@ -634,17 +635,6 @@ fn waiting_for_cluster(snapshot: &Snapshot) -> Vec<String> {
         .filter(|e| e.has_database())
         .map(|e| e.name.to_string())
         .collect()
-}
-
-fn not_joined(why: String) -> HttpResponse {
-    let mut response = problem::response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cluster-unavailable",
-        "Not in the cluster yet",
-        why,
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-    response
 }
 
 fn not_in_a_cluster() -> HttpResponse {

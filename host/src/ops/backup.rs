@@ -164,11 +164,11 @@ pub fn restored(name: &str, outcome: Result<Restored, RestoreError>) -> HttpResp
                 ),
             };
             tracing::warn!(component = %name, "restore refused: {error}");
-            let mut response = problem::response(status, kind, title, format!("nothing changed: {name}: {error}"));
-            if matches!(error, RestoreError::Busy) {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+            let response = problem::response(status, kind, title, format!("nothing changed: {name}: {error}"));
+            match error {
+                RestoreError::Busy => problem::retry_soon(response),
+                _ => response,
             }
-            response
         }
     }
 }

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -116,12 +116,15 @@ fn outcome_unknown(owner: &str, why: &str) -> HttpResponse {
 
 /// The answer when the owner of a component cannot be reached.
 pub fn unreachable_owner(owner: &str, why: &str) -> HttpResponse {
-    let mut response = problem::response(
-        StatusCode::SERVICE_UNAVAILABLE,
+    problem::unavailable(
         "owner-unreachable",
         "The host that owns this service is unreachable",
         format!("host {owner} owns this service and cannot be reached: {why}"),
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-    response
+    )
+}
+
+/// The answer about a component with a database (a request, an admin
+/// call) while this host has not joined its cluster: `why`.
+pub fn cluster_unavailable(why: &str) -> HttpResponse {
+    problem::unavailable("cluster-unavailable", "This host has not joined its cluster yet", why)
 }

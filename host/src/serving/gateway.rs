@@ -21,7 +21,7 @@ use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 use super::body::{BodyPace, read_body, refuse};
 use super::charged::{Charged, Held};
 use super::client::client_addr;
-use super::forward::{ANSWER_GRACE, Forwarder, SIGNATURE, unreachable_owner};
+use super::forward::{ANSWER_GRACE, Forwarder, SIGNATURE, cluster_unavailable, unreachable_owner};
 use super::headers::{self, CLIENT_ADDR, NODE, REQUEST_ID, VERSION};
 use super::server::{Connection, Handler};
 use super::stats::{
@@ -625,14 +625,7 @@ impl Gateway {
     fn overloaded(&self, entry: &Entry, overloaded: Overloaded, trace: &mut Trace) -> HttpResponse {
         trace.rejected = Some("concurrency");
         let detail = format!("{} is at capacity: {overloaded}", entry.name);
-        let mut response = problem::response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "Service overloaded",
-            detail,
-        );
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-        response
+        problem::unavailable("overloaded", "Service overloaded", detail)
     }
 
     /// One log line and the metrics of a finished request.
@@ -867,27 +860,11 @@ impl hyper::body::Body for Streamed {
 /// The answer to a request refused because its response would not fit in
 /// the budget for responses clients have not read.
 fn unread_responses(component: &str, full: &crate::limits::responses::Full) -> HttpResponse {
-    let mut response = problem::response(
-        StatusCode::SERVICE_UNAVAILABLE,
+    problem::unavailable(
         "responses-unread",
         "Too many responses unread",
         format!("{component} is not called now: {full}; retry once they are read"),
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-    response
-}
-
-/// The answer to a request for a component with a database while this host
-/// has not joined its cluster.
-fn cluster_unavailable(why: &str) -> HttpResponse {
-    let mut response = problem::response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "cluster-unavailable",
-        "This host has not joined its cluster yet",
-        why,
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
-    response
+    )
 }
 
 /// The answer to a request whose forwarding signature does not hold.

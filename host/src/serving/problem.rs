@@ -36,3 +36,15 @@ pub fn response(status: StatusCode, kind: &str, title: &str, detail: impl Into<S
     );
     response
 }
+
+/// `response`, telling the client to try again in a second.
+pub fn retry_soon(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
+}
+
+/// A 503 the client may retry in a second: the host cannot serve the
+/// request now, and did nothing with it.
+pub fn unavailable(kind: &str, title: &str, detail: impl Into<String>) -> HttpResponse {
+    retry_soon(response(StatusCode::SERVICE_UNAVAILABLE, kind, title, detail))
+}
