@@ -13,8 +13,18 @@ default:
     @just --list
 
 # Builds the components (.wasm) and the host, in release mode.
-build: build-components
+build: build-components host-deps
     cargo build --release -p corral
+
+# The host's SQLite is built with its session extension, whose Rust
+# bindings are generated at build time with libclang: installs Debian's
+# libclang-dev if no libclang is found.
+host-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    ldconfig -p | grep -q 'libclang[-.0-9]*\.so' && exit 0
+    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null && exit 0
+    just apt-install libclang-dev
 
 # Builds only the components.
 build-components:
@@ -52,7 +62,7 @@ image tag="localhost/corral:dev": build
         --build-arg=RUNTIME_IMAGE="$base" --tag={{tag}} --file=Dockerfile "$context"
 
 # Runs every test: unit tests and the integration tests against a real host.
-test: build-components toolchains servers
+test: build-components host-deps toolchains servers
     cargo test --release --workspace
 
 # The tests start real NATS, Redis and HAProxy servers and a real OCI
@@ -69,19 +79,27 @@ servers:
         command -v "$program" >/dev/null || [ -x "/usr/sbin/$program" ] || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && exit 0
-    how="install the Debian packages ${missing[*]} (apt-get install ${missing[*]}), then run this again"
-    command -v apt-get >/dev/null || { echo "the tests need ${missing[*]}, and this is no Debian system: $how" >&2; exit 1; }
+    just apt-install "${missing[@]}"
+
+# Installs Debian packages with apt-get, as root or with sudo.
+[private]
+apt-install +packages:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    packages=({{packages}})
+    how="install the Debian packages ${packages[*]} (apt-get install ${packages[*]}), then run this again"
+    command -v apt-get >/dev/null || { echo "corral needs ${packages[*]}, and this is no Debian system: $how" >&2; exit 1; }
     if [ "$(id -u)" -eq 0 ]; then
         as_root=()
     elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
         as_root=(sudo)
     else
-        echo "the tests need ${missing[*]}, and installing them needs root: $how" >&2
+        echo "corral needs ${packages[*]}, and installing them needs root: $how" >&2
         exit 1
     fi
-    echo "installing ${missing[*]} for the tests"
+    echo "installing ${packages[*]}"
     "${as_root[@]}" apt-get update -qq
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 
 # Installs the toolchains that build the Python and JavaScript components,
 # inside the repository: componentize-py in target/toolchains/python, and
@@ -93,7 +111,7 @@ toolchains:
     test -x components/js/node_modules/.bin/componentize-js || npm ci --prefix components/js --no-audit --no-fund --cache target/toolchains/npm
 
 # Checks formatting and lints, host and components alike.
-lint:
+lint: host-deps
     cargo fmt --all --check
     cargo clippy --release --workspace --all-targets -- -D warnings
     cargo clippy --release --target {{wasm_target}} {{components}} -- -D warnings
