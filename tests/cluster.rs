@@ -167,7 +167,7 @@ fn cluster_host(nats: &Daemon, node: &str, extra: &str, data_dir: Option<&Path>)
 /// A host of the cluster on `nats` named `node`, serving `components`.
 pub(crate) fn cluster_host_of(nats: &Daemon, node: &str, components: &str, data_dir: Option<&Path>) -> TestHost {
     let toml = format!(
-        "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n{components}",
+        "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"{node}\"\nnode_ttl_ms = 2000\nreplicas = 1\n\n{components}",
         admin_toml(),
         nats.addr,
     );
@@ -368,12 +368,13 @@ pub(crate) fn rows(data_dir: &Path, component: &str, table: &str) -> i64 {
 }
 
 #[test]
-fn writes_land_in_the_owners_database_only() {
+fn local_durability_writes_land_in_the_owners_database_only() {
     let nats = nats();
-    // users lives on n2, orders (which calls users) on n1.
+    // users lives on n2, orders (which calls users) on n1, each database on
+    // its owner's disk only.
     let users = format!(
-        "[components.users]\nwasm = {:?}\nroutes = [\"/users\"]\npublishes = [\"users.deleted\"]\nowner = \"n2\"\n\
-         [components.orders]\nwasm = {:?}\nroutes = [\"/orders\"]\npublishes = [\"orders.status-changed\"]\nowner = \"n1\"\n",
+        "[components.users]\nwasm = {:?}\nroutes = [\"/users\"]\npublishes = [\"users.deleted\"]\nowner = \"n2\"\ndurability = \"local\"\n\
+         [components.orders]\nwasm = {:?}\nroutes = [\"/orders\"]\npublishes = [\"orders.status-changed\"]\nowner = \"n1\"\ndurability = \"local\"\n",
         wasm("users").display().to_string(),
         wasm("orders").display().to_string()
     );
@@ -528,7 +529,7 @@ fn a_host_joins_with_its_nats_token_and_says_so_when_it_is_refused() {
     let auth = format!("token_file = {:?}\n", token_file.display().to_string());
     let toml = |auth: &str| {
         format!(
-            "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"n1\"\n{auth}\n{}",
+            "{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"n1\"\nreplicas = 1\n{auth}\n{}",
             admin_toml(),
             nats.addr,
             relays()

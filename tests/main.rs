@@ -24,6 +24,7 @@ mod ownership;
 mod peers;
 mod persistence;
 mod ratelimits;
+mod replication;
 mod sandbox;
 mod scaffold;
 mod structure;

@@ -423,7 +423,7 @@ fn in_a_cluster_a_reference_is_fetched_once_and_every_host_gets_its_bytes() {
     // Both hosts start from a file; only n2 can reach the registry.
     let start = |node: &str, credentials: bool| {
         let toml = format!(
-            "{}\n[cluster]\nnats = \"nats://{}\"\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\
+            "{}\n[cluster]\nnats = \"nats://{}\"\nnode = \"{node}\"\nnode_ttl_ms = 2000\nreplicas = 1\n\
              [components.hello]\nwasm = {:?}\nroutes = [\"/http\"]\n",
             admin_toml(),
             nats.addr,

@@ -38,7 +38,7 @@ fn a_second_process_cannot_take_a_live_hosts_name_and_a_crashed_ones_is_waited_o
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"n1\"\nnode_ttl_ms = 2000\n\n{}",
+            "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}\n[cluster]\nnats = [\"nats://{}\"]\nnode = \"n1\"\nnode_ttl_ms = 2000\nreplicas = 1\n\n{}",
             dir.path().join("data").display().to_string(),
             admin_toml(),
             nats.addr,
@@ -220,7 +220,7 @@ fn a_host_that_cannot_reach_nats_serves_what_needs_no_owner_and_joins_when_it_an
     );
     let host = crate::support::host()
         .toml(&format!(
-            "{}\n[cluster]\nnats = [\"nats://{nats_addr}\"]\nnode = \"n1\"\nnode_ttl_ms = 2000\n\n{components}",
+            "{}\n[cluster]\nnats = [\"nats://{nats_addr}\"]\nnode = \"n1\"\nnode_ttl_ms = 2000\nreplicas = 1\n\n{components}",
             admin_toml()
         ))
         .start();

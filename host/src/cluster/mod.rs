@@ -10,10 +10,11 @@
 //! A component with a database has one owner host (see [`Cluster::owner`]);
 //! the serving layer forwards its requests there.
 
+pub mod replication;
 pub mod state;
 pub mod trust;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -31,12 +32,15 @@ use crate::components::random;
 use crate::components::registry::{ChangeError, Registry};
 use crate::components::version::Origin;
 use crate::components::versions::Versions;
-use crate::config::cluster::{Balance, ClusterConfig, NatsAuth};
+use crate::config::cluster::{Balance, ClusterConfig, Durability, NatsAuth};
 use crate::config::tokens::{TokenFile, resolve_token};
 use crate::config::{ComponentConfig, Config};
 pub use state::{Changed, ComponentReport, ConvergeError, Desired, KeyIds, NodeReport, Status};
 use trust::{Claim, KeyRing, Nonces, Refused};
 
+/// How far behind the end of a replicated database's log a host may be and
+/// still be handed its ownership.
+const HANDOVER_LAG: u64 = 100;
 /// How long a change waits for every host to take it.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long reading the hosts' reports may take.
@@ -127,6 +131,11 @@ pub struct Cluster {
     changed: Notify,
     /// When a request last made this host read the hosts' reports.
     refreshed: Mutex<Option<Instant>>,
+    /// The logs of the replicated databases.
+    replication: Arc<replication::Replication>,
+    /// Since when each owner this host saw gone has been missing from the
+    /// hosts' reports.
+    owners_missing: tokio::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Cluster {
@@ -142,9 +151,11 @@ impl Cluster {
     ) -> anyhow::Result<(Arc<Cluster>, Vec<tokio::task::JoinHandle<()>>)> {
         let client = connect(cluster).await?;
         let js = jetstream::new(client);
-        let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO).await?;
-        let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl).await?;
-        let versions = version_store(&js).await?;
+        let replicas = cluster.replicas;
+        let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO, replicas).await?;
+        let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl, replicas).await?;
+        let versions = version_store(&js, replicas).await?;
+        let replication = Arc::new(replication::Replication::new(js.clone(), cluster.node.clone(), replicas).await?);
         let public_url = cluster
             .advertise
             .clone()
@@ -173,6 +184,8 @@ impl Cluster {
             converged: AtomicBool::new(false),
             changed: Notify::new(),
             refreshed: Mutex::default(),
+            replication,
+            owners_missing: tokio::sync::Mutex::default(),
         });
         this.claim_node().await?;
         this.publish_unknown().await?;
@@ -479,6 +492,20 @@ impl Cluster {
         let Some(serving) = host.components.get(name).cloned() else {
             return Err(refuse(format!("host {owner} does not serve {name}")));
         };
+        // A replicated database goes to a host that follows its log closely:
+        // it applies what is left before its first write is taken.
+        if let Some(place) = serving.place {
+            let last = self
+                .replication
+                .last_entry(name)
+                .await
+                .map_err(ClusterError::Unavailable)?;
+            if place + HANDOVER_LAG < last {
+                return Err(refuse(format!(
+                    "host {owner} holds {place} of the {last} entries of {name}'s log; try again once it has caught up"
+                )));
+            }
+        }
         self.change(name, "owner", |old| {
             if old.owner.is_none() {
                 return Err(ClusterError::Conflict(format!(
@@ -672,10 +699,41 @@ impl Cluster {
         self.registry.placement.set(elsewhere);
         for (name, want) in &desired {
             self.converge(name, want).await;
+            self.replicate(name, want).await;
         }
         self.view.write().expect("view lock").desired = desired;
         self.refresh_nodes().await;
         Ok(())
+    }
+
+    /// Follows the log of `name`'s database, if it has one that is
+    /// replicated, and appends to it if this host owns it.
+    async fn replicate(&self, name: &str, want: &Desired) {
+        let Some(owner) = &want.owner else { return };
+        let replicated = self
+            .components
+            .iter()
+            .any(|c| c.name == name && c.durability == Durability::Replicated);
+        let snapshot = self.registry.snapshot();
+        let Some(entry) = snapshot.get(name).filter(|e| replicated && e.has_database()) else {
+            return;
+        };
+        let owns = *owner == self.node;
+        let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
+        match self.replication.start(name, db, owns).await {
+            Ok(()) => self.replication.set_owner(name, owns),
+            Err(e) => {
+                tracing::warn!(component = %name, "cannot replicate its database: {e:#}");
+                self.errors.lock().expect("errors lock").insert(
+                    name.to_string(),
+                    ConvergeError {
+                        wanted: want.versions.current.clone(),
+                        wanted_canary: want.versions.canary.as_ref().map(|c| c.version.clone()),
+                        message: format!("{e:#}"),
+                    },
+                );
+            }
+        }
     }
 
     async fn converge(&self, name: &str, want: &Desired) {
@@ -763,6 +821,7 @@ impl Cluster {
                     canary: served.canary,
                     owner: owners.get(&config.name).cloned().flatten(),
                     error: errors.get(&config.name).cloned(),
+                    place: self.replication.place(&config.name),
                 };
                 Some((config.name.clone(), report))
             })
@@ -872,13 +931,80 @@ impl Cluster {
     }
 
     /// Reports this host, and refreshes its view of the others, well
-    /// within the time after which a silent host counts as gone.
+    /// within the time after which a silent host counts as gone; takes
+    /// over what a gone host owned, where this host is the one to.
     async fn keep_reporting(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.ttl / 3).await;
             self.report().await;
             self.refresh_nodes().await;
+            self.take_over().await;
         }
+    }
+
+    /// Takes the ownership of each replicated database whose owner is no
+    /// longer live, if this host is the live one furthest into its log
+    /// (the first by name among equals) and holds the whole log: by
+    /// compare-and-set on the entry it read, so only one host takes it.
+    async fn take_over(&self) {
+        let (desired, nodes) = {
+            let view = self.view.read().expect("view lock");
+            (view.desired.clone(), view.nodes.clone())
+        };
+        let mut missing = self.owners_missing.lock().await;
+        missing.retain(|owner, _| !nodes.contains_key(owner));
+        for (name, want) in desired {
+            let Some(owner) = want.owner.as_ref() else { continue };
+            if *owner == self.node || nodes.contains_key(owner) || self.replication.place(&name).is_none() {
+                continue;
+            }
+            // Gone at two reads a third of `node_ttl` apart, and still
+            // gone from the bucket now: not a report this host missed.
+            let since = *missing.entry(owner.clone()).or_insert_with(Instant::now);
+            if since.elapsed() < self.ttl / 3 || !matches!(self.nodes.get(owner).await, Ok(None)) {
+                continue;
+            }
+            let heir = nodes
+                .values()
+                .filter(|n| n.ready)
+                .filter_map(|n| Some((n.components.get(&name)?.place?, &n.node)))
+                .max_by(|(a, a_node), (b, b_node)| a.cmp(b).then(b_node.cmp(a_node)));
+            if heir.is_none_or(|(_, node)| *node != self.node) {
+                continue;
+            }
+            let snapshot = self.registry.snapshot();
+            let Some(entry) = snapshot.get(&name) else { continue };
+            let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
+            match self.replication.caught_up(&name, &db).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(component = %name, "cannot tell whether this host holds the whole log: {e:#}");
+                    continue;
+                }
+            }
+            if let Err(e) = self.take(&name, owner).await {
+                tracing::warn!(component = %name, "cannot take over from host {owner}: {e:#}");
+            }
+        }
+    }
+
+    /// Makes this host the owner of `name`, if `gone` still owns it.
+    async fn take(&self, name: &str, gone: &str) -> anyhow::Result<()> {
+        let Some(entry) = self.desired.entry(name).await? else {
+            return Ok(());
+        };
+        let mut next: Desired = serde_json::from_slice(&entry.value)?;
+        if next.owner.as_deref() != Some(gone) {
+            return Ok(());
+        }
+        next.owner = Some(self.node.clone());
+        next.changed_by = self.node.clone();
+        next.change = "failover".into();
+        self.desired.update(name, to_bytes(&next), entry.revision).await?;
+        tracing::warn!(component = %name, from = %gone, "host {gone} is gone; this host owns the component now");
+        self.changed.notify_one();
+        Ok(())
     }
 }
 
@@ -1006,12 +1132,13 @@ async fn key_ring(desired: &kv::Store) -> anyhow::Result<KeyRing> {
 }
 
 /// The object store of versions, made if it does not exist yet.
-async fn version_store(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {
+async fn version_store(js: &jetstream::Context, replicas: usize) -> anyhow::Result<object_store::ObjectStore> {
     if let Ok(store) = js.get_object_store(state::VERSIONS_BUCKET).await {
         return Ok(store);
     }
     let config = object_store::Config {
         bucket: state::VERSIONS_BUCKET.into(),
+        num_replicas: replicas,
         ..Default::default()
     };
     match js.create_object_store(config).await {
@@ -1033,6 +1160,7 @@ async fn key_value(
     bucket: &str,
     history: i64,
     max_age: Duration,
+    replicas: usize,
 ) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
@@ -1047,7 +1175,7 @@ async fn key_value(
             deny_delete: true,
             allow_direct: true,
             discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await;

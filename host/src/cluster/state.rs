@@ -94,6 +94,10 @@ pub struct ComponentReport {
     /// Why it does not serve what the cluster wants, with what that was.
     #[serde(default)]
     pub error: Option<ConvergeError>,
+    /// How far into the component's replicated log its copy is, if the
+    /// component's database is replicated.
+    #[serde(default)]
+    pub place: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

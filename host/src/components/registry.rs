@@ -668,7 +668,7 @@ impl Registry {
     /// they started with.
     async fn publish(&self, mut prepared: Prepared) -> Result<Arc<Snapshot>, ChangeError> {
         while let Some(conn) = prepared.inits.pop() {
-            if let Err(e) = sqlite::end_host_transaction(conn, true).await {
+            if let Err(e) = sqlite::end_init_transaction(conn).await {
                 self.abandon(prepared).await;
                 return Err(ChangeError::InitFailed(anyhow::anyhow!(
                     "cannot commit what init did: {e:?}"

@@ -30,6 +30,21 @@ pub struct ClusterConfig {
     /// How long a key that signs requests sent on between hosts is used
     /// before a new one replaces it.
     pub key_rotation: std::time::Duration,
+    /// How many NATS servers keep each of the cluster's streams (its state,
+    /// versions, and each replicated database's log): 3 survives the loss
+    /// of one server.
+    pub replicas: usize,
+}
+
+/// Where a component's committed writes are kept before a client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// In a cluster, in the replicated log first, then in the owner's file.
+    #[default]
+    Replicated,
+    /// In the owner's file only: lost with its disk.
+    Local,
 }
 
 /// How a host picks among the other hosts that serve a component, when
@@ -67,6 +82,7 @@ pub struct RawCluster {
     pub balance: Option<Balance>,
     pub weight: Option<u64>,
     pub key_rotation_ms: Option<u64>,
+    pub replicas: Option<u64>,
 }
 
 /// A string or a list of strings.
@@ -174,6 +190,7 @@ pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -
                 )
                 .unwrap_or(3_600_000),
         ),
+        replicas: problems.ranged("cluster.replicas", raw.replicas, 1, 5).unwrap_or(3) as usize,
     }
 }
 

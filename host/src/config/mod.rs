@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+pub use cluster::Durability;
 pub use events::{EventsConfig, Subscription, TopicPattern};
 pub use problems::{Problem, Problems};
 pub use rates::{Rate, RateLimit, RateLimitConfig, Scope};
@@ -162,6 +163,8 @@ pub struct ComponentConfig {
     pub allowed_outbound_hosts: Vec<outbound::HostPattern>,
     /// In a cluster, the host that owns its database, if the config says.
     pub owner: Option<String>,
+    /// In a cluster, whether its database's commits go to the replicated log.
+    pub durability: Durability,
 }
 
 /// The networks whose `X-Forwarded-For` is believed.

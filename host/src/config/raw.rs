@@ -65,6 +65,8 @@ pub struct RawComponent {
     pub subscription: Option<RawSubscription>,
     /// In a cluster, the host that owns its database.
     pub owner: Option<String>,
+    /// In a cluster, where its committed writes are kept first.
+    pub durability: Option<super::cluster::Durability>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,8 +14,8 @@ use super::routes::{check_route, routes_overlap};
 use super::settings::RawServer;
 use super::tokens::MIN_TOKEN_LEN;
 use super::{
-    AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Overrides, Rate,
-    RateLimit, RateLimitConfig, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource,
+    AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Durability, Overrides,
+    Rate, RateLimit, RateLimitConfig, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource,
     TrustedProxies, WasmSource,
 };
 
@@ -102,6 +102,12 @@ fn data_dir(raw: Option<&str>, base: &Path, overrides: &Overrides, problems: &mu
 fn check_components(components: &[ComponentConfig], clustered: bool, max_instances: usize, problems: &mut Problems) {
     check_overlaps(components, problems);
     for component in components {
+        if !clustered && component.durability != Durability::default() {
+            problems.add(
+                format!("components.{}.durability", component.name),
+                "only means something in a cluster: add a [cluster] section",
+            );
+        }
         let Some(owner) = &component.owner else {
             continue;
         };
@@ -305,6 +311,7 @@ fn component_config(
         events,
         allowed_outbound_hosts,
         owner: raw.owner,
+        durability: raw.durability.unwrap_or_default(),
     }
 }
 

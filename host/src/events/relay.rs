@@ -38,12 +38,14 @@ pub async fn run(
             () = wake.notified() => false,
             _ = sweep.tick() => true,
             _ = forget.tick() => {
-                forget_old(&registry.snapshot()).await;
+                forget_old(&registry).await;
                 continue;
             }
         };
         let snapshot = registry.snapshot();
-        for entry in &snapshot.entries {
+        // Another host owns the rest: a replica's outbox is its owner's
+        // copy, sent by the owner.
+        for entry in snapshot.entries.iter().filter(|e| registry.placement.serves_here(e)) {
             let db = &entry.shared.capabilities.sqlite.db;
             if !db.outbox.take() && !all {
                 continue;
@@ -156,8 +158,9 @@ async fn with_conn<R: Send + 'static>(
     done.map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
-async fn forget_old(snapshot: &Snapshot) {
-    for entry in &snapshot.entries {
+async fn forget_old(registry: &Registry) {
+    let snapshot = registry.snapshot();
+    for entry in snapshot.entries.iter().filter(|e| registry.placement.serves_here(e)) {
         let now = now_ms();
         if let Err(e) = with_conn(&entry.shared.capabilities.sqlite.db, move |conn| conn.forget_old(now)).await {
             tracing::warn!(component = %entry.name, "cannot forget old idempotency keys: {e:#}");

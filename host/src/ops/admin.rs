@@ -235,6 +235,17 @@ impl Admin {
             Ok(found) => found,
             Err(refused) => return refuse(body, *refused).await,
         };
+        if db.log().is_some() {
+            let why = format!(
+                "{name}'s database is replicated: a restore would not reach its log or the other hosts; \
+                 restore it with `durability = \"local\"`, or on a single host"
+            );
+            return refuse(
+                body,
+                problem::response(StatusCode::CONFLICT, "replicated", "Replicated", why),
+            )
+            .await;
+        }
         let scratch = match backup::receive(&db, &parts.headers, body, limit, self.body_pace).await {
             Ok(scratch) => scratch,
             Err(refused) => return refused,

@@ -10,29 +10,15 @@ use bytes::BytesMut;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tempfile::NamedTempFile;
 use tokio::io::AsyncReadExt;
 
 use super::api;
-use crate::capabilities::sqlite::{Database, RestoreError, Restored};
+use crate::capabilities::sqlite::{Database, RestoreError, Restored, SCRATCH_PREFIXES};
 use crate::serving::body::{BodyPace, read_body_into};
 use crate::serving::{BoxError, HttpResponse, ResponseBody, problem};
 
 /// How much of a backup is read from its file at a time.
 const CHUNK_BYTES: usize = 64 << 10;
-
-/// How the files of copies begin: `.backup-` and `.restore-`.
-const SCRATCH_PREFIXES: [&str; 2] = [".backup-", ".restore-"];
-
-/// A file for a copy of `db`, beside it (so on a disk that can hold one),
-/// removed when dropped.
-fn scratch_file(db: &Database, prefix: &str) -> std::io::Result<NamedTempFile> {
-    let dir = db.path().parent().unwrap_or(std::path::Path::new("."));
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(".sqlite3")
-        .tempfile_in(dir)
-}
 
 /// Removes the files of copies a host stopped before it removed them (a
 /// crash during a backup, say). Run at start, before any copy begins.
@@ -66,7 +52,7 @@ pub async fn download(db: Arc<Database>, name: &str) -> HttpResponse {
     // The blocking task owns the file: if the client goes away meanwhile,
     // it is still removed once the copy is done.
     let copied = tokio::task::spawn_blocking(move || {
-        let scratch = scratch_file(&db, SCRATCH_PREFIXES[0])?;
+        let scratch = db.scratch_file(SCRATCH_PREFIXES[0])?;
         let bytes = db.backup_to(scratch.path())?;
         // Opened again, then unlinked: the copy lives as long as the
         // response reads it.
@@ -113,7 +99,7 @@ pub async fn receive(
     body: Incoming,
     limit: usize,
     pace: BodyPace,
-) -> Result<NamedTempFile, HttpResponse> {
+) -> Result<tempfile::NamedTempFile, HttpResponse> {
     let cannot_keep = |e: std::io::Error| {
         problem::response(
             StatusCode::INSUFFICIENT_STORAGE,
@@ -122,7 +108,7 @@ pub async fn receive(
             e.to_string(),
         )
     };
-    let scratch = scratch_file(db, SCRATCH_PREFIXES[1]).map_err(cannot_keep)?;
+    let scratch = db.scratch_file(SCRATCH_PREFIXES[1]).map_err(cannot_keep)?;
     let file = scratch.reopen().map_err(cannot_keep)?;
     let mut file = tokio::fs::File::from_std(file);
     read_body_into(body, headers, limit, pace, &mut file)

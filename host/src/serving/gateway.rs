@@ -31,6 +31,7 @@ use super::stats::{
 use super::{BoxError, HttpResponse, full, problem};
 use crate::capabilities::bindings::corral::service::types;
 use crate::capabilities::http::{BoxFuture, InternalHttp};
+use crate::capabilities::sqlite::AppendError;
 use crate::cluster::Cluster;
 use crate::cluster::trust::{self, Claim, Refused};
 use crate::components::registry::Registry;
@@ -902,6 +903,16 @@ fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> HttpResp
         "request failed: {error}"
     );
     let (status, title) = match error {
+        // Nothing of the request was written: a retry is safe.
+        InvokeError::Unwritten(AppendError::Fenced | AppendError::NotOwner(_)) => {
+            let detail = format!("{} cannot write here now: {error}; try again", target.component);
+            return problem::unavailable("not-writable", "The service cannot write now", detail);
+        }
+        // The log may hold the write: a retry could make it twice.
+        InvokeError::Unwritten(AppendError::Unavailable(_)) => {
+            let detail = format!("{} may or may not have written this request: {error}", target.component);
+            return problem::response(StatusCode::BAD_GATEWAY, "outcome-unknown", "Outcome unknown", detail);
+        }
         InvokeError::CpuTime(_) | InvokeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "The service took too long"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "The service failed"),
     };

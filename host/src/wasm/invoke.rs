@@ -21,6 +21,7 @@ use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::corral::service::types::{Request, Response};
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
+use crate::capabilities::sqlite::AppendError;
 use crate::capabilities::sqlite::{self, Conn};
 use crate::clock::now_ms;
 use crate::limits::store::LimitExceeded;
@@ -42,6 +43,9 @@ pub enum InvokeError {
     MemoryFault,
     #[error("the component trapped: {0:#}")]
     Trap(wasmtime::Error),
+    /// Its database's replicated log did not take a commit.
+    #[error("{0}")]
+    Unwritten(AppendError),
     #[error("the component answered with an error: {0}")]
     Answered(String),
     #[error("the component returned without a response")]
@@ -69,6 +73,7 @@ impl InvokeError {
             InvokeError::Panic => "panic",
             InvokeError::MemoryFault => "memory-fault",
             InvokeError::Trap(_) => "trap",
+            InvokeError::Unwritten(_) => "unwritten",
             InvokeError::Answered(_) => "error-code",
             InvokeError::NoResponse => "no-response",
         }
@@ -302,6 +307,9 @@ pub async fn init(target: Target<'_>, pre: &ServicePre<RequestState>, conn: Opti
 fn classify(error: wasmtime::Error, state: &RequestState, target: &Target<'_>) -> InvokeError {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return InvokeError::Limit(*limit);
+    }
+    if let Some(unwritten) = error.downcast_ref::<AppendError>() {
+        return InvokeError::Unwritten(unwritten.clone());
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) if state.cpu_exhausted => InvokeError::CpuTime(target.limits.cpu_time),

@@ -31,6 +31,10 @@ pub enum RestoreError {
     Failed(String),
 }
 
+/// How the files of copies beside the databases begin: backups, restores
+/// and snapshots of replicated databases.
+pub const SCRATCH_PREFIXES: [&str; 3] = [".backup-", ".restore-", ".snapshot-"];
+
 /// What a restore put in place.
 #[derive(Debug, Clone, Copy)]
 pub struct Restored {
@@ -39,6 +43,18 @@ pub struct Restored {
 }
 
 impl Database {
+    /// A file for a copy of this database, beside it (so on a disk that can
+    /// hold one), named with `prefix` (one of [`SCRATCH_PREFIXES`]),
+    /// removed when dropped.
+    pub fn scratch_file(&self, prefix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+        debug_assert!(SCRATCH_PREFIXES.contains(&prefix));
+        let dir = self.path().parent().unwrap_or(Path::new("."));
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(".sqlite3")
+            .tempfile_in(dir)
+    }
+
     /// Writes a copy of the database to the new (or empty) file `to`, as
     /// one self-contained file; answers its size. Blocks.
     pub fn backup_to(self: &Arc<Self>, to: &Path) -> anyhow::Result<u64> {
@@ -127,6 +143,7 @@ impl Database {
         let failed = |e: rusqlite::Error| RestoreError::Failed(format!("cannot restore: {e}"));
         // The host's own tables, if the copy is older than they are.
         source.execute_batch(super::outbox::SCHEMA).map_err(failed)?;
+        source.execute_batch(super::replication::SCHEMA).map_err(failed)?;
         // SQLite copies into a database in write-ahead-log mode only from
         // one of the same page size (which never changes while it serves).
         let live_page_size = {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::pool::{Database, HOST_STATEMENT_TIMEOUT, Pooled, WriterGuard};
+use super::replication::Recording;
 use super::threads::SqlThreads;
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 
@@ -158,6 +159,12 @@ impl HostSql<'_> {
     pub fn prepare(&self, sql: &str) -> rusqlite::Result<rusqlite::Statement<'_>> {
         self.0.prepare(sql)
     }
+
+    /// The connection itself, for the host's work that rusqlite offers only
+    /// there (applying a changeset); nothing cached.
+    pub(super) fn raw(&self) -> &rusqlite::Connection {
+        self.0
+    }
 }
 
 /// What a statement that writes changed: `changes()`, and the rowid it
@@ -180,6 +187,15 @@ pub struct Conn {
     /// A message was published in the open transaction: the relay is told
     /// when it commits.
     pub(super) published_in_txn: bool,
+    /// What the open write transaction changed, if the file has a log.
+    /// Declared before `handle`'s connection is given up (see `Drop`).
+    pub(super) recording: Option<Recording>,
+    /// The statements of the open write transaction that changed the
+    /// schema, for the log.
+    pub(super) schema_statements: Vec<String>,
+    /// Why the file's log refused the last commit, until taken: the request
+    /// is then answered by the host, not by the guest.
+    pub(super) unwritten: Option<super::AppendError>,
 }
 
 /// What a [`Conn`] runs on.
@@ -208,6 +224,9 @@ impl Conn {
             txn: Txn::Idle,
             effect: None,
             published_in_txn: false,
+            recording: None,
+            schema_statements: Vec::new(),
+            unwritten: None,
         }
     }
 
@@ -264,9 +283,20 @@ impl Conn {
     /// Opens a transaction, or a savepoint inside one.
     pub fn begin(&mut self) -> Result<(), Error> {
         let (next, sql) = self.txn.begin()?;
-        self.trusted(&sql.text())?;
+        self.run_txn_sql(&sql)?;
         self.txn = next;
         Ok(())
+    }
+
+    /// Runs a transition's SQL; the outermost transaction's through
+    /// [`Conn::begin_write`] and [`Conn::commit_write`], for the log.
+    fn run_txn_sql(&mut self, sql: &TxnSql) -> Result<(), Error> {
+        match sql {
+            TxnSql::Begin => self.begin_write(),
+            TxnSql::Commit => self.commit_write(),
+            TxnSql::Rollback => self.rollback_write(),
+            other => self.trusted(&other.text()),
+        }
     }
 
     pub fn commit(&mut self) -> Result<(), Error> {
@@ -281,12 +311,7 @@ impl Conn {
         let (next, sql) = self.txn.finish(commit)?;
         self.txn = next;
         let Some(sql) = sql else { return Ok(()) };
-        let result = self.trusted(&sql.text());
-        if result.is_err() && next == Txn::Idle && !self.is_autocommit() {
-            // A failed COMMIT can leave the transaction open; end it so the
-            // connection is clean, and report the failure.
-            let _ = self.trusted("ROLLBACK");
-        }
+        let result = self.run_txn_sql(&sql);
         if next == Txn::Idle {
             self.transaction_ended(commit && result.is_ok());
         }
@@ -303,7 +328,7 @@ impl Conn {
     /// Opens the transaction `init` runs in.
     pub fn begin_host_transaction(&mut self) -> Result<(), Error> {
         let (next, sql) = self.txn.begin_host()?;
-        self.trusted(&sql.text())?;
+        self.run_txn_sql(&sql)?;
         self.txn = next;
         Ok(())
     }
@@ -314,12 +339,12 @@ impl Conn {
         let ending = self.txn.end_host(commit);
         self.txn = Txn::Idle;
         let result = match ending {
-            Ok(Some(sql)) => self.trusted(&sql.text()),
+            Ok(Some(sql)) => self.run_txn_sql(&sql),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         if !self.is_autocommit() {
-            let _ = self.trusted("ROLLBACK");
+            let _ = self.rollback_write();
         }
         self.transaction_ended(commit && result.is_ok());
         result
@@ -333,6 +358,22 @@ impl Conn {
         result.map_err(|e| super::exec::guest_error(e, &pooled.guard, &self.db.limits))
     }
 
+    /// Runs the host's own writes: in the open transaction, or else in one
+    /// of their own, committed like any other (through the file's log).
+    pub(super) fn host_write<R>(&mut self, work: impl FnOnce(&HostSql<'_>) -> rusqlite::Result<R>) -> Result<R, Error> {
+        if self.txn.is_open() {
+            return self.host(work);
+        }
+        self.begin_write()?;
+        match self.host(work) {
+            Ok(out) => self.commit_write().map(|()| out),
+            Err(e) => {
+                let _ = self.rollback_write();
+                Err(e)
+            }
+        }
+    }
+
     /// Runs the host's own SQL, which the authorizer would deny to a guest.
     pub(super) fn trusted(&mut self, sql: &str) -> Result<(), Error> {
         self.host(|conn| conn.execute_batch(sql))
@@ -341,6 +382,8 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        // The session goes before its connection may.
+        self.recording = None;
         let Some(handle) = self.handle.take() else {
             return;
         };

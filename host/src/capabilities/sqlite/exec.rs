@@ -56,6 +56,9 @@ impl Conn {
         if effect.is_some() {
             self.effect = effect;
         }
+        if result.is_ok() && self.recording.is_some() && super::replication::changes_schema(sql) {
+            self.schema_statements.push(sql.to_string());
+        }
         if result.is_err() {
             self.txn = self.txn.statement_failed(autocommit);
         }

@@ -28,6 +28,8 @@ pub struct Written {
     pub result: Result<QueryResult, Error>,
     /// What it changed, if it succeeded.
     pub effect: Option<Effect>,
+    /// Why the database's log refused its group, if it did.
+    pub unwritten: Option<super::AppendError>,
 }
 
 /// One queued write.
@@ -115,6 +117,7 @@ fn failed(error: Error) -> Written {
     Written {
         result: Err(error),
         effect: None,
+        unwritten: None,
     }
 }
 
@@ -132,7 +135,7 @@ fn commit_group(conn: &mut Conn, mut jobs: Vec<Job>) {
         if jobs.is_empty() {
             return;
         }
-        if let Err(e) = conn.trusted("BEGIN IMMEDIATE") {
+        if let Err(e) = conn.begin_write() {
             for job in jobs {
                 let _ = job.reply.send(failed(e.clone()));
             }
@@ -172,19 +175,21 @@ fn commit_group(conn: &mut Conn, mut jobs: Vec<Job>) {
                 Ok(rows) => Written {
                     result: Ok(rows),
                     effect,
+                    unwritten: None,
                 },
                 Err(e) => failed(e),
             };
             done.push((job, written));
         }
-        let committed = conn.trusted("COMMIT");
-        if committed.is_err() && !conn.is_autocommit() {
-            let _ = conn.trusted("ROLLBACK");
-        }
+        let committed = conn.commit_write();
+        let unwritten = conn.unwritten.take();
         for (job, written) in done {
             let written = match &committed {
                 Ok(()) => written,
-                Err(e) => failed(e.clone()),
+                Err(e) => Written {
+                    unwritten: unwritten.clone(),
+                    ..failed(e.clone())
+                },
             };
             let _ = job.reply.send(written);
         }

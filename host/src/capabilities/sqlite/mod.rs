@@ -28,6 +28,8 @@ mod inline;
 pub mod outbox;
 pub mod policy;
 pub mod pool;
+pub mod replication;
+mod session;
 #[cfg(test)]
 mod tests;
 pub mod threads;
@@ -39,10 +41,11 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-pub use backup::{RestoreError, Restored};
+pub use backup::{RestoreError, Restored, SCRATCH_PREFIXES};
 pub use capability::{ComponentDb, Sqlite};
 pub use connection::{Conn, Effect};
 pub use pool::{Database, DbLimits};
+pub use replication::{AppendError, Applied, Change, CommitLog};
 pub use threads::SqlThreads;
 
 pub use crate::capabilities::bindings::SqliteError;
@@ -145,6 +148,9 @@ impl SqliteCtx {
         params: Vec<wit::Value>,
     ) -> Result<Result<wit::QueryResult, wit::Error>, SqliteError> {
         let written = group::write(&self.db, sql, params).await?;
+        if let Some(unwritten) = written.unwritten {
+            return Err(SqliteError::Trap(wasmtime::Error::new(unwritten)));
+        }
         self.absorb(written.effect);
         Ok(written.result)
     }
@@ -234,8 +240,12 @@ impl SqliteCtx {
         let conn = self.conn.take().expect("a connection is held");
         let (mut conn, out) = on_conn(conn, work).await?;
         self.absorb(conn.take_effect());
+        let unwritten = conn.unwritten.take();
         self.conn = Some(conn);
-        Ok(out)
+        match unwritten {
+            Some(unwritten) => Err(SqliteError::Trap(wasmtime::Error::new(unwritten))),
+            None => Ok(out),
+        }
     }
 }
 
@@ -246,10 +256,21 @@ pub(super) async fn on_conn<R: Send + 'static>(
     mut conn: Conn,
     work: impl FnOnce(&mut Conn) -> R + Send + 'static,
 ) -> Result<(Conn, R), SqliteError> {
-    if let Some(_slot) = inline::enter() {
+    // A commit may wait for the file's log: never on an async worker.
+    if conn.db.log().is_none()
+        && let Some(_slot) = inline::enter()
+    {
         let out = work(&mut conn);
         return Ok((conn, out));
     }
+    on_thread(conn, work).await
+}
+
+/// Runs `work` on `conn` on an SQL thread.
+pub(super) async fn on_thread<R: Send + 'static>(
+    mut conn: Conn,
+    work: impl FnOnce(&mut Conn) -> R + Send + 'static,
+) -> Result<(Conn, R), SqliteError> {
     let open = conn.txn().is_open();
     let threads = Arc::clone(conn.threads());
     let job = move |wanted: bool| {
@@ -277,6 +298,14 @@ pub async fn end_host_transaction(mut conn: Conn, commit: bool) -> Result<(), wi
         .run(move |_| conn.end_host_transaction(commit))
         .await
         .unwrap_or(Err(wit::Error::Busy))
+}
+
+/// Commits the transaction `init` ran in, unless another host owns the
+/// file: a replica's `init` is tried, not kept, since what its owner's did
+/// comes to it through the log.
+pub async fn end_init_transaction(conn: Conn) -> Result<(), wit::Error> {
+    let owned_here = conn.db.log().is_none_or(|log| log.owns());
+    end_host_transaction(conn, owned_here).await
 }
 
 /// Caps the memory SQLite may allocate in this process, across every

@@ -98,7 +98,7 @@ impl Conn {
                 "the transaction was rolled back after an error".into(),
             ));
         }
-        let id = self.host(|conn| {
+        let id = self.host_write(|conn| {
             conn.execute_batch("SAVEPOINT corral_publish")?;
             let published = publish_in(conn, message, idempotency_key);
             let end = match published {
@@ -152,7 +152,7 @@ impl Conn {
         if self.db.generation() != generation {
             return Ok(());
         }
-        self.host(|conn| {
+        self.host_write(|conn| {
             conn.execute("DELETE FROM _corral_outbox WHERE seq <= ?", [seq])
                 .map(drop)
         })
@@ -173,7 +173,7 @@ impl Conn {
     /// Forgets idempotency keys and processed deliveries older than a day.
     pub fn forget_old(&mut self, now_ms: u64) -> Result<(), Error> {
         let before = now_ms.saturating_sub(REMEMBER_MS);
-        self.host(|conn| {
+        self.host_write(|conn| {
             conn.execute("DELETE FROM _corral_published WHERE at < ?", [before])?;
             conn.execute("DELETE FROM _corral_processed WHERE at < ?", [before])?;
             Ok(())

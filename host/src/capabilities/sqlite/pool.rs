@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
@@ -21,6 +21,7 @@ use super::connection::Conn;
 use super::group::Pending;
 use super::outbox::OutboxSignal;
 use super::policy;
+use super::replication::CommitLog;
 use super::threads::SqlThreads;
 use super::watchdog::Deadline;
 use crate::capabilities::bindings::corral::service::sqlite::Error;
@@ -92,6 +93,9 @@ pub struct Database {
     /// The file's one write connection, shared with any other `Database`
     /// of the same file (a reload that changes its limits makes one).
     writer: Arc<tokio::sync::Mutex<WriterSlot>>,
+    /// Where the file's commits go first, if it is replicated; shared
+    /// like the writer.
+    log: Arc<RwLock<Option<Arc<dyn CommitLog>>>>,
     /// Writes outside a transaction, waiting to be committed together.
     pub(super) pending: Mutex<Pending>,
     threads: Arc<SqlThreads>,
@@ -178,9 +182,11 @@ impl Database {
         relay: Arc<tokio::sync::Notify>,
         hook: ConnectionHook,
     ) -> anyhow::Result<Arc<Database>> {
+        let (writer, log) = shared_by_file(&path);
         let db = Arc::new(Database {
             hook,
-            writer: writer_slot(&path),
+            writer,
+            log,
             path,
             limits,
             idle: Mutex::new(Vec::new()),
@@ -195,7 +201,8 @@ impl Database {
         db.open_writer(&mut slot)?;
         let first = slot.conn.as_ref().expect("just opened");
         first.guard.trusted.store(true, Ordering::Relaxed);
-        let created = first.conn.execute_batch(super::outbox::SCHEMA);
+        let created = (first.conn.execute_batch(super::outbox::SCHEMA))
+            .and_then(|()| first.conn.execute_batch(super::replication::SCHEMA));
         first.guard.trusted.store(false, Ordering::Relaxed);
         created.map_err(|e| anyhow::anyhow!("cannot create the host's tables in {}: {e}", db.path.display()))?;
         drop(slot);
@@ -370,6 +377,15 @@ impl Database {
         }
     }
 
+    /// The file's log, if its commits are replicated.
+    pub fn log(&self) -> Option<Arc<dyn CommitLog>> {
+        self.log.read().expect("log lock").clone()
+    }
+
+    pub(super) fn set_log(&self, log: Arc<dyn CommitLog>) {
+        *self.log.write().expect("log lock") = Some(log);
+    }
+
     /// How many times the file's content was replaced (by restores).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -395,17 +411,26 @@ fn authorize(guard: &Guard, ctx: AuthContext<'_>) -> Authorization {
     }
 }
 
-/// The writer slot of the file at `path`: one per file in the process, so
-/// that two `Database`s of one file (during a reload) never race for
-/// SQLite's write lock.
-fn writer_slot(path: &Path) -> Arc<tokio::sync::Mutex<WriterSlot>> {
-    static SLOTS: OnceLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<WriterSlot>>>>> = OnceLock::new();
-    let mut slots = SLOTS.get_or_init(Mutex::default).lock().expect("writer slots lock");
-    slots.retain(|_, slot| slot.strong_count() > 0);
-    if let Some(slot) = slots.get(path).and_then(Weak::upgrade) {
-        return slot;
+/// What every `Database` of the file at `path` shares: its writer slot,
+/// so that two of one file (during a reload) never race for SQLite's
+/// write lock, and its log.
+fn shared_by_file(path: &Path) -> (Arc<tokio::sync::Mutex<WriterSlot>>, SharedLog) {
+    type Shared = (
+        Weak<tokio::sync::Mutex<WriterSlot>>,
+        Weak<RwLock<Option<Arc<dyn CommitLog>>>>,
+    );
+    static FILES: OnceLock<Mutex<HashMap<PathBuf, Shared>>> = OnceLock::new();
+    let mut files = FILES.get_or_init(Mutex::default).lock().expect("files lock");
+    files.retain(|_, (slot, _)| slot.strong_count() > 0);
+    if let Some((slot, log)) = files.get(path)
+        && let (Some(slot), Some(log)) = (slot.upgrade(), log.upgrade())
+    {
+        return (slot, log);
     }
     let slot = Arc::new(tokio::sync::Mutex::new(WriterSlot::default()));
-    slots.insert(path.to_path_buf(), Arc::downgrade(&slot));
-    slot
+    let log = SharedLog::default();
+    files.insert(path.to_path_buf(), (Arc::downgrade(&slot), Arc::downgrade(&log)));
+    (slot, log)
 }
+
+type SharedLog = Arc<RwLock<Option<Arc<dyn CommitLog>>>>;

@@ -394,3 +394,124 @@ fn a_large_schema_never_keeps_the_database_from_opening() {
     let mut reader = db.reader().unwrap();
     assert_eq!(one(&mut reader, "SELECT count(*) FROM t"), Value::Integer(0));
 }
+
+/// A log in memory that takes an entry only right after its last one,
+/// as JetStream's expected last sequence does.
+#[derive(Default)]
+struct MemoryLog {
+    entries: std::sync::Mutex<Vec<super::Change>>,
+    owns: std::sync::atomic::AtomicBool,
+}
+
+impl super::CommitLog for MemoryLog {
+    fn owns(&self) -> bool {
+        self.owns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn append(&self, after: u64, change: &super::Change) -> Result<u64, super::AppendError> {
+        if !self.owns() {
+            return Err(super::AppendError::NotOwner("test".into()));
+        }
+        let mut entries = self.entries.lock().unwrap();
+        if after != entries.len() as u64 {
+            return Err(super::AppendError::Fenced);
+        }
+        entries.push(change.clone());
+        Ok(entries.len() as u64)
+    }
+}
+
+fn rows(db: &Arc<Database>, sql: &str) -> Vec<Vec<Value>> {
+    tokio::task::block_in_place(|| exec(&mut db.reader().unwrap(), sql, &[]).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
+    let (_a, owner) = tokio::task::block_in_place(|| database(DbLimits::default()));
+    let (_b, replica) = tokio::task::block_in_place(|| database(DbLimits::default()));
+    let log = Arc::new(MemoryLog::default());
+    log.owns.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::task::block_in_place(|| owner.attach_log(log.clone())).unwrap();
+    let stats = super::SqliteStats {
+        ok: Default::default(),
+        failed: Default::default(),
+        duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+    };
+    let mut ctx = super::SqliteCtx::new(Arc::clone(&owner), stats.clone());
+    // A schema change and writes in a guest transaction, one of them undone.
+    ctx.begin_transaction().await.unwrap().unwrap();
+    for sql in [
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL, at TEXT)",
+        "INSERT INTO t (name, at) VALUES ('a', datetime('now', 'subsec'))",
+    ] {
+        ctx.run(sql.into(), vec![]).await.unwrap().unwrap();
+    }
+    ctx.begin_transaction().await.unwrap().unwrap();
+    ctx.run("INSERT INTO t (name) VALUES ('undone')".into(), vec![])
+        .await
+        .unwrap()
+        .unwrap();
+    ctx.end_transaction(false).await.unwrap().unwrap();
+    ctx.end_transaction(true).await.unwrap().unwrap();
+    // Writes outside a transaction, committed in groups, one of them failing.
+    let writes = (0..20).map(|i| {
+        let owner = Arc::clone(&owner);
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut ctx = super::SqliteCtx::new(owner, stats);
+            let sql = if i == 7 {
+                "INSERT INTO t (id, name) VALUES (1, 'taken')"
+            } else {
+                "INSERT INTO t (name) VALUES (?)"
+            };
+            ctx.run(sql.into(), vec![Value::Text(format!("w{i}"))]).await.unwrap()
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1, "{results:?}");
+    ctx.run("UPDATE t SET name = upper(name) WHERE id % 2 = 0".into(), vec![])
+        .await
+        .unwrap()
+        .unwrap();
+    ctx.run("DELETE FROM t WHERE id = 3".into(), vec![])
+        .await
+        .unwrap()
+        .unwrap();
+    drop(ctx);
+
+    let entries = log.entries.lock().unwrap().clone();
+    assert_eq!(entries[0].schema.len(), 1, "the CREATE TABLE travels as a statement");
+    for (i, change) in entries.into_iter().enumerate() {
+        let applied = replica.apply(i as u64 + 1, change.clone()).await.unwrap();
+        assert_eq!(applied, super::Applied::Done);
+        assert_eq!(replica.apply(i as u64 + 1, change).await.unwrap(), super::Applied::Had);
+    }
+    let all = "SELECT id, name, at FROM t ORDER BY id";
+    assert_eq!(rows(&replica, all), rows(&owner, all));
+    assert_eq!(rows(&owner, "SELECT count(*) FROM t")[0][0], Value::Integer(19));
+    let place = |db: &Arc<Database>| tokio::task::block_in_place(|| db.log_place().unwrap());
+    assert_eq!(place(&replica), place(&owner));
+
+    // Another writer appended: the owner's next commit is refused, and
+    // nothing of it is in its file.
+    log.entries.lock().unwrap().push(super::Change::default());
+    let mut ctx = super::SqliteCtx::new(Arc::clone(&owner), stats);
+    // The guest traps: the host answers its request, saying to retry.
+    let refused = ctx.run("INSERT INTO t (name) VALUES ('fenced')".into(), vec![]).await;
+    assert!(
+        matches!(&refused, Err(super::SqliteError::Trap(e)) if e.to_string().contains("another host")),
+        "{refused:?}"
+    );
+    assert!(rows(&owner, "SELECT id FROM t WHERE name = 'fenced'").is_empty());
+    // A table the log cannot carry is refused, named.
+    log.entries.lock().unwrap().pop();
+    let refused_again = ctx.run("CREATE TABLE loose (x)".into(), vec![]).await.unwrap();
+    assert!(
+        matches!(&refused_again, Err(Error::InvalidStatement(why)) if why.contains("loose")),
+        "{refused_again:?}"
+    );
+}

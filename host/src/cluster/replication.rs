@@ -1,0 +1,381 @@
+//! Replicated databases. Each component with a database and
+//! `durability = "replicated"` has a log: a JetStream stream
+//! (`corral_db_<name>`, replicated on `cluster.replicas` NATS servers)
+//! whose entries are its committed transactions, as SQLite session
+//! changesets with the schema statements they ran (see
+//! `capabilities::sqlite::replication`). The owner appends each commit
+//! before it takes place, at the place its file has reached (JetStream's
+//! expected last sequence: the fence); every host, the owner included,
+//! follows the log into its own file, so any of them can take over.
+//!
+//! Snapshots of the owner's file, with the place they hold, are kept in
+//! the `corral_snapshots` object store: a host whose file has no place yet
+//! (new, wiped) or that cannot follow the log (its file diverged) starts
+//! from the newest, then follows the log from there.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::push, object_store};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::capabilities::sqlite::{AppendError, Applied, Change, CommitLog, Database, SCRATCH_PREFIXES};
+
+const SNAPSHOTS_BUCKET: &str = "corral_snapshots";
+/// The header of an entry that lists its schema statements, as JSON.
+const SCHEMA_HEADER: &str = "Corral-Schema";
+/// How long a commit waits for the log to take it. The writer is held
+/// meanwhile, so this bounds how long one stalled append stops writes.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// The owner takes a snapshot once its file is this many entries past the
+/// last one.
+const SNAPSHOT_EVERY: u64 = 5_000;
+/// How often the owner checks whether a snapshot is due.
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(10);
+/// How long a host waits before it tries to follow a log again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The logs of this host's replicated databases.
+pub struct Replication {
+    js: jetstream::Context,
+    node: String,
+    replicas: usize,
+    snapshots: object_store::ObjectStore,
+    logs: Mutex<HashMap<String, Arc<StreamLog>>>,
+}
+
+/// One database's log, as its file's [`CommitLog`].
+pub struct StreamLog {
+    js: jetstream::Context,
+    component: String,
+    /// This host owns the component: it may append.
+    owns: AtomicBool,
+    /// How far into the log the file is, as last seen.
+    place: AtomicU64,
+    runtime: tokio::runtime::Handle,
+}
+
+fn stream_name(component: &str) -> String {
+    format!("corral_db_{component}")
+}
+
+fn subject(component: &str) -> String {
+    format!("corral.db.{component}")
+}
+
+impl CommitLog for StreamLog {
+    fn owns(&self) -> bool {
+        self.owns.load(Ordering::Acquire)
+    }
+
+    fn append(&self, after: u64, change: &Change) -> Result<u64, AppendError> {
+        if !self.owns() {
+            return Err(AppendError::NotOwner(format!(
+                "{} is owned by another host",
+                self.component
+            )));
+        }
+        let mut message = jetstream::message::PublishMessage::build()
+            .payload(change.changeset.clone().into())
+            .expected_last_sequence(after);
+        if !change.schema.is_empty() {
+            let schema = serde_json::to_string(&change.schema).expect("strings serialize");
+            message = message.header(SCHEMA_HEADER, schema.as_str());
+        }
+        let append = async {
+            let ack = self.js.send_publish(subject(&self.component), message).await?;
+            ack.await
+        };
+        let appended = match tokio::runtime::Handle::try_current() {
+            // On an async worker (never on the request path, see `on_conn`).
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(timeout(append))),
+            Err(_) => self.runtime.block_on(timeout(append)),
+        };
+        match appended {
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(AppendError::Fenced)
+            }
+            Ok(Err(e)) => Err(AppendError::Unavailable(e.to_string())),
+            Err(_) => Err(AppendError::Unavailable(format!(
+                "no answer within {APPEND_TIMEOUT:?}; the write may be in the log"
+            ))),
+        }
+    }
+}
+
+async fn timeout<T>(work: impl Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+    tokio::time::timeout(APPEND_TIMEOUT, work).await
+}
+
+impl Replication {
+    pub async fn new(js: jetstream::Context, node: String, replicas: usize) -> anyhow::Result<Replication> {
+        let snapshots = match js.get_object_store(SNAPSHOTS_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => {
+                let config = object_store::Config {
+                    bucket: SNAPSHOTS_BUCKET.into(),
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                match js.create_object_store(config).await {
+                    Ok(store) => store,
+                    Err(e) => js
+                        .get_object_store(SNAPSHOTS_BUCKET)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("cannot make the cluster's snapshot store: {e}"))?,
+                }
+            }
+        };
+        Ok(Replication {
+            js,
+            node,
+            replicas,
+            snapshots,
+            logs: Mutex::default(),
+        })
+    }
+
+    /// Replicates `component`'s database `db` from now on, owned here if
+    /// `owns`: its log is made if it has none, the file follows it, and
+    /// the owner keeps snapshots of it. Once per component.
+    pub async fn start(self: &Arc<Self>, component: &str, db: Arc<Database>, owns: bool) -> anyhow::Result<()> {
+        if self.logs.lock().expect("logs lock").contains_key(component) {
+            return Ok(());
+        }
+        let config = jetstream::stream::Config {
+            name: stream_name(component),
+            subjects: vec![subject(component)],
+            num_replicas: self.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot make {component}'s log: {e}"))?;
+        let log = Arc::new(StreamLog {
+            js: self.js.clone(),
+            component: component.to_string(),
+            owns: AtomicBool::new(owns),
+            place: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let attached = {
+            let (db, log) = (Arc::clone(&db), Arc::clone(&log));
+            tokio::task::spawn_blocking(move || db.attach_log(log)).await?
+        };
+        attached.map_err(|e| anyhow::anyhow!("{component} cannot be replicated: {e:#}"))?;
+        self.logs
+            .lock()
+            .expect("logs lock")
+            .insert(component.to_string(), Arc::clone(&log));
+        tokio::spawn(Arc::clone(self).follow(component.to_string(), db, log));
+        Ok(())
+    }
+
+    /// Makes this host the owner of `component`'s log, or not.
+    pub fn set_owner(&self, component: &str, owns: bool) {
+        if let Some(log) = self.logs.lock().expect("logs lock").get(component)
+            && log.owns.swap(owns, Ordering::AcqRel) != owns
+        {
+            tracing::info!(component, owns, node = %self.node, "ownership of the replicated database changed");
+        }
+    }
+
+    /// How far into its log this host's copy of `component` is, if it
+    /// replicates it.
+    pub fn place(&self, component: &str) -> Option<u64> {
+        let logs = self.logs.lock().expect("logs lock");
+        logs.get(component).map(|log| log.place.load(Ordering::Acquire))
+    }
+
+    /// Whether this host's copy of `component` holds its whole log.
+    pub async fn caught_up(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<bool> {
+        Ok(place_of(db).await? >= self.last_entry(component).await?)
+    }
+
+    /// How far `component`'s log goes.
+    pub async fn last_entry(&self, component: &str) -> anyhow::Result<u64> {
+        let mut stream = self.js.get_stream(stream_name(component)).await?;
+        Ok(stream.info().await?.state.last_sequence)
+    }
+
+    /// Follows the log into the file, for good, starting again after any
+    /// failure; the owner takes snapshots meanwhile.
+    async fn follow(self: Arc<Self>, component: String, db: Arc<Database>, log: Arc<StreamLog>) {
+        let mut last_snapshot = None;
+        loop {
+            if let Err(e) = self.follow_once(&component, &db, &log, &mut last_snapshot).await {
+                tracing::warn!(%component, "following the replicated log: {e:#}");
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    async fn follow_once(
+        &self,
+        component: &str,
+        db: &Arc<Database>,
+        log: &StreamLog,
+        last_snapshot: &mut Option<u64>,
+    ) -> anyhow::Result<()> {
+        // The owner keeps a snapshot from the start: the others begin there.
+        if log.owns() && self.snapshot_place(component).await?.is_none() {
+            *last_snapshot = Some(self.snapshot(component, db).await?);
+        }
+        let mut place = place_of(db).await?;
+        log.place.store(place, Ordering::Release);
+        let mut stream = self.js.get_stream(stream_name(component)).await?;
+        let first = stream.info().await?.state.first_sequence;
+        // A file with no place yet, or behind what the log still holds,
+        // starts from a snapshot.
+        if (place == 0 || place + 1 < first) && !log.owns() {
+            place = self.restore(component, db).await?;
+        }
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.js_inbox(),
+                filter_subject: subject(component),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: place + 1,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut entries = consumer.messages().await?;
+        let mut check = tokio::time::interval(SNAPSHOT_CHECK);
+        loop {
+            tokio::select! {
+                entry = entries.next() => {
+                    let Some(entry) = entry else {
+                        anyhow::bail!("the log's consumer ended");
+                    };
+                    let entry = entry?;
+                    let seq = entry.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                    let change = decode(&entry)?;
+                    match db.apply(seq, change).await {
+                        Ok(Applied::Done | Applied::Had) => {
+                            log.place.fetch_max(seq, Ordering::AcqRel);
+                        }
+                        Ok(Applied::Gap { at }) => anyhow::bail!("entry {seq} does not follow the file's place {at}"),
+                        Err(e) => {
+                            // The file is not the prefix of the log it should be.
+                            tracing::error!(component, seq, "cannot apply the log ({e:?}); starting again from the newest snapshot");
+                            self.restore(component, db).await?;
+                            return Ok(());
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    if log.owns() {
+                        self.snapshot_if_due(component, db, last_snapshot).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn js_inbox(&self) -> String {
+        format!("_INBOX.corral.{}.{}", self.node, crate::components::random::u64())
+    }
+
+    async fn snapshot_if_due(&self, component: &str, db: &Arc<Database>, last: &mut Option<u64>) {
+        let due = async {
+            let last_place = match *last {
+                Some(place) => place,
+                None => self.snapshot_place(component).await?.unwrap_or(0),
+            };
+            *last = Some(last_place);
+            if place_of(db).await? < last_place + SNAPSHOT_EVERY {
+                return anyhow::Ok(());
+            }
+            *last = Some(self.snapshot(component, db).await?);
+            anyhow::Ok(())
+        };
+        if let Err(e) = due.await {
+            tracing::warn!(component, "cannot take a snapshot: {e:#}");
+        }
+    }
+
+    /// The place the newest snapshot of `component` holds, if there is one.
+    async fn snapshot_place(&self, component: &str) -> anyhow::Result<Option<u64>> {
+        match self.snapshots.info(component).await {
+            Ok(info) => Ok(info.metadata.get("place").and_then(|p| p.parse().ok())),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("cannot read {component}'s snapshot: {e}")),
+        }
+    }
+
+    /// Stores a copy of the file as `component`'s newest snapshot; answers
+    /// the place it holds.
+    async fn snapshot(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<u64> {
+        let scratch = db.scratch_file(SCRATCH_PREFIXES[2])?;
+        let (copy, path) = (Arc::clone(db), scratch.path().to_path_buf());
+        let place = tokio::task::spawn_blocking(move || {
+            copy.backup_to(&path)?;
+            let file = rusqlite::Connection::open(&path)?;
+            let place: Option<i64> = file
+                .query_row("SELECT seq FROM _corral_log WHERE id = 1", [], |row| row.get(0))
+                .ok();
+            anyhow::Ok(place.unwrap_or(0) as u64)
+        })
+        .await??;
+        let metadata = object_store::ObjectMetadata {
+            name: component.to_string(),
+            metadata: HashMap::from([("place".to_string(), place.to_string())]),
+            ..Default::default()
+        };
+        let mut file = tokio::fs::File::open(scratch.path()).await?;
+        self.snapshots
+            .put(metadata, &mut file)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot store {component}'s snapshot: {e}"))?;
+        tracing::info!(component, place, "took a snapshot of the replicated database");
+        Ok(place)
+    }
+
+    /// Replaces the file with `component`'s newest snapshot; answers the
+    /// place it holds.
+    async fn restore(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<u64> {
+        let Some(place) = self.snapshot_place(component).await? else {
+            anyhow::bail!("no snapshot of {component} yet: waiting for its owner to take one");
+        };
+        let scratch = db.scratch_file(SCRATCH_PREFIXES[2])?;
+        let mut object = self
+            .snapshots
+            .get(component)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {component}'s snapshot: {e}"))?;
+        let mut file = tokio::fs::File::create(scratch.path()).await?;
+        tokio::io::copy(&mut object, &mut file).await?;
+        file.flush().await?;
+        drop(file);
+        db.restore_from(scratch.path())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start from {component}'s snapshot: {e}"))?;
+        tracing::info!(component, place, "started from the newest snapshot");
+        Ok(place)
+    }
+}
+
+/// How far into its log `db` is.
+async fn place_of(db: &Arc<Database>) -> anyhow::Result<u64> {
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || db.log_place()).await?
+}
+
+/// An entry of the log, as the change it carries.
+fn decode(entry: &jetstream::Message) -> anyhow::Result<Change> {
+    let schema = match entry.headers.as_ref().and_then(|h| h.get(SCHEMA_HEADER)) {
+        Some(schema) => serde_json::from_str(schema.as_str())?,
+        None => Vec::new(),
+    };
+    Ok(Change {
+        schema,
+        changeset: entry.payload.to_vec(),
+    })
+}
