@@ -16,15 +16,17 @@ default:
 build: build-components host-deps
     cargo build --release -p corral
 
-# The host's SQLite is built with its session extension, whose Rust
-# bindings are generated at build time with libclang: installs Debian's
-# libclang-dev if no libclang is found.
+# The host's SQLite has its session extension, whose Rust bindings are
+# made at build time with libclang and its headers: installs libclang-dev.
 host-deps:
     #!/usr/bin/env bash
     set -euo pipefail
-    ldconfig -p | grep -q 'libclang[-.0-9]*\.so' && exit 0
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null && exit 0
-    just apt-install libclang-dev
+    if command -v dpkg >/dev/null; then
+        dpkg -s libclang-dev >/dev/null 2>&1 || just apt-install libclang-dev
+    elif ! ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then
+        echo "building the host needs libclang and its headers (LIBCLANG_PATH if they are not found)" >&2
+        exit 1
+    fi
 
 # Builds only the components.
 build-components:
