@@ -23,8 +23,9 @@ fn eventually_within(limit: Duration, what: &str, mut probe: impl FnMut() -> boo
     }
 }
 
-/// Three NATS servers with JetStream, routed to one another as one cluster.
-fn nats_cluster() -> Vec<Daemon> {
+/// Three NATS servers with JetStream, routed to one another as one
+/// cluster, with the further arguments `extra`.
+fn nats_cluster(extra: &[&str]) -> Vec<Daemon> {
     let routes: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     (0..3)
         .map(|i| {
@@ -53,17 +54,19 @@ fn nats_cluster() -> Vec<Daemon> {
                     "--routes",
                     &others.join(","),
                 ]
+                .into_iter()
+                .chain(extra.iter().copied())
                 .map(String::from)
-                .to_vec()
+                .collect()
             };
             Daemon::start("nats-server", args, dir)
         })
         .collect()
 }
 
-/// Host `node` of the cluster on `nats`, serving `users` (owned by n1),
-/// its data in `data`.
-fn users_host(nats: &[Daemon], node: &str, data: &Path) -> TestHost {
+/// Host `node` of the cluster on the NATS servers `nats`, serving `users`
+/// (owned by n1), its data in `data`.
+fn users_host(nats: &[&Daemon], node: &str, data: &Path) -> TestHost {
     let servers: Vec<String> = nats.iter().map(|n| format!("\"nats://{}\"", n.addr)).collect();
     let toml = format!(
         "{}\n[cluster]\nnats = [{}]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n\
@@ -109,115 +112,151 @@ fn emails_in(data: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_owner_killed_under_writes_loses_no_acknowledged_write_and_another_host_takes_over() {
-    let nats = nats_cluster();
-    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let n1 = users_host(&nats, "n1", data[0].path());
+/// Three hosts of `users`, n1 its owner, each on the NATS servers its
+/// entry of `servers` names, every one following the log.
+fn three_hosts(servers: [Vec<&Daemon>; 3], data: &[tempfile::TempDir]) -> Vec<TestHost> {
+    let n1 = users_host(&servers[0], "n1", data[0].path());
     // The owner joins first (the new NATS cluster elects its leaders
     // meanwhile): a host that finds it gone for long would take over.
     eventually_within(Duration::from_secs(60), "n1 joins", || !places(&n1).is_empty());
-    let n2 = users_host(&nats, "n2", data[1].path());
-    let n3 = users_host(&nats, "n3", data[2].path());
+    let n2 = users_host(&servers[1], "n2", data[1].path());
+    let n3 = users_host(&servers[2], "n3", data[2].path());
     eventually_within(Duration::from_secs(60), "every host follows the log of users", || {
         let places = places(&n1);
         places.len() == 3 && places.iter().all(|(_, p)| p.is_some())
     });
     assert_eq!(cluster_of(&n2)["desired"]["users"]["owner"], json!("n1"));
+    vec![n1, n2, n3]
+}
 
-    // Eight clients write through every host; the owner dies under them.
-    let urls: Vec<String> = [&n1, &n2, &n3].iter().map(|h| h.url("/users")).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(Mutex::new(Vec::<(Instant, i64, String)>::new()));
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (urls, stop, acknowledged) = (urls.clone(), Arc::clone(&stop), Arc::clone(&acknowledged));
-            std::thread::spawn(move || {
-                let agent = client();
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let email = format!("w{w}-{i}@example.com");
-                    let sent_at = Instant::now();
-                    let body = json!({"name": format!("user {w} {i}"), "email": email});
-                    let url = &urls[(w + i) % urls.len()];
-                    let sent = agent
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .send(serde_json::to_vec(&body).unwrap());
-                    match sent {
-                        Ok(mut reply) if reply.status() == 201 => {
-                            let user: Value =
-                                serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
-                            let id = user["id"].as_i64().unwrap();
-                            acknowledged.lock().unwrap().push((sent_at, id, email));
-                        }
-                        _ => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
+/// A user the service acknowledged: when its request was sent, its id, its email.
+type Acknowledged = (Instant, i64, String);
+
+/// Eight clients creating users through `urls` in turn until stopped.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<Mutex<Vec<Acknowledged>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(urls: Vec<String>) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..8)
+            .map(|w| {
+                let (urls, stop, acknowledged) = (urls.clone(), Arc::clone(&stop), Arc::clone(&acknowledged));
+                std::thread::spawn(move || write_until(w, &urls, &stop, &acknowledged))
             })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
-    let before_kill = acknowledged.lock().unwrap().len();
-    assert!(before_kill > 50, "only {before_kill} writes before the kill");
-    n1.kill();
-    let killed = Instant::now();
-    // Writes succeed again through the other hosts, without an operator.
-    let recovered = loop {
-        let after = acknowledged
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(at, _, _)| *at > killed)
-            .map(|(at, _, _)| *at);
-        if let Some(at) = after {
-            break at - killed;
+            .collect();
+        Writers {
+            stop,
+            acknowledged,
+            threads,
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "no write succeeded within 10 s of the kill"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.join().unwrap();
     }
-    eprintln!("writes succeeded again {recovered:?} after the owner was killed");
-    let owner = cluster_of(&n2)["desired"]["users"]["owner"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_ne!(owner, "n1", "another host owns users now");
 
-    // Every write acknowledged, before the kill or after, is there.
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    for (_, id, email) in &acknowledged {
-        let reply = n3.get(&format!("/users/{id}"));
+    fn count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// How long after `since` a request sent then was first acknowledged,
+    /// waiting for it up to `limit`.
+    fn first_after(&self, since: Instant, limit: Duration) -> Duration {
+        loop {
+            let acknowledged = self.acknowledged.lock().unwrap();
+            if let Some((at, _, _)) = acknowledged.iter().find(|(at, _, _)| *at > since) {
+                return *at - since;
+            }
+            drop(acknowledged);
+            assert!(since.elapsed() < limit, "no write succeeded within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> Vec<Acknowledged> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        self.acknowledged.lock().unwrap().clone()
+    }
+}
+
+fn write_until(w: usize, urls: &[String], stop: &AtomicBool, acknowledged: &Mutex<Vec<Acknowledged>>) {
+    let agent = client();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let email = format!("w{w}-{i}@example.com");
+        let sent_at = Instant::now();
+        let body = json!({"name": format!("user {w} {i}"), "email": email});
+        let sent = (agent.post(&urls[(w + i) % urls.len()]))
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(&body).unwrap());
+        match sent {
+            Ok(mut reply) if reply.status() == 201 => {
+                let user: Value = serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
+                let id = user["id"].as_i64().unwrap();
+                acknowledged.lock().unwrap().push((sent_at, id, email));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Every one of `acknowledged` reads back through `host` as it was written.
+fn assert_readable(host: &TestHost, acknowledged: &[Acknowledged]) {
+    for (_, id, email) in acknowledged {
+        let reply = host.get(&format!("/users/{id}"));
         assert_eq!(reply.status, 200, "user {id}: {}", reply.text());
         assert_eq!(reply.json()["email"], json!(email), "user {id}");
     }
+}
+
+/// The host `host` sees owning users.
+fn owner_of_users(host: &TestHost) -> String {
+    cluster_of(host)["desired"]["users"]["owner"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_owner_killed_under_writes_loses_no_acknowledged_write_and_another_host_takes_over() {
+    let nats = nats_cluster(&[]);
+    let all: Vec<&Daemon> = nats.iter().collect();
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [n1, n2, n3]: [TestHost; 3] = three_hosts([all.clone(), all.clone(), all.clone()], &data)
+        .try_into()
+        .ok()
+        .unwrap();
+
+    // Eight clients write through every host; the owner dies under them.
+    let writers = Writers::start([&n1, &n2, &n3].iter().map(|h| h.url("/users")).collect());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(writers.count() > 50, "only {} writes before the kill", writers.count());
+    n1.kill();
+    let killed = Instant::now();
+    // Writes succeed again through the other hosts, without an operator.
+    let recovered = writers.first_after(killed, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let acknowledged = writers.stop();
+    eprintln!("writes succeeded again {recovered:?} after the owner was killed");
+    let owner = owner_of_users(&n2);
+    assert_ne!(owner, "n1", "another host owns users now");
+    // Every write acknowledged, before the kill or after, is there.
+    assert_readable(&n3, &acknowledged);
 
     // The killed host, started again on its file, follows the log as a
     // replica and catches up.
-    let n1 = users_host(&nats, "n1", data[0].path());
+    let n1 = users_host(&all, "n1", data[0].path());
     let caught_up = || {
         let places = places(&n2);
         let of = |node: &str| places.iter().find(|(n, _)| n == node).and_then(|(_, p)| *p);
         of("n1").is_some() && of("n1") == of(&owner)
     };
-    let started = Instant::now();
-    while !caught_up() {
-        let logs = || format!("{:?}\n{}\n{}", places(&n2), n1.logs(), n2.logs());
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the restarted host never caught up: {}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the restarted host catches up", caught_up);
     // Ownership goes back to it, a replica that holds the whole log: the
     // next write lands there, and so does everything before it.
     let reply = n3.admin("POST", "/cluster/components/users/owner/n1", Vec::new());
@@ -242,4 +281,62 @@ fn the_owner_killed_under_writes_loses_no_acknowledged_write_and_another_host_ta
         }
         assert!(held.contains(&"back@example.com".to_string()));
     }
+}
+
+#[test]
+fn a_nats_server_killed_under_writes_loses_no_acknowledged_write() {
+    let mut nats = nats_cluster(&[]);
+    let all: Vec<&Daemon> = nats.iter().collect();
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hosts = three_hosts([all.clone(), all.clone(), all.clone()], &data);
+    let writers = Writers::start(hosts.iter().map(|h| h.url("/users")).collect());
+    std::thread::sleep(Duration::from_secs(2));
+    let before = writers.count();
+    assert!(before > 50, "only {before} writes before the kill");
+    nats[0].stop();
+    let killed = Instant::now();
+    // Writes go on: the log keeps a quorum of two (which may first elect
+    // new leaders for what the killed server led).
+    let resumed = writers.first_after(killed + Duration::from_secs(1), Duration::from_secs(40));
+    eprintln!("writes succeeded {resumed:?} after a second past the kill of a NATS server");
+    std::thread::sleep(Duration::from_secs(1));
+    let acknowledged = writers.stop();
+    assert_eq!(owner_of_users(&hosts[1]), "n1", "the owner stayed");
+    assert_readable(&hosts[2], &acknowledged);
+}
+
+#[test]
+fn an_owner_cut_off_from_nats_stops_writing_and_another_host_takes_over() {
+    // The servers do not tell clients of one another, so that a client
+    // given one server stays with it.
+    let mut nats = nats_cluster(&["--no_advertise"]);
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // n1 reaches NATS through one server only; the others through the other two.
+    let others = vec![&nats[1], &nats[2]];
+    let hosts = three_hosts([vec![&nats[0]], others.clone(), others], &data);
+    let writers = Writers::start(hosts.iter().map(|h| h.url("/users")).collect());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(writers.count() > 50, "only {} writes before the cut", writers.count());
+    nats[0].stop();
+    let cut = Instant::now();
+
+    // The servers left elect new leaders for what the cut one led (up to
+    // ten seconds or so on NATS 2.9), then the owner's lease lapses.
+    let recovered = writers.first_after(cut, Duration::from_secs(40));
+    eprintln!("writes succeeded again {recovered:?} after the owner was cut off");
+    std::thread::sleep(Duration::from_secs(2));
+    // Within the lease's time the cut-off owner takes no write: one sent
+    // to it now is refused, never acknowledged.
+    let reply = hosts[0].post("/users", &json!({ "name": "cut", "email": "cut@example.com" }));
+    assert!([502, 503].contains(&reply.status), "{}: {}", reply.status, reply.text());
+    let acknowledged = writers.stop();
+    let owner = owner_of_users(&hosts[1]);
+    assert_ne!(owner, "n1");
+    assert_readable(&hosts[2], &acknowledged);
+    // Nothing is in the old owner's file that the new owner lacks.
+    let new_owner = if owner == "n2" { 1 } else { 2 };
+    drop(hosts);
+    let (old, new) = (emails_in(data[0].path()), emails_in(data[new_owner].path()));
+    let only_old: Vec<&String> = old.iter().filter(|e| !new.contains(e)).collect();
+    assert!(only_old.is_empty(), "only in the old owner's file: {only_old:?}");
 }

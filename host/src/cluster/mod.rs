@@ -944,8 +944,10 @@ impl Cluster {
 
     /// Takes the ownership of each replicated database whose owner is no
     /// longer live, if this host is the live one furthest into its log
-    /// (the first by name among equals) and holds the whole log: by
-    /// compare-and-set on the entry it read, so only one host takes it.
+    /// (the first by name among equals), once it holds the whole log: by
+    /// compare-and-set on the entry it read, so only one host takes it. The
+    /// log's fence stands behind it: a host that takes over while another
+    /// still appends cannot append until it holds what the other wrote.
     async fn take_over(&self) {
         let (desired, nodes) = {
             let view = self.view.read().expect("view lock");
@@ -955,7 +957,13 @@ impl Cluster {
         missing.retain(|owner, _| !nodes.contains_key(owner));
         for (name, want) in desired {
             let Some(owner) = want.owner.as_ref() else { continue };
-            if *owner == self.node || nodes.contains_key(owner) || self.replication.place(&name).is_none() {
+            if *owner == self.node || nodes.contains_key(owner) {
+                continue;
+            }
+            // Another host may have taken it already: read the state again
+            // rather than wait for a watch that may have missed it.
+            self.changed.notify_one();
+            if self.replication.place(&name).is_none() {
                 continue;
             }
             // Gone at two reads a third of `node_ttl` apart, and still
@@ -975,13 +983,9 @@ impl Cluster {
             let snapshot = self.registry.snapshot();
             let Some(entry) = snapshot.get(&name) else { continue };
             let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
-            match self.replication.caught_up(&name, &db).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(component = %name, "cannot tell whether this host holds the whole log: {e:#}");
-                    continue;
-                }
+            if let Err(e) = self.replication.catch_up(&name, &db).await {
+                tracing::warn!(component = %name, "cannot take over before holding the whole log: {e:#}");
+                continue;
             }
             if let Err(e) = self.take(&name, owner).await {
                 tracing::warn!(component = %name, "cannot take over from host {owner}: {e:#}");

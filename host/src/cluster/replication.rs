@@ -193,9 +193,27 @@ impl Replication {
         logs.get(component).map(|log| log.place.load(Ordering::Acquire))
     }
 
-    /// Whether this host's copy of `component` holds its whole log.
-    pub async fn caught_up(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<bool> {
-        Ok(place_of(db).await? >= self.last_entry(component).await?)
+    /// Applies what this host's copy of `component` lacks of its log, up
+    /// to the log's end as of now, reading each entry by its place: a host
+    /// about to take over need not wait for its consumer (which may be
+    /// stalled on a NATS server that is gone).
+    pub async fn catch_up(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<()> {
+        let mut stream = self.js.get_stream(stream_name(component)).await?;
+        let last = stream.info().await?.state.last_sequence;
+        let mut place = place_of(db).await?;
+        while place < last {
+            let entry = stream.get_raw_message(place + 1).await?;
+            let change = decode(Some(&entry.headers), &entry.payload)?;
+            match db.apply(place + 1, change).await {
+                Ok(Applied::Done | Applied::Had) => place += 1,
+                Ok(Applied::Gap { at }) => anyhow::bail!("entry {} does not follow the file's place {at}", place + 1),
+                Err(e) => anyhow::bail!("cannot apply entry {}: {e:?}", place + 1),
+            }
+        }
+        if let Some(log) = self.logs.lock().expect("logs lock").get(component) {
+            log.place.fetch_max(place, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// How far `component`'s log goes.
@@ -256,7 +274,7 @@ impl Replication {
                     };
                     let entry = entry?;
                     let seq = entry.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                    let change = decode(&entry)?;
+                    let change = decode(entry.headers.as_ref(), &entry.payload)?;
                     match db.apply(seq, change).await {
                         Ok(Applied::Done | Applied::Had) => {
                             log.place.fetch_max(seq, Ordering::AcqRel);
@@ -369,13 +387,13 @@ async fn place_of(db: &Arc<Database>) -> anyhow::Result<u64> {
 }
 
 /// An entry of the log, as the change it carries.
-fn decode(entry: &jetstream::Message) -> anyhow::Result<Change> {
-    let schema = match entry.headers.as_ref().and_then(|h| h.get(SCHEMA_HEADER)) {
+fn decode(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> anyhow::Result<Change> {
+    let schema = match headers.and_then(|h| h.get(SCHEMA_HEADER)) {
         Some(schema) => serde_json::from_str(schema.as_str())?,
         None => Vec::new(),
     };
     Ok(Change {
         schema,
-        changeset: entry.payload.to_vec(),
+        changeset: payload.to_vec(),
     })
 }
