@@ -13,6 +13,12 @@
 //! without a limit; at full load, and at a single connection, where the
 //! difference in mean latency is what each limiter adds to a request.
 //!
+//! Durability: on a three-server NATS cluster, `POST /users` at the owner of
+//! `users` whose commits go to the replicated log (three replicas) against
+//! the owner of the same component with `durability = "local"`; then, five
+//! times on a fresh cluster, the time from a kill -9 of the owner to the
+//! first write acknowledged through another host.
+//!
 //! The setups of a table take turns, round after round, so that whatever
 //! else the machine does weighs on all alike; each figure is the median
 //! round, with every round's beside it. CPU per request is read from
@@ -22,7 +28,7 @@
 //! them to `target/bench/cluster.md`.
 //!
 //! `clusterbench [--duration SECONDS] [--warmup SECONDS] [--connections N]
-//! [--threads N] [--rounds N] [--quick] [--only cluster|rate-limit]` from the
+//! [--threads N] [--rounds N] [--quick] [--only cluster|rate-limit|durability]` from the
 //! workspace root, after `just build` and `cargo build --release -p
 //! corral-bench`; nats-server, redis-server, haproxy and wrk installed.
 
@@ -78,13 +84,13 @@ fn main() -> anyhow::Result<()> {
             "--threads" => o.threads = value("a number")?.parse()?,
             "--rounds" => o.rounds = value("a number")?.parse()?,
             "--quick" => (o.duration, o.warmup, o.rounds) = (3, 1, 1),
-            "--only" => match value("cluster or rate-limit")?.as_str() {
-                part @ ("cluster" | "rate-limit") => o.only = Some(part.to_string()),
-                other => bail!("unknown part {other}: cluster or rate-limit"),
+            "--only" => match value("cluster, rate-limit or durability")?.as_str() {
+                part @ ("cluster" | "rate-limit" | "durability") => o.only = Some(part.to_string()),
+                other => bail!("unknown part {other}: cluster, rate-limit or durability"),
             },
             other => bail!(
                 "unknown argument {other}; use --duration SECONDS, --warmup SECONDS, --connections N, \
-                 --threads N, --rounds N, --quick, --only cluster|rate-limit"
+                 --threads N, --rounds N, --quick, --only cluster|rate-limit|durability"
             ),
         }
     }
@@ -99,6 +105,8 @@ fn main() -> anyhow::Result<()> {
     for needed in [
         "target/release/corral",
         "target/wasm32-wasip2/release/relay.wasm",
+        "target/wasm32-wasip2/release/users.wasm",
+        "bench/wrk/scenario.lua",
         "deploy/haproxy/haproxy.cfg",
         "bench/wrk/summary.lua",
     ] {
@@ -117,11 +125,15 @@ fn main() -> anyhow::Result<()> {
          (servers and wrk alike). `GET {PATH}`: the relay component answering without calling anyone.\n",
         o.threads, o.connections, o.duration, o.warmup, o.rounds
     );
-    if o.only.as_deref() != Some("rate-limit") {
+    let part = |name: &str| o.only.as_deref().is_none_or(|only| only == name);
+    if part("cluster") {
         report += &scaling(&o, cores)?;
     }
-    if o.only.as_deref() != Some("cluster") {
+    if part("rate-limit") {
         report += &rate_limits(&o, cores)?;
+    }
+    if part("durability") {
+        report += &durability(&o, cores)?;
     }
     let report = format!("{}\n\n{report}", machine::describe());
     println!("\n{report}");
@@ -132,12 +144,190 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `POST /users` at a replicated owner against a local one, then failover.
+fn durability(o: &Options, cores: usize) -> anyhow::Result<String> {
+    let nats = nats_cluster()?;
+    // Two sets of three hosts on one NATS cluster: n1-n3 serve users with
+    // its commits replicated, m1-m3 users-local, the same code, local.
+    let users = |name: &str, owner: &str, durability: &str| {
+        format!(
+            "[components.{name}]\nwasm = {:?}\nroutes = [\"/users\"]\nowner = \"{owner}\"\ndurability = \"{durability}\"\n",
+            o.root
+                .join("target/wasm32-wasip2/release/users.wasm")
+                .display()
+                .to_string()
+        )
+    };
+    let mut hosts = Vec::new();
+    for (set, name, durability) in [("n", "users", "replicated"), ("m", "users-local", "local")] {
+        for i in 1..=3 {
+            let node = format!("{set}{i}");
+            let config = format!(
+                "{}{}",
+                cluster_section(&nats, &node),
+                users(name, &format!("{set}1"), durability)
+            );
+            hosts.push(start_joined(o, &node, &config)?);
+        }
+    }
+    let watch = Watch {
+        processes: [("corral", &hosts[0].process), ("corral", &hosts[3].process)]
+            .into_iter()
+            .chain(nats.iter().map(|n| ("nats", &n.process)))
+            .collect(),
+        hosts: vec![&hosts[0], &hosts[3]],
+    };
+    let setups = [
+        ("replicated (3 NATS replicas)".to_string(), hosts[0].url("/users")),
+        ("local".to_string(), hosts[3].url("/users")),
+    ];
+    let full = rounds(o, &setups, o.connections, o.threads, &watch)?;
+    let medians: Vec<&Run> = full.iter().map(|runs| median(runs, Run::rps)).collect();
+    let mut out = String::from(
+        "\n## Durability\n\n`POST /users` (a new user each, `bench/wrk/scenario.lua`) sent to the owner of \
+         the component, one of three hosts on a three-server NATS cluster; CPU per request as above, nats \
+         being the three servers together.\n\n\
+         | durability | requests/s | p50 | p99 | requests/s each round | p99 each round | CPU/request corral | nats | busy (others) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for ((name, _), (runs, run)) in setups.iter().zip(full.iter().zip(&medians)) {
+        out += &format!(
+            "| {name} | {:.0} | {} | {} | {} | {} | {:.1} µs | {:.1} µs | {} |\n",
+            run.rps(),
+            ms(run.summary.p50_us as f64),
+            ms(run.summary.p99_us as f64),
+            each(runs, |r| format!("{:.0}", r.rps())),
+            each(runs, |r| ms(r.summary.p99_us as f64)),
+            run.cpu_per_request("corral"),
+            run.cpu_per_request("nats"),
+            run.busy(cores),
+        );
+    }
+    out += &format!(
+        "\nReplicated / local: **{:.2}×** requests/s.\n",
+        medians[0].rps() / medians[1].rps()
+    );
+    out += &socket_errors(&[&full]);
+    drop((hosts, nats));
+
+    let mut failovers = Vec::new();
+    for run in 1..=5 {
+        let took = failover(o)?;
+        eprintln!("failover {run}: the first write {took:?} after the kill");
+        failovers.push(took);
+    }
+    let mut sorted = failovers.clone();
+    sorted.sort();
+    out += &format!(
+        "\nFailover, five times on a fresh cluster (`node_ttl_ms = 2000`): clients write through n2 and n3 \
+         while n1, the owner, is killed with SIGKILL; the time from the kill to the first write sent after it \
+         that is acknowledged: median **{:.2} s** ({}).\n",
+        sorted[2].as_secs_f64(),
+        failovers
+            .iter()
+            .map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(out)
+}
+
+/// One failover on a fresh cluster: how long after a kill -9 of the owner
+/// of users a write sent through another host is acknowledged again.
+fn failover(o: &Options) -> anyhow::Result<Duration> {
+    let nats = nats_cluster()?;
+    let users = format!(
+        "[components.users]\nwasm = {:?}\nroutes = [\"/users\"]\nowner = \"n1\"\n",
+        o.root
+            .join("target/wasm32-wasip2/release/users.wasm")
+            .display()
+            .to_string()
+    );
+    let mut hosts = Vec::new();
+    for node in ["n1", "n2", "n3"] {
+        hosts.push(start_joined(
+            o,
+            node,
+            &format!("{}{users}", cluster_section(&nats, node)),
+        )?);
+    }
+    let urls = [hosts[1].url("/users"), hosts[2].url("/users")];
+    let write = |i: usize| -> bool {
+        let body = format!(
+            r#"{{"name":"f{i}","email":"failover-{}-{i}@example.com"}}"#,
+            random_run()
+        );
+        let sent = agent()
+            .post(&urls[i % 2])
+            .header("content-type", "application/json")
+            .send(body);
+        sent.is_ok_and(|r| r.status() == 201)
+    };
+    let mut i = 0;
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(2) {
+        i += 1;
+        write(i);
+    }
+    let owner = hosts.remove(0);
+    drop(owner);
+    let killed = Instant::now();
+    loop {
+        i += 1;
+        if write(i) {
+            return Ok(killed.elapsed());
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no write succeeded within a minute of the kill"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `[cluster]` section for host `node` on the NATS servers `nats`.
+fn cluster_section(nats: &[Daemon], node: &str) -> String {
+    let servers: Vec<String> = nats.iter().map(|n| format!("\"nats://{}\"", n.addr)).collect();
+    format!(
+        "[cluster]\nnats = [{}]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n",
+        servers.join(", ")
+    )
+}
+
+/// Starts host `name` and waits until it has joined its cluster.
+fn start_joined(o: &Options, name: &str, config: &str) -> anyhow::Result<Host> {
+    let host = Host::start(o, name, config)?;
+    let started = Instant::now();
+    loop {
+        let status = agent()
+            .get(format!("http://{}/cluster", host.admin))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .call()?
+            .status();
+        if status == 200 {
+            return Ok(host);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} did not join its cluster"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A number telling one run's writes from another's.
+fn random_run() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 /// One host directly, one host through HAProxy, three hosts through HAProxy.
 fn scaling(o: &Options, cores: usize) -> anyhow::Result<String> {
     let nats = nats()?;
     let cluster = |node: &str| {
         format!(
-            "[cluster]\nnats = [\"nats://{}\"]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n{}",
+            "[cluster]\nnats = [\"nats://{}\"]\nnode = \"{node}\"\nnode_ttl_ms = 2000\nreplicas = 1\n\n{}",
             nats.addr,
             relays(o)
         )
@@ -450,6 +640,41 @@ fn nats() -> anyhow::Result<Daemon> {
     Daemon::start("nats-server", command, addr, dir)
 }
 
+/// Three NATS servers with JetStream, routed to one another as one cluster.
+fn nats_cluster() -> anyhow::Result<Vec<Daemon>> {
+    let routes: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect::<anyhow::Result<_>>()?;
+    (0..3)
+        .map(|i| {
+            let dir = tempfile::tempdir()?;
+            let addr = free_addr()?;
+            let others: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://{}", routes[j]))
+                .collect();
+            let mut command = Command::new(program("nats-server")?);
+            command
+                .args(["-js", "-sd"])
+                .arg(dir.path().join("jetstream"))
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &addr.port().to_string(),
+                    "-n",
+                    &format!("s{i}"),
+                ])
+                .args([
+                    "--cluster_name",
+                    "corral",
+                    "--cluster",
+                    &format!("nats://{}", routes[i]),
+                ])
+                .args(["--routes", &others.join(",")]);
+            Daemon::start("nats-server", command, addr, dir)
+        })
+        .collect()
+}
+
 /// A Redis server that keeps nothing on disk.
 fn redis() -> anyhow::Result<Daemon> {
     let dir = tempfile::tempdir()?;
@@ -623,23 +848,34 @@ struct Summary {
     duration_us: u64,
     socket_errors: u64,
     http_errors: u64,
+    /// Not in `scenario.lua`'s summary.
+    #[serde(default)]
     mean_us: f64,
     p50_us: u64,
     p99_us: u64,
 }
 
 fn wrk(o: &Options, url: &str, connections: u64, threads: u64, seconds: u64) -> anyhow::Result<Summary> {
-    let output = Command::new("wrk")
-        .args([
-            format!("-t{threads}"),
-            format!("-c{connections}"),
-            format!("-d{seconds}s"),
-            "--timeout".into(),
-            "5s".into(),
-            "-s".into(),
-        ])
-        .arg(o.root.join("bench/wrk/summary.lua"))
-        .arg(url)
+    let mut command = Command::new("wrk");
+    command.args([
+        format!("-t{threads}"),
+        format!("-c{connections}"),
+        format!("-d{seconds}s"),
+        "--timeout".into(),
+        "5s".into(),
+        "-s".into(),
+    ]);
+    // A URL ending in /users is written to: new users, each with an email
+    // of its own (`bench/wrk/scenario.lua`'s post_user).
+    match url.strip_suffix("/users") {
+        Some(base) => command
+            .arg(o.root.join("bench/wrk/scenario.lua"))
+            .arg(base)
+            .args(["--", "post_user", "1", "1"])
+            .arg(format!("{}", random_run())),
+        None => command.arg(o.root.join("bench/wrk/summary.lua")).arg(url),
+    };
+    let output = command
         .output()
         .context("running wrk (install it: apt-get install wrk)")?;
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -53,7 +53,9 @@ pub struct StreamLog {
     component: String,
     /// This host owns the component: it may append.
     owns: AtomicBool,
-    /// How far into the log the file is, as last seen.
+    /// How far into the log the file is, as last seen: raised by each
+    /// commit of an append and each entry applied, so the follower skips
+    /// what the file holds already.
     place: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
@@ -69,6 +71,10 @@ fn subject(component: &str) -> String {
 impl CommitLog for StreamLog {
     fn owns(&self) -> bool {
         self.owns.load(Ordering::Acquire)
+    }
+
+    fn committed(&self, seq: u64) {
+        self.place.fetch_max(seq, Ordering::AcqRel);
     }
 
     fn append(&self, after: u64, change: &Change) -> Result<u64, AppendError> {
@@ -274,6 +280,10 @@ impl Replication {
                     };
                     let entry = entry?;
                     let seq = entry.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                    // Appended here, or applied by a catch-up: in the file.
+                    if seq <= log.place.load(Ordering::Acquire) {
+                        continue;
+                    }
                     let change = decode(entry.headers.as_ref(), &entry.payload)?;
                     match db.apply(seq, change).await {
                         Ok(Applied::Done | Applied::Had) => {

@@ -71,6 +71,9 @@ pub trait CommitLog: Send + Sync {
     /// Appends `change` right after `after`, the last entry this file
     /// holds; answers its place in the log.
     fn append(&self, after: u64, change: &Change) -> Result<u64, AppendError>;
+
+    /// The file committed entry `seq`, which it appended.
+    fn committed(&self, seq: u64);
 }
 
 /// Whether `sql`, a guest statement, changes the schema (which a
@@ -134,12 +137,21 @@ impl Conn {
     /// Commits the open write transaction: through the file's log first,
     /// if it has one. On failure the transaction is rolled back.
     pub(super) fn commit_write(&mut self) -> Result<(), Error> {
-        let logged = self.ship();
-        let result = logged.and_then(|()| self.trusted("COMMIT"));
-        if result.is_err() && !self.is_autocommit() {
-            let _ = self.trusted("ROLLBACK");
+        let shipped = self.ship();
+        let result = shipped.and_then(|seq| self.trusted("COMMIT").map(|()| seq));
+        match result {
+            Ok(Some(seq)) => {
+                self.db.log().expect("a shipped file has a log").committed(seq);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                if !self.is_autocommit() {
+                    let _ = self.trusted("ROLLBACK");
+                }
+                Err(e)
+            }
         }
-        result
     }
 
     /// Rolls back the open write transaction, and what it recorded.
@@ -150,10 +162,11 @@ impl Conn {
     }
 
     /// Appends what the open transaction changed to the file's log, and
-    /// records its place, in the transaction.
-    fn ship(&mut self) -> Result<(), Error> {
+    /// records its place, in the transaction; answers the place, if it
+    /// appended anything.
+    fn ship(&mut self) -> Result<Option<u64>, Error> {
         let Some(recording) = self.recording.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let schema = std::mem::take(&mut self.schema_statements);
         // The session reads the schema and the rows with SQL of its own.
@@ -165,7 +178,7 @@ impl Conn {
             changeset: changeset?,
         };
         if change.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let log = self.db.log().expect("a recording file has a log");
         if !change.schema.is_empty() {
@@ -183,7 +196,8 @@ impl Conn {
             self.unwritten = Some(e);
             error
         })?;
-        self.host(|conn| set_log_place(conn.raw(), seq))
+        self.host(|conn| set_log_place(conn.raw(), seq))?;
+        Ok(Some(seq))
     }
 }
 

@@ -408,6 +408,8 @@ impl super::CommitLog for MemoryLog {
         self.owns.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn committed(&self, _seq: u64) {}
+
     fn append(&self, after: u64, change: &super::Change) -> Result<u64, super::AppendError> {
         if !self.owns() {
             return Err(super::AppendError::NotOwner("test".into()));
