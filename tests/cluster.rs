@@ -98,7 +98,7 @@ fn redis() -> Daemon {
 }
 
 /// HAProxy with `deploy/haproxy/haproxy.cfg`, balancing `hosts` round-robin.
-fn haproxy(hosts: &[&TestHost]) -> Daemon {
+pub(crate) fn haproxy(hosts: &[&TestHost]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let config = crate::support::workspace().join("deploy/haproxy/haproxy.cfg");
     let path = find_program("haproxy");

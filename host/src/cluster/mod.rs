@@ -155,7 +155,9 @@ impl Cluster {
         let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO, replicas).await?;
         let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl, replicas).await?;
         let versions = version_store(&js, replicas).await?;
-        let replication = Arc::new(replication::Replication::new(js.clone(), cluster.node.clone(), replicas).await?);
+        let replication = Arc::new(
+            replication::Replication::new(js.clone(), cluster.node.clone(), replicas, cluster.snapshot_every).await?,
+        );
         let public_url = cluster
             .advertise
             .clone()

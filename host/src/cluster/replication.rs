@@ -30,11 +30,8 @@ const SCHEMA_HEADER: &str = "Corral-Schema";
 /// How long a commit waits for the log to take it. The writer is held
 /// meanwhile, so this bounds how long one stalled append stops writes.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(3);
-/// The owner takes a snapshot once its file is this many entries past the
-/// last one.
-const SNAPSHOT_EVERY: u64 = 5_000;
 /// How often the owner checks whether a snapshot is due.
-const SNAPSHOT_CHECK: Duration = Duration::from_secs(10);
+const SNAPSHOT_CHECK: Duration = Duration::from_secs(2);
 /// How long a host waits before it tries to follow a log again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -44,6 +41,9 @@ pub struct Replication {
     node: String,
     replicas: usize,
     snapshots: object_store::ObjectStore,
+    /// The owner takes a snapshot once its file is this many entries past
+    /// the last one, and trims the log behind the one before.
+    snapshot_every: u64,
     logs: Mutex<HashMap<String, Arc<StreamLog>>>,
 }
 
@@ -118,7 +118,12 @@ async fn timeout<T>(work: impl Future<Output = T>) -> Result<T, tokio::time::err
 }
 
 impl Replication {
-    pub async fn new(js: jetstream::Context, node: String, replicas: usize) -> anyhow::Result<Replication> {
+    pub async fn new(
+        js: jetstream::Context,
+        node: String,
+        replicas: usize,
+        snapshot_every: u64,
+    ) -> anyhow::Result<Replication> {
         let snapshots = match js.get_object_store(SNAPSHOTS_BUCKET).await {
             Ok(store) => store,
             Err(_) => {
@@ -141,6 +146,7 @@ impl Replication {
             node,
             replicas,
             snapshots,
+            snapshot_every,
             logs: Mutex::default(),
         })
     }
@@ -205,8 +211,13 @@ impl Replication {
     /// stalled on a NATS server that is gone).
     pub async fn catch_up(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<()> {
         let mut stream = self.js.get_stream(stream_name(component)).await?;
-        let last = stream.info().await?.state.last_sequence;
+        let state = stream.info().await?.state.clone();
         let mut place = place_of(db).await?;
+        // A copy that never started from a snapshot holds an unknown base.
+        if place == 0 || place + 1 < state.first_sequence {
+            place = self.restore(component, db).await?;
+        }
+        let last = state.last_sequence;
         while place < last {
             let entry = stream.get_raw_message(place + 1).await?;
             let change = decode(Some(&entry.headers), &entry.payload)?;
@@ -259,6 +270,7 @@ impl Replication {
         // starts from a snapshot.
         if (place == 0 || place + 1 < first) && !log.owns() {
             place = self.restore(component, db).await?;
+            log.place.store(place, Ordering::Release);
         }
         let consumer = stream
             .create_consumer(push::OrderedConfig {
@@ -318,10 +330,14 @@ impl Replication {
                 None => self.snapshot_place(component).await?.unwrap_or(0),
             };
             *last = Some(last_place);
-            if place_of(db).await? < last_place + SNAPSHOT_EVERY {
+            if place_of(db).await? < last_place + self.snapshot_every {
                 return anyhow::Ok(());
             }
             *last = Some(self.snapshot(component, db).await?);
+            // Kept: the entries after the snapshot before this one, so a
+            // copy that started from it can still follow the log.
+            let stream = self.js.get_stream(stream_name(component)).await?;
+            stream.purge().sequence(last_place + 1).await?;
             anyhow::Ok(())
         };
         if let Err(e) = due.await {

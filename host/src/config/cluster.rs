@@ -34,6 +34,10 @@ pub struct ClusterConfig {
     /// versions, and each replicated database's log): 3 survives the loss
     /// of one server.
     pub replicas: usize,
+    /// The owner of a replicated database snapshots it every this many
+    /// entries of its log, and trims the log to the entries after the
+    /// snapshot before.
+    pub snapshot_every: u64,
 }
 
 /// Where a component's committed writes are kept before a client is told.
@@ -83,6 +87,7 @@ pub struct RawCluster {
     pub weight: Option<u64>,
     pub key_rotation_ms: Option<u64>,
     pub replicas: Option<u64>,
+    pub snapshot_every: Option<u64>,
 }
 
 /// A string or a list of strings.
@@ -191,6 +196,9 @@ pub fn resolve_cluster(raw: &RawCluster, base: &Path, problems: &mut Problems) -
                 .unwrap_or(3_600_000),
         ),
         replicas: problems.ranged("cluster.replicas", raw.replicas, 1, 5).unwrap_or(3) as usize,
+        snapshot_every: problems
+            .ranged("cluster.snapshot_every", raw.snapshot_every, 10, 10_000_000)
+            .unwrap_or(5_000),
     }
 }
 
