@@ -76,8 +76,9 @@ pub trait CommitLog: Send + Sync {
     fn committed(&self, seq: u64);
 }
 
-/// Whether `sql`, a guest statement, changes the schema (which a
-/// changeset does not carry): it begins with CREATE, ALTER or DROP.
+/// Whether `sql`, a guest statement, changes the schema or the file's
+/// header (which a changeset does not carry): it begins with CREATE, ALTER
+/// or DROP, or sets `user_version` (which migrations count by).
 pub(super) fn changes_schema(sql: &str) -> bool {
     let mut rest = sql.trim_start();
     loop {
@@ -90,7 +91,12 @@ pub(super) fn changes_schema(sql: &str) -> bool {
         }
     }
     let word: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
+    let sets_version = || {
+        let pragma = rest[word.len()..].to_ascii_lowercase();
+        pragma.trim_start().starts_with("user_version") && pragma.contains('=')
+    };
     ["create", "alter", "drop"].iter().any(|w| word.eq_ignore_ascii_case(w))
+        || (word.eq_ignore_ascii_case("pragma") && sets_version())
 }
 
 /// The tables whose changes a changeset cannot carry: those without a
@@ -309,6 +315,30 @@ impl Conn {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn what_a_changeset_does_not_carry_is_told_apart() {
+        for sql in [
+            "CREATE TABLE t (id INTEGER PRIMARY KEY)",
+            "  -- a migration\n alter table t add column x",
+            "/* gone */ DROP INDEX i",
+            "PRAGMA user_version = 3",
+            "pragma  USER_VERSION=4",
+        ] {
+            assert!(super::changes_schema(sql), "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "PRAGMA user_version",
+            "SELECT 'create'",
+            "-- create",
+        ] {
+            assert!(!super::changes_schema(sql), "{sql}");
         }
     }
 }
