@@ -445,6 +445,7 @@ async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
     for sql in [
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL, at TEXT)",
         "INSERT INTO t (name, at) VALUES ('a', datetime('now', 'subsec'))",
+        "PRAGMA user_version = 1",
     ] {
         ctx.run(sql.into(), vec![]).await.unwrap().unwrap();
     }
@@ -486,7 +487,11 @@ async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
     drop(ctx);
 
     let entries = log.entries.lock().unwrap().clone();
-    assert_eq!(entries[0].schema.len(), 1, "the CREATE TABLE travels as a statement");
+    assert_eq!(
+        entries[0].schema.len(),
+        2,
+        "the CREATE TABLE and user_version travel as statements"
+    );
     for (i, change) in entries.into_iter().enumerate() {
         let applied = replica.apply(i as u64 + 1, change.clone()).await.unwrap();
         assert_eq!(applied, super::Applied::Done);
@@ -495,6 +500,12 @@ async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
     let all = "SELECT id, name, at FROM t ORDER BY id";
     assert_eq!(rows(&replica, all), rows(&owner, all));
     assert_eq!(rows(&owner, "SELECT count(*) FROM t")[0][0], Value::Integer(19));
+    let version = "PRAGMA user_version";
+    assert_eq!(
+        rows(&replica, version),
+        rows(&owner, version),
+        "a new owner would migrate again"
+    );
     let place = |db: &Arc<Database>| tokio::task::block_in_place(|| db.log_place().unwrap());
     assert_eq!(place(&replica), place(&owner));
 
