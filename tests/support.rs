@@ -487,6 +487,15 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the host said last.
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let last: Vec<&String> = logs.iter().rev().take(60).collect();
+            eprintln!("--- the last lines the host at {} logged:", self.addr);
+            for line in last.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -119,10 +119,7 @@ pub async fn run(
     }
     std::fs::create_dir_all(&config.data_dir)?;
     ops::backup::sweep(&config.data_dir);
-    let log: Arc<dyn events::EventLog> = Arc::new(events::SqliteLog::open(
-        &config.data_dir.join(EVENT_LOG_FILE),
-        Arc::clone(registry.sql_threads()),
-    )?);
+    let (log, cluster_events) = event_log(&config, &registry).await?;
     let _ticker = EpochTicker::start(registry.engine());
     let control = Arc::new(Control::new(Arc::clone(&registry), config.clone(), overrides));
     let (stop, stopped) = watch::channel(false);
@@ -152,7 +149,8 @@ pub async fn run(
             let public = listeners.public.local_addr()?;
             // What has a database waits for the cluster to say who owns it.
             registry.placement.wait_for_cluster("it is joining".into());
-            let joining = join(&config, settings, public, &registry, &cluster, &cluster_tasks);
+            let events = cluster_events.clone().expect("a cluster has its event log");
+            let joining = join(&config, settings, public, &registry, &events, &cluster, &cluster_tasks);
             let mut joining = tokio::spawn(joining);
             match tokio::time::timeout(JOIN_WAIT, &mut joining).await {
                 Ok(joined) => joined??,
@@ -242,20 +240,22 @@ fn join(
     settings: &crate::config::cluster::ClusterConfig,
     public: std::net::SocketAddr,
     registry: &Arc<Registry>,
+    events: &Arc<cluster::events::StreamEvents>,
     cluster: &Arc<OnceLock<Arc<Cluster>>>,
     tasks: &Arc<Mutex<Vec<JoinHandle<()>>>>,
 ) -> impl Future<Output = anyhow::Result<()>> + use<> {
-    let (config, settings, registry, cluster, tasks) = (
+    let (config, settings, registry, events, cluster, tasks) = (
         config.clone(),
         settings.clone(),
         Arc::clone(registry),
+        Arc::clone(events),
         Arc::clone(cluster),
         Arc::clone(tasks),
     );
     async move {
         let mut pause = Duration::from_millis(500);
         let (joined, started) = loop {
-            match Cluster::join(&config, &settings, public, Arc::clone(&registry)).await {
+            match Cluster::join(&config, &settings, public, Arc::clone(&registry), &events).await {
                 Ok(joined) => break joined,
                 Err(e) if e.downcast_ref::<cluster::JoinRefused>().is_some() => return Err(e),
                 Err(e) => {
@@ -280,6 +280,41 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The event log: the embedded one on one host; in a cluster, the
+/// cluster's on JetStream (see `cluster::events`), also returned to be
+/// joined. A host that joins a cluster with deliveries left in its
+/// embedded log says so: they wait there.
+async fn event_log(
+    config: &Config,
+    registry: &Registry,
+) -> anyhow::Result<(Arc<dyn events::EventLog>, Option<Arc<cluster::events::StreamEvents>>)> {
+    let path = config.data_dir.join(EVENT_LOG_FILE);
+    let threads = Arc::clone(registry.sql_threads());
+    if config.cluster.is_none() {
+        return Ok((Arc::new(events::SqliteLog::open(&path, threads)?), None));
+    }
+    if path.exists() {
+        use events::EventLog;
+        let local = events::SqliteLog::open(&path, threads)?;
+        let waiting: u64 = local
+            .backlogs()
+            .await?
+            .iter()
+            .map(|b| b.ready + b.in_flight + b.dead)
+            .sum();
+        if waiting > 0 {
+            tracing::warn!(
+                deliveries = waiting,
+                file = %path.display(),
+                "deliveries from before this host was in a cluster wait in its own event log: \
+                 start it once without [cluster] to deliver them"
+            );
+        }
+    }
+    let joined = Arc::new(cluster::events::StreamEvents::default());
+    Ok((Arc::clone(&joined) as Arc<dyn events::EventLog>, Some(joined)))
 }
 
 /// The relay and dispatcher tasks of events.

@@ -10,6 +10,7 @@
 //! A component with a database has one owner host (see [`Cluster::owner`]);
 //! the serving layer forwards its requests there.
 
+pub mod events;
 pub mod replication;
 pub mod state;
 pub mod trust;
@@ -148,10 +149,12 @@ impl Cluster {
         cluster: &ClusterConfig,
         public: std::net::SocketAddr,
         registry: Arc<Registry>,
+        events: &events::StreamEvents,
     ) -> anyhow::Result<(Arc<Cluster>, Vec<tokio::task::JoinHandle<()>>)> {
         let client = connect(cluster).await?;
         let js = jetstream::new(client);
         let replicas = cluster.replicas;
+        events.join(&js, replicas).await?;
         let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO, replicas).await?;
         let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl, replicas).await?;
         let versions = version_store(&js, replicas).await?;

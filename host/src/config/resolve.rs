@@ -96,6 +96,9 @@ fn data_dir(raw: Option<&str>, base: &Path, overrides: &Overrides, problems: &mu
     dir
 }
 
+/// The largest event a component of a cluster may publish.
+const MAX_CLUSTER_EVENT_BYTES: usize = 512 * 1024;
+
 /// What holds between components: routes apart, owners only in a cluster
 /// and well named, every import's provider configured, and instance slots
 /// for every component's `max_concurrent`.
@@ -106,6 +109,15 @@ fn check_components(components: &[ComponentConfig], clustered: bool, max_instanc
             problems.add(
                 format!("components.{}.durability", component.name),
                 "only means something in a cluster: add a [cluster] section",
+            );
+        }
+        if clustered && component.limits.max_event_bytes > MAX_CLUSTER_EVENT_BYTES {
+            problems.add(
+                format!("components.{}.limits.event_payload_kib", component.name),
+                format!(
+                    "is at most {} in a cluster: events travel as NATS messages, at most 1 MiB with what describes them",
+                    MAX_CLUSTER_EVENT_BYTES / 1024
+                ),
             );
         }
         let Some(owner) = &component.owner else {

@@ -50,13 +50,12 @@ pub async fn run(
             if !db.outbox.take() && !all {
                 continue;
             }
-            let counted = entry.shared.capabilities.events.unsettled.count();
             match drain(db, &entry.name, &snapshot, log.as_ref(), &stats).await {
                 Ok(moved) => {
                     if moved > 0 {
                         dispatch.notify_one();
                     }
-                    recount_unsettled(entry, log.as_ref(), counted).await;
+                    recount_unsettled(entry, log.as_ref()).await;
                 }
                 // What is left in the outbox is in neither count: the
                 // count in memory stands until the outbox is empty.
@@ -112,20 +111,25 @@ async fn drain(
     }
 }
 
-/// Reads how many of `entry`'s messages are unsettled from the log, once
-/// the count kept in memory (which only grows between reads) nears the
-/// component's bound: then a publisher held back by it is let go as soon
-/// as its subscribers catch up, and the log is not counted otherwise.
-/// `counted` is the count before the outbox was drained, all of it: whatever
-/// was published since is counted again on top of the log's, so the count
-/// never falls below the truth.
-async fn recount_unsettled(entry: &Entry, log: &dyn EventLog, counted: u64) {
-    let unsettled = &entry.shared.capabilities.events.unsettled;
-    if counted < entry.shared.capabilities.events.max_unsettled / 2 {
+/// Reads how many of `entry`'s messages are unsettled, once the count kept
+/// in memory (which only grows between reads) nears the component's bound:
+/// then a publisher held back by it is let go as soon as its subscribers
+/// catch up, and nothing is counted otherwise. What the log holds is read
+/// first, then what waits in the outbox: only this task moves messages from
+/// one to the other, so none is missed; a publish that lands meanwhile
+/// may be counted twice, for a moment, never none.
+async fn recount_unsettled(entry: &Entry, log: &dyn EventLog) {
+    let events = &entry.shared.capabilities.events;
+    if events.unsettled.count() < events.max_unsettled / 2 {
         return;
     }
-    match log.published_backlog(entry.name.to_string()).await {
-        Ok(count) => unsettled.set(count + unsettled.count().saturating_sub(counted)),
+    let counted = async {
+        let logged = log.published_backlog(entry.name.to_string()).await?;
+        let waiting = with_conn(&entry.shared.capabilities.sqlite.db, |conn| conn.outbox_len()).await?;
+        anyhow::Ok(logged + waiting)
+    };
+    match counted.await {
+        Ok(count) => events.unsettled.set(count),
         Err(e) => tracing::warn!(component = %entry.name, "cannot count its unsettled messages: {e:#}"),
     }
 }

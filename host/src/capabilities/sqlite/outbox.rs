@@ -116,6 +116,11 @@ impl Conn {
         Ok(id)
     }
 
+    /// How many messages wait in the outbox.
+    pub fn outbox_len(&mut self) -> Result<u64, Error> {
+        self.host(|conn| conn.query_row("SELECT count(*) FROM _corral_outbox", [], |row| row.get(0)))
+    }
+
     /// Up to `limit` messages waiting in the outbox, oldest first; this is
     /// the database of component `source`.
     pub fn outbox(&mut self, limit: usize, source: &str) -> Result<Vec<Stored>, Error> {
