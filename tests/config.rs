@@ -281,4 +281,16 @@ weight = 0
         "data_dir = \"data\"\n[cluster]\nnats = \"nats://n:4222\"\nnode = \"n1\"\nadvertise = \"http://10.0.0.5:8080/\"\n{users}"
     ));
     assert!(ok, "{output}");
+    // Events travel as NATS messages, at most 1 MiB: a larger payload
+    // would never leave its publisher's outbox.
+    let large = format!("{users}[components.users.limits]\nevent_payload_kib = 4096\n");
+    let (ok, output) = check_config(&format!("data_dir = \"data\"\n{large}"));
+    assert!(ok, "on one host: {output}");
+    let (ok, output) = check_config(&format!(
+        "data_dir = \"data\"\n[cluster]\nnats = \"nats://n:4222\"\nnode = \"n1\"\n{large}"
+    ));
+    assert!(
+        !ok && output.contains("components.users.limits.event_payload_kib") && output.contains("512"),
+        "{output}"
+    );
 }

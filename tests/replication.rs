@@ -1,6 +1,7 @@
-//! Replicated databases: three real `corral` hosts on a real three-server
-//! NATS cluster (JetStream, streams on three replicas), the owner of
-//! `users` killed with SIGKILL while clients write.
+//! Replicated databases and events between hosts: three real `corral`
+//! hosts on a real three-server NATS cluster (JetStream, streams on three
+//! replicas), the owner of `users` killed with SIGKILL while clients
+//! write, and a publisher and its subscriber on two hosts, either killed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -216,20 +217,20 @@ fn write_until(w: usize, urls: &[String], stop: &AtomicBool, acknowledged: &Mute
 }
 
 /// Every one of `acknowledged` reads back through `host` as it was written.
+/// A 503 is tried again for a while: the owner may be moving (after a NATS
+/// server dies, until the others have elected new leaders) and cannot be
+/// read from meanwhile, which loses nothing.
 fn assert_readable(host: &TestHost, acknowledged: &[Acknowledged]) {
+    let settled = Instant::now() + Duration::from_secs(30);
     for (_, id, email) in acknowledged {
-        let reply = host.get(&format!("/users/{id}"));
+        let mut reply = host.get(&format!("/users/{id}"));
+        while reply.status == 503 && Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(200));
+            reply = host.get(&format!("/users/{id}"));
+        }
         assert_eq!(reply.status, 200, "user {id}: {}", reply.text());
         assert_eq!(reply.json()["email"], json!(email), "user {id}");
     }
-}
-
-/// The host `host` sees owning users.
-fn owner_of_users(host: &TestHost) -> String {
-    cluster_of(host)["desired"]["users"]["owner"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -256,7 +257,7 @@ fn the_owner_killed_under_writes_loses_no_acknowledged_write_and_another_host_ta
     std::thread::sleep(Duration::from_secs(1));
     let acknowledged = writers.stop();
     eprintln!("writes succeeded again {recovered:?} after the owner was killed");
-    let owner = owner_of_users(&n2);
+    let owner = owner_of(&n2, "users");
     assert_ne!(owner, "n1", "another host owns users now");
     // Every write acknowledged, before the kill or after, is there.
     assert_readable(&n3, &acknowledged);
@@ -346,7 +347,7 @@ fn an_owner_cut_off_from_nats_stops_writing_and_another_host_takes_over() {
     let reply = hosts[0].post("/users", &json!({ "name": "cut", "email": "cut@example.com" }));
     assert!([502, 503].contains(&reply.status), "{}: {}", reply.status, reply.text());
     let acknowledged = writers.stop();
-    let owner = owner_of_users(&hosts[1]);
+    let owner = owner_of(&hosts[1], "users");
     assert_ne!(owner, "n1");
     assert_readable(&hosts[2], &acknowledged);
     // Nothing is in the old owner's file that the new owner lacks.
@@ -442,4 +443,114 @@ fn a_host_down_during_10000_writes_catches_up_and_a_wiped_one_starts_from_a_snap
             assert!(held.contains(email), "{email} is not in {}", dir.path().display());
         }
     }
+}
+
+/// Host `node` of the cluster on `nats` serving users and orders, whose
+/// deliveries of `users.deleted` cancel a deleted user's orders; users
+/// owned by n1 and orders by `orders_owner` at first.
+fn shop_host(nats: &[&Daemon], node: &str, orders_owner: &str, data: &Path) -> TestHost {
+    let servers: Vec<String> = nats.iter().map(|n| format!("\"nats://{}\"", n.addr)).collect();
+    let toml = format!(
+        "{}\n[cluster]\nnats = [{}]\nnode = \"{node}\"\nnode_ttl_ms = 2000\n\n\
+         {}owner = \"n1\"\n{}owner = \"{orders_owner}\"\n\
+         [components.orders.subscription]\ntopics = [\"users.deleted\"]\nexactly_once = true\nlease_ms = 2000\n",
+        admin_toml(),
+        servers.join(", "),
+        crate::support::component_toml("users", "users", &["/users"]),
+        crate::support::component_toml("orders", "orders", &["/orders"]),
+    );
+    host().toml(&toml).data_dir(data).start()
+}
+
+/// Deliveries of `users.deleted` that `host` handled and acknowledged.
+fn cancellations_on(host: &TestHost) -> f64 {
+    crate::support::metric(
+        &host.metrics(),
+        "corral_event_deliveries_total",
+        &[("subscriber", "orders"), ("outcome", "ack")],
+    )
+}
+
+#[test]
+fn a_deleted_users_orders_are_cancelled_by_another_host_across_a_kill_9_of_either() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let nats = nats_cluster(&[]);
+    let all: Vec<&Daemon> = nats.iter().collect();
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n1 = shop_host(&all, "n1", "n1", data[0].path());
+    eventually_within(Duration::from_secs(60), "n1 joins", || {
+        n1.admin("GET", "/cluster", Vec::new()).status == 200
+    });
+    let n2 = shop_host(&all, "n2", "n1", data[1].path());
+    let n3 = shop_host(&all, "n3", "n1", data[2].path());
+
+    // Users with an open order each, made while one host owns both
+    // services (an order asks users whether its user exists).
+    let mut orders = Vec::new();
+    for name in ["ada", "bob", "cyd"] {
+        let user = n1.post(
+            "/users",
+            &json!({ "name": name, "email": format!("{name}@example.com") }),
+        );
+        assert_eq!(user.status, 201, "{}", user.text());
+        let item = json!([{ "sku": "A", "quantity": 1, "unit_price_cents": 5 }]);
+        let order = n1.post("/orders", &json!({ "user_id": user.json()["id"], "items": item }));
+        assert_eq!(order.status, 201, "{}", order.text());
+        orders.push((user.json()["id"].clone(), order.json()["id"].clone()));
+    }
+    // Then orders moves to n2: the publisher and the subscriber are
+    // served by two hosts.
+    eventually("n2 holds the whole log of orders", || {
+        n3.admin("POST", "/cluster/components/orders/owner/n2", Vec::new())
+            .status
+            == 200
+    });
+    let status_of = |host: &TestHost, order: &Value| {
+        let reply = host.get(&format!("/orders/{order}"));
+        (reply.status == 200).then(|| reply.json()["status"].clone())
+    };
+    let deleted = |host: &TestHost, user: &Value| {
+        let reply = host.delete(&format!("/users/{user}"));
+        assert_eq!(reply.status, 204, "{}", reply.text());
+    };
+
+    let (ada, ada_order) = &orders[0];
+    deleted(&n3, ada);
+    eventually("n2 cancels ada's order", || {
+        status_of(&n3, ada_order) == Some(json!("cancelled"))
+    });
+    assert!(cancellations_on(&n2) >= 1.0, "n2 handled it");
+    assert_eq!(cancellations_on(&n1), 0.0, "not the publisher's host");
+
+    // The subscriber's host dies just after the publish was acknowledged:
+    // another host takes orders over and the delivery reaches it.
+    let (bob, bob_order) = &orders[1];
+    deleted(&n1, bob);
+    n2.kill();
+    eventually_within(Duration::from_secs(30), "bob's order is cancelled", || {
+        status_of(&n3, bob_order) == Some(json!("cancelled"))
+    });
+    let n2 = shop_host(&all, "n2", "n1", data[1].path());
+
+    // The publisher's host dies just after the publish was acknowledged:
+    // the message is in its outbox, replicated with the user's deletion,
+    // and the host that takes users over sends it.
+    let (cyd, cyd_order) = &orders[2];
+    deleted(&n1, cyd);
+    n1.kill();
+    eventually_within(Duration::from_secs(30), "cyd's order is cancelled", || {
+        status_of(&n3, cyd_order) == Some(json!("cancelled"))
+    });
+    assert_ne!(owner_of(&n3, "users"), "n1");
+    for (user, _) in &orders {
+        assert_eq!(n2.get(&format!("/users/{user}")).status, 404, "user {user} is deleted");
+    }
+}
+
+/// The host `host` sees owning `component`.
+fn owner_of(host: &TestHost, component: &str) -> String {
+    cluster_of(host)["desired"][component]["owner"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -9,7 +9,8 @@
 //! delivered again.
 //!
 //! The log is a trait, [`EventLog`]; the embedded one keeps everything in
-//! one SQLite file under `data_dir` ([`SqliteLog`]).
+//! one SQLite file under `data_dir` ([`SqliteLog`]); a cluster's is on
+//! JetStream (`cluster::events`), shared by its hosts.
 
 pub mod dispatch;
 pub mod log;
