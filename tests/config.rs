@@ -293,4 +293,29 @@ weight = 0
         !ok && output.contains("components.users.limits.event_payload_kib") && output.contains("512"),
         "{output}"
     );
+    // Reads from replicas: only in a cluster, only of a replicated log,
+    // within a lag of 100 ms to a minute.
+    let cluster = "[cluster]\nnats = \"nats://n:4222\"\nnode = \"n1\"\n";
+    for (where_, extra, problem) in [
+        ("", "read_from = \"replica\"\n", "users.read_from"),
+        (
+            cluster,
+            "read_from = \"replica\"\ndurability = \"local\"\n",
+            "users.read_from",
+        ),
+        (cluster, "max_replica_lag_ms = 500\n", "users.max_replica_lag_ms"),
+        (
+            cluster,
+            "read_from = \"replica\"\nmax_replica_lag_ms = 5\n",
+            "users.max_replica_lag_ms",
+        ),
+        (cluster, "read_from = \"everywhere\"\n", "read_from"),
+    ] {
+        let (ok, output) = check_config(&format!("data_dir = \"data\"\n{where_}{users}{extra}"));
+        assert!(!ok && output.contains(problem), "{extra}: {output}");
+    }
+    let (ok, output) = check_config(&format!(
+        "data_dir = \"data\"\n{cluster}{users}read_from = \"replica\"\nmax_replica_lag_ms = 500\n"
+    ));
+    assert!(ok, "{output}");
 }

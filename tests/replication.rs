@@ -78,10 +78,15 @@ fn nats_cluster(extra: &[&str]) -> Vec<Daemon> {
 /// Host `node` of the cluster on the NATS servers `nats`, serving `users`
 /// (owned by n1), its data in `data`, with `SNAPSHOT_EVERY`.
 fn users_host(nats: &[&Daemon], node: &str, data: &Path) -> TestHost {
+    users_host_with(nats, node, data, "")
+}
+
+/// `users_host`, with more settings `extra` for users.
+fn users_host_with(nats: &[&Daemon], node: &str, data: &Path, extra: &str) -> TestHost {
     let servers: Vec<String> = nats.iter().map(|n| format!("\"nats://{}\"", n.addr)).collect();
     let toml = format!(
         "{}\n[cluster]\nnats = [{}]\nnode = \"{node}\"\nnode_ttl_ms = 2000\nsnapshot_every = {SNAPSHOT_EVERY}\n\n\
-         [components.users]\nwasm = {:?}\nroutes = [\"/users\"]\nowner = \"n1\"\n",
+         [components.users]\nwasm = {:?}\nroutes = [\"/users\"]\nowner = \"n1\"\n{extra}",
         admin_toml(),
         servers.join(", "),
         wasm("users").display().to_string(),
@@ -553,4 +558,76 @@ fn owner_of(host: &TestHost, component: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+#[test]
+fn a_replica_serves_reads_while_it_holds_the_log_and_never_once_it_cannot_tell() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Servers that do not tell clients of one another: a host given one
+    // server stays with it.
+    let mut nats = nats_cluster(&["--no_advertise"]);
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let reads = "read_from = \"replica\"\nmax_replica_lag_ms = 500\n";
+    let all: Vec<&Daemon> = nats.iter().collect();
+    let n1 = users_host_with(&all, "n1", data[0].path(), reads);
+    eventually_within(Duration::from_secs(60), "n1 joins", || !places(&n1).is_empty());
+    // n2 reaches NATS through one server only.
+    let n2 = users_host_with(&[&nats[2]], "n2", data[1].path(), reads);
+    let n3 = users_host_with(&[&nats[0], &nats[1]], "n3", data[2].path(), reads);
+    eventually_within(Duration::from_secs(60), "every host follows the log of users", || {
+        let places = places(&n1);
+        places.len() == 3 && places.iter().all(|(_, p)| p.is_some())
+    });
+
+    // A write through a replica goes to the owner; a read through it is
+    // served by the replica once its copy holds the write.
+    let made = n2.post("/users", &json!({ "name": "ada", "email": "ada@example.com" }));
+    assert_eq!(
+        (made.status, made.header("corral-node")),
+        (201, Some("n1")),
+        "{}",
+        made.text()
+    );
+    let ada = made.json()["id"].clone();
+    for replica in [&n2, &n3] {
+        eventually("the replica serves the read", || {
+            let read = replica.get(&format!("/users/{ada}"));
+            read.status == 200 && read.header("corral-node") != Some("n1") && read.json()["email"] == "ada@example.com"
+        });
+    }
+    let read = n1.get(&format!("/users/{ada}"));
+    assert_eq!(read.header("corral-node"), Some("n1"));
+
+    // n2 is cut off: it can no longer tell its copy holds the log, and
+    // within the lag its reads go elsewhere.
+    nats[2].stop();
+    eventually_within(Duration::from_secs(5), "n2 stops serving reads itself", || {
+        let read = n2.get(&format!("/users/{ada}"));
+        read.header("corral-node") != Some("n2")
+    });
+    // A user made now is never missing from a read through n2: n2 answers
+    // with the owner's copy, or not at all, never from its own.
+    let later = [&n1, &n3]
+        .iter()
+        .map(|h| h.post("/users", &json!({ "name": "bob", "email": "bob@example.com" })))
+        .find(|r| r.status == 201)
+        .expect("a host takes the write");
+    let bob = later.json()["id"].clone();
+    for _ in 0..20 {
+        let read = n2.get(&format!("/users/{bob}"));
+        assert_ne!(
+            read.header("corral-node"),
+            Some("n2"),
+            "{}: {}",
+            read.status,
+            read.text()
+        );
+        assert!(
+            [200, 502, 503].contains(&read.status),
+            "{}: {}",
+            read.status,
+            read.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -365,6 +365,12 @@ impl Cluster {
     /// The public URL of `owner`, reading the hosts' reports again if this
     /// host has not seen it yet (it joined a moment ago, say), at most once
     /// per [`REFRESH_EVERY`].
+    /// Whether this host's copy of `component`'s database may serve reads
+    /// that miss at most the last `max_lag` of writes.
+    pub fn reads_here(&self, component: &str, max_lag: Duration) -> bool {
+        self.replication.fresh_within(component, max_lag)
+    }
+
     pub async fn url_of(&self, owner: &str) -> Option<String> {
         let known = |view: &View| view.nodes.get(owner).and_then(|n| n.public_url.clone());
         if let Some(url) = known(&self.view.read().expect("view lock")) {
@@ -715,17 +721,16 @@ impl Cluster {
     /// replicated, and appends to it if this host owns it.
     async fn replicate(&self, name: &str, want: &Desired) {
         let Some(owner) = &want.owner else { return };
-        let replicated = self
-            .components
-            .iter()
-            .any(|c| c.name == name && c.durability == Durability::Replicated);
+        let config = self.components.iter().find(|c| c.name == name);
+        let replicated = config.is_some_and(|c| c.durability == Durability::Replicated);
+        let serves_reads = config.is_some_and(|c| c.read_from == crate::config::ReadFrom::Replica);
         let snapshot = self.registry.snapshot();
         let Some(entry) = snapshot.get(name).filter(|e| replicated && e.has_database()) else {
             return;
         };
         let owns = *owner == self.node;
         let db = Arc::clone(&entry.shared.capabilities.sqlite.db);
-        match self.replication.start(name, db, owns).await {
+        match self.replication.start(name, db, owns, serves_reads).await {
             Ok(()) => self.replication.set_owner(name, owns),
             Err(e) => {
                 tracing::warn!(component = %name, "cannot replicate its database: {e:#}");

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::capabilities::sqlite::{AppendError, Applied, Change, CommitLog, Database, SCRATCH_PREFIXES};
+use crate::clock::now_ms;
 
 const SNAPSHOTS_BUCKET: &str = "corral_snapshots";
 /// The header of an entry that lists its schema statements, as JSON.
@@ -32,6 +33,8 @@ const SCHEMA_HEADER: &str = "Corral-Schema";
 const APPEND_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the owner checks whether a snapshot is due.
 const SNAPSHOT_CHECK: Duration = Duration::from_secs(2);
+/// How often a replica that serves reads asks where its log ends.
+const FRESH_CHECK: Duration = Duration::from_millis(100);
 /// How long a host waits before it tries to follow a log again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -57,6 +60,9 @@ pub struct StreamLog {
     /// commit of an append and each entry applied, so the follower skips
     /// what the file holds already.
     place: AtomicU64,
+    /// When (ms since the epoch) the file last held the whole log, as far
+    /// as a replica knows: 0 until it knows.
+    fresh_at: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
 
@@ -153,8 +159,15 @@ impl Replication {
 
     /// Replicates `component`'s database `db` from now on, owned here if
     /// `owns`: its log is made if it has none, the file follows it, and
-    /// the owner keeps snapshots of it. Once per component.
-    pub async fn start(self: &Arc<Self>, component: &str, db: Arc<Database>, owns: bool) -> anyhow::Result<()> {
+    /// the owner keeps snapshots of it; with `serves_reads`, this host
+    /// keeps track of how fresh its copy is. Once per component.
+    pub async fn start(
+        self: &Arc<Self>,
+        component: &str,
+        db: Arc<Database>,
+        owns: bool,
+        serves_reads: bool,
+    ) -> anyhow::Result<()> {
         if self.logs.lock().expect("logs lock").contains_key(component) {
             return Ok(());
         }
@@ -174,6 +187,7 @@ impl Replication {
             component: component.to_string(),
             owns: AtomicBool::new(owns),
             place: AtomicU64::new(0),
+            fresh_at: AtomicU64::new(0),
             runtime: tokio::runtime::Handle::current(),
         });
         let attached = {
@@ -185,8 +199,52 @@ impl Replication {
             .lock()
             .expect("logs lock")
             .insert(component.to_string(), Arc::clone(&log));
+        if serves_reads {
+            tokio::spawn(Arc::clone(self).keep_fresh(component.to_string(), Arc::clone(&log)));
+        }
         tokio::spawn(Arc::clone(self).follow(component.to_string(), db, log));
         Ok(())
+    }
+
+    /// Whether this host's copy of `component` may serve a read that may
+    /// miss at most the writes of the last `max_lag`: it is the owner's,
+    /// or it held the whole log that recently.
+    pub fn fresh_within(&self, component: &str, max_lag: Duration) -> bool {
+        let logs = self.logs.lock().expect("logs lock");
+        let Some(log) = logs.get(component) else {
+            return false;
+        };
+        let fresh_at = log.fresh_at.load(Ordering::Acquire);
+        log.owns() || (fresh_at > 0 && now_ms().saturating_sub(fresh_at) <= max_lag.as_millis() as u64)
+    }
+
+    /// Keeps `fresh_at` of a replica that serves reads: every
+    /// `FRESH_CHECK` it asks where the log ends, and once its file has
+    /// reached that place, the file held the whole log as of the asking.
+    async fn keep_fresh(self: Arc<Self>, component: String, log: Arc<StreamLog>) {
+        let mut check = tokio::time::interval(FRESH_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The end of the log and when it was asked for, not reached yet.
+        let mut waiting: Option<(u64, u64)> = None;
+        loop {
+            check.tick().await;
+            let place = log.place.load(Ordering::Acquire);
+            if let Some((end, asked)) = waiting
+                && place >= end
+            {
+                log.fresh_at.fetch_max(asked, Ordering::AcqRel);
+                waiting = None;
+            }
+            let asked = now_ms();
+            let Ok(Ok(end)) = timeout(self.last_entry(&component)).await else {
+                continue;
+            };
+            if log.place.load(Ordering::Acquire) >= end {
+                log.fresh_at.fetch_max(asked, Ordering::AcqRel);
+            } else if waiting.is_none() {
+                waiting = Some((end, asked));
+            }
+        }
     }
 
     /// Makes this host the owner of `component`'s log, or not.

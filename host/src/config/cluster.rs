@@ -51,6 +51,19 @@ pub enum Durability {
     Local,
 }
 
+/// Which copy of a component's database its reads are served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadFrom {
+    /// The owner's: every read sees every acknowledged write.
+    #[default]
+    Owner,
+    /// Any host's that follows the log within `max_replica_lag_ms`: a
+    /// `GET` or `HEAD` is served by the host it reaches, and may miss
+    /// writes acknowledged within that lag.
+    Replica,
+}
+
 /// How a host picks among the other hosts that serve a component, when
 /// all of its own slots for it are busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-pub use cluster::Durability;
+pub use cluster::{Durability, ReadFrom};
 pub use events::{EventsConfig, Subscription, TopicPattern};
 pub use problems::{Problem, Problems};
 pub use rates::{Rate, RateLimit, RateLimitConfig, Scope};
@@ -165,6 +165,10 @@ pub struct ComponentConfig {
     pub owner: Option<String>,
     /// In a cluster, whether its database's commits go to the replicated log.
     pub durability: Durability,
+    /// In a cluster, which copy of its database reads are served from.
+    pub read_from: ReadFrom,
+    /// How long ago a replica must have held its whole log to serve a read.
+    pub max_replica_lag: std::time::Duration,
 }
 
 /// The networks whose `X-Forwarded-For` is believed.

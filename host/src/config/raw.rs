@@ -67,6 +67,10 @@ pub struct RawComponent {
     pub owner: Option<String>,
     /// In a cluster, where its committed writes are kept first.
     pub durability: Option<super::cluster::Durability>,
+    /// In a cluster, which copy of its database reads are served from.
+    pub read_from: Option<super::cluster::ReadFrom>,
+    /// How far behind its owner a replica that serves reads may be.
+    pub max_replica_lag_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

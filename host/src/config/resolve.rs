@@ -15,8 +15,8 @@ use super::settings::RawServer;
 use super::tokens::MIN_TOKEN_LEN;
 use super::{
     AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Durability, Overrides,
-    Rate, RateLimit, RateLimitConfig, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings, TokenSource,
-    TrustedProxies, WasmSource,
+    Rate, RateLimit, RateLimitConfig, ReadFrom, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings,
+    TokenSource, TrustedProxies, WasmSource,
 };
 
 const MAX_NAME_LEN: usize = 64;
@@ -110,6 +110,17 @@ fn check_components(components: &[ComponentConfig], clustered: bool, max_instanc
                 format!("components.{}.durability", component.name),
                 "only means something in a cluster: add a [cluster] section",
             );
+        }
+        if component.read_from == ReadFrom::Replica {
+            let key = format!("components.{}.read_from", component.name);
+            if !clustered {
+                problems.add(key, "only means something in a cluster: add a [cluster] section");
+            } else if component.durability != Durability::Replicated {
+                problems.add(
+                    key,
+                    "needs durability = \"replicated\": with \"local\" only the owner has a copy",
+                );
+            }
         }
         if clustered && component.limits.max_event_bytes > MAX_CLUSTER_EVENT_BYTES {
             problems.add(
@@ -324,7 +335,30 @@ fn component_config(
         allowed_outbound_hosts,
         owner: raw.owner,
         durability: raw.durability.unwrap_or_default(),
+        read_from: raw.read_from.unwrap_or_default(),
+        max_replica_lag: replica_lag(raw.max_replica_lag_ms, raw.read_from, &key, problems),
     }
+}
+
+/// How stale a replica may be to serve reads: 1 s unless the config says.
+fn replica_lag(
+    ms: Option<u64>,
+    read_from: Option<ReadFrom>,
+    key: &str,
+    problems: &mut Problems,
+) -> std::time::Duration {
+    let Some(ms) = ms else {
+        return std::time::Duration::from_secs(1);
+    };
+    if read_from != Some(ReadFrom::Replica) {
+        problems.add(
+            format!("{key}.max_replica_lag_ms"),
+            "only means something with read_from = \"replica\"",
+        );
+    } else if !(100..=60_000).contains(&ms) {
+        problems.add(format!("{key}.max_replica_lag_ms"), "use 100 to 60000 milliseconds");
+    }
+    std::time::Duration::from_millis(ms)
 }
 
 fn rate_limits(raw: RawRateLimit, routes: &[String], key: &str, problems: &mut Problems) -> RateLimitConfig {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::oneshot::error::TryRecvError;
@@ -39,7 +39,7 @@ use crate::components::snapshot::Entry;
 use crate::components::stats::ComponentLabels;
 use crate::components::version::Entrypoint;
 use crate::config::outbound::INTERNAL_SUFFIX;
-use crate::config::{ComponentLimits, TrustedProxies};
+use crate::config::{ComponentLimits, ReadFrom, TrustedProxies};
 use crate::limits::body::BodyCap;
 use crate::limits::gate::{Overloaded, Slot};
 use crate::limits::rates::Verdict;
@@ -313,7 +313,8 @@ impl Gateway {
             trace.rejected = Some("forward_signature");
             return forward_refused(&Refused::BodyChanged);
         }
-        let mut response = match self.place(&entry, forwarded.is_some()).await {
+        let reads = matches!(parts.method, Method::GET | Method::HEAD);
+        let mut response = match self.place(&entry, forwarded.is_some(), reads).await {
             Placed::Here(slot) => {
                 let slot = match slot {
                     Some(slot) => Ok(slot),
@@ -392,10 +393,13 @@ impl Gateway {
     }
 
     /// Where a request for `entry` is served. In a cluster, a component
-    /// with a database is served by its owner only; one without is served
+    /// with a database is served by its owner only (but for reads that may
+    /// come from a fresh enough replica); one without is served
     /// here while a slot is free, else by another host with a free one,
     /// else here after a wait. A forwarded request is never sent on again.
-    async fn place(&self, entry: &Entry, forwarded: bool) -> Placed {
+    /// A read (`reads`) of a component whose reads may come from a replica
+    /// is served here when this host's copy is fresh enough.
+    async fn place(&self, entry: &Entry, forwarded: bool, reads: bool) -> Placed {
         if let Some(why) = self.registry.placement.waiting(entry) {
             return Placed::Nowhere(cluster_unavailable(&why));
         }
@@ -403,6 +407,11 @@ impl Gateway {
             return Placed::Here(None);
         };
         if let Some(owner) = self.registry.placement.owner_elsewhere(&entry.name) {
+            let config = &entry.config;
+            if reads && config.read_from == ReadFrom::Replica && cluster.reads_here(&entry.name, config.max_replica_lag)
+            {
+                return Placed::Here(None);
+            }
             if forwarded {
                 // Ownership moved while the request was on its way.
                 let why = "it moved while this request was forwarded; retry";
