@@ -147,6 +147,7 @@ impl Replication {
                 }
             }
         };
+        let snapshots = read_from_leaders(&js, snapshots).await?;
         Ok(Replication {
             js,
             node,
@@ -462,6 +463,27 @@ impl Replication {
         tracing::info!(component, place, "started from the newest snapshot");
         Ok(place)
     }
+}
+
+/// `store`, read from its stream's leader from now on. An object store is
+/// made to answer reads from any of its servers, and one that lags (after
+/// a server's loss, say) can name a snapshot older than the one the log
+/// was trimmed behind: a copy that starts from it cannot follow the log.
+async fn read_from_leaders(
+    js: &jetstream::Context,
+    store: object_store::ObjectStore,
+) -> anyhow::Result<object_store::ObjectStore> {
+    let name = format!("OBJ_{SNAPSHOTS_BUCKET}");
+    let mut stream = js.get_stream(&name).await?;
+    let mut config = stream.info().await?.config.clone();
+    if !config.allow_direct {
+        return Ok(store);
+    }
+    config.allow_direct = false;
+    js.update_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot make the snapshot store read from its leader: {e}"))?;
+    Ok(js.get_object_store(SNAPSHOTS_BUCKET).await?)
 }
 
 /// How far into its log `db` is.
