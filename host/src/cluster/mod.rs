@@ -157,7 +157,7 @@ impl Cluster {
         events.join(&js, replicas).await?;
         let desired = key_value(&js, state::DESIRED_BUCKET, 10, Duration::ZERO, replicas).await?;
         let nodes = key_value(&js, state::NODES_BUCKET, 1, cluster.node_ttl, replicas).await?;
-        let versions = version_store(&js, replicas).await?;
+        let versions = object_store_of(&js, state::VERSIONS_BUCKET, replicas).await?;
         let replication = Arc::new(
             replication::Replication::new(js.clone(), cluster.node.clone(), replicas, cluster.snapshot_every).await?,
         );
@@ -1145,13 +1145,18 @@ async fn key_ring(desired: &kv::Store) -> anyhow::Result<KeyRing> {
     Ok(ring)
 }
 
-/// The object store of versions, made if it does not exist yet.
-async fn version_store(js: &jetstream::Context, replicas: usize) -> anyhow::Result<object_store::ObjectStore> {
-    if let Ok(store) = js.get_object_store(state::VERSIONS_BUCKET).await {
+/// The object store `bucket` (versions, snapshots), made if it does not
+/// exist yet.
+async fn object_store_of(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> anyhow::Result<object_store::ObjectStore> {
+    if let Ok(store) = js.get_object_store(bucket).await {
         return Ok(store);
     }
     let config = object_store::Config {
-        bucket: state::VERSIONS_BUCKET.into(),
+        bucket: bucket.into(),
         num_replicas: replicas,
         ..Default::default()
     };
@@ -1159,9 +1164,9 @@ async fn version_store(js: &jetstream::Context, replicas: usize) -> anyhow::Resu
         Ok(store) => Ok(store),
         // Another host made it first.
         Err(e) => js
-            .get_object_store(state::VERSIONS_BUCKET)
+            .get_object_store(bucket)
             .await
-            .map_err(|_| anyhow::anyhow!("cannot make the cluster's version store: {e}")),
+            .map_err(|_| anyhow::anyhow!("cannot make the cluster's {bucket} store: {e}")),
     }
 }
 

@@ -130,23 +130,7 @@ impl Replication {
         replicas: usize,
         snapshot_every: u64,
     ) -> anyhow::Result<Replication> {
-        let snapshots = match js.get_object_store(SNAPSHOTS_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => {
-                let config = object_store::Config {
-                    bucket: SNAPSHOTS_BUCKET.into(),
-                    num_replicas: replicas,
-                    ..Default::default()
-                };
-                match js.create_object_store(config).await {
-                    Ok(store) => store,
-                    Err(e) => js
-                        .get_object_store(SNAPSHOTS_BUCKET)
-                        .await
-                        .map_err(|_| anyhow::anyhow!("cannot make the cluster's snapshot store: {e}"))?,
-                }
-            }
-        };
+        let snapshots = super::object_store_of(&js, SNAPSHOTS_BUCKET, replicas).await?;
         let snapshots = read_from_leaders(&js, snapshots).await?;
         Ok(Replication {
             js,
@@ -269,8 +253,9 @@ impl Replication {
     /// about to take over need not wait for its consumer (which may be
     /// stalled on a NATS server that is gone).
     pub async fn catch_up(&self, component: &str, db: &Arc<Database>) -> anyhow::Result<()> {
-        let mut stream = self.js.get_stream(stream_name(component)).await?;
-        let state = stream.info().await?.state.clone();
+        // Fetched with the stream's state as of now.
+        let stream = self.js.get_stream(stream_name(component)).await?;
+        let state = stream.cached_info().state.clone();
         let mut place = place_of(db).await?;
         // A copy that never started from a snapshot holds an unknown base.
         if place == 0 || place + 1 < state.first_sequence {
@@ -294,8 +279,8 @@ impl Replication {
 
     /// How far `component`'s log goes.
     pub async fn last_entry(&self, component: &str) -> anyhow::Result<u64> {
-        let mut stream = self.js.get_stream(stream_name(component)).await?;
-        Ok(stream.info().await?.state.last_sequence)
+        let stream = self.js.get_stream(stream_name(component)).await?;
+        Ok(stream.cached_info().state.last_sequence)
     }
 
     /// Follows the log into the file, for good, starting again after any
@@ -323,8 +308,8 @@ impl Replication {
         }
         let mut place = place_of(db).await?;
         log.place.store(place, Ordering::Release);
-        let mut stream = self.js.get_stream(stream_name(component)).await?;
-        let first = stream.info().await?.state.first_sequence;
+        let stream = self.js.get_stream(stream_name(component)).await?;
+        let first = stream.cached_info().state.first_sequence;
         // A file with no place yet, or behind what the log still holds,
         // starts from a snapshot.
         if (place == 0 || place + 1 < first) && !log.owns() {
@@ -474,8 +459,8 @@ async fn read_from_leaders(
     store: object_store::ObjectStore,
 ) -> anyhow::Result<object_store::ObjectStore> {
     let name = format!("OBJ_{SNAPSHOTS_BUCKET}");
-    let mut stream = js.get_stream(&name).await?;
-    let mut config = stream.info().await?.config.clone();
+    let stream = js.get_stream(&name).await?;
+    let mut config = stream.cached_info().config.clone();
     if !config.allow_direct {
         return Ok(store);
     }
