@@ -606,13 +606,15 @@ fn a_replica_serves_reads_while_it_holds_the_log_and_never_once_it_cannot_tell()
         read.header("corral-node") != Some("n2")
     });
     // A user made now is never missing from a read through n2: n2 answers
-    // with the owner's copy, or not at all, never from its own.
-    let later = [&n1, &n3]
-        .iter()
-        .map(|h| h.post("/users", &json!({ "name": "bob", "email": "bob@example.com" })))
-        .find(|r| r.status == 201)
-        .expect("a host takes the write");
-    let bob = later.json()["id"].clone();
+    // with the owner's copy, or not at all, never from its own. (The
+    // servers left may first elect leaders for what the stopped one led.)
+    let mut later = None;
+    eventually_within(Duration::from_secs(30), "a host takes the write", || {
+        let made = n3.post("/users", &json!({ "name": "bob", "email": "bob@example.com" }));
+        later = (made.status == 201).then_some(made);
+        later.is_some()
+    });
+    let bob = later.expect("made").json()["id"].clone();
     for _ in 0..20 {
         let read = n2.get(&format!("/users/{bob}"));
         assert_ne!(
@@ -629,5 +631,65 @@ fn a_replica_serves_reads_while_it_holds_the_log_and_never_once_it_cannot_tell()
             read.text()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_restore_goes_through_the_owner_to_every_copy_and_to_a_host_that_starts_later() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let nats = nats_cluster(&[]);
+    let all: Vec<&Daemon> = nats.iter().collect();
+    let data: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hosts = three_hosts([all.clone(), all.clone(), all.clone()], &data);
+    let make = |host: &TestHost, name: &str| {
+        let made = host.post(
+            "/users",
+            &json!({ "name": name, "email": format!("{name}@example.com") }),
+        );
+        assert_eq!(made.status, 201, "{}", made.text());
+    };
+    make(&hosts[1], "kept");
+    let backup = hosts[0].admin("GET", "/components/users/backup", Vec::new());
+    assert_eq!(backup.status, 200, "{}", backup.text());
+    make(&hosts[2], "lost");
+
+    // A replica refuses it, naming the owner, which restores.
+    let refused = hosts[1]
+        .admin("PUT", "/components/users/backup", backup.body.clone())
+        .assert_problem(409, "owned-elsewhere");
+    assert!(refused["detail"].as_str().unwrap().contains("n1"), "{refused}");
+    let restored = hosts[0].admin("PUT", "/components/users/backup", backup.body.clone());
+    assert_eq!(restored.status, 200, "{}", restored.text());
+    make(&hosts[2], "after");
+
+    // n3 is down while the log moves on past the restore; a wiped host
+    // starts from a snapshot taken before it.
+    hosts.pop().unwrap().kill();
+    make(&hosts[0], "later");
+    for entry in std::fs::read_dir(data[2].path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    hosts.push(users_host(&all, "n3", data[2].path()));
+    eventually_within(Duration::from_secs(30), "every copy holds the log", || {
+        let places = places(&hosts[0]);
+        places.len() == 3 && places.iter().all(|(_, p)| p.is_some() && *p == places[0].1)
+    });
+    // The wiped host started before the restore, and reached it in the log.
+    for replica in &hosts[1..] {
+        assert!(replica.logs().contains("put an operator's restore in place"));
+    }
+    drop(hosts);
+    for dir in &data {
+        let mut emails = emails_in(dir.path());
+        emails.sort();
+        assert_eq!(
+            emails,
+            ["after@example.com", "kept@example.com", "later@example.com"],
+            "{}",
+            dir.path().display()
+        );
     }
 }

@@ -487,11 +487,18 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A failing test shows what the host said last.
+        // A failing test shows what the host said last, but for requests
+        // and the NATS client's reconnecting; all of it goes to
+        // $CORRAL_TEST_LOGS/<address>.log if that is set.
         if std::thread::panicking() {
             let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-            let last: Vec<&String> = logs.iter().rev().take(60).collect();
-            eprintln!("--- the last lines the host at {} logged:", self.addr);
+            if let Some(dir) = std::env::var_os("CORRAL_TEST_LOGS") {
+                let file = std::path::Path::new(&dir).join(format!("{}.log", self.addr.to_string().replace(':', "_")));
+                let _ = std::fs::write(file, logs.iter().map(|l| format!("{l}\n")).collect::<String>());
+            }
+            let said = |l: &&String| !l.contains("corral::access") && !l.contains("async_nats");
+            let last: Vec<&String> = logs.iter().rev().filter(said).take(60).collect();
+            eprintln!("--- the last lines the host at {} logged (but requests):", self.addr);
             for line in last.into_iter().rev() {
                 eprintln!("{line}");
             }

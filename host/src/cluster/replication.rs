@@ -14,6 +14,7 @@
 //! from the newest, then follows the log from there.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,11 @@ use crate::clock::now_ms;
 const SNAPSHOTS_BUCKET: &str = "corral_snapshots";
 /// The header of an entry that lists its schema statements, as JSON.
 const SCHEMA_HEADER: &str = "Corral-Schema";
+/// The header of an entry that is an operator's restore: it names the
+/// object of the snapshot store that holds the file.
+const RESET_HEADER: &str = "Corral-Reset";
+/// How long a restore waits for the snapshot store to take its file.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a commit waits for the log to take it. The writer is held
 /// meanwhile, so this bounds how long one stalled append stops writes.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -53,6 +59,8 @@ pub struct Replication {
 /// One database's log, as its file's [`CommitLog`].
 pub struct StreamLog {
     js: jetstream::Context,
+    /// Where an operator's restore puts its file for the copies to fetch.
+    snapshots: object_store::ObjectStore,
     component: String,
     /// This host owns the component: it may append.
     owns: AtomicBool,
@@ -84,12 +92,7 @@ impl CommitLog for StreamLog {
     }
 
     fn append(&self, after: u64, change: &Change) -> Result<u64, AppendError> {
-        if !self.owns() {
-            return Err(AppendError::NotOwner(format!(
-                "{} is owned by another host",
-                self.component
-            )));
-        }
+        self.check_owner()?;
         let mut message = jetstream::message::PublishMessage::build()
             .payload(change.changeset.clone().into())
             .expected_last_sequence(after);
@@ -97,25 +100,99 @@ impl CommitLog for StreamLog {
             let schema = serde_json::to_string(&change.schema).expect("strings serialize");
             message = message.header(SCHEMA_HEADER, schema.as_str());
         }
+        self.block_on(self.publish(message))
+    }
+
+    fn reset(&self, after: u64, file: &Path) -> Result<u64, AppendError> {
+        self.check_owner()?;
+        // Named for this restore alone: a deposed owner's restore at the
+        // same place must not replace the file the log's entry names.
+        let name = format!(
+            "{}{}.{:016x}",
+            restored_prefix(&self.component),
+            after + 1,
+            crate::components::random::u64()
+        );
+        self.block_on(async {
+            let stored = async {
+                let metadata = object_store::ObjectMetadata {
+                    name: name.clone(),
+                    metadata: HashMap::from([("place".to_string(), (after + 1).to_string())]),
+                    ..Default::default()
+                };
+                let mut file = tokio::fs::File::open(file).await?;
+                self.snapshots
+                    .put(metadata, &mut file)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            };
+            match tokio::time::timeout(UPLOAD_TIMEOUT, stored).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(AppendError::Refused(format!("cannot store the file: {e:#}"))),
+                Err(_) => {
+                    return Err(AppendError::Refused(format!(
+                        "cannot store the file within {UPLOAD_TIMEOUT:?}"
+                    )));
+                }
+            }
+            let message = jetstream::message::PublishMessage::build()
+                .payload(bytes::Bytes::new())
+                .expected_last_sequence(after)
+                .header(RESET_HEADER, name.as_str());
+            self.publish(message).await
+        })
+    }
+}
+
+impl StreamLog {
+    fn check_owner(&self) -> Result<(), AppendError> {
+        if self.owns() {
+            return Ok(());
+        }
+        Err(AppendError::NotOwner(format!(
+            "{} is owned by another host",
+            self.component
+        )))
+    }
+
+    /// Appends `message`; answers its place.
+    async fn publish(&self, message: jetstream::message::PublishMessage) -> Result<u64, AppendError> {
         let append = async {
             let ack = self.js.send_publish(subject(&self.component), message).await?;
             ack.await
         };
-        let appended = match tokio::runtime::Handle::try_current() {
-            // On an async worker (never on the request path, see `on_conn`).
-            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(timeout(append))),
-            Err(_) => self.runtime.block_on(timeout(append)),
-        };
-        match appended {
+        match timeout(append).await {
             Ok(Ok(ack)) => Ok(ack.sequence),
-            Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                Err(AppendError::Fenced)
-            }
-            Ok(Err(e)) => Err(AppendError::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(refusal(&e)),
             Err(_) => Err(AppendError::Unavailable(format!(
                 "no answer within {APPEND_TIMEOUT:?}; the write may be in the log"
             ))),
         }
+    }
+
+    /// Runs `work` to its end from an SQL thread, which holds the writer.
+    fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
+        match tokio::runtime::Handle::try_current() {
+            // On an async worker (never on the request path, see `on_conn`).
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
+            Err(_) => self.runtime.block_on(work),
+        }
+    }
+}
+
+/// What a failed append says of the write.
+fn refusal(e: &jetstream::context::PublishError) -> AppendError {
+    use jetstream::context::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::WrongLastSequence => AppendError::Fenced,
+        // No server answers for the stream (its leader is being elected):
+        // nothing stored it.
+        Kind::StreamNotFound => AppendError::Refused(e.to_string()),
+        // The stream's leader answered with an error: it did not store it.
+        Kind::Other if std::error::Error::source(e).is_some_and(|s| s.is::<jetstream::Error>()) => {
+            AppendError::Refused(e.to_string())
+        }
+        _ => AppendError::Unavailable(e.to_string()),
     }
 }
 
@@ -130,8 +207,8 @@ impl Replication {
         replicas: usize,
         snapshot_every: u64,
     ) -> anyhow::Result<Replication> {
-        let snapshots = super::object_store_of(&js, SNAPSHOTS_BUCKET, replicas).await?;
-        let snapshots = read_from_leaders(&js, snapshots).await?;
+        super::object_store_of(&js, SNAPSHOTS_BUCKET, replicas).await?;
+        let snapshots = read_from_leaders(&js).await?;
         Ok(Replication {
             js,
             node,
@@ -169,6 +246,7 @@ impl Replication {
             .map_err(|e| anyhow::anyhow!("cannot make {component}'s log: {e}"))?;
         let log = Arc::new(StreamLog {
             js: self.js.clone(),
+            snapshots: self.snapshots.clone(),
             component: component.to_string(),
             owns: AtomicBool::new(owns),
             place: AtomicU64::new(0),
@@ -264,8 +342,8 @@ impl Replication {
         let last = state.last_sequence;
         while place < last {
             let entry = stream.get_raw_message(place + 1).await?;
-            let change = decode(Some(&entry.headers), &entry.payload)?;
-            match db.apply(place + 1, change).await {
+            let entry = decode(Some(&entry.headers), &entry.payload)?;
+            match self.apply(component, db, place + 1, entry).await? {
                 Ok(Applied::Done | Applied::Had) => place += 1,
                 Ok(Applied::Gap { at }) => anyhow::bail!("entry {} does not follow the file's place {at}", place + 1),
                 Err(e) => anyhow::bail!("cannot apply entry {}: {e:?}", place + 1),
@@ -340,8 +418,8 @@ impl Replication {
                     if seq <= log.place.load(Ordering::Acquire) {
                         continue;
                     }
-                    let change = decode(entry.headers.as_ref(), &entry.payload)?;
-                    match db.apply(seq, change).await {
+                    let entry = decode(entry.headers.as_ref(), &entry.payload)?;
+                    match self.apply(component, db, seq, entry).await? {
                         Ok(Applied::Done | Applied::Had) => {
                             log.place.fetch_max(seq, Ordering::AcqRel);
                         }
@@ -380,9 +458,15 @@ impl Replication {
             *last = Some(self.snapshot(component, db).await?);
             // Kept: the entries after the snapshot before this one, so a
             // copy that started from it can still follow the log.
+            // (Nothing is behind a snapshot at place 0, and JetStream
+            // takes a purge up to sequence 1 as a purge of everything,
+            // entries after this snapshot included.)
+            if last_place == 0 {
+                return anyhow::Ok(());
+            }
             let stream = self.js.get_stream(stream_name(component)).await?;
             stream.purge().sequence(last_place + 1).await?;
-            anyhow::Ok(())
+            self.forget_restores(component, last_place + 1).await
         };
         if let Err(e) = due.await {
             tracing::warn!(component, "cannot take a snapshot: {e:#}");
@@ -432,43 +516,100 @@ impl Replication {
         let Some(place) = self.snapshot_place(component).await? else {
             anyhow::bail!("no snapshot of {component} yet: waiting for its owner to take one");
         };
-        let scratch = db.scratch_file(SCRATCH_PREFIXES[2])?;
-        let mut object = self
-            .snapshots
-            .get(component)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot read {component}'s snapshot: {e}"))?;
-        let mut file = tokio::fs::File::create(scratch.path()).await?;
-        tokio::io::copy(&mut object, &mut file).await?;
-        file.flush().await?;
-        drop(file);
+        let scratch = self.fetch(db, component, component).await?;
         db.restore_from(scratch.path())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start from {component}'s snapshot: {e}"))?;
         tracing::info!(component, place, "started from the newest snapshot");
         Ok(place)
     }
+
+    /// Applies entry `seq` of `component`'s log to the file; fails only if
+    /// the entry's file cannot be fetched (the outer error) or the change
+    /// does not apply (the inner one: the file is not the log's prefix).
+    async fn apply(
+        &self,
+        component: &str,
+        db: &Arc<Database>,
+        seq: u64,
+        entry: Entry,
+    ) -> anyhow::Result<Result<Applied, anyhow::Error>> {
+        match entry {
+            Entry::Change(change) => Ok(db.apply(seq, change).await.map_err(|e| anyhow::anyhow!("{e:?}"))),
+            Entry::Restore(name) => {
+                let scratch = self.fetch(db, component, &name).await?;
+                let applied = db.apply_restore(seq, scratch.path()).await;
+                if let Ok(Applied::Done) = applied {
+                    tracing::info!(component, seq, "put an operator's restore in place");
+                }
+                Ok(applied.map_err(|e| anyhow::anyhow!("{e}")))
+            }
+        }
+    }
+
+    /// The object `name` of the snapshot store, in a file beside
+    /// `component`'s database `db`.
+    async fn fetch(&self, db: &Database, component: &str, name: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+        let scratch = db.scratch_file(SCRATCH_PREFIXES[2])?;
+        let mut object = self
+            .snapshots
+            .get(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read {component}'s snapshot {name}: {e}"))?;
+        let mut file = tokio::fs::File::create(scratch.path()).await?;
+        tokio::io::copy(&mut object, &mut file).await?;
+        file.flush().await?;
+        Ok(scratch)
+    }
+
+    /// Removes the files of `component`'s restores at places before
+    /// `first`, which its log no longer holds.
+    async fn forget_restores(&self, component: &str, first: u64) -> anyhow::Result<()> {
+        let prefix = restored_prefix(component);
+        let mut objects = self.snapshots.list().await?;
+        let mut old = Vec::new();
+        while let Some(object) = objects.next().await {
+            let name = object?.name;
+            let place = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('.').next()?.parse::<u64>().ok());
+            if place.is_some_and(|place| place < first) {
+                old.push(name);
+            }
+        }
+        for name in old {
+            self.snapshots.delete(&name).await?;
+        }
+        Ok(())
+    }
 }
 
-/// `store`, read from its stream's leader from now on. An object store is
+/// How the names of the files of `component`'s restores begin.
+fn restored_prefix(component: &str) -> String {
+    format!("{component}.restored.")
+}
+
+/// The snapshot store, read from its stream's leader. An object store is
 /// made to answer reads from any of its servers, and one that lags (after
 /// a server's loss, say) can name a snapshot older than the one the log
 /// was trimmed behind: a copy that starts from it cannot follow the log.
-async fn read_from_leaders(
-    js: &jetstream::Context,
-    store: object_store::ObjectStore,
-) -> anyhow::Result<object_store::ObjectStore> {
+/// A store's handle reads as its stream was configured when it was got,
+/// so it is got only once the stream says so (another host may be making
+/// the same change at the same time).
+async fn read_from_leaders(js: &jetstream::Context) -> anyhow::Result<object_store::ObjectStore> {
     let name = format!("OBJ_{SNAPSHOTS_BUCKET}");
-    let stream = js.get_stream(&name).await?;
-    let mut config = stream.cached_info().config.clone();
-    if !config.allow_direct {
-        return Ok(store);
+    for _ in 0..50 {
+        let mut config = js.get_stream(&name).await?.cached_info().config.clone();
+        if !config.allow_direct {
+            return Ok(js.get_object_store(SNAPSHOTS_BUCKET).await?);
+        }
+        config.allow_direct = false;
+        js.update_stream(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot make the snapshot store read from its leader: {e}"))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    config.allow_direct = false;
-    js.update_stream(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot make the snapshot store read from its leader: {e}"))?;
-    Ok(js.get_object_store(SNAPSHOTS_BUCKET).await?)
+    anyhow::bail!("the snapshot store still reads from any server after 5 s")
 }
 
 /// How far into its log `db` is.
@@ -477,14 +618,25 @@ async fn place_of(db: &Arc<Database>) -> anyhow::Result<u64> {
     tokio::task::spawn_blocking(move || db.log_place()).await?
 }
 
-/// An entry of the log, as the change it carries.
-fn decode(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> anyhow::Result<Change> {
+/// An entry of a log.
+enum Entry {
+    /// A committed transaction.
+    Change(Change),
+    /// An operator's restore: the file is the object of this name.
+    Restore(String),
+}
+
+/// An entry of the log, as what it carries.
+fn decode(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> anyhow::Result<Entry> {
+    if let Some(name) = headers.and_then(|h| h.get(RESET_HEADER)) {
+        return Ok(Entry::Restore(name.as_str().to_string()));
+    }
     let schema = match headers.and_then(|h| h.get(SCHEMA_HEADER)) {
         Some(schema) => serde_json::from_str(schema.as_str())?,
         None => Vec::new(),
     };
-    Ok(Change {
+    Ok(Entry::Change(Change {
         schema,
         changeset: payload.to_vec(),
-    })
+    }))
 }

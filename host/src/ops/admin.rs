@@ -235,23 +235,13 @@ impl Admin {
             Ok(found) => found,
             Err(refused) => return refuse(body, *refused).await,
         };
-        if db.log().is_some() {
-            let why = format!(
-                "{name}'s database is replicated: a restore would not reach its log or the other hosts; \
-                 restore it with `durability = \"local\"`, or on a single host"
-            );
-            return refuse(
-                body,
-                problem::response(StatusCode::CONFLICT, "replicated", "Replicated", why),
-            )
-            .await;
-        }
         let scratch = match backup::receive(&db, &parts.headers, body, limit, self.body_pace).await {
             Ok(scratch) => scratch,
             Err(refused) => return refused,
         };
         let restored = to_the_end(async move {
-            let restored = db.restore_from(scratch.path()).await;
+            // A replicated database's restore goes through its log.
+            let restored = db.restore_through_log(scratch.path()).await;
             drop(scratch);
             restored
         });

@@ -13,7 +13,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::AsyncReadExt;
 
 use super::api;
-use crate::capabilities::sqlite::{Database, RestoreError, Restored, SCRATCH_PREFIXES};
+use crate::capabilities::sqlite::{AppendError, Database, RestoreError, Restored, SCRATCH_PREFIXES};
 use crate::serving::body::{BodyPace, read_body_into};
 use crate::serving::{BoxError, HttpResponse, ResponseBody, problem};
 
@@ -143,16 +143,30 @@ pub fn restored(name: &str, outcome: Result<Restored, RestoreError>) -> HttpResp
                     "The database is over the component's limit",
                 ),
                 RestoreError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "The database is busy"),
-                RestoreError::Failed(_) => (
+                RestoreError::Unwritten(AppendError::Unavailable(_)) => (
+                    StatusCode::BAD_GATEWAY,
+                    "outcome-unknown",
+                    "The replicated log did not answer; the restore may or may not have taken place",
+                ),
+                RestoreError::Unwritten(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-writable",
+                    "The replicated database cannot be written here now",
+                ),
+                RestoreError::Failed(_) | RestoreError::Logged(..) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "restore-failed",
                     "The restore failed",
                 ),
             };
             tracing::warn!(component = %name, "restore refused: {error}");
-            let response = problem::response(status, kind, title, format!("nothing changed: {name}: {error}"));
+            let changed = match &error {
+                RestoreError::Unwritten(AppendError::Unavailable(_)) | RestoreError::Logged(..) => "",
+                _ => "nothing changed: ",
+            };
+            let response = problem::response(status, kind, title, format!("{changed}{name}: {error}"));
             match error {
-                RestoreError::Busy => problem::retry_soon(response),
+                RestoreError::Busy | RestoreError::Unwritten(_) => problem::retry_soon(response),
                 _ => response,
             }
         }

@@ -913,7 +913,7 @@ fn failure(target: Target<'_>, request_id: &str, error: InvokeError) -> HttpResp
     );
     let (status, title) = match error {
         // Nothing of the request was written: a retry is safe.
-        InvokeError::Unwritten(AppendError::Fenced | AppendError::NotOwner(_)) => {
+        InvokeError::Unwritten(AppendError::Fenced | AppendError::NotOwner(_) | AppendError::Refused(_)) => {
             let detail = format!("{} cannot write here now: {error}; try again", target.component);
             return problem::unavailable("not-writable", "The service cannot write now", detail);
         }

@@ -13,6 +13,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
 
 use super::pool::Database;
+use super::replication::{AppendError, Applied, CommitLog, log_place, set_log_place};
 use crate::capabilities::bindings::corral::service::sqlite::Error;
 
 /// Why a restore did not take place; the database is as it was.
@@ -27,8 +28,30 @@ pub enum RestoreError {
     /// The writer stayed busy.
     #[error("the database stayed busy with writes; try again")]
     Busy,
+    /// The database is replicated and its log did not take the restore.
+    #[error("{0}")]
+    Unwritten(AppendError),
     #[error("{0}")]
     Failed(String),
+    /// The log took the restore, but this host failed to put it in place:
+    /// it does when it follows its log to the entry.
+    #[error("the log took the restore as entry {0}, and this host will put it in place from there: {1}")]
+    Logged(u64, String),
+}
+
+/// Whose restore it is, which says what the log of a replicated database
+/// has to do with it.
+enum Putting {
+    /// An operator's, on a database without a log, or a copy's own (a
+    /// replica starting from a snapshot): the file is put in place.
+    Plain,
+    /// An operator's, on the owner of a replicated database: the file goes
+    /// to the log first, as one entry every copy obeys, and is put in
+    /// place only once the log took it, as that entry.
+    ThroughLog(Arc<dyn CommitLog>),
+    /// A copy obeying such an entry, `seq`: put in place if it follows the
+    /// file's place, as a change would be.
+    Entry(u64),
 }
 
 /// How the files of copies beside the databases begin: backups, restores
@@ -80,34 +103,89 @@ impl Database {
     /// is checked and made ready before the writer is taken, so writes go
     /// on meanwhile; only the copy itself holds them.
     pub async fn restore_from(self: &Arc<Self>, from: &Path) -> Result<Restored, RestoreError> {
+        self.put_back(from, Putting::Plain).await.map(|(restored, _)| restored)
+    }
+
+    /// [`Database::restore_from`] on the owner of a replicated database:
+    /// the file, at the place after the file's, goes to the log (see
+    /// [`CommitLog::reset`]) while the writer is held, and is put in place
+    /// only once the log took it. Every copy then puts the same file in
+    /// place when it reaches that entry.
+    pub async fn restore_through_log(self: &Arc<Self>, from: &Path) -> Result<Restored, RestoreError> {
+        let Some(log) = self.log() else {
+            return self.restore_from(from).await;
+        };
+        self.put_back(from, Putting::ThroughLog(log))
+            .await
+            .map(|(restored, _)| restored)
+    }
+
+    /// Puts the file at `from`, which the log's entry `seq` names, in
+    /// place, if that entry follows the file's place (checked on the
+    /// writer, as [`Database::apply`] does).
+    pub async fn apply_restore(self: &Arc<Self>, seq: u64, from: &Path) -> Result<Applied, RestoreError> {
+        self.put_back(from, Putting::Entry(seq))
+            .await
+            .map(|(_, applied)| applied)
+    }
+
+    async fn put_back(self: &Arc<Self>, from: &Path, putting: Putting) -> Result<(Restored, Applied), RestoreError> {
         let stopped = |e: tokio::task::JoinError| RestoreError::Failed(format!("the restore stopped: {e}"));
         let (db, from) = (Arc::clone(self), from.to_path_buf());
-        let (source, restored) = tokio::task::spawn_blocking(move || db.prepare_restore(&from))
-            .await
-            .map_err(stopped)??;
+        let (source, restored, from) = tokio::task::spawn_blocking(move || {
+            db.prepare_restore(&from)
+                .map(|(source, restored)| (source, restored, from))
+        })
+        .await
+        .map_err(stopped)??;
         let mut writer = self.writer().await.map_err(|e| match e {
             Error::Busy => RestoreError::Busy,
             e => RestoreError::Failed(format!("cannot take the writer: {e:?}")),
         })?;
         let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        let applied = tokio::task::spawn_blocking(move || {
+            let failed = |e: rusqlite::Error| RestoreError::Failed(format!("cannot restore: {e}"));
+            let place = (writer.host(|conn| log_place(conn.raw())))
+                .map_err(|e| RestoreError::Failed(format!("cannot read the database's place in its log: {e:?}")))?;
+            let appended = match &putting {
+                Putting::Plain => None,
+                Putting::ThroughLog(log) => {
+                    set_log_place(&source, place + 1).map_err(failed)?;
+                    Some(log.reset(place, &from).map_err(RestoreError::Unwritten)?)
+                }
+                Putting::Entry(seq) if *seq <= place => return Ok(Applied::Had),
+                Putting::Entry(seq) if *seq != place + 1 => return Ok(Applied::Gap { at: place }),
+                Putting::Entry(_) => None,
+            };
             let step = Backup::new(&source, writer.connection_mut()).and_then(|backup| backup.step(-1));
             // Its next holder opens the writer afresh, and readers are
             // opened afresh, on the new schema.
             writer.reopen_writer();
             db.forget_readers();
-            match step {
-                Ok(StepResult::Done) => Ok(()),
+            let copied = match step {
+                Ok(StepResult::Done) => Ok(Applied::Done),
                 Ok(StepResult::Busy | StepResult::Locked) => Err(RestoreError::Busy),
                 Ok(other) => Err(RestoreError::Failed(format!("the restore stopped halfway ({other:?})"))),
                 Err(e) => Err(RestoreError::Failed(format!("cannot restore: {e}"))),
+            };
+            match (appended, copied) {
+                (Some(seq), Ok(applied)) => {
+                    if let Putting::ThroughLog(log) = &putting {
+                        log.committed(seq);
+                    }
+                    Ok(applied)
+                }
+                // This copy follows the log, which has the restore: it
+                // puts the file in place when it reaches the entry.
+                (Some(seq), Err(e)) => Err(RestoreError::Logged(seq, e.to_string())),
+                (None, copied) => copied,
             }
         })
         .await
         .map_err(stopped)??;
         // The restored outbox may hold messages not yet sent.
         self.outbox.raise();
-        Ok(restored)
+        Ok((restored, applied))
     }
 
     /// Opens the file at `from` and checks it whole; makes it ready to be

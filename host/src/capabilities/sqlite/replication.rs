@@ -56,9 +56,12 @@ pub enum AppendError {
     /// The log has moved past this file's place: another host wrote.
     #[error("another host wrote to the database first; this write was not made")]
     Fenced,
-    /// The log did not answer, or answered with an error: the write may
-    /// or may not be in it.
-    #[error("the replicated log did not take the write: {0}")]
+    /// The log answered that it did not take the write (no server leads
+    /// it now, or it refused): the write is not in it.
+    #[error("the replicated log refused the write: {0}")]
+    Refused(String),
+    /// The log did not answer: the write may or may not be in it.
+    #[error("the replicated log did not answer: {0}")]
     Unavailable(String),
 }
 
@@ -71,6 +74,11 @@ pub trait CommitLog: Send + Sync {
     /// Appends `change` right after `after`, the last entry this file
     /// holds; answers its place in the log.
     fn append(&self, after: u64, change: &Change) -> Result<u64, AppendError>;
+
+    /// Appends, right after `after`, an entry that replaces the database
+    /// with the SQLite file at `file`, which holds its place (`after + 1`):
+    /// an operator's restore. Answers its place.
+    fn reset(&self, after: u64, file: &std::path::Path) -> Result<u64, AppendError>;
 
     /// The file committed entry `seq`, which it appended.
     fn committed(&self, seq: u64);
@@ -208,14 +216,14 @@ impl Conn {
 }
 
 /// How far into the log the file is (0: nowhere yet).
-fn log_place(conn: &rusqlite::Connection) -> rusqlite::Result<u64> {
+pub(super) fn log_place(conn: &rusqlite::Connection) -> rusqlite::Result<u64> {
     let seq: Option<i64> = conn
         .query_row("SELECT seq FROM _corral_log WHERE id = 1", [], |row| row.get(0))
         .optional()?;
     Ok(seq.unwrap_or(0) as u64)
 }
 
-fn set_log_place(conn: &rusqlite::Connection, seq: u64) -> rusqlite::Result<()> {
+pub(super) fn set_log_place(conn: &rusqlite::Connection, seq: u64) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO _corral_log (id, seq) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
         [seq as i64],

@@ -400,6 +400,8 @@ fn a_large_schema_never_keeps_the_database_from_opening() {
 #[derive(Default)]
 struct MemoryLog {
     entries: std::sync::Mutex<Vec<super::Change>>,
+    /// The files of the entries that are restores, by place.
+    restores: std::sync::Mutex<std::collections::HashMap<u64, Vec<u8>>>,
     owns: std::sync::atomic::AtomicBool,
 }
 
@@ -420,6 +422,13 @@ impl super::CommitLog for MemoryLog {
         }
         entries.push(change.clone());
         Ok(entries.len() as u64)
+    }
+
+    fn reset(&self, after: u64, file: &std::path::Path) -> Result<u64, super::AppendError> {
+        let seq = self.append(after, &super::Change::default())?;
+        let bytes = std::fs::read(file).map_err(|e| super::AppendError::Refused(e.to_string()))?;
+        self.restores.lock().unwrap().insert(seq, bytes);
+        Ok(seq)
     }
 }
 
@@ -527,4 +536,76 @@ async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
         matches!(&refused_again, Err(Error::InvalidStatement(why)) if why.contains("loose")),
         "{refused_again:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_of_a_replicated_database_goes_through_its_log_and_every_copy_obeys_it() {
+    let (dir, owner) = tokio::task::block_in_place(|| database(DbLimits::default()));
+    let (_b, replica) = tokio::task::block_in_place(|| database(DbLimits::default()));
+    let log = Arc::new(MemoryLog::default());
+    log.owns.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::task::block_in_place(|| owner.attach_log(log.clone())).unwrap();
+    let stats = super::SqliteStats {
+        ok: Default::default(),
+        failed: Default::default(),
+        duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+    };
+    let mut ctx = super::SqliteCtx::new(Arc::clone(&owner), stats);
+    let mut write = async |sql: &str| ctx.run(sql.into(), vec![]).await.unwrap().unwrap();
+    write("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").await;
+    write("INSERT INTO t (name) VALUES ('kept')").await;
+    let backup = dir.path().join("backup.sqlite3");
+    tokio::task::block_in_place(|| owner.backup_to(&backup)).unwrap();
+    write("INSERT INTO t (name) VALUES ('lost')").await;
+    let names = |db: &Arc<Database>| rows(db, "SELECT name FROM t ORDER BY id");
+    let copy_of_backup = || {
+        let copy = dir.path().join(format!("{}.sqlite3", crate::components::random::u64()));
+        std::fs::copy(&backup, &copy).unwrap();
+        copy
+    };
+
+    // Another host appended first: the restore is refused, nothing changed.
+    log.entries.lock().unwrap().push(super::Change::default());
+    let fenced = owner.restore_through_log(&copy_of_backup()).await;
+    assert!(
+        matches!(fenced, Err(super::RestoreError::Unwritten(super::AppendError::Fenced))),
+        "{fenced:?}"
+    );
+    assert_eq!(names(&owner).len(), 2);
+    log.entries.lock().unwrap().pop();
+
+    owner.restore_through_log(&copy_of_backup()).await.unwrap();
+    assert_eq!(names(&owner), vec![vec![Value::Text("kept".into())]]);
+    let place = |db: &Arc<Database>| tokio::task::block_in_place(|| db.log_place().unwrap());
+    assert_eq!(
+        place(&owner),
+        log.entries.lock().unwrap().len() as u64,
+        "the restore is an entry"
+    );
+    // Writes go on after it, from its place.
+    write("INSERT INTO t (name) VALUES ('after')").await;
+
+    // A copy that follows the log ends as the owner is.
+    let entries = log.entries.lock().unwrap().clone();
+    let restores = log.restores.lock().unwrap().clone();
+    assert_eq!(restores.len(), 1);
+    for (i, change) in entries.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        let applied = match restores.get(&seq) {
+            Some(bytes) => {
+                let file = dir.path().join(format!("entry-{seq}.sqlite3"));
+                std::fs::write(&file, bytes).unwrap();
+                let applied = replica.apply_restore(seq, &file).await.unwrap();
+                std::fs::write(&file, bytes).unwrap();
+                let again = replica.apply_restore(seq, &file).await.unwrap();
+                assert_eq!(again, super::Applied::Had, "an entry is put in place once");
+                applied
+            }
+            None => replica.apply(seq, change).await.unwrap(),
+        };
+        assert_eq!(applied, super::Applied::Done, "entry {seq}");
+    }
+    assert_eq!(names(&replica), names(&owner));
+    assert_eq!(names(&owner).len(), 2);
+    assert_eq!(place(&replica), place(&owner));
 }
