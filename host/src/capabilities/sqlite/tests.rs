@@ -559,7 +559,7 @@ async fn a_restore_of_a_replicated_database_goes_through_its_log_and_every_copy_
     write("INSERT INTO t (name) VALUES ('lost')").await;
     let names = |db: &Arc<Database>| rows(db, "SELECT name FROM t ORDER BY id");
     let copy_of_backup = || {
-        let copy = dir.path().join(format!("{}.sqlite3", crate::components::random::u64()));
+        let copy = tempfile::NamedTempFile::new_in(dir.path()).unwrap().into_temp_path();
         std::fs::copy(&backup, &copy).unwrap();
         copy
     };
