@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -273,6 +273,14 @@ fn main() -> anyhow::Result<()> {
             .find(|m| m.scenario == "mixed" && m.server == *name)
             .map_or(0.0, Measured::requests_per_second);
         let rate = (peak / 2.0).max(100.0);
+        // Each server starts with what the rounds before wrote on the disk,
+        // not flushing behind its back (the first to run would pay for all).
+        let flushed = Instant::now();
+        Command::new("sync").status().context("running sync")?;
+        eprintln!(
+            "{name:>6} fixed rate: the disk took {:.1} s to flush first",
+            flushed.elapsed().as_secs_f64()
+        );
         let latencies = openloop::run(
             server.addr,
             rate,
