@@ -128,6 +128,18 @@ fn emails_in(data: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Empties a stopped host's data folder `data`, as a lost volume would be.
+fn wipe(data: &Path) {
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
 /// Three hosts of `users`, n1 its owner, each on the NATS servers its
 /// entry of `servers` names, every one following the log.
 fn three_hosts(servers: [Vec<&Daemon>; 3], data: &[tempfile::TempDir]) -> Vec<TestHost> {
@@ -391,14 +403,7 @@ fn a_host_down_during_10000_writes_catches_up_and_a_wiped_one_starts_from_a_snap
     let n3 = users_host(&all, "n3", data[2].path());
     // n2's volume is wiped: it starts from the newest snapshot.
     hosts.pop().unwrap().kill();
-    for entry in std::fs::read_dir(data[1].path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).unwrap();
-        } else {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    wipe(data[1].path());
     let n2 = users_host(&all, "n2", data[1].path());
     let n1 = hosts.pop().unwrap();
     let caught_up = || {
@@ -666,12 +671,7 @@ fn a_restore_goes_through_the_owner_to_every_copy_and_to_a_host_that_starts_late
     // starts from a snapshot taken before it.
     hosts.pop().unwrap().kill();
     make(&hosts[0], "later");
-    for entry in std::fs::read_dir(data[2].path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    wipe(data[2].path());
     hosts.push(users_host(&all, "n3", data[2].path()));
     eventually_within(Duration::from_secs(30), "every copy holds the log", || {
         let places = places(&hosts[0]);

@@ -170,10 +170,11 @@ impl StreamLog {
         }
     }
 
-    /// Runs `work` to its end from an SQL thread, which holds the writer.
+    /// Runs `work` to its end from a thread that holds the writer: an SQL
+    /// thread, or one of the runtime's (a worker, never on the request
+    /// path, see `on_conn`; a blocking thread, for a restore).
     fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
         match tokio::runtime::Handle::try_current() {
-            // On an async worker (never on the request path, see `on_conn`).
             Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(work)),
             Err(_) => self.runtime.block_on(work),
         }

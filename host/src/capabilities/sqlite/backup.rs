@@ -147,11 +147,12 @@ impl Database {
             let failed = |e: rusqlite::Error| RestoreError::Failed(format!("cannot restore: {e}"));
             let place = (writer.host(|conn| log_place(conn.raw())))
                 .map_err(|e| RestoreError::Failed(format!("cannot read the database's place in its log: {e:?}")))?;
+            // The log that took the restore, and where.
             let appended = match &putting {
                 Putting::Plain => None,
                 Putting::ThroughLog(log) => {
                     set_log_place(&source, place + 1).map_err(failed)?;
-                    Some(log.reset(place, &from).map_err(RestoreError::Unwritten)?)
+                    Some((log, log.reset(place, &from).map_err(RestoreError::Unwritten)?))
                 }
                 Putting::Entry(seq) if *seq <= place => return Ok(Applied::Had),
                 Putting::Entry(seq) if *seq != place + 1 => return Ok(Applied::Gap { at: place }),
@@ -166,18 +167,16 @@ impl Database {
                 Ok(StepResult::Done) => Ok(Applied::Done),
                 Ok(StepResult::Busy | StepResult::Locked) => Err(RestoreError::Busy),
                 Ok(other) => Err(RestoreError::Failed(format!("the restore stopped halfway ({other:?})"))),
-                Err(e) => Err(RestoreError::Failed(format!("cannot restore: {e}"))),
+                Err(e) => Err(failed(e)),
             };
             match (appended, copied) {
-                (Some(seq), Ok(applied)) => {
-                    if let Putting::ThroughLog(log) = &putting {
-                        log.committed(seq);
-                    }
+                (Some((log, seq)), Ok(applied)) => {
+                    log.committed(seq);
                     Ok(applied)
                 }
                 // This copy follows the log, which has the restore: it
                 // puts the file in place when it reaches the entry.
-                (Some(seq), Err(e)) => Err(RestoreError::Logged(seq, e.to_string())),
+                (Some((_, seq)), Err(e)) => Err(RestoreError::Logged(seq, e.to_string())),
                 (None, copied) => copied,
             }
         })

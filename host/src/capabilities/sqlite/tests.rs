@@ -432,14 +432,20 @@ impl super::CommitLog for MemoryLog {
     }
 }
 
-fn rows(db: &Arc<Database>, sql: &str) -> Vec<Vec<Value>> {
-    tokio::task::block_in_place(|| exec(&mut db.reader().unwrap(), sql, &[]).unwrap())
+/// An owner whose commits go to a [`MemoryLog`] it owns, and a replica
+/// to apply that log to.
+struct Replicated {
+    owner_dir: tempfile::TempDir,
+    owner: Arc<Database>,
+    replica_dir: tempfile::TempDir,
+    replica: Arc<Database>,
+    log: Arc<MemoryLog>,
+    stats: super::SqliteStats,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
-    let (_a, owner) = tokio::task::block_in_place(|| database(DbLimits::default()));
-    let (_b, replica) = tokio::task::block_in_place(|| database(DbLimits::default()));
+fn replicated() -> Replicated {
+    let (owner_dir, owner) = tokio::task::block_in_place(|| database(DbLimits::default()));
+    let (replica_dir, replica) = tokio::task::block_in_place(|| database(DbLimits::default()));
     let log = Arc::new(MemoryLog::default());
     log.owns.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::task::block_in_place(|| owner.attach_log(log.clone())).unwrap();
@@ -448,6 +454,30 @@ async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
         failed: Default::default(),
         duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
     };
+    Replicated {
+        owner_dir,
+        owner,
+        replica_dir,
+        replica,
+        log,
+        stats,
+    }
+}
+
+fn rows(db: &Arc<Database>, sql: &str) -> Vec<Vec<Value>> {
+    tokio::task::block_in_place(|| exec(&mut db.reader().unwrap(), sql, &[]).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
+    let Replicated {
+        owner_dir: _a,
+        owner,
+        replica_dir: _b,
+        replica,
+        log,
+        stats,
+    } = replicated();
     let mut ctx = super::SqliteCtx::new(Arc::clone(&owner), stats.clone());
     // A schema change and writes in a guest transaction, one of them undone.
     ctx.begin_transaction().await.unwrap().unwrap();
@@ -540,16 +570,14 @@ async fn a_replica_that_applies_the_log_holds_what_the_owner_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_of_a_replicated_database_goes_through_its_log_and_every_copy_obeys_it() {
-    let (dir, owner) = tokio::task::block_in_place(|| database(DbLimits::default()));
-    let (_b, replica) = tokio::task::block_in_place(|| database(DbLimits::default()));
-    let log = Arc::new(MemoryLog::default());
-    log.owns.store(true, std::sync::atomic::Ordering::Relaxed);
-    tokio::task::block_in_place(|| owner.attach_log(log.clone())).unwrap();
-    let stats = super::SqliteStats {
-        ok: Default::default(),
-        failed: Default::default(),
-        duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
-    };
+    let Replicated {
+        owner_dir: dir,
+        owner,
+        replica_dir: _b,
+        replica,
+        log,
+        stats,
+    } = replicated();
     let mut ctx = super::SqliteCtx::new(Arc::clone(&owner), stats);
     let mut write = async |sql: &str| ctx.run(sql.into(), vec![]).await.unwrap().unwrap();
     write("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").await;
