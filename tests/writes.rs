@@ -158,10 +158,12 @@ fn a_group_of_slow_writes_gives_the_writer_back_between_them() {
     answered.sort();
     eprintln!("answered after {answered:?}");
     // The first ran alone; the seven that queued behind it were not
-    // answered together after one group ran them all, but one by one.
-    let one = answered[0].as_secs_f64();
+    // answered together after one group ran them all (within moments of
+    // each other, at the very end), but one by one: their answers spread
+    // over most of the run. (Relative to the whole run, not to the first
+    // write, whose time also holds the host's start-up of a burst.)
     let spread = (answered[7] - answered[1]).as_secs_f64();
-    assert!(spread > 3.0 * one, "{answered:?}");
+    assert!(spread > answered[7].as_secs_f64() / 4.0, "{answered:?}");
     // Fast writes still go in groups, and the writer is free again.
     let reply = host.sql_reply("INSERT INTO junk (data) VALUES (x'01')");
     assert_eq!(reply.status, 200, "{}", reply.text());
