@@ -4,7 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 wasm_target := "wasm32-wasip2"
 # Every crate under components/ (a new one from `corral new` included):
-# users and orders, the SDK, `chaos`, `failing-init` and `relay` for tests
+# users and orders, the SDK, `chaos`, `failing-init`, `relay` and `relay-store` for tests
 # and `empty` for benchmarks.
 components := "--workspace --exclude corral --exclude corral-bench"
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod backup;
+mod calls;
 mod capacity;
 mod cluster;
 mod config;

@@ -57,6 +57,7 @@ use crate::limits::shared::SharedLimits;
 use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::serving::body::BodyPace;
+use crate::serving::calls::Elsewhere;
 use crate::serving::forward::Forwarder;
 use crate::serving::gateway::{Gateway, Internal};
 use crate::wasm::engine::{self, EngineSettings, EpochTicker};
@@ -416,6 +417,9 @@ async fn serve_public(
     gateway
         .registry
         .serve_internal(Arc::new(Internal(Arc::downgrade(&gateway))));
+    gateway
+        .registry
+        .call_elsewhere(Arc::new(Elsewhere(Arc::downgrade(&gateway))));
     let (stop_public, public_stopped) = tokio::sync::oneshot::channel::<()>();
     let public = serving::server::run(
         listener,

@@ -3,6 +3,10 @@
 //! or a cycle. `GET /<prefix>/<hops>?behavior=answer|panic|spin|sleep` starts
 //! a chain through the imported relay; `GET /<prefix>/local` answers without
 //! calling anyone.
+//!
+//! Built as `relay-store` (feature `store`), it reads its database on every
+//! call, so that in a cluster each copy has an owner and a call between two
+//! copies owned by different hosts crosses from one host to the other.
 
 use std::hint::black_box;
 
@@ -71,6 +75,9 @@ impl api::Guest for Relay {
 
     fn forward(hops: u32, behavior: api::Behavior) -> Result<u32, api::Error> {
         corral_sdk::log::info(&format!("forwarding, {hops} hops to go"));
+        #[cfg(feature = "store")]
+        corral_sdk::db::execute("SELECT 1", &[])
+            .map_err(|e| api::Error::Unavailable(format!("its database failed: {e}")))?;
         if hops > 0 {
             let behavior = match behavior {
                 api::Behavior::Answer => Behavior::Answer,

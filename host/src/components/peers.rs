@@ -1,28 +1,57 @@
 //! Calls between components, for any interface: the host functions that
 //! carry a call into a fresh instance of the provider `interfaces` resolved,
-//! in its own store, with its own limits and database.
+//! in its own store, with its own limits and database. In a cluster, a
+//! provider another host owns is called on that host ([`CallElsewhere`],
+//! whose values travel as [`remote`](super::remote) says).
 //!
 //! A call that cannot complete (the provider traps, runs out of time, is
-//! overloaded, or the chain is too deep) returns the `unavailable(string)`
-//! error that every function a component offers its peers must declare; it
-//! never traps the caller.
+//! overloaded, its owner is unreachable, or the chain is too deep) returns
+//! the `unavailable(string)` error that every function a component offers
+//! its peers must declare; it never traps the caller.
 
-use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use wasmtime::component::types::ComponentFunc;
 use wasmtime::component::{Linker, Val};
 
 use super::interfaces::{LinkPeers, PeerInterfaces, UNAVAILABLE};
 use super::placement::Placement;
-use super::snapshot::Snapshot;
+use super::snapshot::{Entry, Snapshot};
 use super::stats::{CallLabels, ComponentStats};
+use crate::capabilities::http::BoxFuture;
 use crate::wasm::invoke;
 use crate::wasm::state::RequestState;
 
 /// At most this many calls deep; past it a call is `unavailable`, so that
-/// cycles between components end.
+/// cycles between components end, across hosts too.
 pub const MAX_CALL_DEPTH: u32 = 8;
+
+/// Calls a component that another host owns, on that host: set by the
+/// serving layer, which holds the cluster and the connections between hosts.
+pub trait CallElsewhere: Send + Sync {
+    /// The results of `call` on the host `owner`, or why there are none.
+    fn call(&self, owner: String, call: Outgoing) -> BoxFuture<Result<Vec<Val>, String>>;
+}
+
+/// A call on its way to another host.
+pub struct Outgoing {
+    pub caller: Arc<str>,
+    pub callee: Arc<str>,
+    pub interface: Arc<str>,
+    pub func: Arc<str>,
+    pub params: Vec<Val>,
+    /// The caller's view of the function, to read the results with.
+    pub ty: ComponentFunc,
+    pub request_id: Arc<str>,
+    pub depth: u32,
+    /// What is left of the caller's time: the callee gets no more.
+    pub within: Duration,
+    /// The callee's `max_call_bytes`, which the answer is held to before
+    /// it is read.
+    pub max_call_bytes: usize,
+}
 
 /// What a call's host function needs; shared by all the functions of one
 /// importer's linker.
@@ -32,6 +61,8 @@ pub struct Dispatch {
     pub snapshot: Weak<ArcSwap<Snapshot>>,
     pub placement: Arc<Placement>,
     pub stats: Arc<ComponentStats>,
+    /// Calls to components owned elsewhere, once the serving layer is up.
+    pub elsewhere: Arc<OnceLock<Arc<dyn CallElsewhere>>>,
 }
 
 /// Defines every peer import of `importer` in `linker` as a host function
@@ -46,13 +77,20 @@ impl LinkPeers for Dispatch {
                     importer: importer.into(),
                     interface: interface.as_str().into(),
                     func: func.name.as_str().into(),
+                    ty: func.ty.clone(),
                     dispatch: self.clone(),
                 };
                 instance.func_new_async(&func.name, move |store, _ty, params, results| {
                     let call = call.clone();
                     Box::new(async move {
-                        let (depth, request_id) = (store.data().depth() + 1, store.data().request_id());
-                        call.run(depth, request_id, params, results).await;
+                        let state = store.data();
+                        let within = state.deadline().saturating_duration_since(Instant::now());
+                        let from = Chain {
+                            depth: state.depth() + 1,
+                            request_id: state.request_id(),
+                            within,
+                        };
+                        call.run(from, params, results).await;
                         Ok(())
                     })
                 })?;
@@ -62,44 +100,60 @@ impl LinkPeers for Dispatch {
     }
 }
 
+/// Where a call is in its chain: how deep, for which request, and how
+/// long its caller may still wait.
+#[derive(Clone)]
+pub struct Chain {
+    pub depth: u32,
+    pub request_id: Arc<str>,
+    pub within: Duration,
+}
+
 /// One function of one importer, ready to be called.
 #[derive(Clone)]
 struct Call {
     importer: Arc<str>,
     interface: Arc<str>,
     func: Arc<str>,
+    ty: ComponentFunc,
     dispatch: Dispatch,
+}
+
+/// Who answered a call, for its metrics.
+struct Callee {
+    name: Arc<str>,
+    version: Arc<str>,
 }
 
 impl Call {
     /// Calls the provider; on any failure, answers `unavailable` instead.
-    async fn run(&self, depth: u32, request_id: Arc<str>, params: &[Val], results: &mut [Val]) {
+    async fn run(&self, from: Chain, params: &[Val], results: &mut [Val]) {
         let started = Instant::now();
-        let (mut callee, mut version): (Arc<str>, Arc<str>) = ("-".into(), "-".into());
-        let outcome = self
-            .forward(depth, request_id, params, results, (&mut callee, &mut version))
-            .await;
+        let mut callee = Callee {
+            name: "-".into(),
+            version: "-".into(),
+        };
+        let outcome = self.forward(from, params, results, &mut callee).await;
         let outcome = match outcome {
             Ok(()) => "ok",
             Err(reason) => {
                 tracing::warn!(
                     caller = %self.importer,
-                    callee = %callee,
+                    callee = %callee.name,
                     interface = %self.interface,
                     func = %self.func,
                     "a call between components did not complete: {reason}"
                 );
                 if let Some(result) = results.first_mut() {
-                    let error = Val::Variant(UNAVAILABLE.into(), Some(Box::new(Val::String(reason))));
-                    *result = Val::Result(Err(Some(Box::new(error))));
+                    *result = unavailable(reason);
                 }
                 UNAVAILABLE
             }
         };
         let labels = CallLabels {
             caller: Arc::clone(&self.importer),
-            callee,
-            version,
+            callee: callee.name,
+            version: callee.version,
             interface: Arc::clone(&self.interface),
             outcome,
         };
@@ -113,17 +167,12 @@ impl Call {
 
     async fn forward(
         &self,
-        depth: u32,
-        request_id: Arc<str>,
+        from: Chain,
         params: &[Val],
         results: &mut [Val],
-        (callee, callee_version): (&mut Arc<str>, &mut Arc<str>),
+        callee: &mut Callee,
     ) -> Result<(), String> {
-        if depth > MAX_CALL_DEPTH {
-            return Err(format!(
-                "the call would be {depth} calls deep, past the limit of {MAX_CALL_DEPTH}"
-            ));
-        }
+        check_depth(from.depth)?;
         let snapshot = self
             .dispatch
             .snapshot
@@ -135,54 +184,169 @@ impl Call {
             .provider(&self.importer, &self.interface)
             .ok_or("no component provides it now")?;
         let entry = snapshot.get(provider).ok_or("its provider is not serving")?;
-        if let Some(refusal) = self.dispatch.placement.refuse_call(entry) {
-            return Err(refusal);
+        let placement = &self.dispatch.placement;
+        if let Some(why) = placement.waiting(entry) {
+            return Err(why);
         }
-        *callee = Arc::clone(&entry.name);
-        let version = Arc::clone(entry.pick(super::random::u64()));
-        *callee_version = Arc::clone(&version.short);
-        let export = version
-            .peers
-            .exports
-            .get(&*self.interface)
-            .and_then(|funcs| funcs.get(&*self.func));
-        let Some((_, export)) = export else {
-            return Err(format!(
-                "version {} of {} does not export it",
-                version.short, entry.name
-            ));
-        };
+        callee.name = Arc::clone(&entry.name);
+        if let Some(owner) = placement.owner_elsewhere(&entry.name) {
+            return self.elsewhere(entry, owner, from, params, results).await;
+        }
+        let served = serve(entry, &self.interface, &self.func, from, params, results).await?;
+        callee.version = served;
+        Ok(())
+    }
+
+    /// Calls `entry` on its owner, another host: within the callee's
+    /// payload limit both ways, as on one host.
+    async fn elsewhere(
+        &self,
+        entry: &Entry,
+        owner: String,
+        from: Chain,
+        params: &[Val],
+        results: &mut [Val],
+    ) -> Result<(), String> {
         let limit = entry.limits().max_call_bytes;
-        let sent = payload_bytes(params);
-        if sent > limit {
+        check_payload(&entry.name, "would be passed", params, limit)?;
+        let elsewhere = self
+            .dispatch
+            .elsewhere
+            .get()
+            .ok_or("this host cannot call other hosts yet")?;
+        let outgoing = Outgoing {
+            caller: Arc::clone(&self.importer),
+            callee: Arc::clone(&entry.name),
+            interface: Arc::clone(&self.interface),
+            func: Arc::clone(&self.func),
+            params: params.to_vec(),
+            ty: self.ty.clone(),
+            request_id: from.request_id,
+            depth: from.depth,
+            within: from.within,
+            max_call_bytes: limit,
+        };
+        let answered = elsewhere.call(owner, outgoing).await?;
+        if answered.len() != results.len() {
             return Err(format!(
-                "the call passes {sent} bytes, more than {}'s limit of {limit}",
-                entry.name
+                "{} answered with {} results where the function has {}",
+                entry.name,
+                answered.len(),
+                results.len()
             ));
         }
-        let _slot = entry
-            .shared
-            .gate
-            .enter()
-            .await
-            .map_err(|e| format!("{} is overloaded: {e}", entry.name))?;
-        invoke::call_export(entry.target(&version), *export, params, results, request_id, depth)
-            .await
-            .map_err(|e| format!("{}: {}", entry.name, e.public()))?;
-        let answered = payload_bytes(results);
-        if answered > limit {
-            return Err(format!(
-                "{} answered with {answered} bytes, more than its limit of {limit}",
-                entry.name
-            ));
+        check_payload(&entry.name, "answered with", &answered, limit)?;
+        for (slot, value) in results.iter_mut().zip(answered) {
+            *slot = value;
         }
         Ok(())
     }
 }
 
+/// The `unavailable` error a call that did not complete returns.
+fn unavailable(reason: String) -> Val {
+    let error = Val::Variant(UNAVAILABLE.into(), Some(Box::new(Val::String(reason))));
+    Val::Result(Err(Some(Box::new(error))))
+}
+
+/// Refuses a call `depth` calls deep, past [`MAX_CALL_DEPTH`].
+pub fn check_depth(depth: u32) -> Result<(), String> {
+    if depth > MAX_CALL_DEPTH {
+        return Err(format!(
+            "the call would be {depth} calls deep, past the limit of {MAX_CALL_DEPTH}"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses `values` if they are more than `component`'s `limit` of bytes.
+fn check_payload(component: &str, what: &str, values: &[Val], limit: usize) -> Result<(), String> {
+    let bytes = payload_bytes(values);
+    if bytes > limit {
+        return Err(format!(
+            "{component} {what} {bytes} bytes, more than its call limit of {limit}"
+        ));
+    }
+    Ok(())
+}
+
+/// The exported function `func` of `interface` in the version of `entry`
+/// a call gets, with its type.
+pub struct Export {
+    pub version: Arc<super::version::Version>,
+    pub index: wasmtime::component::ComponentExportIndex,
+    pub ty: ComponentFunc,
+}
+
+impl Export {
+    pub fn find(entry: &Entry, interface: &str, func: &str) -> Result<Export, String> {
+        let version = Arc::clone(entry.pick(super::random::u64()));
+        let export = version.peers.exports.get(interface).and_then(|funcs| funcs.get(func));
+        let Some((ty, index)) = export else {
+            return Err(format!(
+                "version {} of {} does not export {interface}#{func}",
+                version.short, entry.name
+            ));
+        };
+        let (ty, index) = (ty.clone(), *index);
+        Ok(Export { version, index, ty })
+    }
+}
+
+/// Serves a call to `entry`, on this host: in a fresh instance of the
+/// version picked for it, within its payload limit both ways, its
+/// concurrency gate, and its timeout or what the caller has left, if less.
+/// The short digest of the version that answered.
+pub async fn serve(
+    entry: &Entry,
+    interface: &str,
+    func: &str,
+    from: Chain,
+    params: &[Val],
+    results: &mut [Val],
+) -> Result<Arc<str>, String> {
+    let export = Export::find(entry, interface, func)?;
+    serve_export(entry, &export, from, params, results).await?;
+    Ok(Arc::clone(&export.version.short))
+}
+
+/// [`serve`], the export found.
+pub async fn serve_export(
+    entry: &Entry,
+    export: &Export,
+    from: Chain,
+    params: &[Val],
+    results: &mut [Val],
+) -> Result<(), String> {
+    let limit = entry.limits().max_call_bytes;
+    check_payload(&entry.name, "was passed", params, limit)?;
+    if from.within.is_zero() {
+        return Err(format!("no time was left to call {}", entry.name));
+    }
+    let _slot = entry
+        .shared
+        .gate
+        .enter()
+        .await
+        .map_err(|e| format!("{} is overloaded: {e}", entry.name))?;
+    let target = entry.target(&export.version);
+    invoke::call_export(
+        target,
+        export.index,
+        params,
+        results,
+        from.request_id,
+        from.depth,
+        from.within,
+    )
+    .await
+    .map_err(|e| format!("{}: {}", entry.name, e.public()))?;
+    check_payload(&entry.name, "answered with", results, limit)
+}
+
 /// The data in `values`, counted as the canonical ABI lays it out (a byte
 /// of a `list<u8>` is one byte), not as the host holds it.
-fn payload_bytes(values: &[Val]) -> usize {
+pub fn payload_bytes(values: &[Val]) -> usize {
     values.iter().map(val_bytes).sum()
 }
 

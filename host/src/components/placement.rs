@@ -1,6 +1,6 @@
 //! Which components this host serves, in a cluster. A component with a
 //! database is served by its owner only, so a call to it from a component
-//! on this host is refused rather than answered from a second copy of its
+//! on this host goes to its owner rather than to a second copy of its
 //! database. Until the host has joined its cluster (NATS unreachable at
 //! start), no component with a database is served here at all: the host
 //! cannot know who owns it. Outside a cluster, every component is served here.
@@ -44,20 +44,6 @@ impl Placement {
     /// waiting for the cluster.
     pub fn serves_here(&self, entry: &Entry) -> bool {
         self.owner_elsewhere(&entry.name).is_none() && self.waiting(entry).is_none()
-    }
-
-    /// Why a call to `entry` from this host is refused, if it is owned
-    /// elsewhere or waits for the cluster.
-    pub fn refuse_call(&self, entry: &Entry) -> Option<String> {
-        if let Some(why) = self.waiting(entry) {
-            return Some(why);
-        }
-        let owner = self.owner_elsewhere(&entry.name)?;
-        Some(format!(
-            "{} is served by host {owner}, which owns its database; \
-             calls between components are served on one host",
-            entry.name
-        ))
     }
 
     pub fn set(&self, elsewhere: HashMap<String, String>) {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use wasmtime::Engine;
 
 use super::oci::{self, Registries};
-use super::peers::Dispatch;
+use super::peers::{CallElsewhere, Dispatch};
 use super::placement::Placement;
 use super::saved::{SavedState, SavedVersion, VersionStore};
 use super::snapshot::{ComponentShared, Entry, Snapshot};
@@ -76,6 +76,8 @@ pub struct Registry {
     host: Host,
     /// In a cluster, the components another host owns.
     pub placement: Arc<Placement>,
+    /// What carries calls to them, once the serving layer is up.
+    elsewhere: Arc<OnceLock<Arc<dyn CallElsewhere>>>,
     /// One per component name, kept across versions and reloads.
     shared: Mutex<HashMap<String, Arc<ComponentShared>>>,
     /// Versions installed by changes, kept across restarts.
@@ -120,10 +122,12 @@ impl Registry {
     ) -> anyhow::Result<Registry> {
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let placement = Arc::new(Placement::default());
+        let elsewhere = Arc::new(OnceLock::new());
         let dispatch = Dispatch {
             snapshot: Arc::downgrade(&current),
             placement: Arc::clone(&placement),
             stats: Arc::clone(&stats),
+            elsewhere: Arc::clone(&elsewhere),
         };
         Ok(Registry {
             compiler: Compiler::new(engine, Arc::new(dispatch))?,
@@ -137,6 +141,7 @@ impl Registry {
                 internal: Arc::default(),
             },
             placement,
+            elsewhere,
             shared: Mutex::new(HashMap::new()),
             current,
             changing: tokio::sync::Mutex::new(()),
@@ -159,6 +164,11 @@ impl Registry {
     /// Sets what serves requests to `http://<component>.internal`.
     pub fn serve_internal(&self, internal: Arc<dyn InternalHttp>) {
         let _ = self.host.internal.set(internal);
+    }
+
+    /// Sets what carries calls to components owned by other hosts.
+    pub fn call_elsewhere(&self, elsewhere: Arc<dyn CallElsewhere>) {
+        let _ = self.elsewhere.set(elsewhere);
     }
 
     /// What is being served right now.

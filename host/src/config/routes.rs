@@ -14,10 +14,25 @@ pub fn owns(prefix: &str, path: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// A route is `/` or a path prefix of plain segments without a trailing slash.
+/// Paths under this prefix are the host's own (calls between hosts): no
+/// route owns them, and no client request to one reaches a component.
+pub const HOSTS_PREFIX: &str = "/.corral";
+
+/// Whether `path` is one of the host's own.
+pub fn is_hosts(path: &str) -> bool {
+    owns(HOSTS_PREFIX, path)
+}
+
+/// A route is `/` or a path prefix of plain segments without a trailing
+/// slash, and not under [`HOSTS_PREFIX`].
 pub fn check_route(route: &str) -> Result<(), String> {
     if route == "/" {
         return Ok(());
+    }
+    if is_hosts(route) {
+        return Err(format!(
+            "{route:?} is not a route: paths under {HOSTS_PREFIX} are the host's"
+        ));
     }
     let plain_segment = |s: &str| {
         !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
@@ -158,7 +173,18 @@ mod tests {
         for good in ["/", "/users", "/api/v1/users", "/a-b_c.d~e"] {
             assert!(check_route(good).is_ok(), "{good}");
         }
-        for bad in ["", "users", "/users/", "//x", "/a/../b", "/a?b", "/a b", "/ä"] {
+        for bad in [
+            "",
+            "users",
+            "/users/",
+            "//x",
+            "/a/../b",
+            "/a?b",
+            "/a b",
+            "/ä",
+            "/.corral",
+            "/.corral/x",
+        ] {
             assert!(check_route(bad).is_err(), "{bad}");
         }
     }

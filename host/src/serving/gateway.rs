@@ -39,6 +39,7 @@ use crate::components::snapshot::Entry;
 use crate::components::stats::ComponentLabels;
 use crate::components::version::Entrypoint;
 use crate::config::outbound::INTERNAL_SUFFIX;
+use crate::config::routes::is_hosts;
 use crate::config::{ComponentLimits, ReadFrom, TrustedProxies};
 use crate::limits::body::BodyCap;
 use crate::limits::gate::{Overloaded, Slot};
@@ -67,24 +68,24 @@ pub struct Gateway {
 }
 
 /// What the gateway learned about one request, for its log line and metrics.
-struct Trace {
+pub(super) struct Trace {
     client: IpAddr,
     /// The component that sent it, for a request to `<component>.internal`.
     caller: Option<Arc<str>>,
-    component: Option<Arc<str>>,
-    route: Option<Arc<str>>,
+    pub(super) component: Option<Arc<str>>,
+    pub(super) route: Option<Arc<str>>,
     version: Option<Arc<str>>,
-    bytes_in: usize,
+    pub(super) bytes_in: usize,
     /// Why the request was refused before reaching the component.
-    rejected: Option<&'static str>,
+    pub(super) rejected: Option<&'static str>,
     /// Why the component failed it.
-    failed: Option<&'static str>,
+    pub(super) failed: Option<&'static str>,
     /// Its share of the budget for responses clients have not read.
     held: Option<Held>,
 }
 
 impl Trace {
-    fn new(client: IpAddr, caller: Option<Arc<str>>) -> Self {
+    pub(super) fn new(client: IpAddr, caller: Option<Arc<str>>) -> Self {
         Trace {
             client,
             caller,
@@ -215,6 +216,11 @@ impl Handler for Gateway {
                 return response;
             }
         };
+        if let Some(claim) = &forwarded
+            && is_hosts(parts.uri.path())
+        {
+            return self.answer_host(&parts, body, claim, &request_id).await;
+        }
         let client = match &forwarded {
             Some(claim) => claim.client,
             None => client_addr(&self.trusted_proxies, peer.ip(), &parts.headers),
@@ -241,7 +247,7 @@ impl Handler for Gateway {
 
 impl Gateway {
     /// The cluster, once this host has joined it, and the forwarder.
-    fn joined(&self) -> Option<(&Arc<Cluster>, &Forwarder)> {
+    pub(super) fn joined(&self) -> Option<(&Arc<Cluster>, &Forwarder)> {
         let (cluster, forwarder) = self.cluster.as_ref()?;
         Some((cluster.get()?, forwarder))
     }
@@ -448,7 +454,13 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<(Arc<Entry>, Option<Verdict>), Box<Refusal>> {
         let snapshot = self.registry.snapshot();
-        let Some((entry, route)) = snapshot.route(parts.uri.path()) else {
+        // The host's own paths are never a component's, so a client's
+        // request to one is never sent on, signed, to another host.
+        let route = match is_hosts(parts.uri.path()) {
+            true => None,
+            false => snapshot.route(parts.uri.path()),
+        };
+        let Some((entry, route)) = route else {
             let detail = format!("no component serves {}", parts.uri.path());
             return Err(Box::new(Refusal {
                 response: problem::response(StatusCode::NOT_FOUND, "no-route", "No route", detail),
@@ -571,21 +583,30 @@ impl Gateway {
         let (parts, body) = request.into_parts();
         let mut trace = Trace::new(IpAddr::from([127, 0, 0, 1]), Some(caller));
         let response = self
-            .serve_internal(component, &parts, body, depth, &request_id, &mut trace)
+            .serve_internal(component, &parts, body, depth, &request_id, &mut trace, None)
             .await;
         self.record(&parts, &response, &trace, started.elapsed(), &request_id);
         response
     }
 
-    async fn serve_internal(
+    /// Serves a request to `<component>.internal`, here or, if another host
+    /// owns `component`, there. One another host sent on (`claim`) is
+    /// served only here, and only if its body is the one it was signed with.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn serve_internal<B>(
         &self,
         component: &str,
         parts: &http::request::Parts,
-        body: WasiBody,
+        body: B,
         depth: u32,
         request_id: &Arc<str>,
         trace: &mut Trace,
-    ) -> HttpResponse {
+        claim: Option<&Claim>,
+    ) -> HttpResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let snapshot = self.registry.snapshot();
         let Some(entry) = snapshot.get(component) else {
             let detail = format!("no component is named {component}");
@@ -593,7 +614,15 @@ impl Gateway {
         };
         trace.component = Some(Arc::clone(&entry.name));
         trace.route = Some(INTERNAL_ROUTE.into());
-        if let Some(detail) = self.registry.placement.refuse_call(entry) {
+        let placement = &self.registry.placement;
+        let elsewhere = placement.owner_elsewhere(&entry.name);
+        let moved = || {
+            let owner = claim.and(elsewhere.as_ref())?;
+            Some(format!(
+                "{component} moved to host {owner} while this request was on its way"
+            ))
+        };
+        if let Some(detail) = placement.waiting(entry).or_else(moved) {
             return problem::response(
                 StatusCode::BAD_GATEWAY,
                 "owned-elsewhere",
@@ -616,6 +645,18 @@ impl Gateway {
             }
         };
         trace.bytes_in = body.len();
+        if let Some(claim) = claim
+            && trust::body_sha256(&body) != claim.body_sha256
+        {
+            trace.rejected = Some("forward_signature");
+            return forward_refused(&Refused::BodyChanged);
+        }
+        if let Some(owner) = elsewhere {
+            let caller = trace.caller.clone().unwrap_or_else(|| "-".into());
+            return self
+                .internal_elsewhere(entry, &owner, parts, body, &caller, depth)
+                .await;
+        }
         let slot = match entry.shared.gate.enter().await {
             Ok(slot) => slot,
             Err(overloaded) => return self.overloaded(entry, overloaded, trace),
@@ -639,7 +680,7 @@ impl Gateway {
     }
 
     /// One log line and the metrics of a finished request.
-    fn record(
+    pub(super) fn record(
         &self,
         parts: &http::request::Parts,
         response: &HttpResponse,
@@ -878,7 +919,7 @@ fn unread_responses(component: &str, full: &crate::limits::responses::Full) -> H
 }
 
 /// The answer to a request whose forwarding signature does not hold.
-fn forward_refused(refused: &Refused) -> HttpResponse {
+pub(super) fn forward_refused(refused: &Refused) -> HttpResponse {
     tracing::warn!(
         reason = refused.reason(),
         "a request signed as sent on by another host was refused: {refused}"

@@ -3,10 +3,11 @@
 //! response ([`gateway`]), request bodies within their limits and deadlines
 //! ([`body`]), who the client is ([`client`]), which headers are the
 //! host's ([`headers`]), requests sent on to another host of a cluster
-//! ([`forward`]), host errors as problem+json ([`problem`]), and what is
+//! ([`forward`]) and calls between components on two hosts ([`calls`]), host errors as problem+json ([`problem`]), and what is
 //! counted ([`stats`]).
 
 pub mod body;
+pub mod calls;
 pub mod charged;
 pub mod client;
 pub mod forward;

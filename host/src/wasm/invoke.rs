@@ -80,15 +80,15 @@ impl InvokeError {
     }
 }
 
-/// Runs `call` in `store` within `target`'s wall-clock timeout, and tells
-/// apart the ways it can fail.
+/// Runs `call` in `store` until the store's deadline (`target`'s
+/// wall-clock timeout, or less), and tells apart the ways it can fail.
 async fn run<R>(
     target: &Target<'_>,
     store: &mut Store<RequestState>,
     call: impl AsyncFnOnce(&mut Store<RequestState>) -> wasmtime::Result<R>,
 ) -> Result<R, InvokeError> {
-    let timeout = target.limits.timeout;
-    match tokio::time::timeout(timeout, call(store)).await {
+    let (deadline, timeout) = (store.data().deadline(), store.data().timeout());
+    match tokio::time::timeout_at(deadline.into(), call(store)).await {
         Err(_) => Err(InvokeError::Timeout(timeout)),
         Ok(Ok(result)) => Ok(result),
         Ok(Err(e)) => Err(classify(e, store.data(), target)),
@@ -104,7 +104,7 @@ pub async fn handle(
     request_id: Arc<str>,
     depth: u32,
 ) -> Result<Response, InvokeError> {
-    let mut store = new_store(&target, request_id, depth);
+    let mut store = new_store(&target, request_id, depth, target.limits.timeout);
     run(&target, &mut store, async |store| {
         let service = pre.instantiate_async(&mut *store).await?;
         service.corral_service_handler().call_handle(store, &request).await
@@ -114,7 +114,8 @@ pub async fn handle(
 
 /// Calls the exported function `export` in a fresh instance of `target`, on
 /// behalf of another component: in the callee's own store, with its own
-/// limits and database, `depth` calls deep.
+/// limits and database, `depth` calls deep, within its timeout or `within`
+/// (what its caller has left), whichever is less.
 pub async fn call_export(
     target: Target<'_>,
     export: ComponentExportIndex,
@@ -122,8 +123,9 @@ pub async fn call_export(
     results: &mut [Val],
     request_id: Arc<str>,
     depth: u32,
+    within: Duration,
 ) -> Result<(), InvokeError> {
-    let mut store = new_store(&target, request_id, depth);
+    let mut store = new_store(&target, request_id, depth, within.min(target.limits.timeout));
     run(&target, &mut store, async |store| {
         let instance = target.instance.instantiate_async(&mut *store).await?;
         let func = instance
@@ -153,7 +155,7 @@ pub async fn handle_http<S: Send + 'static>(
     depth: u32,
     slot: S,
 ) -> Result<Streaming, InvokeError> {
-    let mut store = new_store(&owned.target(), request_id, depth);
+    let mut store = new_store(&owned.target(), request_id, depth, owned.limits.timeout);
     let (sender, receiver) = oneshot::channel();
     let (request, out) = {
         let mut http = store.data_mut().http();
@@ -208,7 +210,7 @@ pub async fn deliver(
     delivery: Delivery,
     exactly_once: bool,
 ) -> Result<Outcome, DeliverError> {
-    let mut store = new_store(&target, Arc::from(delivery.id.as_str()), 0);
+    let mut store = new_store(&target, Arc::from(delivery.id.as_str()), 0, target.limits.timeout);
     if exactly_once {
         let id = delivery.id.clone();
         let first = store
@@ -269,7 +271,7 @@ pub enum InitError {
 /// it is ready; on failure it is rolled back, so a failed migration leaves
 /// the database as it was.
 pub async fn init(target: Target<'_>, pre: &ServicePre<RequestState>, conn: Option<Conn>) -> Result<Conn, InitError> {
-    let mut store = new_store(&target, Arc::from("init"), 0);
+    let mut store = new_store(&target, Arc::from("init"), 0, target.limits.timeout);
     let sqlite = &mut store.data_mut().capabilities.sqlite;
     match conn {
         Some(conn) => sqlite.put_conn(conn),

@@ -4,6 +4,7 @@
 //! guests WASI and every capability.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -30,6 +31,10 @@ pub struct RequestState {
     request_id: Arc<str>,
     /// How many calls between components led here; 0 for an HTTP request.
     depth: u32,
+    /// How long the call this store serves may take, and when it times
+    /// out: what is left bounds the calls it makes to components on other hosts.
+    timeout: Duration,
+    deadline: Instant,
 }
 
 impl RequestState {
@@ -39,6 +44,14 @@ impl RequestState {
 
     pub fn depth(&self) -> u32 {
         self.depth
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
@@ -118,11 +131,11 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     Ok(linker)
 }
 
-/// A store for one call into `target`, with its limits installed and a
+/// A store for one call into `target` that may take `within`, with its limits installed and a
 /// sandbox that shows the guest nothing of the machine: no files, no
 /// sockets, no environment, no arguments; what capabilities add (stdout
 /// and stderr go to the log).
-pub fn new_store(target: &Target<'_>, request_id: Arc<str>, depth: u32) -> Store<RequestState> {
+pub fn new_store(target: &Target<'_>, request_id: Arc<str>, depth: u32, within: Duration) -> Store<RequestState> {
     let mut wasi = WasiCtx::builder();
     wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     let call = Call {
@@ -142,6 +155,8 @@ pub fn new_store(target: &Target<'_>, request_id: Arc<str>, depth: u32) -> Store
         cpu_exhausted: false,
         request_id,
         depth,
+        timeout: within,
+        deadline: Instant::now() + within,
     };
     let mut store = Store::new(target.instance.engine(), state);
     store.limiter(|state| &mut state.limiter);
