@@ -19,6 +19,12 @@
 //! times on a fresh cluster, the time from a kill -9 of the owner to the
 //! first write acknowledged through another host.
 //!
+//! Calls: a typed call from one component to another owned by the same
+//! host (in process) against one owned by another host (relay-store's
+//! `forward`, one hop, `GET /relay-x/0`), at one connection and at full
+//! load; and `POST /orders` (which asks users whether its user exists) with
+//! users owned by the host that owns orders against users owned by another.
+//!
 //! The setups of a table take turns, round after round, so that whatever
 //! else the machine does weighs on all alike; each figure is the median
 //! round, with every round's beside it. CPU per request is read from
@@ -28,7 +34,7 @@
 //! them to `target/bench/cluster.md`.
 //!
 //! `clusterbench [--duration SECONDS] [--warmup SECONDS] [--connections N]
-//! [--threads N] [--rounds N] [--quick] [--only cluster|rate-limit|durability]` from the
+//! [--threads N] [--rounds N] [--quick] [--only cluster|rate-limit|durability|calls]` from the
 //! workspace root, after `just build` and `cargo build --release -p
 //! corral-bench`; nats-server, redis-server, haproxy and wrk installed.
 
@@ -84,13 +90,13 @@ fn main() -> anyhow::Result<()> {
             "--threads" => o.threads = value("a number")?.parse()?,
             "--rounds" => o.rounds = value("a number")?.parse()?,
             "--quick" => (o.duration, o.warmup, o.rounds) = (3, 1, 1),
-            "--only" => match value("cluster, rate-limit or durability")?.as_str() {
-                part @ ("cluster" | "rate-limit" | "durability") => o.only = Some(part.to_string()),
-                other => bail!("unknown part {other}: cluster, rate-limit or durability"),
+            "--only" => match value("cluster, rate-limit, durability or calls")?.as_str() {
+                part @ ("cluster" | "rate-limit" | "durability" | "calls") => o.only = Some(part.to_string()),
+                other => bail!("unknown part {other}: cluster, rate-limit, durability or calls"),
             },
             other => bail!(
                 "unknown argument {other}; use --duration SECONDS, --warmup SECONDS, --connections N, \
-                 --threads N, --rounds N, --quick, --only cluster|rate-limit|durability"
+                 --threads N, --rounds N, --quick, --only cluster|rate-limit|durability|calls"
             ),
         }
     }
@@ -106,6 +112,8 @@ fn main() -> anyhow::Result<()> {
         "target/release/corral",
         "target/wasm32-wasip2/release/relay.wasm",
         "target/wasm32-wasip2/release/users.wasm",
+        "target/wasm32-wasip2/release/orders.wasm",
+        "target/wasm32-wasip2/release/relay_store.wasm",
         "bench/wrk/scenario.lua",
         "deploy/haproxy/haproxy.cfg",
         "bench/wrk/summary.lua",
@@ -134,6 +142,9 @@ fn main() -> anyhow::Result<()> {
     }
     if part("durability") {
         report += &durability(&o, cores)?;
+    }
+    if part("calls") {
+        report += &calls(&o, cores)?;
     }
     let report = format!("{}\n\n{report}", machine::describe());
     println!("\n{report}");
@@ -229,6 +240,137 @@ fn durability(o: &Options, cores: usize) -> anyhow::Result<String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(out)
+}
+
+/// Typed calls in process and between hosts, and `POST /orders` with
+/// users on the same host and on another.
+fn calls(o: &Options, cores: usize) -> anyhow::Result<String> {
+    let wasm = |name: &str| {
+        let path = o.root.join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+        format!("{:?}", path.display().to_string())
+    };
+    let component = |name: &str, wasm: &str, route: &str, owner: &str| {
+        format!(
+            "[components.{name}]\nwasm = {wasm}\nroutes = [\"{route}\"]\nowner = \"{owner}\"\ndurability = \"local\"\n"
+        )
+    };
+    let imports = |importer: &str, interface: &str, provider: &str| {
+        format!("[components.{importer}.imports]\n\"{interface}\" = \"{provider}\"\n")
+    };
+    let relay = wasm("relay_store");
+    let shop = |users_owner: &str, orders_owner: &str| {
+        format!(
+            "{}{}",
+            component("users", &wasm("users"), "/users", users_owner),
+            component("orders", &wasm("orders"), "/orders", orders_owner)
+        )
+    };
+    // Cluster a: relay-a -> relay-b on n1, relay-c on n1 -> relay-d on n2,
+    // orders on n1 asking users on n2. Cluster b: both on m1.
+    let relays = [
+        component("relay-a", &relay, "/relay-a", "n1"),
+        imports("relay-a", "corral:test/relay@0.1.0", "relay-b"),
+        component("relay-b", &relay, "/relay-b", "n1"),
+        component("relay-c", &relay, "/relay-c", "n1"),
+        imports("relay-c", "corral:test/relay@0.1.0", "relay-d"),
+        component("relay-d", &relay, "/relay-d", "n2"),
+    ]
+    .concat();
+    let (a, b) = (nats()?, nats()?);
+    let section = |nats: &Daemon, node: &str| {
+        cluster_section(std::slice::from_ref(nats), node)
+            .replace("node_ttl_ms = 2000\n", "node_ttl_ms = 2000\nreplicas = 1\n")
+    };
+    let mut hosts = Vec::new();
+    for node in ["n1", "n2"] {
+        let config = format!("{}{relays}{}", section(&a, node), shop("n2", "n1"));
+        hosts.push(start_joined(o, node, &config)?);
+    }
+    for node in ["m1", "m2"] {
+        let config = format!("{}{}", section(&b, node), shop("m1", "m1"));
+        hosts.push(start_joined(o, node, &config)?);
+    }
+    for host in [&hosts[0], &hosts[2]] {
+        let created = agent()
+            .post(host.url("/users"))
+            .header("content-type", "application/json")
+            .send(r#"{"name":"Bench","email":"bench@example.com"}"#)?;
+        ensure!(
+            created.status() == 201,
+            "{} did not create the user: {}",
+            host.name,
+            created.status()
+        );
+    }
+    for path in ["/relay-a/0", "/relay-c/0"] {
+        let (status, _) = get(&hosts[0].url(path))?;
+        ensure!(status == 200, "n1 answers {path} with {status}");
+    }
+    let watch = Watch {
+        processes: hosts
+            .iter()
+            .map(|h| ("corral", &h.process))
+            .chain([("nats", &a.process), ("nats", &b.process)])
+            .collect(),
+        hosts: hosts.iter().collect(),
+    };
+    let relay_setups = [
+        ("in process (n1 -> n1)".to_string(), hosts[0].url("/relay-a/0")),
+        ("between hosts (n1 -> n2)".to_string(), hosts[0].url("/relay-c/0")),
+    ];
+    let order_setups = [
+        ("users on the same host".to_string(), hosts[2].url("/orders")),
+        ("users on another host".to_string(), hosts[0].url("/orders")),
+    ];
+    let single = rounds(o, &relay_setups, 1, 1, &watch)?;
+    let full = rounds(o, &relay_setups, o.connections, o.threads, &watch)?;
+    let orders_single = rounds(o, &order_setups, 1, 1, &watch)?;
+    let orders_full = rounds(o, &order_setups, o.connections, o.threads, &watch)?;
+
+    let mut out = String::from(
+        "\n## Calls between hosts\n\nTwo hosts of a cluster on one NATS server. `GET /relay-x/0`: relay-store's \
+         `forward`, one typed call from a component on n1 to its peer, owned by n1 itself or by n2 (every \
+         component with a database of its own, `durability = \"local\"`). `POST /orders` (`bench/wrk/scenario.lua`'s \
+         post_order) asks users whether its user exists: users owned by the host that owns orders, on a cluster \
+         of its own, against users owned by the other host. CPU per request is both hosts' together.\n",
+    );
+    for (title, setups, single, full) in [
+        ("A typed call", &relay_setups, &single, &full),
+        ("`POST /orders`", &order_setups, &orders_single, &orders_full),
+    ] {
+        out += &format!(
+            "\n{title}:\n\n\
+             | setup | p50 at 1 connection | p99 at 1 connection | mean each round | requests/s at {} | p99 | requests/s each round | CPU/request corral | busy (others) |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+            o.connections
+        );
+        for (i, (name, _)) in setups.iter().enumerate() {
+            let one = median(&single[i], Run::mean);
+            let many = median(&full[i], Run::rps);
+            out += &format!(
+                "| {name} | {} µs | {} µs | {} | {:.0} | {} | {} | {:.1} µs | {} |\n",
+                one.summary.p50_us,
+                one.summary.p99_us,
+                each(&single[i], |r| format!("{:.1}", r.mean())),
+                many.rps(),
+                ms(many.summary.p99_us as f64),
+                each(&full[i], |r| format!("{:.0}", r.rps())),
+                many.cpu_per_request("corral"),
+                many.busy(cores),
+            );
+        }
+        let (near, far) = (median(&single[0], Run::mean), median(&single[1], Run::mean));
+        out += &format!(
+            "\nBetween hosts / in process: **{:.2}×** the latency at one connection (+{} µs at the median), \
+             **{:.2}×** the requests/s at {}.\n",
+            far.mean() / near.mean(),
+            p50_difference(far, near),
+            median(&full[1], Run::rps).rps() / median(&full[0], Run::rps).rps(),
+            o.connections,
+        );
+    }
+    out += &socket_errors(&[&single, &full, &orders_single, &orders_full]);
     Ok(out)
 }
 
@@ -848,8 +990,6 @@ struct Summary {
     duration_us: u64,
     socket_errors: u64,
     http_errors: u64,
-    /// Not in `scenario.lua`'s summary.
-    #[serde(default)]
     mean_us: f64,
     p50_us: u64,
     p99_us: u64,
@@ -866,12 +1006,16 @@ fn wrk(o: &Options, url: &str, connections: u64, threads: u64, seconds: u64) -> 
         "-s".into(),
     ]);
     // A URL ending in /users is written to: new users, each with an email
-    // of its own (`bench/wrk/scenario.lua`'s post_user).
-    match url.strip_suffix("/users") {
-        Some(base) => command
+    // of its own (`bench/wrk/scenario.lua`'s post_user); one ending in
+    // /orders, orders for user 1 (post_order).
+    let written = [("/users", "post_user"), ("/orders", "post_order")]
+        .into_iter()
+        .find_map(|(path, scenario)| Some((url.strip_suffix(path)?, scenario)));
+    match written {
+        Some((base, scenario)) => command
             .arg(o.root.join("bench/wrk/scenario.lua"))
             .arg(base)
-            .args(["--", "post_user", "1", "1"])
+            .args(["--", scenario, "1", "1"])
             .arg(format!("{}", random_run())),
         None => command.arg(o.root.join("bench/wrk/summary.lua")).arg(url),
     };
