@@ -72,10 +72,12 @@ fn a_second_process_cannot_take_a_live_hosts_name_and_a_crashed_ones_is_waited_o
 fn a_version_that_brings_a_database_brings_an_owner() {
     let nats = nats();
     // `users` starts as a relay, which has no database, so every host
-    // serves it; two more relays give it someone to call.
+    // serves it; two more relays give it someone to call. Its database,
+    // once it has one, is kept by its owner only (not replicated), so
+    // that no other host's file ever holds a row of it.
     let relay = wasm("relay").display().to_string();
     let relay = format!(
-        "[components.users]\nwasm = {relay:?}\nroutes = [\"/users\"]\n\
+        "[components.users]\nwasm = {relay:?}\nroutes = [\"/users\"]\ndurability = \"local\"\n\
          [components.users.imports]\n\"corral:test/relay@0.1.0\" = \"relay-b\"\n\
          [components.relay-b]\nwasm = {relay:?}\nroutes = [\"/relay-b\"]\n\
          [components.relay-b.imports]\n\"corral:test/relay@0.1.0\" = \"relay-c\"\n\
