@@ -29,6 +29,7 @@ mod replication;
 mod sandbox;
 mod scaffold;
 mod structure;
+mod telemetry;
 mod users;
 mod wasi_http;
 mod writes;

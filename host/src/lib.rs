@@ -1,7 +1,7 @@
 //! corral serves HTTP microservices as sandboxed WebAssembly components.
 //!
 //! Layers, in reading order; each uses only those before it, and all
-//! [`clock`]:
+//! [`clock`] and [`telemetry`] (spans exported, trace context in headers):
 //! - [`config`]: the TOML file, validated into a [`config::Config`], and the
 //!   types of every setting.
 //! - [`limits`]: where limits live, enforced: store growth, the concurrency
@@ -34,6 +34,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod ops;
 pub mod serving;
+pub mod telemetry;
 pub mod wasm;
 
 use std::future::Future;

@@ -239,25 +239,46 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `serve` reads its config first: whether spans are exported is part of
+    // how the log is set up.
+    let mut serving = None;
+    if let Command::Serve {
+        config,
+        listen,
+        data_dir,
+        watch,
+    } = &cli.command
+    {
+        let overrides = Overrides {
+            listen: *listen,
+            data_dir: data_dir.clone(),
+            watch: *watch,
+        };
+        match Config::load(config, &overrides) {
+            Ok(config) => serving = Some((config, overrides)),
+            Err(e) => return fail(e.into()),
+        }
+    }
+    let traces = match &serving {
+        Some((config, _)) => {
+            let node = config.cluster.as_ref().map_or("corral", |c| c.node.as_str());
+            match corral::telemetry::layer(&config.telemetry, node) {
+                Ok(traces) => traces,
+                Err(e) => return fail(e),
+            }
+        }
+        None => None,
+    };
+    let (traces, _exporting) = traces.unzip();
+    init_logging(cli.log_format, traces);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(e.into()),
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve {
-                config,
-                listen,
-                data_dir,
-                watch,
-            } => {
-                let overrides = Overrides {
-                    listen,
-                    data_dir,
-                    watch,
-                };
-                let config = Config::load(&config, &overrides)?;
+            Command::Serve { .. } => {
+                let (config, overrides) = serving.expect("read before the log was set up");
                 let public = bind(config.listen).await?;
                 let admin = match &config.admin {
                     Some(admin) => Some(bind(admin.listen).await?),
@@ -355,15 +376,25 @@ fn fail(error: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(format: LogFormat) {
+/// The log to stderr, filtered by `RUST_LOG`, and beside it the host's
+/// spans exported, if `traces` (see `corral::telemetry`).
+fn init_logging(format: LogFormat, traces: Option<corral::telemetry::Layer>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // The log's lines carry what they need as fields of their own: the
+    // host's spans are for traces only.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .and(filter_fn(|metadata| !corral::telemetry::is_hosts_span(metadata)));
+    let subscriber = tracing_subscriber::registry().with(traces);
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => subscriber
+            .with(log.with_ansi(std::io::stderr().is_terminal()).with_filter(filter))
+            .init(),
+        LogFormat::Json => subscriber.with(log.json().with_filter(filter)).init(),
     }
 }
 

@@ -7,7 +7,8 @@
 //! - `GET /http/hello`: a greeting.
 //! - `POST /http/echo`: the body back, streamed through in chunks, with
 //!   what the component was told about the request in `seen-*` headers
-//!   (`seen-names`: the name of every header it got).
+//!   (`seen-names`: the name of every header it got; `seen-traceparent`,
+//!   the trace it is part of).
 //! - `GET /http/answer-with?header=H&value=V`: an empty response with that header.
 //! - `GET /http/status/<code>`: an empty response with that status.
 //! - `GET /http/stream?chunks=N&size=M`: N chunks of M bytes, no length.
@@ -131,6 +132,7 @@ fn echo(request: IncomingRequest, out: ResponseOutparam) {
         ("seen-names", names.join(",")),
         ("seen-client", header("corral-client-addr")),
         ("seen-request-id", header("x-request-id")),
+        ("seen-traceparent", header("traceparent")),
         ("seen-method", format!("{:?}", request.method())),
         ("content-type", header("content-type")),
     ];

@@ -179,7 +179,9 @@ impl WasiHttpHooks for OutboundHooks {
         drop(fut);
         let outbound = Arc::clone(&self.outbound);
         let (depth, request_id) = (self.depth, Arc::clone(&self.request_id));
-        Box::new(async move { send(outbound, request, options, depth, request_id).await })
+        // In the caller's span, wherever the request is sent from.
+        let sent = async move { send(outbound, request, options, depth, request_id).await };
+        Box::new(tracing::Instrument::in_current_span(sent))
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tracing::Instrument;
 use wasmtime::component::types::ComponentFunc;
 use wasmtime::component::{Linker, Val};
 
@@ -133,7 +134,14 @@ impl Call {
             name: "-".into(),
             version: "-".into(),
         };
-        let outcome = self.forward(from, params, results, &mut callee).await;
+        let span = tracing::info_span!(
+            "call",
+            otel.kind = "client",
+            caller = %self.importer,
+            interface = %self.interface,
+            func = %self.func,
+        );
+        let outcome = self.forward(from, params, results, &mut callee).instrument(span).await;
         let outcome = match outcome {
             Ok(()) => "ok",
             Err(reason) => {
@@ -339,6 +347,7 @@ pub async fn serve_export(
         from.depth,
         from.within,
     )
+    .instrument(tracing::info_span!("component", component = %entry.name, version = %export.version.short))
     .await
     .map_err(|e| format!("{}: {}", entry.name, e.public()))?;
     check_payload(&entry.name, "answered with", results, limit)

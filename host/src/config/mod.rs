@@ -57,6 +57,8 @@ pub struct Config {
     pub cluster: Option<cluster::ClusterConfig>,
     /// How components are fetched from OCI registries.
     pub registries: RegistriesConfig,
+    /// Where traces go, if anywhere.
+    pub telemetry: TelemetryConfig,
     pub components: Vec<ComponentConfig>,
     /// Things worth saying that do not stop the host, such as a
     /// subscription no component publishes to.
@@ -97,6 +99,19 @@ pub struct RegistriesConfig {
     pub max_download_bytes: u64,
     /// Where downloaded components are kept, by digest.
     pub cache_dir: PathBuf,
+}
+
+/// Traces of requests, exported over OTLP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP collector's base URL (`/v1/traces` is added); none
+    /// exports nothing.
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces this host starts that are kept (a trace a
+    /// caller started is kept as the caller decided).
+    pub sample_ratio: f64,
+    /// `service.name` of every span.
+    pub service_name: String,
 }
 
 /// The scheme of a component in an OCI registry.

@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub registries: RawRegistries,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// Defaults for every component.
     #[serde(default)]
     pub limits: RawLimits,
@@ -45,6 +47,13 @@ pub struct RawRegistries {
     pub insecure: Vec<String>,
     pub ca_file: Option<String>,
     pub max_download_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use super::events::{EventsConfig, Ordering, RawSubscription, Subscription, SubscriptionSettings, TopicPattern};
 use super::problems::Problems;
-use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit, RawRegistries};
+use super::raw::{RawAdmin, RawComponent, RawConfig, RawRateLimit, RawRegistries, RawTelemetry};
 use super::routes::{check_route, routes_overlap};
 use super::settings::RawServer;
 use super::tokens::MIN_TOKEN_LEN;
 use super::{
     AdminConfig, ComponentConfig, ComponentLimits, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Durability, Overrides,
     Rate, RateLimit, RateLimitConfig, ReadFrom, RegistriesConfig, RoutePattern, Scope, ServerConfig, ServerSettings,
-    TokenSource, TrustedProxies, WasmSource,
+    TelemetryConfig, TokenSource, TrustedProxies, WasmSource,
 };
 
 const MAX_NAME_LEN: usize = 64;
@@ -38,6 +38,7 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         problems,
     );
     let server = server_config(&raw.server, problems);
+    let telemetry = telemetry_config(&raw.telemetry, problems);
     let admin = raw
         .admin
         .as_ref()
@@ -72,6 +73,7 @@ pub fn config(raw: RawConfig, file: &Path, base: &Path, overrides: &Overrides, p
         admin,
         cluster,
         registries,
+        telemetry,
         warnings: unheard_topics(&components),
         components,
     }
@@ -157,6 +159,37 @@ fn check_components(components: &[ComponentConfig], clustered: bool, max_instanc
             "server.max_instances",
             format!("{max_instances} is less than the components' max_concurrent added up ({concurrent})"),
         );
+    }
+}
+
+fn telemetry_config(raw: &RawTelemetry, problems: &mut Problems) -> TelemetryConfig {
+    let otlp_endpoint = raw
+        .otlp_endpoint
+        .as_ref()
+        .map(|url| url.trim_end_matches('/').to_string());
+    if let Some(url) = &otlp_endpoint
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.add(
+            "telemetry.otlp_endpoint",
+            format!("{url:?} is not an OTLP/HTTP endpoint such as \"http://127.0.0.1:4318\""),
+        );
+    }
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        problems.add(
+            "telemetry.sample_ratio",
+            format!("{sample_ratio} is not between 0 and 1"),
+        );
+    }
+    let service_name = raw.service_name.clone().unwrap_or_else(|| "corral".to_string());
+    if service_name.is_empty() {
+        problems.add("telemetry.service_name", "it is empty");
+    }
+    TelemetryConfig {
+        otlp_endpoint,
+        sample_ratio,
+        service_name,
     }
 }
 

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use super::{BoxError, HttpResponse, headers, problem};
 use crate::cluster::Cluster;
 use crate::cluster::trust::{self, Target};
+use crate::telemetry;
 
 /// How much longer than the owner's own deadlines a forwarding host waits
 /// for its answer: the time to send the request and its answer between hosts.
@@ -69,17 +70,7 @@ impl Forwarder {
         let Ok(uri) = format!("{}{path}", base_url.trim_end_matches('/')).parse::<http::Uri>() else {
             return unreachable_owner(owner, "its address is not a URL");
         };
-        let target = Target {
-            method: parts.method.as_str(),
-            target: path,
-            to: owner,
-            headers_sha256: headers::end_to_end_sha256(&parts.headers),
-        };
-        let signature = match cluster.sign(&target, client, &body) {
-            Ok(signature) => signature,
-            Err(e) => return unreachable_owner(owner, &format!("cannot sign the request: {e:#}")),
-        };
-        let mut request = Request::new(Full::new(body));
+        let mut request = Request::new(Full::new(body.clone()));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         let out = request.headers_mut();
@@ -88,6 +79,19 @@ impl Forwarder {
                 out.append(name, value.clone());
             }
         }
+        // The trace goes on from here, and is signed with the rest.
+        telemetry::carry(&tracing::Span::current(), out);
+        let target = Target {
+            method: parts.method.as_str(),
+            target: path,
+            to: owner,
+            headers_sha256: headers::end_to_end_sha256(out),
+        };
+        let signature = match cluster.sign(&target, client, &body) {
+            Ok(signature) => signature,
+            Err(e) => return unreachable_owner(owner, &format!("cannot sign the request: {e:#}")),
+        };
+        let out = request.headers_mut();
         match HeaderValue::from_str(&signature) {
             Ok(value) => out.insert(SIGNATURE, value),
             Err(_) => return unreachable_owner(owner, "its signature is not a header value"),

@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::oneshot::error::TryRecvError;
+use tracing::Instrument;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as WasiError, WasiBody};
 
@@ -45,6 +46,7 @@ use crate::limits::body::BodyCap;
 use crate::limits::gate::{Overloaded, Slot};
 use crate::limits::rates::Verdict;
 use crate::limits::shared::{Decided, SharedLimits};
+use crate::telemetry;
 use crate::wasm::invoke::{self, InvokeError, Streaming};
 use crate::wasm::state::{OwnedTarget, Target};
 
@@ -128,7 +130,7 @@ impl Call<'_> {
             headers: parts
                 .headers
                 .iter()
-                .filter(|(name, _)| !headers::is_hosts(name))
+                .filter(|(name, _)| !headers::is_hosts(name) && !telemetry::is_trace_header(name))
                 .map(|(name, value)| {
                     (
                         name.as_str().to_string(),
@@ -142,9 +144,10 @@ impl Call<'_> {
         }
     }
 
-    /// The request as `wasi:http` takes it: an absolute URI, and the
-    /// client's address and the request id in headers of the host's.
-    fn for_http(self) -> Request<Full<Bytes>> {
+    /// The request as `wasi:http` takes it: an absolute URI, the client's
+    /// address and the request id in headers of the host's, and the trace
+    /// context of `span`, the component's, as the only one.
+    fn for_http(self, span: &tracing::Span) -> Request<Full<Bytes>> {
         let parts = self.parts;
         let authority = parts
             .uri
@@ -171,6 +174,8 @@ impl Call<'_> {
         if let Ok(id) = HeaderValue::from_str(self.id) {
             out.insert(REQUEST_ID, id);
         }
+        telemetry::carry(span, out);
+        out.remove(telemetry::TRACESTATE);
         request
     }
 }
@@ -196,13 +201,63 @@ impl std::fmt::Display for Client<'_> {
 
 impl Handler for Gateway {
     async fn handle(&self, request: Request<Incoming>, connection: &Connection) -> HttpResponse {
-        let peer = connection.peer;
         let started = Instant::now();
         let request_id = request_id(&request);
         let (parts, body) = request.into_parts();
         // A request another host of the cluster sent on was limited there,
         // and says who its client is, if its signature holds.
-        let forwarded = match self.forwarded(&parts).await {
+        let forwarded = self.forwarded(&parts).await;
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "server",
+            request_id = %request_id,
+            http.request.method = %parts.method,
+            url.path = parts.uri.path(),
+            component = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        // The trace a request continues is believed from another host or a
+        // trusted proxy; any other client's request starts one. (Its
+        // parent is set before the span is first entered, or not at all.)
+        if matches!(forwarded, Ok(Some(_))) || self.trusted_proxies.trusts(connection.peer.ip()) {
+            telemetry::continue_from(&span, &parts.headers);
+        }
+        let arrived = Arrived {
+            parts,
+            body,
+            request_id,
+            started,
+        };
+        self.answer_request(arrived, forwarded, connection)
+            .instrument(span)
+            .await
+    }
+}
+
+/// A request as it arrived, its head read.
+struct Arrived {
+    parts: http::request::Parts,
+    body: Incoming,
+    request_id: Arc<str>,
+    started: Instant,
+}
+
+impl Gateway {
+    /// [`Handler::handle`], in the request's span.
+    async fn answer_request(
+        &self,
+        arrived: Arrived,
+        forwarded: Result<Option<Claim>, Refused>,
+        connection: &Connection,
+    ) -> HttpResponse {
+        let Arrived {
+            parts,
+            body,
+            request_id,
+            started,
+        } = arrived;
+        let peer = connection.peer;
+        let forwarded = match forwarded {
             Ok(claim) => claim,
             Err(refused) => {
                 let mut trace = Trace::new(peer.ip(), None);
@@ -243,9 +298,7 @@ impl Handler for Gateway {
         let (owed, held) = (Arc::clone(&connection.owed), trace.held.take());
         response.map(|body| Charged::new(body, owed, held).boxed_unsync())
     }
-}
 
-impl Gateway {
     /// The cluster, once this host has joined it, and the forwarder.
     pub(super) fn joined(&self) -> Option<(&Arc<Cluster>, &Forwarder)> {
         let (cluster, forwarder) = self.cluster.as_ref()?;
@@ -517,18 +570,23 @@ impl Gateway {
         trace.version = Some(Arc::clone(&version.short));
         let target = entry.target(&version);
         let (id, request_id, depth) = (Arc::clone(call.id), call.id, call.depth);
+        let span = tracing::info_span!("component", component = %entry.name, version = %version.short);
         let served = match &version.entrypoint {
             Entrypoint::Service(pre) => {
-                let answer = invoke::handle(target, pre, call.for_service(), id, depth).await;
+                let answer = invoke::handle(target, pre, call.for_service(), id, depth)
+                    .instrument(span)
+                    .await;
                 drop(slot);
                 answer
                     .map_err(Failed::Invoke)
                     .and_then(|response| into_http(response, target.limits).map_err(Failed::Invalid))
             }
             Entrypoint::Http(pre) => {
-                let request = call.for_http();
+                let request = call.for_http(&span);
                 let owned = OwnedTarget::of(&target);
-                let answer = invoke::handle_http(owned, pre.clone(), request, id, depth, slot).await;
+                let answer = invoke::handle_http(owned, pre.clone(), request, id, depth, slot)
+                    .instrument(span)
+                    .await;
                 let cut = self.cut_short(entry, &version.short, request_id);
                 answer
                     .map_err(Failed::Invoke)
@@ -691,6 +749,11 @@ impl Gateway {
         let status = response.status();
         let bytes_out = response.body().size_hint().exact().unwrap_or(0);
         let none: &str = "-";
+        let span = tracing::Span::current();
+        span.record("http.response.status_code", status.as_u16());
+        if let Some(component) = &trace.component {
+            span.record("component", &**component);
+        }
         tracing::info!(
             target: "corral::access",
             request_id,

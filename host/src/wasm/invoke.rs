@@ -165,21 +165,25 @@ pub async fn handle_http<S: Send + 'static>(
         (request, http.new_response_outparam(sender).map_err(InvokeError::Trap)?)
     };
     let (done, mut ended) = oneshot::channel();
-    tokio::spawn(async move {
-        let target = owned.target();
-        let outcome = run(&target, &mut store, async |store| {
-            let proxy = pre.instantiate_async(&mut *store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(store, request, out)
-                .await
-        })
-        .await;
-        // Sent before the store is dropped, which ends the body: whoever
-        // sees the body end can tell whether the instance failed.
-        let _ = done.send(outcome);
-        drop((store, slot));
-    });
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let target = owned.target();
+            let outcome = run(&target, &mut store, async |store| {
+                let proxy = pre.instantiate_async(&mut *store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(store, request, out)
+                    .await
+            })
+            .await;
+            // Sent before the store is dropped, which ends the body: whoever
+            // sees the body end can tell whether the instance failed.
+            let _ = done.send(outcome);
+            drop((store, slot));
+        },
+        span,
+    ));
     match receiver.await {
         Ok(Ok(response)) => Ok(Streaming { response, ended }),
         Ok(Err(code)) => Err(InvokeError::Answered(format!("{code:?}"))),

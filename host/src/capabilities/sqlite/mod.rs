@@ -91,8 +91,18 @@ impl SqliteCtx {
         }
     }
 
-    /// Runs one guest statement where it belongs (see the module's docs).
+    /// Runs one guest statement where it belongs (see the module's docs),
+    /// in a span of its own.
     pub async fn run(
+        &mut self,
+        sql: String,
+        params: Vec<wit::Value>,
+    ) -> Result<Result<wit::QueryResult, wit::Error>, SqliteError> {
+        let span = tracing::info_span!("sql", db.system = "sqlite", db.statement = statement_text(&sql));
+        tracing::Instrument::instrument(self.run_statement(sql, params), span).await
+    }
+
+    async fn run_statement(
         &mut self,
         sql: String,
         params: Vec<wit::Value>,
@@ -332,4 +342,17 @@ impl Drop for SqliteCtx {
             tracing::warn!("the SQL threads are busy; a request's transaction is rolled back in place");
         }
     }
+}
+
+/// At most this many bytes of a statement go in its span.
+const MAX_SPAN_STATEMENT_BYTES: usize = 512;
+
+/// `sql` as its span shows it: cut at [`MAX_SPAN_STATEMENT_BYTES`], on a
+/// character boundary. Parameters are never shown.
+fn statement_text(sql: &str) -> &str {
+    let mut end = sql.len().min(MAX_SPAN_STATEMENT_BYTES);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    &sql[..end]
 }
