@@ -296,3 +296,33 @@ fn without_an_endpoint_nothing_is_exported_and_guests_see_no_trace() {
     assert_eq!(reply.header("seen-traceparent"), Some(""));
     assert!(!reply.header("seen-names").unwrap().contains("traceparent"));
 }
+
+#[test]
+fn an_event_handler_links_to_the_request_that_published_the_event() {
+    let receiver = Receiver::start();
+    let host = host()
+        .component("users", "users", &["/users"])
+        .component("orders", "orders", &["/orders"])
+        .toml("[components.orders.subscription]\ntopics = [\"users.deleted\"]\n")
+        .toml(&receiver.endpoint())
+        .start();
+    let user = host.post("/users", &json!({ "name": "ada", "email": "ada@example.com" }));
+    assert_eq!(user.status, 201, "{}", user.text());
+    let deleted = host.delete(&format!("/users/{}", user.json()["id"]));
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    let id = deleted.header("x-request-id").unwrap().to_string();
+    let request = receiver.wait_for("the deletion's span", |r| {
+        r.span.name == "request" && r.attribute("request_id").as_deref() == Some(&id)
+    });
+    let handled = receiver.wait_for("the handler's span", |r| {
+        r.span.name == "event" && r.attribute("topic").as_deref() == Some("users.deleted")
+    });
+    assert_eq!(handled.attribute("subscriber").as_deref(), Some("orders"));
+    let link = handled.span.links.first().expect("the handler's span links to the publisher's");
+    assert_eq!(link.trace_id, request.span.trace_id);
+    let published_in = receiver.trace(&request.span.trace_id);
+    assert!(
+        published_in.iter().any(|r| r.span.span_id == link.span_id && r.span.name == "component"),
+        "the link names users' component span: {link:?}"
+    );
+}

@@ -101,10 +101,38 @@ pub fn carry(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeadersMut(headers));
 }
 
+/// `span`'s `traceparent`, if it is part of a trace.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let mut headers = HeaderMap::new();
+    carry(span, &mut headers);
+    headers.get(TRACEPARENT)?.to_str().ok().map(str::to_string)
+}
+
+/// Links `span` to the span `traceparent` names (the request that
+/// published an event its handler handles), if it names one.
+pub fn link(span: &tracing::Span, traceparent: &str) {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(traceparent) {
+        headers.insert(TRACEPARENT, value);
+    }
+    let context = TraceContextPropagator::new().extract(&Headers(&headers));
+    let linked = opentelemetry::trace::TraceContextExt::span(&context)
+        .span_context()
+        .clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 /// Whether `name` is a trace context header, which guests neither see
 /// (but `traceparent` on a `wasi:http` request, the host's) nor set.
 pub fn is_trace_header(name: &HeaderName) -> bool {
-    *name == TRACEPARENT || *name == TRACESTATE
+    is_trace_name(name.as_str())
+}
+
+/// [`is_trace_header`], for a name in any case (an event's headers).
+pub fn is_trace_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case(TRACEPARENT.as_str()) || name.eq_ignore_ascii_case(TRACESTATE.as_str())
 }
 
 struct Headers<'a>(&'a HeaderMap);

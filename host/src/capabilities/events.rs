@@ -16,6 +16,7 @@ use super::{Call, Capability, StoreData};
 use crate::clock::now_ms;
 use crate::config::events::check_topic;
 use crate::config::{ComponentConfig, EventsConfig};
+use crate::telemetry;
 
 /// Most headers one message may carry.
 const MAX_HEADERS: usize = 64;
@@ -153,13 +154,20 @@ impl Publisher {
             )));
         }
         let published_at = now_ms();
+        // The trace of the request that published it goes with it, so its
+        // handler's span can link to it; a guest's own trace headers do not.
+        let mut headers = options.headers;
+        headers.retain(|(name, _)| !telemetry::is_trace_name(name));
+        if let Some(traceparent) = telemetry::traceparent(&tracing::Span::current()) {
+            headers.push((telemetry::TRACEPARENT.as_str().to_string(), traceparent));
+        }
         let message = Message {
             id: new_id(published_at),
             topic,
             source: self.component.to_string(),
             payload,
             content_type: options.content_type,
-            headers: options.headers,
+            headers,
             ordering_key: options.ordering_key,
             published_at,
         };

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::stats::{DeliveryLabels, EventStats, OTHER_TOPIC, SubscriberLabels};
 use super::{Claimed, EventLog, Settlement};
@@ -19,6 +20,7 @@ use crate::clock::now_ms;
 use crate::components::registry::Registry;
 use crate::components::snapshot::Entry;
 use crate::config::events::{Ordering, Subscription};
+use crate::telemetry;
 use crate::wasm::invoke;
 
 /// Due deliveries are looked for at least this often.
@@ -237,8 +239,20 @@ impl Job {
                 };
             }
         };
-        let delivery = delivery(claimed);
-        let outcome = invoke::deliver(entry.target(&version), pre, delivery, subscription.exactly_once).await;
+        let (delivery, traceparent) = delivery(claimed);
+        let span = tracing::info_span!(
+            "event",
+            subscriber = %entry.name,
+            topic = %delivery.topic,
+            message = %delivery.id,
+            attempt = delivery.attempt,
+        );
+        if let Some(traceparent) = &traceparent {
+            telemetry::link(&span, traceparent);
+        }
+        let outcome = invoke::deliver(entry.target(&version), pre, delivery, subscription.exactly_once)
+            .instrument(span)
+            .await;
         drop(slot);
         let spent = attempt as usize >= subscription.settings.max_attempts;
         let retry = |error: String, after: Duration| match spent {
@@ -275,19 +289,30 @@ fn backoff(subscription: &Subscription, attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-fn delivery(claimed: Claimed) -> Delivery {
+/// A delivery as its handler gets it, and apart, the trace of the request
+/// that published it, which the handler does not see.
+fn delivery(claimed: Claimed) -> (Delivery, Option<String>) {
     let m = claimed.message;
-    Delivery {
+    let (trace, headers): (Vec<_>, Vec<_>) = m
+        .headers
+        .into_iter()
+        .partition(|(name, _)| telemetry::is_trace_name(name));
+    let traceparent = trace
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(telemetry::TRACEPARENT.as_str()))
+        .map(|(_, value)| value);
+    let delivery = Delivery {
         id: m.id,
         topic: m.topic,
         source: m.source,
         payload: m.payload,
         content_type: m.content_type,
-        headers: m.headers,
+        headers,
         ordering_key: m.ordering_key,
         attempt: claimed.attempt,
         published_at: m.published_at,
-    }
+    };
+    (delivery, traceparent)
 }
 
 #[cfg(test)]
