@@ -328,15 +328,17 @@ pub async fn serve_export(
 ) -> Result<(), String> {
     let limit = entry.limits().max_call_bytes;
     check_payload(&entry.name, "was passed", params, limit)?;
-    if from.within.is_zero() {
-        return Err(format!("no time was left to call {}", entry.name));
-    }
-    let _slot = entry
-        .shared
-        .gate
-        .enter()
+    // The wait for a slot counts against what the caller has left.
+    let deadline = Instant::now() + from.within;
+    let no_time = || format!("no time was left to call {}", entry.name);
+    let _slot = tokio::time::timeout_at(deadline.into(), entry.shared.gate.enter())
         .await
+        .map_err(|_| no_time())?
         .map_err(|e| format!("{} is overloaded: {e}", entry.name))?;
+    let within = deadline.saturating_duration_since(Instant::now());
+    if within.is_zero() {
+        return Err(no_time());
+    }
     let target = entry.target(&export.version);
     invoke::call_export(
         target,
@@ -345,7 +347,7 @@ pub async fn serve_export(
         results,
         from.request_id,
         from.depth,
-        from.within,
+        within,
     )
     .instrument(tracing::info_span!("component", component = %entry.name, version = %export.version.short))
     .await
