@@ -272,9 +272,11 @@ fn calls(o: &Options, cores: usize) -> anyhow::Result<String> {
         component("relay-a", &relay, "/relay-a", "n1"),
         imports("relay-a", "corral:test/relay@0.1.0", "relay-b"),
         component("relay-b", &relay, "/relay-b", "n1"),
+        imports("relay-b", "corral:test/relay@0.1.0", "relay-a"),
         component("relay-c", &relay, "/relay-c", "n1"),
         imports("relay-c", "corral:test/relay@0.1.0", "relay-d"),
         component("relay-d", &relay, "/relay-d", "n2"),
+        imports("relay-d", "corral:test/relay@0.1.0", "relay-c"),
     ]
     .concat();
     let (a, b) = (nats()?, nats()?);
