@@ -118,18 +118,21 @@ lint: host-deps
     cargo clippy --release --workspace --all-targets -- -D warnings
     cargo clippy --release --target {{wasm_target}} {{components}} -- -D warnings
 
+# Installs wrk, which the benchmarks drive HTTP with.
+wrk:
+    command -v wrk >/dev/null || just apt-install wrk
+
 # Measures corral against a native baseline (wrk), and the hot path in process (divan).
-bench: build
-    command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+bench: build wrk
     cargo build --release -p corral-bench
     cargo bench -p corral --bench invoke
     ./target/release/loadtest
     ./target/release/eventbench
 
-# Measures a cluster (wrk): one host against three behind HAProxy, and the
-# cost of a rate limit kept in Redis against one kept by the host.
-bench-cluster: build
-    command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+# Measures a cluster (wrk): one host against three behind HAProxy, the cost
+# of a rate limit kept in Redis against one kept by the host, replicated
+# writes and failover, and calls between hosts against calls in process.
+bench-cluster: build wrk servers
     cargo build --release -p corral-bench
     ./target/release/clusterbench
 
