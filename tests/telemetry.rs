@@ -318,11 +318,17 @@ fn an_event_handler_links_to_the_request_that_published_the_event() {
         r.span.name == "event" && r.attribute("topic").as_deref() == Some("users.deleted")
     });
     assert_eq!(handled.attribute("subscriber").as_deref(), Some("orders"));
-    let link = handled.span.links.first().expect("the handler's span links to the publisher's");
+    let link = handled
+        .span
+        .links
+        .first()
+        .expect("the handler's span links to the publisher's");
     assert_eq!(link.trace_id, request.span.trace_id);
     let published_in = receiver.trace(&request.span.trace_id);
     assert!(
-        published_in.iter().any(|r| r.span.span_id == link.span_id && r.span.name == "component"),
+        published_in
+            .iter()
+            .any(|r| r.span.span_id == link.span_id && r.span.name == "component"),
         "the link names users' component span: {link:?}"
     );
 }
