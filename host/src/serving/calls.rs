@@ -26,7 +26,7 @@ use wasmtime::component::Val;
 use super::body::read_body;
 use super::forward::{ANSWER_GRACE, cluster_unavailable, unreachable_owner};
 use super::gateway::{Gateway, Trace};
-use super::headers::NODE;
+use super::headers::{NODE, REQUEST_ID};
 use super::{HttpResponse, ResponseBody, full, problem};
 use crate::capabilities::http::BoxFuture;
 use crate::cluster::trust::{self, Claim, Refused};
@@ -43,6 +43,9 @@ pub const INTERNAL_PATH: &str = "/.corral/internal/";
 pub const CALL_PATH: &str = "/.corral/call/";
 /// The route of calls from other hosts, in logs and metrics.
 const CALL_ROUTE: &str = "(call)";
+/// How much sooner than its caller's a call's deadline is on the callee's
+/// host: the time its answer takes to come back.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// The client address a call between hosts claims: it has no client of its own.
 const NO_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -69,11 +72,16 @@ impl Gateway {
             .url_of(owner)
             .await
             .ok_or_else(|| format!("{} is owned by host {owner}, which is not live", call.callee))?;
+        // The callee's host is told a little less time than the caller
+        // has, so that its answer, even a timeout, arrives in time.
         let chain = Chain {
             depth: call.depth,
             request_id: Arc::clone(&call.request_id),
-            within: call.within,
+            within: call.within.saturating_sub(ANSWER_MARGIN),
         };
+        if chain.within.is_zero() {
+            return Err(format!("no time was left to call {}", call.callee));
+        }
         let message = Message::new(&call.caller, &call.interface, &call.func, &call.params, &chain)?;
         let body = serde_json::to_vec(&message).map_err(|e| format!("the call cannot be written: {e}"))?;
         let limit = wire_limit(call.max_call_bytes);
@@ -86,6 +94,7 @@ impl Gateway {
         }
         let (parts, ()) = Request::post(format!("{CALL_PATH}{}", call.callee))
             .header(CONTENT_TYPE, "application/json")
+            .header(REQUEST_ID, &*call.request_id)
             .body(())
             .map_err(|e| format!("the call cannot be sent: {e}"))?
             .into_parts();
@@ -148,6 +157,7 @@ impl Gateway {
     /// Sends a request to `<component>.internal` from `caller`, `depth`
     /// deep, on to `owner`, which owns `component`: signed, its body read,
     /// answered with the owner's answer as a forwarded request is.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn internal_elsewhere(
         &self,
         entry: &Entry,
@@ -156,6 +166,7 @@ impl Gateway {
         body: Bytes,
         caller: &str,
         depth: u32,
+        request_id: &str,
     ) -> HttpResponse {
         let Some((cluster, forwarder)) = self.joined() else {
             return cluster_unavailable("this host has not joined its cluster");
@@ -165,9 +176,13 @@ impl Gateway {
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let target = format!("{INTERNAL_PATH}{caller}/{depth}/{}{path}", entry.name);
-        let Ok(sent) = on_path(parts, &target) else {
+        let Ok(mut sent) = on_path(parts, &target) else {
             return unreachable_owner(owner, "the request's path cannot be sent on");
         };
+        // The request's id, not one the guest set, as on one host.
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            sent.headers.insert(REQUEST_ID, id);
+        }
         let limits = entry.limits();
         let wait = limits.queue_timeout + limits.timeout + ANSWER_GRACE;
         forwarder

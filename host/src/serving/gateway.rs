@@ -265,6 +265,7 @@ impl Gateway {
                 let snapshot = self.registry.snapshot();
                 trace.component = snapshot
                     .route(parts.uri.path())
+                    .filter(|_| !is_hosts(parts.uri.path()))
                     .map(|(entry, _)| Arc::clone(&entry.name));
                 let response = refuse(body, forward_refused(&refused)).await;
                 self.record(&parts, &response, &trace, started.elapsed(), &request_id);
@@ -712,7 +713,7 @@ impl Gateway {
         if let Some(owner) = elsewhere {
             let caller = trace.caller.clone().unwrap_or_else(|| "-".into());
             return self
-                .internal_elsewhere(entry, &owner, parts, body, &caller, depth)
+                .internal_elsewhere(entry, &owner, parts, body, &caller, depth, request_id)
                 .await;
         }
         let slot = match entry.shared.gate.enter().await {

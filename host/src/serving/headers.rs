@@ -51,10 +51,12 @@ pub fn is_end_to_end(name: &HeaderName) -> bool {
 /// The SHA-256 of the end-to-end headers, which the signature of a request
 /// sent on to another host covers.
 pub fn end_to_end_sha256(headers: &HeaderMap) -> [u8; 32] {
+    // Values as the receiving side parses them: without the spaces and
+    // tabs around them, which a header a guest set may have.
     let end_to_end = headers
         .iter()
         .filter(|(name, _)| is_end_to_end(name))
-        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        .map(|(name, value)| (name.as_str(), value.as_bytes().trim_ascii()));
     crate::cluster::trust::headers_sha256(end_to_end)
 }
 
@@ -69,6 +71,19 @@ pub fn remove_hosts(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_hash_as_the_receiving_side_parses_them() {
+        let headers = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-note", http::HeaderValue::from_static(value));
+            headers.insert("corral-node", http::HeaderValue::from_static("n1"));
+            headers
+        };
+        // A guest's header may carry spaces that hyper trims on arrival.
+        assert_eq!(end_to_end_sha256(&headers(" v\t")), end_to_end_sha256(&headers("v")));
+        assert_ne!(end_to_end_sha256(&headers("v")), end_to_end_sha256(&headers("w")));
+    }
 
     #[test]
     fn every_corral_header_is_the_hosts() {
