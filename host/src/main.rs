@@ -377,24 +377,52 @@ fn fail(error: anyhow::Error) -> ExitCode {
 }
 
 /// The log to stderr, filtered by `RUST_LOG`, and beside it the host's
-/// spans exported, if `traces` (see `corral::telemetry`).
+/// spans exported, if `traces` (see `corral::telemetry`). Without traces
+/// every filter is global, which costs a request less than filters per layer.
 fn init_logging(format: LogFormat, traces: Option<corral::telemetry::Layer>) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+    use tracing_subscriber::fmt::layer as log;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The log's lines carry what they need as fields of their own: the
     // host's spans are for traces only.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .and(filter_fn(|metadata| !corral::telemetry::is_hosts_span(metadata)));
-    let subscriber = tracing_subscriber::registry().with(traces);
-    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => subscriber
-            .with(log.with_ansi(std::io::stderr().is_terminal()).with_filter(filter))
+    let no_spans = filter_fn(|metadata| !corral::telemetry::is_hosts_span(metadata));
+    // The log's layer (`log()`) is made in each arm: its type names the
+    // layers beneath it.
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry();
+    match (traces, format) {
+        (None, LogFormat::Text) => registry
+            .with(filter)
+            .with(no_spans)
+            .with(log().with_writer(std::io::stderr).with_ansi(ansi))
             .init(),
-        LogFormat::Json => subscriber.with(log.json().with_filter(filter)).init(),
+        (None, LogFormat::Json) => registry
+            .with(filter)
+            .with(no_spans)
+            .with(log().with_writer(std::io::stderr).json())
+            .init(),
+        (Some(traces), LogFormat::Text) => registry
+            .with(traces)
+            .with(
+                log()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_filter(filter.and(no_spans)),
+            )
+            .init(),
+        (Some(traces), LogFormat::Json) => registry
+            .with(traces)
+            .with(
+                log()
+                    .with_writer(std::io::stderr)
+                    .json()
+                    .with_filter(filter.and(no_spans)),
+            )
+            .init(),
     }
 }
 
