@@ -45,10 +45,8 @@ pub struct Outgoing {
     pub params: Vec<Val>,
     /// The caller's view of the function, to read the results with.
     pub ty: ComponentFunc,
-    pub request_id: Arc<str>,
-    pub depth: u32,
-    /// What is left of the caller's time: the callee gets no more.
-    pub within: Duration,
+    /// The callee gets no more than what is left of the caller's time.
+    pub chain: Chain,
     /// The callee's `max_call_bytes`, which the answer is held to before
     /// it is read.
     pub max_call_bytes: usize,
@@ -229,9 +227,7 @@ impl Call {
             func: Arc::clone(&self.func),
             params: params.to_vec(),
             ty: self.ty.clone(),
-            request_id: from.request_id,
-            depth: from.depth,
-            within: from.within,
+            chain: from,
             max_call_bytes: limit,
         };
         let answered = elsewhere.call(owner, outgoing).await?;

@@ -19,15 +19,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use wasmtime::component::Val;
 
-use super::body::read_body;
+use super::body::{BodyPace, BodyRefusal, read_body};
 use super::forward::{ANSWER_GRACE, cluster_unavailable, unreachable_owner};
 use super::gateway::{Gateway, Trace};
 use super::headers::{NODE, REQUEST_ID};
-use super::{HttpResponse, ResponseBody, full, problem};
+use super::{HttpResponse, full, problem};
 use crate::capabilities::http::BoxFuture;
 use crate::cluster::trust::{self, Claim, Refused};
 use crate::components::peers::{CallElsewhere, Chain, Outgoing};
@@ -74,10 +73,10 @@ impl Gateway {
             .ok_or_else(|| format!("{} is owned by host {owner}, which is not live", call.callee))?;
         // The callee's host is told a little less time than the caller
         // has, so that its answer, even a timeout, arrives in time.
+        let within = call.chain.within;
         let chain = Chain {
-            depth: call.depth,
-            request_id: Arc::clone(&call.request_id),
-            within: call.within.saturating_sub(ANSWER_MARGIN),
+            within: within.saturating_sub(ANSWER_MARGIN),
+            ..call.chain.clone()
         };
         if chain.within.is_zero() {
             return Err(format!("no time was left to call {}", call.callee));
@@ -94,26 +93,34 @@ impl Gateway {
         }
         let (parts, ()) = Request::post(format!("{CALL_PATH}{}", call.callee))
             .header(CONTENT_TYPE, "application/json")
-            .header(REQUEST_ID, &*call.request_id)
+            .header(REQUEST_ID, &*chain.request_id)
             .body(())
             .map_err(|e| format!("the call cannot be sent: {e}"))?
             .into_parts();
         let response = forwarder
-            .forward(cluster, owner, &url, &parts, Bytes::from(body), NO_CLIENT, call.within)
+            .forward(cluster, owner, &url, &parts, Bytes::from(body), NO_CLIENT, within)
             .await;
         let status = response.status();
         // The owner's own answers say who answered; the forwarder's say
         // that the owner could not be reached, or did not answer.
         let answered = response.headers().contains_key(NODE);
-        let left = call.within.saturating_sub(started.elapsed());
-        let bytes = match tokio::time::timeout(left, read_within(response.into_body(), limit)).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return Err(format!("host {owner} answered with a body that cannot be read: {e}")),
-            Err(_) => {
+        let pace = BodyPace {
+            timeout: within.saturating_sub(started.elapsed()),
+            min_bytes_per_sec: 0,
+        };
+        let (head, body) = response.into_parts();
+        let bytes = match read_body(body, &head.headers, limit, pace).await {
+            Ok(bytes) => bytes,
+            Err(BodyRefusal::TooSlow(_)) => {
+                return Err(format!("host {owner} did not finish answering within {within:?}"));
+            }
+            Err(BodyRefusal::TooLarge(_)) => {
                 return Err(format!(
-                    "host {owner} did not finish answering within {:?}",
-                    call.within
+                    "host {owner} answered with more than the limit of {limit} bytes"
                 ));
+            }
+            Err(BodyRefusal::Broken(_)) => {
+                return Err(format!("host {owner} answered with a body that cannot be read"));
             }
         };
         if status != StatusCode::OK {
@@ -305,21 +312,6 @@ fn on_path(parts: &http::request::Parts, target: &str) -> Result<http::request::
     let mut request = Request::builder().method(parts.method.clone()).uri(target).body(())?;
     *request.headers_mut() = parts.headers.clone();
     Ok(request.into_parts().0)
-}
-
-/// `body`, whole, if it is no longer than `limit`.
-async fn read_within(mut body: ResponseBody, limit: usize) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > limit {
-                return Err(format!("it is longer than the limit of {limit} bytes"));
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
-    Ok(bytes)
 }
 
 /// What a problem+json `body` says happened.
