@@ -41,6 +41,11 @@ struct WrkSummary {
     p50_us: u64,
     p99_us: u64,
     max_us: u64,
+    /// The server's CPU time (all its threads, user and system) during
+    /// the run, per request: what the throughput ratio comes from, read
+    /// without the share of the machine wrk took.
+    #[serde(skip)]
+    cpu_us_per_request: f64,
 }
 
 struct Measured {
@@ -87,6 +92,23 @@ impl Server {
                 bail!("the server did not start")
             }
         }
+    }
+
+    /// The CPU time the process has used, user and system, all threads
+    /// (those gone included), in µs. `/proc` counts it in ticks of 10 ms.
+    fn cpu_us(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The fields after the command name, which may hold spaces, in brackets.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("no command name in /proc/<pid>/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks =
+            |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("a short /proc/<pid>/stat")?.parse()?) };
+        // utime and stime, the 14th and 15th fields of the line.
+        Ok((ticks(11)? + ticks(12)?) * 10_000.0)
     }
 
     /// The largest resident memory the process has had, in MiB.
@@ -445,10 +467,13 @@ fn measure(options: &Options, connections: u64, contender: &Contender<'_>, run: 
         Ok(serde_json::from_str(line)?)
     };
     wrk(1, "warm")?;
-    let summary = wrk(options.duration, "")?;
+    let cpu = server.cpu_us()?;
+    let mut summary = wrk(options.duration, "")?;
+    summary.cpu_us_per_request = (server.cpu_us()? - cpu) / summary.requests.max(1) as f64;
     eprintln!(
-        "{name:>6} {scenario:<9} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  max {:>7} µs  errors {}",
+        "{name:>6} {scenario:<9} {:>9.0} req/s  CPU {:>5.1} µs/req  p50 {:>6} µs  p99 {:>6} µs  max {:>7} µs  errors {}",
         summary.requests_per_second(),
+        summary.cpu_us_per_request,
         summary.p50_us,
         summary.p99_us,
         summary.max_us,
@@ -462,8 +487,10 @@ fn report(options: &Options, results: &[Measured], fixed: &[(&str, f64, Latencie
         "{}\n\nwrk, 1 thread, {} connections ({} for `mixed`: 80% `GET /users/{{id}}`, 10% `POST /users`, 10% \
          `POST /orders`); per scenario, {} rounds of {} s (each after a 1 s warm-up) with the servers taking turns, \
          and the median round reported; {USERS} users, {ORDERS} orders.\n\n\
-         The ratio is against native, and for the wasi:http hello, against the empty component.\n\n\
-         | scenario | server | requests/s | p50 | p99 | max | errors | ratio |\n|---|---|---|---|---|---|---|---|\n",
+         The ratio is against native, and for the wasi:http hello, against the empty component. CPU is the \
+         server's own CPU time per request in that round (all threads, user and system).\n\n\
+         | scenario | server | requests/s | CPU per request | p50 | p99 | max | errors | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         machine::describe(),
         options.connections,
         options.mixed_connections,
@@ -482,10 +509,11 @@ fn report(options: &Options, results: &[Measured], fixed: &[(&str, f64, Latencie
             None => "-".into(),
         };
         out += &format!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} ms | {} | {ratio} |\n",
+            "| {} | {} | {:.0} | {:.1} µs | {:.2} ms | {:.2} ms | {:.0} ms | {} | {ratio} |\n",
             m.scenario,
             m.server,
             m.requests_per_second(),
+            m.summary.cpu_us_per_request,
             m.summary.p50_us as f64 / 1000.0,
             m.summary.p99_us as f64 / 1000.0,
             m.summary.max_us as f64 / 1000.0,

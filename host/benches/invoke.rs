@@ -94,13 +94,16 @@ fn serve(bencher: Bencher, name: &str, path: &str) {
     let version = Arc::clone(entry.current());
     let id: Arc<str> = "bench".into();
     bencher.with_inputs(|| request(path)).bench_local_values(|request| {
-        let Entrypoint::Service(pre) = &version.entrypoint else {
+        let Entrypoint::Service(service) = &version.entrypoint else {
             panic!("{name} is not of corral's world")
         };
-        let response =
-            FIXTURE
-                .runtime
-                .block_on(invoke::handle(entry.target(&version), pre, request, Arc::clone(&id), 0));
+        let response = FIXTURE.runtime.block_on(invoke::handle(
+            entry.target(&version),
+            service,
+            request,
+            Arc::clone(&id),
+            0,
+        ));
         assert_eq!(response.unwrap().status, 200);
     });
 }

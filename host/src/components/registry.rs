@@ -793,7 +793,7 @@ impl Registry {
         let name = &shared.name;
         let target = shared.target(version, &shared.limits);
         let initialized = match &version.entrypoint {
-            Entrypoint::Service(pre) => invoke::init(target, pre, conn).await.map(Some),
+            Entrypoint::Service(service) => invoke::init(target, &service.pre, conn).await.map(Some),
             Entrypoint::Http(_) => Ok(conn),
         };
         match initialized {

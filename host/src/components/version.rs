@@ -15,8 +15,8 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::interfaces::{LinkPeers, PeerInterfaces, host_provided};
-use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
+use crate::wasm::invoke::Service;
 use crate::wasm::state::RequestState;
 
 /// One version of a component's code, ready to instantiate.
@@ -49,7 +49,7 @@ impl Version {
 
     pub fn instance_pre(&self) -> &InstancePre<RequestState> {
         match &self.entrypoint {
-            Entrypoint::Service(pre) => pre.instance_pre(),
+            Entrypoint::Service(service) => service.pre.instance_pre(),
             Entrypoint::Http(pre) => pre.instance_pre(),
         }
     }
@@ -92,7 +92,7 @@ impl std::fmt::Display for Origin {
 #[derive(Clone)]
 pub enum Entrypoint {
     /// corral's own world: `corral:service/handler` and `lifecycle`.
-    Service(ServicePre<RequestState>),
+    Service(Service),
     /// The `wasi:http/proxy` world: `wasi:http/incoming-handler`.
     Http(ProxyPre<RequestState>),
 }
@@ -156,8 +156,8 @@ impl Compiler {
             .map_err(anyhow::Error::from)
             .context("cannot link it: it imports something corral does not provide")?;
         let subscriber = SubscriberServicePre::new(instance_pre.clone()).ok();
-        let entrypoint = match ServicePre::new(instance_pre.clone()) {
-            Ok(pre) => Entrypoint::Service(pre),
+        let entrypoint = match Service::new(instance_pre.clone()) {
+            Ok(service) => Entrypoint::Service(service),
             Err(_) => Entrypoint::Http(ProxyPre::new(instance_pre).map_err(|_| {
                 anyhow::anyhow!(
                     "it exports neither corral:service/handler (with lifecycle, as wit/service.wit's world) \

@@ -573,8 +573,8 @@ impl Gateway {
         let (id, request_id, depth) = (Arc::clone(call.id), call.id, call.depth);
         let span = tracing::info_span!("component", component = %entry.name, version = %version.short);
         let served = match &version.entrypoint {
-            Entrypoint::Service(pre) => {
-                let answer = invoke::handle(target, pre, call.for_service(), id, depth)
+            Entrypoint::Service(service) => {
+                let answer = invoke::handle(target, service, call.for_service(), id, depth)
                     .instrument(span)
                     .await;
                 drop(slot);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::oneshot;
-use wasmtime::component::{ComponentExportIndex, Val};
+use wasmtime::component::{ComponentExportIndex, InstancePre, Val};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -19,6 +19,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::state::{OwnedTarget, RequestState, Target, new_store};
 use crate::capabilities::bindings::ServicePre;
 use crate::capabilities::bindings::corral::service::types::{Request, Response};
+use crate::capabilities::bindings::exports::corral::service::handler::GuestIndices as HandlerIndices;
 use crate::capabilities::bindings::subscriber::SubscriberServicePre;
 use crate::capabilities::bindings::subscriber::exports::corral::service::subscriber::{Delivery, Outcome};
 use crate::capabilities::sqlite::AppendError;
@@ -95,19 +96,38 @@ async fn run<R>(
     }
 }
 
+/// A component of corral's world, pre-instantiated, with where its
+/// `handle` export is: a request's instance looks up and type-checks that
+/// one export, not `lifecycle`'s too.
+#[derive(Clone)]
+pub struct Service {
+    pub pre: ServicePre<RequestState>,
+    handler: HandlerIndices,
+}
+
+impl Service {
+    /// Fails if the component does not export corral's world.
+    pub fn new(instance_pre: InstancePre<RequestState>) -> wasmtime::Result<Service> {
+        let pre = ServicePre::new(instance_pre)?;
+        let handler = HandlerIndices::new(pre.instance_pre())?;
+        Ok(Service { pre, handler })
+    }
+}
+
 /// Handles one HTTP request in a fresh instance of `target`, a component
 /// of corral's world.
 pub async fn handle(
     target: Target<'_>,
-    pre: &ServicePre<RequestState>,
+    service: &Service,
     request: Request,
     request_id: Arc<str>,
     depth: u32,
 ) -> Result<Response, InvokeError> {
     let mut store = new_store(&target, request_id, depth, target.limits.timeout);
     run(&target, &mut store, async |store| {
-        let service = pre.instantiate_async(&mut *store).await?;
-        service.corral_service_handler().call_handle(store, &request).await
+        let instance = service.pre.instance_pre().instantiate_async(&mut *store).await?;
+        let handler = service.handler.load(&mut *store, &instance)?;
+        handler.call_handle(store, &request).await
     })
     .await
 }
