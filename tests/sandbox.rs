@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::full_host;
+use crate::support::{full_host, host};
 
 #[test]
 fn guests_see_nothing_of_the_machine() {
@@ -15,6 +15,45 @@ fn guests_see_nothing_of_the_machine() {
     assert!(seen["write_file"]["err"].is_string(), "{seen}");
     assert!(seen["connect"]["err"].is_string(), "{seen}");
     assert!(!host.data_dir.join("escape.txt").exists());
+}
+
+/// Every request runs in a fresh instance: nothing an earlier request left
+/// in memory (a static it set, pages it grew and wrote) is there for the
+/// next, whether that is the same component's or another's taking over the
+/// pool slot, from clients at once so that slots are freed and reused.
+#[test]
+fn no_request_sees_what_an_earlier_one_left_in_memory() {
+    let host = host()
+        .component("chaos", "chaos", &["/chaos"])
+        .component("other", "chaos", &["/other"])
+        .start();
+    std::thread::scope(|scope| {
+        for client in 0..4 {
+            let host = &host;
+            scope.spawn(move || {
+                for i in 0..40 {
+                    let path = if (client + i) % 2 == 0 {
+                        "/chaos/residue"
+                    } else {
+                        "/other/residue"
+                    };
+                    let reply = host.get(path);
+                    assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+                    let seen = reply.json();
+                    assert_eq!(
+                        seen["static_left"],
+                        json!(false),
+                        "{path} found an earlier request's static: {seen}"
+                    );
+                    assert_eq!(
+                        seen["dirty_words"],
+                        json!(0),
+                        "{path} found an earlier request's pages: {seen}"
+                    );
+                }
+            });
+        }
+    });
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A component that misbehaves on purpose, for tests only: it panics, loops,
 //! exhausts its memory, stack and database, returns huge bodies, runs any SQL
 //! it is sent (with bound parameters too), floods its output, probes its
-//! sandbox, echoes the headers it gets and sets any it is asked to. Never part of a real configuration.
+//! sandbox, looks for what an earlier request left in its memory, echoes the
+//! headers it gets and sets any it is asked to. Never part of a real configuration.
 
 use std::hint::black_box;
 
@@ -51,6 +52,8 @@ impl Service for Chaos {
                 Ok(Response::empty(204))
             }
             ["chaos", "sandbox"] => Ok(Response::json(200, &sandbox())),
+            // Under any prefix, so that a second chaos at another route has it too.
+            [.., "residue"] => Ok(Response::json(200, &residue())),
             ["chaos", "echo"] => Ok(Response::json(
                 200,
                 &json!({ "headers": req.headers(), "client_addr": req.client_addr() }),
@@ -112,6 +115,37 @@ fn sleep(req: &Request) -> Result<Response, Problem> {
     corral_sdk::log::info(&format!("sleeping for {ms} ms"));
     std::thread::sleep(std::time::Duration::from_millis(ms));
     Ok(Response::text(200, "awake"))
+}
+
+/// Set by every request; a request that finds it set runs where an earlier
+/// one ran and was not reset.
+static mut LEFT_BEHIND: u64 = 0;
+const MARK: u64 = 0x0c0f_fee0_dead_beef;
+/// Pages grown past the allocator's, checked and marked by every request.
+const GROWN_PAGES: usize = 16;
+
+/// What an earlier request left in this instance's memory, if anything: a
+/// static it set and pages it grew and wrote. Each request leaves both.
+fn residue() -> serde_json::Value {
+    // SAFETY: one request, one thread; volatile so neither access is elided.
+    let static_left = unsafe { std::ptr::read_volatile(&raw const LEFT_BEHIND) } == MARK;
+    unsafe { std::ptr::write_volatile(&raw mut LEFT_BEHIND, MARK) };
+    let first = core::arch::wasm32::memory_grow(0, GROWN_PAGES);
+    assert_ne!(first, usize::MAX, "cannot grow memory");
+    let mut dirty_words = 0;
+    for page in first..first + GROWN_PAGES {
+        for offset in (0..65536).step_by(4096) {
+            let word = (page * 65536 + offset) as *mut u64;
+            // SAFETY: inside the pages just grown, which nothing else uses.
+            unsafe {
+                if std::ptr::read_volatile(word) != 0 {
+                    dirty_words += 1;
+                }
+                std::ptr::write_volatile(word, MARK);
+            }
+        }
+    }
+    json!({ "static_left": static_left, "dirty_words": dirty_words, "memory_pages": first + GROWN_PAGES })
 }
 
 /// What the guest can see of the machine; everything should be empty or denied.

@@ -18,8 +18,13 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// Bytes of each linear memory and table kept resident between instances.
 const KEEP_RESIDENT_MEMORY_BYTES: usize = 4 << 20;
 const KEEP_RESIDENT_TABLE_BYTES: usize = 1 << 20;
-/// Slots decommitted together.
-const DECOMMIT_BATCH: usize = 32;
+/// Slots decommitted together: none. With `PAGEMAP_SCAN` a slot is reset
+/// in place and nearly never needs `madvise`, but wasmtime still queues an
+/// empty region for each one, so a batch of 32 held up to 31 freed slots
+/// out of use until the batch was flushed: every request took a slot other
+/// than the one just freed, and more slots kept pages resident (peak RSS
+/// 64 MiB against 53 in `loadtest --compare`).
+const DECOMMIT_BATCH: usize = 1;
 /// What one component instance may take from the pool. With the pool sized
 /// as `max_instances` times these, and each component's instances bounded
 /// by its gate, no component can exhaust the pool for the others.
@@ -64,8 +69,12 @@ pub fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .pagemap_scan(wasmtime::Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
         .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES)
-        // What still needs madvise is done in batches.
-        .decommit_batch_size(DECOMMIT_BATCH);
+        .decommit_batch_size(DECOMMIT_BATCH)
+        // A module without a free slot of its own takes the least recently
+        // used slot of another before an untouched one, so the slots in use
+        // (and their resident pages) are as many as instances ever alive at
+        // once, not that plus up to 100 more.
+        .max_unused_warm_slots(0);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
     if let Some(dir) = &settings.cache_dir {
